@@ -1,0 +1,131 @@
+package torus
+
+import (
+	"context"
+	"time"
+)
+
+// Session is a liveness lease held by one process (a daemon, a writer).
+// Keys written under it vanish when it ends, which is how a dead daemon is
+// noticed and how a crashed writer's lock is released.
+type Session interface {
+	// ID is the lease ID, unique within the metadata store.
+	ID() int64
+	// Done is closed when the session is lost: expired, revoked, or its
+	// keepalives failed for longer than its TTL. A writer whose session is
+	// done must stop writing: it is fenced.
+	Done() <-chan struct{}
+	// Close revokes the lease at once. Idempotent.
+	Close(ctx context.Context) error
+}
+
+// Metadata is the cluster's source of truth: etcd in production
+// (metadata/etcd), an in-memory fake for unit tests (metadata.Memory). Both
+// pass metadata/metadatatest.
+//
+// Every method takes ctx first and fails within ctx's deadline when the
+// store is unreachable, with an error that wraps ErrUnavailable and names the
+// endpoints.
+type Metadata interface {
+	// NewSession grants a lease of the given TTL and keeps it alive until
+	// Close or until ctx ends.
+	NewSession(ctx context.Context, ttl time.Duration) (Session, error)
+
+	// InitCluster writes the cluster config. ErrExist if initialized.
+	InitCluster(ctx context.Context, cfg ClusterConfig) error
+	// ClusterConfig reads it. ErrNotInitialized before InitCluster.
+	ClusterConfig(ctx context.Context) (ClusterConfig, error)
+
+	// PutPeer creates or updates a peer's static record (address, zone,
+	// capacity). It does not add the peer to the ring.
+	PutPeer(ctx context.Context, p PeerInfo) error
+	// Heartbeat writes the peer's liveness key under s with its usage and
+	// rebalance backlog. The peer counts as up while the key exists.
+	Heartbeat(ctx context.Context, s Session, id string, used, pending int64) error
+	// Peers lists every known peer with State computed from the ring
+	// (member or not, draining) and liveness.
+	Peers(ctx context.Context) ([]PeerInfo, error)
+	// DeletePeer forgets a peer's record (after it left the ring).
+	DeletePeer(ctx context.Context, id string) error
+	// SetDraining marks a ring member as draining (graceful removal).
+	SetDraining(ctx context.Context, id string, draining bool) error
+
+	// Ring reads the current ring spec. ErrNotInitialized before init.
+	Ring(ctx context.Context) (RingSpec, error)
+	// SetRing stores spec if spec.Version is the stored version + 1;
+	// ErrConflict otherwise.
+	SetRing(ctx context.Context, spec RingSpec) error
+
+	// Watch sends a value whenever anything under the cluster's keys
+	// changes (peers, ring, volumes, locks, heads). Coalesced: one signal
+	// may stand for many changes. The channel closes when ctx ends.
+	Watch(ctx context.Context) <-chan struct{}
+
+	// CreateVolume assigns an ID and stores the volume with an empty head.
+	// ErrExist if the name is taken; ErrInvalid for a bad name or size.
+	CreateVolume(ctx context.Context, v VolumeInfo) (VolumeInfo, error)
+	// Volume reads one volume. ErrNotExist.
+	Volume(ctx context.Context, name string) (VolumeInfo, error)
+	// Volumes lists all volumes sorted by name.
+	Volumes(ctx context.Context) ([]VolumeInfo, error)
+	// UpdateVolume stores changed Size or MinReplicas of an existing
+	// volume (matched by name). Size may only grow (ErrInvalid).
+	UpdateVolume(ctx context.Context, v VolumeInfo) error
+	// DeleteVolume deletes a volume with its head and snapshots. It fails
+	// with a *LockedError matching ErrInUse when the volume has a writer.
+	DeleteVolume(ctx context.Context, name string) error
+
+	// Lock makes the caller the volume's single writer under session s:
+	// it stores the writer record under s's lease and increments the
+	// volume's epoch, returning the new epoch. It fails with a
+	// *LockedError (ErrLocked) naming the holder if another writer holds
+	// the volume.
+	Lock(ctx context.Context, s Session, volume string, owner string) (epoch uint64, err error)
+	// Unlock releases the lock if epoch still holds it; otherwise no-op.
+	Unlock(ctx context.Context, volume string, epoch uint64) error
+	// ForceUnlock removes any writer record. The old writer is fenced by
+	// the epoch increment of the next Lock. Dangerous only without fencing.
+	ForceUnlock(ctx context.Context, volume string) error
+	// Writer reports the current writer, ok=false when there is none.
+	Writer(ctx context.Context, volume string) (w WriterInfo, ok bool, err error)
+	// Epochs reports every volume's current epoch, keyed by volume ID.
+	// Daemons use it to fence stale writers.
+	Epochs(ctx context.Context) (map[uint64]uint64, error)
+
+	// Head reads a volume's head.
+	Head(ctx context.Context, volume string) (Head, error)
+	// CommitHead stores h if epoch is still the volume's epoch and its
+	// writer record is present; ErrFenced otherwise. One small request.
+	CommitHead(ctx context.Context, volume string, epoch uint64, h Head) error
+
+	// CreateSnapshot stores a snapshot. When epoch is non-zero it is
+	// fenced like CommitHead. ErrExist if the name is taken.
+	CreateSnapshot(ctx context.Context, epoch uint64, s Snapshot) error
+	// Snapshots lists a volume's snapshots sorted by name.
+	Snapshots(ctx context.Context, volume string) ([]Snapshot, error)
+	// Snapshot reads one. ErrNotExist.
+	Snapshot(ctx context.Context, volume, name string) (Snapshot, error)
+	// DeleteSnapshot deletes one. ErrNotExist.
+	DeleteSnapshot(ctx context.Context, volume, name string) error
+	// RequestSnapshot asks the volume's writer to take a snapshot (used
+	// when the volume is open elsewhere); the writer sees it in
+	// SnapshotRequests and answers with CreateSnapshot.
+	RequestSnapshot(ctx context.Context, volume, name string) error
+	// SnapshotRequests lists pending requests for a volume.
+	SnapshotRequests(ctx context.Context, volume string) ([]string, error)
+	// DoneSnapshotRequest removes a request, with a failure message
+	// (empty on success) that RequestSnapshot's caller can read via
+	// SnapshotRequestResult.
+	DoneSnapshotRequest(ctx context.Context, volume, name, failure string) error
+	// SnapshotRequestResult reports done=true with failure text once the
+	// writer has answered a request.
+	SnapshotRequestResult(ctx context.Context, volume, name string) (done bool, failure string, err error)
+
+	// DefaultExport names the volume served for the empty NBD export
+	// name ("" when unset); SetDefaultExport sets it.
+	DefaultExport(ctx context.Context) (string, error)
+	SetDefaultExport(ctx context.Context, volume string) error
+
+	// Close releases the client. Idempotent.
+	Close() error
+}

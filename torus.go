@@ -1,0 +1,313 @@
+// Package torus holds the core types, contracts and errors of Torus, a
+// distributed block store. It has no I/O of its own: the implementations live
+// in subpackages (ring, storage, metadata, peer, volume, nbd, server) and are
+// wired together in cmd/.
+//
+// The data model is log-structured; see docs/design/data-path.md. A volume's
+// writes are appended to immutable segments replicated on several daemons;
+// etcd holds the volume head, the small authoritative pointer to the
+// volume's state, moved by compare-and-swap under a fencing epoch.
+package torus
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// BlockSize is the granularity of the volume index and of per-block
+// checksums. I/O of any alignment is accepted; unaligned edges are
+// read-modify-written.
+const BlockSize = 4096
+
+// SegmentKind distinguishes the contents of a segment.
+type SegmentKind uint8
+
+const (
+	// KindData segments hold write records (docs/design/data-path.md).
+	KindData SegmentKind = 0
+	// KindCheckpoint segments hold one serialized index checkpoint.
+	KindCheckpoint SegmentKind = 1
+)
+
+// SegmentID names one append-only segment. A segment is written only by the
+// writer of Epoch; Seq grows within a volume across epochs.
+type SegmentID struct {
+	Volume uint64
+	Epoch  uint64
+	Seq    uint64
+	Kind   SegmentKind
+}
+
+// String is the canonical text form, also used as the file name on disk:
+// v<volume>-e<epoch>-s<seq>-k<kind>, numbers in decimal.
+func (s SegmentID) String() string {
+	return fmt.Sprintf("v%d-e%d-s%d-k%d", s.Volume, s.Epoch, s.Seq, s.Kind)
+}
+
+// ParseSegmentID parses the String form.
+func ParseSegmentID(str string) (SegmentID, error) {
+	var s SegmentID
+	var k uint8
+	n, err := fmt.Sscanf(str, "v%d-e%d-s%d-k%d", &s.Volume, &s.Epoch, &s.Seq, &k)
+	if err != nil || n != 4 {
+		return SegmentID{}, fmt.Errorf("%w: segment id %q", ErrInvalid, str)
+	}
+	s.Kind = SegmentKind(k)
+	if s.String() != str {
+		return SegmentID{}, fmt.Errorf("%w: segment id %q is not canonical", ErrInvalid, str)
+	}
+	return s, nil
+}
+
+// Key is the byte string hashed onto the ring to place the segment.
+func (s SegmentID) Key() []byte { return []byte(s.String()) }
+
+// SegmentInfo describes a segment held by one store.
+type SegmentInfo struct {
+	ID     SegmentID
+	Length int64 // bytes appended
+	Synced int64 // bytes known to be on stable storage
+}
+
+// SegmentRef is a sealed segment with the length that counts. Bytes past
+// Length (a fenced writer's late appends) are ignored by everyone.
+type SegmentRef struct {
+	ID     SegmentID
+	Length int64
+}
+
+// Usage is a store's space accounting.
+type Usage struct {
+	Used     int64
+	Capacity int64
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// ValidName checks a volume or snapshot name: [a-z0-9][a-z0-9._-]{0,62}.
+func ValidName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w: name %q must match [a-z0-9][a-z0-9._-]{0,62}", ErrInvalid, name)
+	}
+	return nil
+}
+
+// VolumeInfo is a volume's metadata record.
+type VolumeInfo struct {
+	Name    string    `json:"name"`
+	ID      uint64    `json:"id"`
+	Size    int64     `json:"size"` // bytes, a multiple of BlockSize
+	Created time.Time `json:"created"`
+	// MinReplicas is the write policy: FLUSH succeeds only when the data
+	// is fsynced on at least this many replicas. 0 means the cluster's
+	// replication factor.
+	MinReplicas int `json:"min_replicas,omitempty"`
+}
+
+// WriterInfo names the current writer of a volume.
+type WriterInfo struct {
+	Owner string    `json:"owner"` // e.g. "torusblk@host:10809 pid 123"
+	Epoch uint64    `json:"epoch"`
+	Since time.Time `json:"since"`
+}
+
+// Head is the authoritative pointer to a volume's state, stored in etcd and
+// moved by compare-and-swap by the writer of Epoch.
+//
+// The volume's contents are: the index in Checkpoint (if any), then the
+// records of Sealed in order, each up to its Length, then the valid prefix of
+// Open (if any). See docs/design/data-path.md.
+type Head struct {
+	Epoch      uint64       `json:"epoch"`
+	Checkpoint *SegmentRef  `json:"checkpoint,omitempty"`
+	Sealed     []SegmentRef `json:"sealed,omitempty"`
+	Open       *SegmentID   `json:"open,omitempty"`
+	NextSeq    uint64       `json:"next_seq"`
+}
+
+// Snapshot is a named, frozen head. Its Head has no Open segment.
+type Snapshot struct {
+	Volume  string    `json:"volume"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	Head    Head      `json:"head"`
+}
+
+// ClusterConfig holds the cluster-wide settings written by `torusctl init`.
+type ClusterConfig struct {
+	Replication     int   `json:"replication"`      // copies of each segment; default 2
+	SegmentSize     int64 `json:"segment_size"`     // bytes before a segment is sealed; default 32 MiB
+	VirtualNodes    int   `json:"virtual_nodes"`    // ring points per peer at average weight; default 128
+	CheckpointEvery int   `json:"checkpoint_every"` // sealed segments between index checkpoints; default 8
+}
+
+// Defaults for ClusterConfig.
+const (
+	DefaultReplication     = 2
+	DefaultSegmentSize     = 32 << 20
+	DefaultVirtualNodes    = 128
+	DefaultCheckpointEvery = 8
+)
+
+// EnsureDefaults fills zero fields with defaults.
+func (c *ClusterConfig) EnsureDefaults() {
+	if c.Replication == 0 {
+		c.Replication = DefaultReplication
+	}
+	if c.SegmentSize == 0 {
+		c.SegmentSize = DefaultSegmentSize
+	}
+	if c.VirtualNodes == 0 {
+		c.VirtualNodes = DefaultVirtualNodes
+	}
+	if c.CheckpointEvery == 0 {
+		c.CheckpointEvery = DefaultCheckpointEvery
+	}
+}
+
+// Validate checks the settings.
+func (c ClusterConfig) Validate() error {
+	switch {
+	case c.Replication < 1 || c.Replication > 16:
+		return fmt.Errorf("%w: replication %d must be 1..16", ErrInvalid, c.Replication)
+	case c.SegmentSize < 1<<20 || c.SegmentSize > 1<<30 || c.SegmentSize%BlockSize != 0:
+		return fmt.Errorf("%w: segment size %d must be a multiple of 4096 in 1MiB..1GiB", ErrInvalid, c.SegmentSize)
+	case c.VirtualNodes < 1 || c.VirtualNodes > 4096:
+		return fmt.Errorf("%w: virtual nodes %d must be 1..4096", ErrInvalid, c.VirtualNodes)
+	case c.CheckpointEvery < 1 || c.CheckpointEvery > 1024:
+		return fmt.Errorf("%w: checkpoint interval %d must be 1..1024", ErrInvalid, c.CheckpointEvery)
+	}
+	return nil
+}
+
+// PeerState is a peer's membership state as shown by `torusctl peer list`.
+type PeerState string
+
+const (
+	PeerUp       PeerState = "up"       // a ring member whose liveness key is present
+	PeerDown     PeerState = "down"     // a ring member whose liveness key expired
+	PeerDraining PeerState = "draining" // being removed gracefully; data moves off
+	PeerRemoved  PeerState = "removed"  // no longer in the ring
+	PeerNew      PeerState = "new"      // registered, not yet in the ring
+)
+
+// PeerInfo describes one storage daemon.
+type PeerInfo struct {
+	ID       string    `json:"id"`      // stable; generated at first start, kept in the data dir
+	Address  string    `json:"address"` // host:port of the peer protocol
+	HTTP     string    `json:"http,omitempty"`
+	Zone     string    `json:"zone,omitempty"`
+	Capacity int64     `json:"capacity"`
+	Used     int64     `json:"used"`
+	State    PeerState `json:"state"`
+	LastSeen time.Time `json:"last_seen"`
+	// Rebalance progress reported by the daemon: bytes still to move.
+	Pending int64 `json:"pending,omitempty"`
+}
+
+// RingMember is one peer's place in the ring.
+type RingMember struct {
+	ID     string `json:"id"`
+	Zone   string `json:"zone,omitempty"`
+	Weight int64  `json:"weight"` // usually the peer's capacity in bytes
+}
+
+// RingSpec is the stored description of a ring. The placement it implies is
+// computed by package ring; a new spec must have Version = old Version + 1.
+type RingSpec struct {
+	Version      uint64       `json:"version"`
+	Replication  int          `json:"replication"`
+	VirtualNodes int          `json:"virtual_nodes"`
+	Members      []RingMember `json:"members"`
+}
+
+// Store is a daemon's local segment store. Implementations: storage.Memory
+// and storage.Disk; both pass storage/storagetest.
+//
+// A segment exists once something has been appended to it. Buffers passed
+// in are not retained after a call returns.
+type Store interface {
+	// Append writes p at off. off must equal the segment's length
+	// (ErrConflict otherwise, unless [off, off+len(p)) already holds
+	// exactly p: a retried append succeeds). ErrNoSpace when the store
+	// would exceed its capacity; nothing is written then.
+	Append(ctx context.Context, seg SegmentID, off int64, p []byte) error
+	// Sync makes everything appended to seg durable. ErrNotExist if seg
+	// does not exist.
+	Sync(ctx context.Context, seg SegmentID) error
+	// ReadAt reads len(p) bytes at off. It returns io.EOF with n < len(p)
+	// when the segment is shorter, ErrNotExist if it does not exist.
+	ReadAt(ctx context.Context, seg SegmentID, p []byte, off int64) (int, error)
+	// Stat reports a segment's length. ErrNotExist if it does not exist.
+	Stat(ctx context.Context, seg SegmentID) (SegmentInfo, error)
+	// List lists the segments of one volume, or of all when volume is 0,
+	// in no particular order.
+	List(ctx context.Context, volume uint64) ([]SegmentInfo, error)
+	// Delete removes a segment. Deleting a missing segment is not an error.
+	Delete(ctx context.Context, seg SegmentID) error
+	// Usage reports space used and the configured capacity.
+	Usage() Usage
+	// Close releases resources; further calls return ErrClosed.
+	Close() error
+}
+
+// RepairEpoch is the epoch passed by healing and rebalancing copies. They
+// rewrite bytes that already exist elsewhere, so they are not fenced.
+const RepairEpoch = 0
+
+// PeerService is what a storage daemon offers to writers, readers and
+// healers, in-process (server.Service) or over TCP (peer.Client).
+//
+// Append and Sync carry the writer's epoch. A daemon rejects them with
+// ErrFenced when epoch is lower than the highest epoch it knows for the
+// volume (from Fence calls or from etcd), except for RepairEpoch.
+type PeerService interface {
+	Append(ctx context.Context, epoch uint64, seg SegmentID, off int64, p []byte) error
+	Sync(ctx context.Context, epoch uint64, seg SegmentID) error
+	ReadAt(ctx context.Context, seg SegmentID, p []byte, off int64) (int, error)
+	Stat(ctx context.Context, seg SegmentID) (SegmentInfo, error)
+	List(ctx context.Context, volume uint64) ([]SegmentInfo, error)
+	Delete(ctx context.Context, seg SegmentID) error
+	// Fence raises the volume's minimum epoch; appends and syncs with a
+	// lower epoch fail with ErrFenced from then on. Lowering is a no-op.
+	Fence(ctx context.Context, volume, epoch uint64) error
+	// Usage reports the daemon's store usage.
+	Usage(ctx context.Context) (Usage, error)
+}
+
+// Extent is a range of a device and whether it holds data.
+type Extent struct {
+	Offset int64
+	Length int64
+	Zero   bool // reads as zeros (never written, trimmed or zeroed)
+}
+
+// Device is a block device: what the NBD server serves. *volume.Volume
+// implements it; so does an in-memory device for tests.
+//
+// All methods are safe for concurrent use. Offsets and lengths are in bytes
+// and need no alignment. I/O that is not wholly inside [0, Size()) fails with
+// ErrOutOfRange and does nothing.
+type Device interface {
+	Size() int64
+	ReadOnly() bool
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	// WriteAt writes p at off. With fua, it returns only once the write is
+	// durable as Flush defines.
+	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
+	// Flush returns once every write completed before it was called is on
+	// stable storage on as many replicas as the volume's policy requires;
+	// otherwise it fails (ErrUnavailable).
+	Flush(ctx context.Context) error
+	// Trim discards a range; it reads back as zeros.
+	Trim(ctx context.Context, off, length int64) error
+	// WriteZeroes makes a range read as zeros.
+	WriteZeroes(ctx context.Context, off, length int64, fua bool) error
+	// Extents describes [off, off+length) as data and zero ranges, in
+	// order, covering it exactly.
+	Extents(ctx context.Context, off, length int64) ([]Extent, error)
+	// Close flushes and releases the device (the writer lease at once).
+	Close(ctx context.Context) error
+}
