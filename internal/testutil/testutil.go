@@ -1,0 +1,43 @@
+// Package testutil holds small helpers shared by tests.
+package testutil
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// RequireBinary returns the path of an external program a test needs (nbdinfo,
+// qemu-img, fio, etcd, ...). When it is missing the test is skipped, unless
+// TORUS_REQUIRE_TOOLS=1 (set by .ci/run, which installs them), where a missing
+// program fails the test: CI never passes by skipping.
+func RequireBinary(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("TORUS_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("required program %s not found: %v", name, err)
+		}
+		t.Skipf("program %s not found (run the README's test command, which installs it)", name)
+	}
+	return p
+}
+
+// Logger returns a logger that writes through t.Log when -v is given and
+// discards otherwise, so failing tests show what happened.
+func Logger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p))
+	return len(p), nil
+}
