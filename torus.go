@@ -311,3 +311,11 @@ type Device interface {
 	// Close flushes and releases the device (the writer lease at once).
 	Close(ctx context.Context) error
 }
+
+// PeerPool resolves a peer ID to the service that reaches it. peer.Pool
+// implements it over TCP; tests map IDs to in-process services. Peer fails
+// with an error wrapping ErrUnavailable when the peer is unknown or cannot be
+// reached.
+type PeerPool interface {
+	Peer(ctx context.Context, id string) (PeerService, error)
+}
