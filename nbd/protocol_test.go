@@ -268,9 +268,9 @@ func TestRequestErrors(t *testing.T) {
 			expect(cmdTrim, 0, 1<<20-1, 2, nil, errInval)
 			expect(cmdCache, 0, 1<<20, 1, nil, errInval)
 			expect(99, 0, 0, 0, nil, errInval)
-			expect(cmdWrite, 1<<9, 0, 1, []byte("x"), errInval)         // unknown flag
-			expect(cmdTrim, cmdFlagNoHole, 0, 1, nil, errInval)         // flag not for trim
-			expect(cmdRead, 0, 0, MaxRequestSize+1, nil, errInval)      // too large
+			expect(cmdWrite, 1<<9, 0, 1, []byte("x"), errInval)    // unknown flag
+			expect(cmdTrim, cmdFlagNoHole, 0, 1, nil, errInval)    // flag not for trim
+			expect(cmdRead, 0, 0, MaxRequestSize+1, nil, errInval) // too large
 			expect(cmdWrite, 0, 0, MaxRequestSize+1, make([]byte, MaxRequestSize+1), errInval)
 			expect(cmdBlockStatus, 0, 0, 4096, nil, errInval) // no context
 			expect(cmdWriteZeroes, cmdFlagNoHole|cmdFlagFastZero, 0, 4096, nil, errNotSup)
