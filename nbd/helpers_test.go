@@ -315,3 +315,11 @@ func listen(t testing.TB) (net.Listener, string) {
 	}
 	return ln, ln.Addr().String()
 }
+
+// idle waits until the server closed dev (its last client went away) and
+// reopens it so the test can look at it directly.
+func idle(t testing.TB, dev *memdev.Device) {
+	t.Helper()
+	waitFor(t, dev.IsClosed)
+	dev.Reopen()
+}
