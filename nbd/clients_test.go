@@ -241,9 +241,27 @@ func TestFio(t *testing.T) {
 		"--name=verify", "--ioengine=nbd", "--uri="+uri(addr, "vol"),
 		"--rw=randwrite", "--bsrange=512-64k", "--bs_unaligned=1", "--iodepth=32", "--size=32M",
 		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_backlog=512",
-		"--output-format=terse")
-	if strings.Contains(out, "verify: bad") || strings.Contains(out, "fio: ") && strings.Contains(out, "error") {
-		t.Fatalf("fio:\n%s", out)
+		"--output-format=json")
+	var res struct {
+		Jobs []struct {
+			Error int `json:"error"`
+			Read  struct {
+				Bytes int64 `json:"io_bytes"`
+			} `json:"read"`
+			Write struct {
+				Bytes int64 `json:"io_bytes"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	if i := strings.Index(out, "{"); i >= 0 {
+		out = out[i:]
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Jobs) != 1 {
+		t.Fatalf("fio output: %v\n%s", err, out)
+	}
+	// Every byte written was read back and verified.
+	if j := res.Jobs[0]; j.Error != 0 || j.Write.Bytes < 30<<20 || j.Read.Bytes < j.Write.Bytes {
+		t.Fatalf("fio: %+v", j)
 	}
 }
 
