@@ -32,7 +32,11 @@ type conn struct {
 
 func newConn(s *Server, nc net.Conn) *conn {
 	c := &conn{srv: s, nc: nc, r: nc, w: nc}
-	c.log = s.log.With("remote", nc.RemoteAddr().String())
+	remote := "local"
+	if a := nc.RemoteAddr(); a != nil && a.String() != "" {
+		remote = a.String()
+	}
+	c.log = s.log.With("remote", remote)
 	return c
 }
 
