@@ -120,8 +120,9 @@ func (m *Memory) Append(ctx context.Context, seg torus.SegmentID, off int64, p [
 		length = int64(len(s.data))
 	}
 	if off != length {
-		return appendMismatch(seg, off, length, p, func(q []byte) {
+		return appendMismatch(seg, off, length, p, func(q []byte) error {
 			copy(q, s.data[off:])
+			return nil
 		})
 	}
 	if len(p) == 0 {
@@ -143,13 +144,15 @@ func (m *Memory) Append(ctx context.Context, seg torus.SegmentID, off int64, p [
 // a retry of bytes already stored succeeds (nil), anything else is
 // ErrConflict. read fills its argument with the stored bytes at off; it is
 // only called when [off, off+len(p)) lies within length.
-func appendMismatch(seg torus.SegmentID, off, length int64, p []byte, read func([]byte)) error {
+func appendMismatch(seg torus.SegmentID, off, length int64, p []byte, read func([]byte) error) error {
 	if off < length && off+int64(len(p)) <= length {
 		if len(p) == 0 {
 			return nil
 		}
 		have := make([]byte, len(p))
-		read(have)
+		if err := read(have); err != nil {
+			return fmt.Errorf("storage: append %s at %d: reading the stored bytes to compare: %w", seg, off, err)
+		}
 		if bytes.Equal(have, p) {
 			return nil
 		}
