@@ -61,6 +61,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"ExtremeIDs", testExtremeIDs},
 		{"ConcurrentAppendsAndReads", testConcurrent},
 		{"RacingAppendsOneSegment", testRacingAppends},
+		{"ConcurrentDeletes", testConcurrentDeletes},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore) })
@@ -760,4 +761,74 @@ func testRacingAppends(t *testing.T, newStore NewStore) {
 	}
 	wantLength(t, s, id, off)
 	wantUsed(t, s, off)
+}
+
+// testConcurrentDeletes appends to, reads, syncs and deletes the same few
+// segments from several goroutines. Every call must end in one of its
+// documented outcomes, and afterwards Usage must equal the sum of the
+// segments' lengths and every segment must hold a prefix of what was
+// appended.
+func testConcurrentDeletes(t *testing.T, newStore NewStore) {
+	s := open(t, newStore, DefaultCapacity)
+	ctx := context.Background()
+	const workers, ops, segs = 6, 150, 3
+	errc := make(chan error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 700)
+			for k := range ops {
+				id := seg(1, uint64((w+k)%segs))
+				var err error
+				switch (w + k*7) % 5 {
+				case 0, 1:
+					var off int64
+					if info, serr := s.Stat(ctx, id); serr == nil {
+						off = info.Length
+					}
+					err = s.Append(ctx, id, off, Pattern(id.Seq, off, 300+k))
+					if errors.Is(err, torus.ErrConflict) {
+						err = nil // lost a race with another append or a delete
+					}
+				case 2:
+					_, err = s.ReadAt(ctx, id, buf, int64(k%3)*100)
+					if err == io.EOF {
+						err = nil
+					}
+				case 3:
+					err = s.Sync(ctx, id)
+				case 4:
+					if k%3 == 0 {
+						err = s.Delete(ctx, id)
+					}
+				}
+				if errors.Is(err, torus.ErrNotExist) {
+					err = nil
+				}
+				if err != nil {
+					errc <- fmt.Errorf("worker %d op %d on %s: %w", w, k, id, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+	l, err := s.List(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, info := range l {
+		sum += info.Length
+		if got := readAll(t, s, info.ID); !bytes.Equal(got, Pattern(info.ID.Seq, 0, len(got))) {
+			t.Errorf("segment %s: content is not what was appended", info.ID)
+		}
+	}
+	wantUsed(t, s, sum)
 }
