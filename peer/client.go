@@ -21,6 +21,9 @@ type ClientConfig struct {
 	// RequestTimeout bounds each call (on top of the caller's ctx),
 	// including sending it. Default 30 s.
 	RequestTimeout time.Duration
+	// Dial, when set, replaces net.Dialer.DialContext: tests and the
+	// in-process cluster harness use it to interpose a controllable link.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Client defaults.
@@ -141,8 +144,12 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 		c.mu.Unlock()
 
 		dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-		var d net.Dialer
-		nc, err := d.DialContext(dctx, "tcp", c.addr)
+		dial := c.cfg.Dial
+		if dial == nil {
+			var d net.Dialer
+			dial = d.DialContext
+		}
+		nc, err := dial(dctx, "tcp", c.addr)
 		cancel()
 
 		c.mu.Lock()
