@@ -251,7 +251,7 @@ func TestConcurrentCalls(t *testing.T) {
 	store := newFakeStore(0)
 	_, addr := startServer(t, NewLocal(store, testutil.Logger(t)), ServerConfig{})
 	c := dialT(t, addr, ClientConfig{})
-	const workers, ops = 32, 40
+	const workers, ops = 16, 30
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {

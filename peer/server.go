@@ -264,7 +264,6 @@ func (sc *serverConn) run() {
 	defer stopWake()
 	sc.log.Debug("peer connection open")
 
-	clean := false
 	sc.wg.Add(1)
 	sc.s.wg.Add(1)
 	go func() {
@@ -273,18 +272,16 @@ func (sc *serverConn) run() {
 		sc.orderedLoop()
 	}()
 
+	// Whatever ends the read loop ends the connection: nobody could read
+	// the answers of the requests still running, so they are cancelled.
 	err := sc.readLoop()
 	switch {
-	case errors.Is(err, io.EOF):
-		clean = true // the client closed: let accepted requests finish
-	case sc.ctx.Err() != nil || errors.Is(err, net.ErrClosed):
+	case errors.Is(err, io.EOF), sc.ctx.Err() != nil, errors.Is(err, net.ErrClosed):
 	default:
 		sc.log.Warn("peer connection closed on error", "err", err)
 	}
+	sc.cancel()
 	close(sc.ordered)
-	if !clean {
-		sc.cancel()
-	}
 	sc.wg.Wait()
 	sc.abort()
 
@@ -308,6 +305,8 @@ func (sc *serverConn) readLoop() error {
 		}
 		if err != nil {
 			if fatalHeaderError(err) {
+				sc.cancel()
+				sc.lingerClose()
 				return err
 			}
 			return sc.protocolError(h, err)
@@ -344,11 +343,13 @@ func (sc *serverConn) readLoop() error {
 			continue
 		}
 		if h.Op == OpReadAt {
-			if !sc.acquire(int64(req.Length)) {
-				sc.release(cost)
+			// Re-take the budget for the body and the answer together,
+			// so that a read larger than the budget can run alone.
+			sc.release(cost)
+			j.cost += int64(req.Length)
+			if !sc.acquire(j.cost) {
 				return sc.ctx.Err()
 			}
-			j.cost += int64(req.Length)
 		}
 		select {
 		case sc.reads <- struct{}{}:
@@ -370,13 +371,20 @@ func (sc *serverConn) protocolError(h Header, err error) error {
 	sc.cancel()
 	body := AppendResponse(nil, h.Op, Response{Status: StatusOf(err), Msg: err.Error()})
 	if werr := sc.send(h.Op, h.ID, body); werr == nil {
-		if tc, ok := sc.c.(interface{ CloseWrite() error }); ok {
-			tc.CloseWrite()
-		}
-		sc.c.SetReadDeadline(time.Now().Add(time.Second))
-		io.CopyN(io.Discard, sc.c, 2*MaxBody)
+		sc.lingerClose()
 	}
 	return err
+}
+
+// lingerClose shuts down the write side and discards what the client still
+// sends for up to a second, so that closing does not reset the connection
+// (a reset can destroy an answer the client has not read yet).
+func (sc *serverConn) lingerClose() {
+	if tc, ok := sc.c.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+	}
+	sc.c.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, sc.c, 2*MaxBody)
 }
 
 func (sc *serverConn) orderedLoop() {
