@@ -10,6 +10,7 @@ package proccluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/torus-storage/torus/internal/netns"
 	"github.com/torus-storage/torus/internal/testutil"
 )
 
@@ -88,6 +90,9 @@ type Proc struct {
 	Name string
 	Args []string
 	Env  []string
+	// NS, when set, runs the process in that network namespace (see
+	// Cluster.NewHost).
+	NS   *netns.NS
 	cmd  *exec.Cmd
 	log  *bytes.Buffer
 	mu   sync.Mutex
@@ -120,7 +125,11 @@ func (p *Proc) Start(t testing.TB) {
 	cmd.Stderr = w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	fmt.Fprintf(w, "=== start %s\n", strings.Join(p.Args, " "))
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if p.NS != nil {
+		start = func() error { return p.NS.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		t.Fatalf("starting %s: %v", p.Name, err)
 	}
 	p.cmd = cmd
@@ -209,6 +218,10 @@ type Cluster struct {
 	Etcd    *Proc
 	Daemons []*Daemon
 	NBD     []*Proc
+	// Opts are the options New was called with (defaults filled in).
+	Opts Options
+	// hosts are the network namespaces made by NewHost.
+	hosts []*Host
 }
 
 // Daemon is one torusd.
@@ -242,7 +255,7 @@ func New(t testing.TB, o Options) *Cluster {
 	if o.Replication == 0 {
 		o.Replication = 2
 	}
-	c := &Cluster{t: t, Dir: t.TempDir()}
+	c := &Cluster{t: t, Dir: t.TempDir(), Opts: o}
 	cport, pport := FreePort(t, "127.0.0.1"), FreePort(t, "127.0.0.1")
 	c.EtcdURL = fmt.Sprintf("http://127.0.0.1:%d", cport)
 	c.Etcd = &Proc{Name: "etcd", Args: []string{etcdBin,
@@ -263,6 +276,9 @@ func New(t testing.TB, o Options) *Cluster {
 			d.Kill(t)
 		}
 		c.Etcd.Kill(t)
+		for _, h := range c.hosts {
+			h.close()
+		}
 	})
 	c.Etcd.Start(t)
 	c.WaitHTTP(c.EtcdURL+"/health", 30*time.Second)
@@ -395,4 +411,21 @@ func (c *Cluster) DumpLogs() {
 		}
 		c.t.Logf("--- %s output:\n%s", p.Name, out)
 	}
+}
+
+// CtlJSON runs `torusctl -o json ARGS...` and decodes its stdout into v.
+// Stderr (warnings) is kept out of the decoding and returned in the error.
+func (c *Cluster) CtlJSON(v any, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, Bin(c.t, "torusctl"), append([]string{"--etcd", c.EtcdURL, "-o", "json"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("torusctl %s: %v: %s%s", strings.Join(args, " "), err, stderr.String(), stdout.String())
+	}
+	if err := json.Unmarshal(stdout.Bytes(), v); err != nil {
+		return fmt.Errorf("torusctl %s: decoding %q: %v", strings.Join(args, " "), stdout.String(), err)
+	}
+	return nil
 }
