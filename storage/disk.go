@@ -387,8 +387,11 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 		// Cut away whatever part was written, so the file is again the
 		// segment's length.
 		if terr := e.f.Truncate(off); terr != nil {
+			// The file now ends in a torn tail that a restart would
+			// count as segment bytes: stop using the segment.
 			d.log.Error("cannot truncate a failed append; the segment file has a torn tail",
 				"segment", seg, "length", off, "err", terr)
+			s.failed = fmt.Errorf("an append failed and could not be cut away (%v): %w", terr, torus.ErrCorrupt)
 		}
 		if created {
 			d.fds.forget(seg)
@@ -457,7 +460,7 @@ func (d *Disk) syncDir(dir string) error {
 // cause in the message.
 func classify(err error) error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return fmt.Errorf("%w: %v", torus.ErrNoSpace, err)
+		return fmt.Errorf("%w: %w", torus.ErrNoSpace, err)
 	}
 	return err
 }

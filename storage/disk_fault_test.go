@@ -53,8 +53,8 @@ func TestDiskFilesystemFull(t *testing.T) {
 
 			// An existing segment: the torn half is truncated away.
 			err := d.Append(ctx, a, 1000, storagetest.Pattern(1, 1000, 4000))
-			if !errors.Is(err, torus.ErrNoSpace) {
-				t.Fatalf("Append on a full filesystem: %v; want ErrNoSpace", err)
+			if !errors.Is(err, torus.ErrNoSpace) || !errors.Is(err, errno) {
+				t.Fatalf("Append on a full filesystem: %v; want ErrNoSpace wrapping %v", err, errno)
 			}
 			if size := fileSize(t, filepath.Join(dir, "segments", "v1", a.String())); size != 1000 {
 				t.Fatalf("file of %s is %d bytes after a failed append; want 1000", a, size)
@@ -151,6 +151,38 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 		t.Fatalf("Append to a recreated segment: %v", err)
 	}
 	if err := d.Sync(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDiskTruncateFailure: when a failed append cannot be cut away, the
+// segment is retired (its file has a torn tail), other segments go on.
+func TestDiskTruncateFailure(t *testing.T) {
+	ctx := context.Background()
+	id := torus.SegmentID{Volume: 1, Seq: 1}
+	broken := false
+	d := openDiskFS(t, vfs.Inject(vfs.OS, func(op, path string) error {
+		if broken && (op == vfs.OpWrite || op == vfs.OpTruncate) {
+			return &os.PathError{Op: op, Path: path, Err: syscall.EIO}
+		}
+		return nil
+	}), t.TempDir(), 1<<20)
+	defer d.Close()
+	if err := d.Append(ctx, id, 0, []byte("abcd")); err != nil {
+		t.Fatal(err)
+	}
+	broken = true
+	if err := d.Append(ctx, id, 4, []byte("efgh")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Append with EIO: %v", err)
+	}
+	broken = false
+	if err := d.Append(ctx, id, 4, []byte("efgh")); !errors.Is(err, torus.ErrCorrupt) {
+		t.Fatalf("Append after an append that could not be cut away: %v; want ErrCorrupt", err)
+	}
+	if info, err := d.Stat(ctx, id); err != nil || info.Length != 4 {
+		t.Fatalf("Stat = %+v, %v; want Length 4", info, err)
+	}
+	if err := d.Append(ctx, torus.SegmentID{Volume: 1, Seq: 2}, 0, []byte("ok")); err != nil {
 		t.Fatal(err)
 	}
 }
