@@ -114,17 +114,17 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.isClosed() {
 				return fmt.Errorf("peer: serve %s: %w", ln.Addr(), torus.ErrClosed)
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				s.log.Warn("peer accept failed; retrying", "err", err)
-				select {
-				case <-time.After(backoff):
-				case <-s.ctx.Done():
-				}
-				backoff = min(2*backoff, time.Second)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("peer: serve %s: %w", ln.Addr(), err)
 			}
-			return fmt.Errorf("peer: serve %s: %w", ln.Addr(), err)
+			// Anything else (EMFILE, ECONNABORTED, ...) may pass.
+			s.log.Warn("peer accept failed; retrying", "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
 		backoff = 5 * time.Millisecond
 		s.startConn(c)

@@ -21,8 +21,9 @@ const (
 	HeaderSize = 24
 	// MaxData is the largest Append payload or ReadAt length.
 	MaxData = 16 << 20
-	// MaxBody is the largest frame body accepted.
-	MaxBody = MaxData + 64
+	// MaxBody is the largest frame body accepted: MaxData and room for a
+	// request's fixed fields or a response's status and message.
+	MaxBody = MaxData + 2048
 	// MaxMessage is the longest error message carried by a response;
 	// longer messages are truncated.
 	MaxMessage = 1024
