@@ -175,13 +175,11 @@ func ReadFrame(r io.Reader, hdr []byte, maxBody uint32) (Header, []byte, error) 
 		return h, nil, err
 	}
 	body := make([]byte, h.Length)
-	if _, err := io.ReadFull(r, body); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	crc, err := readBody(r, body)
+	if err != nil {
 		return h, nil, err
 	}
-	if crc32.Checksum(body, castagnoli) != h.CRC {
+	if crc != h.CRC {
 		return h, nil, errBadCRC
 	}
 	return h, body, nil
