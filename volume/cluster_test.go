@@ -23,8 +23,9 @@ type cluster struct {
 	stores map[string]*storage.Memory
 	locals map[string]*peer.Local
 
-	mu   sync.Mutex
-	down map[string]bool
+	mu      sync.Mutex
+	down    map[string]bool
+	corrupt map[string]bool // reads from these peers have a byte flipped
 }
 
 type clusterOpts struct {
@@ -43,7 +44,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		o.segmentSize = 1 << 20
 	}
 	c := &cluster{t: t, meta: metadata.NewMemory(), stores: map[string]*storage.Memory{},
-		locals: map[string]*peer.Local{}, down: map[string]bool{}}
+		locals: map[string]*peer.Local{}, down: map[string]bool{}, corrupt: map[string]bool{}}
 	t.Cleanup(func() { c.meta.Close() })
 	cfg := torus.ClusterConfig{Replication: o.replication, SegmentSize: o.segmentSize, CheckpointEvery: o.checkpointEvery}
 	if err := c.meta.InitCluster(ctx, cfg); err != nil {
@@ -86,7 +87,28 @@ func (c *cluster) Peer(ctx context.Context, id string) (torus.PeerService, error
 	if !ok || c.down[id] {
 		return nil, fmt.Errorf("test pool: peer %s: %w", id, torus.ErrUnavailable)
 	}
+	if c.corrupt[id] {
+		return corruptPeer{l}, nil
+	}
 	return l, nil
+}
+
+// corruptPeer flips one bit of every block-sized-or-larger read: bit rot
+// on that replica's disk.
+type corruptPeer struct{ torus.PeerService }
+
+func (p corruptPeer) ReadAt(ctx context.Context, seg torus.SegmentID, b []byte, off int64) (int, error) {
+	n, err := p.PeerService.ReadAt(ctx, seg, b, off)
+	if n >= torus.BlockSize {
+		b[n/2] ^= 0x20
+	}
+	return n, err
+}
+
+func (c *cluster) setCorrupt(id string, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corrupt[id] = on
 }
 
 func (c *cluster) setDown(id string, down bool) {
