@@ -38,6 +38,10 @@ const DefaultLockTTL = 10 * time.Second
 // once a batch holds this many bytes.
 const maxBatch = 4 << 20
 
+// peerTimeout bounds one round of Appends or Syncs: a replica that hangs
+// longer is treated as failed.
+const peerTimeout = 30 * time.Second
+
 // badPeerTimeout is how long a peer that failed an append or sync is left
 // out of new segments.
 const badPeerTimeout = 30 * time.Second
@@ -434,6 +438,12 @@ func (v *Volume) sessionLoop() {
 func (v *Volume) watchLoop() {
 	defer v.wg.Done()
 	ch := v.meta.Watch(v.ctx)
+	if !v.ro {
+		// Requests filed before this writer opened.
+		ctx, cancel := context.WithTimeout(v.ctx, 10*time.Second)
+		v.answerSnapshotRequests(ctx)
+		cancel()
+	}
 	for {
 		select {
 		case <-v.stop:

@@ -163,11 +163,13 @@ func (v *Volume) appendReplicas(s *segState, buf []byte) (failed []string, noSpa
 		err error
 	}
 	ch := make(chan res, len(replicas))
+	ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
+	defer cancel()
 	for _, id := range replicas {
 		go func() {
-			p, err := v.peers.Peer(v.ctx, id)
+			p, err := v.peers.Peer(ctx, id)
 			if err == nil {
-				err = p.Append(v.ctx, v.epoch, s.id, s.length, buf)
+				err = p.Append(ctx, v.epoch, s.id, s.length, buf)
 			}
 			ch <- res{id, err}
 		}()
@@ -405,6 +407,8 @@ func (v *Volume) flush(ctx context.Context) error {
 		n += len(j.replicas)
 	}
 	ch := make(chan res, n)
+	ctx, cancel := context.WithTimeout(ctx, peerTimeout)
+	defer cancel()
 	for ji, j := range jobs {
 		for _, id := range j.replicas {
 			go func() {
