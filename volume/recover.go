@@ -108,7 +108,7 @@ func (v *Volume) readWhole(ctx context.Context, ref torus.SegmentRef, accept fun
 func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string]bool) (*Index, int64, error) {
 	v.mu.Lock()
 	nblocks := uint64(v.info.Size / torus.BlockSize)
-	id := v.info.ID
+	id := v.id
 	v.mu.Unlock()
 	idx := NewIndex(nblocks)
 	if ck := head.Checkpoint; ck != nil {

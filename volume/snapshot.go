@@ -111,6 +111,7 @@ func LiveSegments(ctx context.Context, meta torus.Metadata, peers torus.PeerPool
 	}
 	cfg.EnsureDefaults()
 	v.cfg = cfg
+	v.id = info.ID
 	v.setInfo(info)
 	if err := v.refreshCluster(ctx); err != nil {
 		return nil, err

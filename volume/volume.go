@@ -93,6 +93,7 @@ type Volume struct {
 	peers torus.PeerPool
 	log   *slog.Logger
 	name  string
+	id    uint64 // volume ID, fixed at open
 	snap  string
 	ro    bool
 	owner string
@@ -183,10 +184,13 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 }
 
 func (v *Volume) openVolume(ctx context.Context, opt Options) error {
+	// Watch before reading anything, so no change after the reads is missed.
+	watch := v.meta.Watch(v.ctx)
 	info, err := v.meta.Volume(ctx, v.name)
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", v.name, err)
 	}
+	v.id = info.ID
 	cfg, err := v.meta.ClusterConfig(ctx)
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", v.name, err)
@@ -214,7 +218,7 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 		}
 		v.idx, v.head = idx, head
 		v.wg.Add(1)
-		go v.watchLoop()
+		go v.watchLoop(watch)
 		return nil
 	}
 
@@ -263,7 +267,7 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 	v.log.Info("opened for writing", "owner", opt.Owner, "sealed", len(v.head.Sealed), "mapped", idx.Mapped())
 	v.wg.Add(3)
 	go v.appender()
-	go v.watchLoop()
+	go v.watchLoop(watch)
 	go v.sessionLoop()
 	return nil
 }
@@ -326,7 +330,7 @@ func (v *Volume) fenceAll(ctx context.Context) map[string]bool {
 		go func() {
 			p, err := v.peers.Peer(ctx, id)
 			if err == nil {
-				err = p.Fence(ctx, v.info.ID, v.epoch)
+				err = p.Fence(ctx, v.id, v.epoch)
 			}
 			if err != nil {
 				v.log.Warn("fence failed", "peer", id, "err", err)
@@ -371,6 +375,13 @@ func (v *Volume) fence(cause error) error {
 		v.log.Warn("writer fenced", "cause", cause)
 	}
 	return v.fenced
+}
+
+// minReplicas is the current write policy.
+func (v *Volume) minReplicas() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.minRep
 }
 
 func (v *Volume) fencedErr() error {
@@ -435,9 +446,8 @@ func (v *Volume) sessionLoop() {
 
 // watchLoop refreshes the ring, live peers and volume record on every
 // metadata change, and (writer) answers snapshot requests.
-func (v *Volume) watchLoop() {
+func (v *Volume) watchLoop(ch <-chan struct{}) {
 	defer v.wg.Done()
-	ch := v.meta.Watch(v.ctx)
 	if !v.ro {
 		// Requests filed before this writer opened.
 		ctx, cancel := context.WithTimeout(v.ctx, 10*time.Second)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/torus-storage/torus"
 )
@@ -199,4 +200,41 @@ func TestBadInput(t *testing.T) {
 	// The lock was released at once.
 	w := c.open("vol", Options{Owner: "bob"})
 	w.Close(ctx)
+}
+
+// TestGrow: a size change in the metadata reaches an open writer, which
+// then accepts I/O in the new range; a reopen sees the data.
+func TestGrow(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2})
+	info := c.create("vol", 1<<20, 0)
+	v := c.open("vol", Options{})
+	defer v.Close(ctx)
+	p := bytes.Repeat([]byte{9}, 4096)
+	if err := v.WriteAt(ctx, p, 1<<20, false); !errors.Is(err, torus.ErrOutOfRange) {
+		t.Fatalf("write past the end: %v", err)
+	}
+	info.Size = 2 << 20
+	if err := c.meta.UpdateVolume(ctx, info); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for v.Size() != 2<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("size still %d", v.Size())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := v.WriteAt(ctx, p, 2<<20-4096, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v2 := c.open("vol", Options{ReadOnly: true})
+	defer v2.Close(ctx)
+	got := make([]byte, 4096)
+	if err := v2.ReadAt(ctx, got, 2<<20-4096); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("grown range after reopen: %v", err)
+	}
 }

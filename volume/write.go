@@ -259,11 +259,11 @@ func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
 	var next *segState
 	var placeErr error
 	if openNew {
-		id := torus.SegmentID{Volume: v.info.ID, Epoch: v.epoch, Seq: nh.NextSeq, Kind: torus.KindData}
+		id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: nh.NextSeq, Kind: torus.KindData}
 		replicas := v.pick(id)
-		if len(replicas) < v.minRep {
+		if minRep := v.minReplicas(); len(replicas) < minRep {
 			placeErr = fmt.Errorf("volume %s: %d live peers for a new segment, need %d: %w",
-				v.name, len(replicas), v.minRep, errNoOpen)
+				v.name, len(replicas), minRep, errNoOpen)
 		} else {
 			nh.NextSeq++
 			nh.Open = &id
@@ -311,13 +311,14 @@ func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.Segment
 		return torus.SegmentRef{}, err
 	}
 	v.mu.Lock()
-	p := EncodeCheckpoint(v.info.ID, int64(v.idx.Blocks())*torus.BlockSize, v.idx)
+	p := EncodeCheckpoint(v.id, int64(v.idx.Blocks())*torus.BlockSize, v.idx)
 	v.mu.Unlock()
-	id := torus.SegmentID{Volume: v.info.ID, Epoch: v.epoch, Seq: seq, Kind: torus.KindCheckpoint}
+	id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: seq, Kind: torus.KindCheckpoint}
 	replicas := v.pick(id)
-	if len(replicas) < v.minRep {
+	minRep := v.minReplicas()
+	if len(replicas) < minRep {
 		return torus.SegmentRef{}, fmt.Errorf("volume %s: %d live peers for a checkpoint, need %d: %w",
-			v.name, len(replicas), v.minRep, torus.ErrUnavailable)
+			v.name, len(replicas), minRep, torus.ErrUnavailable)
 	}
 	ch := make(chan error, len(replicas))
 	for _, rid := range replicas {
@@ -343,9 +344,9 @@ func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.Segment
 			return torus.SegmentRef{}, v.fence(err)
 		}
 	}
-	if ok < v.minRep {
+	if ok < minRep {
 		return torus.SegmentRef{}, fmt.Errorf("volume %s: checkpoint on %d replicas, need %d: %w",
-			v.name, ok, v.minRep, errors.Join(append(errs, torus.ErrUnavailable)...))
+			v.name, ok, minRep, errors.Join(append(errs, torus.ErrUnavailable)...))
 	}
 	v.mu.Lock()
 	v.stats.Checkpoints++
