@@ -241,6 +241,9 @@ type Options struct {
 	DaemonArgs   []string
 	HeartbeatTTL string // e.g. "2s"
 	DownGrace    string // e.g. "3s"
+	// NoAutoJoin starts daemons without --auto-join: they register as
+	// "new" and join with `torusctl peer add`.
+	NoAutoJoin bool
 }
 
 // New starts etcd, `torusctl init`, and the daemons, and waits until every
@@ -306,7 +309,10 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 	d.PeerAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
 	d.HTTPAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
 	args := []string{Bin(t, "torusd"), "--etcd", c.EtcdURL, "--data-dir", d.DataDir, "--size", "4GiB",
-		"--peer-address", d.PeerAddr, "--http", d.HTTPAddr, "--auto-join", "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
+		"--peer-address", d.PeerAddr, "--http", d.HTTPAddr, "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
+	if !o.NoAutoJoin {
+		args = append(args, "--auto-join")
+	}
 	if o.HeartbeatTTL != "" {
 		args = append(args, "--heartbeat-ttl", o.HeartbeatTTL)
 	}
