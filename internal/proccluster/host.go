@@ -31,24 +31,36 @@ type Host struct {
 func (c *Cluster) NewHost() *Host {
 	t := c.t
 	t.Helper()
-	ns, err := netns.New()
+	h, err := c.TryNewHost()
 	if err != nil {
 		if errors.Is(err, netns.ErrUnsupported) && os.Getenv("TORUS_REQUIRE_TOOLS") != "1" {
 			t.Skipf("network namespaces unavailable: %v", err)
 		}
 		t.Fatal(err)
 	}
+	return h
+}
+
+// TryNewHost is NewHost returning the error (netns.ErrUnsupported without
+// the permission) instead of skipping.
+func (c *Cluster) TryNewHost() (*Host, error) {
+	t := c.t
+	t.Helper()
+	ns, err := netns.New()
+	if err != nil {
+		return nil, err
+	}
 	h := &Host{NS: ns, proxies: map[string]*netns.Proxy{}}
 	c.hosts = append(c.hosts, h)
 	u, err := url.Parse(c.EtcdURL)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	h.Link(t, u.Host)
 	for _, d := range c.Daemons {
 		h.Link(t, d.PeerAddr)
 	}
-	return h
+	return h, nil
 }
 
 // tb is the part of testing.TB Link needs.

@@ -1,0 +1,285 @@
+package life
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torus-storage/torus/internal/proccluster"
+)
+
+// robustnessDuration is how long the fault loop runs: short in `make
+// test`, long under TORUS_ROBUSTNESS=long (`make robustness`);
+// TORUS_ROBUSTNESS_DURATION overrides both.
+func robustnessDuration(t *testing.T) time.Duration {
+	if s := os.Getenv("TORUS_ROBUSTNESS_DURATION"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("TORUS_ROBUSTNESS_DURATION=%q: %v", s, err)
+		}
+		return d
+	}
+	if os.Getenv("TORUS_ROBUSTNESS") == "long" {
+		return 10 * time.Minute
+	}
+	return 40 * time.Second
+}
+
+// robust is the state of one robustness run.
+type robust struct {
+	t      *testing.T
+	c      *proccluster.Cluster
+	rng    *rand.Rand
+	m      *model
+	w      *workload
+	host   *proccluster.Host // nil when network namespaces are unavailable
+	writer *proccluster.Proc
+	addr   string
+	nc     *nbdClient
+	vol    string
+	blocks int64
+	trace  []string
+	start  time.Time
+	counts map[string]int
+	etcdUp bool
+	cut    bool
+}
+
+func (r *robust) logf(format string, args ...any) {
+	s := fmt.Sprintf("%8.3fs ", time.Since(r.start).Seconds()) + fmt.Sprintf(format, args...)
+	r.trace = append(r.trace, s)
+	if testing.Verbose() {
+		r.t.Log(s)
+	}
+}
+
+func (r *robust) fatalf(format string, args ...any) {
+	r.t.Helper()
+	tail := r.trace
+	if len(tail) > 60 {
+		tail = tail[len(tail)-60:]
+	}
+	r.t.Fatalf("%s\nlast operations:\n%s", fmt.Sprintf(format, args...), strings.Join(tail, "\n"))
+}
+
+func (r *robust) dial() func(string) (net.Conn, error) {
+	if r.host == nil {
+		return nil
+	}
+	return r.host.Dial
+}
+
+// newWriter starts a fresh torusblk (on the writer's host) and attaches,
+// forcing the previous lock away; it then verifies everything and takes
+// the recovered contents as the new truth.
+func (r *robust) newWriter(why string) {
+	r.t.Helper()
+	if r.nc != nil {
+		r.nc.Abort()
+	}
+	if r.writer != nil {
+		r.writer.Kill(r.t)
+	}
+	if out, err := r.c.CtlErr("volume", "unlock", r.vol, "--force"); err != nil {
+		r.logf("unlock --force: %v: %s", err, strings.TrimSpace(out))
+	}
+	if r.host != nil {
+		r.writer, r.addr = r.c.StartNBDOn(r.host)
+	} else {
+		r.writer, r.addr = r.c.StartNBD()
+	}
+	deadline := time.Now().Add(writerLeaseTTL + 30*time.Second)
+	for {
+		nc, err := tryAttach(r.dial(), r.addr, r.vol)
+		if err == nil {
+			r.nc = nc
+			break
+		}
+		if time.Now().After(deadline) {
+			r.fatalf("new writer (%s) cannot attach: %v", why, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	ids, err := verify(r.nc, r.m)
+	if err != nil {
+		r.fatalf("after new writer (%s): %v", why, err)
+	}
+	r.m.settle(0, ids)
+	r.logf("new writer %s attached and verified (%s)", r.writer.Name, why)
+}
+
+// healFaults ends the partition, starts etcd and every daemon, and waits
+// until they are ready.
+func (r *robust) healFaults() {
+	r.t.Helper()
+	if r.cut {
+		r.host.Heal()
+		r.cut = false
+		r.logf("heal partition")
+	}
+	if !r.etcdUp {
+		r.c.Etcd.Start(r.t)
+		r.etcdUp = true
+		r.logf("start etcd")
+	}
+	for i, d := range r.c.Daemons {
+		if !d.Running() {
+			d.Start(r.t)
+			r.logf("restart daemon %d", i)
+		}
+	}
+	r.c.WaitHTTP(r.c.EtcdURL+"/health", 30*time.Second)
+	for _, d := range r.c.Daemons {
+		r.c.WaitHTTP("http://"+d.HTTPAddr+"/readyz", 30*time.Second)
+	}
+}
+
+// recover heals every fault and requires a write and a flush to succeed
+// within 60 s, replacing the writer if its connection is gone or it stays
+// fenced.
+func (r *robust) recover() {
+	r.t.Helper()
+	r.healFaults()
+	deadline := time.Now().Add(60 * time.Second)
+	replaced := false
+	for {
+		if r.nc.broken != nil && !replaced {
+			r.newWriter("connection broken: " + r.nc.broken.Error())
+			replaced = true
+		}
+		err := r.w.step(r.nc)
+		if err == nil {
+			err = r.w.doFlush(r.nc)
+		}
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.fatalf("no successful write+flush within 60 s after healing every fault: %v", err)
+		}
+		if !replaced && time.Until(deadline) < 40*time.Second {
+			r.newWriter("writes keep failing after recovery: " + err.Error())
+			replaced = true
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestRobustness runs random writes, flushes, partial reads and faults
+// (replica SIGKILL and restart, writer SIGKILL and takeover, etcd restart,
+// short partitions of the writer's host) against a 3-daemon cluster,
+// checking every read against the model. TORUS_SEED replays the sequence of
+// operations (timing still varies).
+func TestRobustness(t *testing.T) {
+	sd := seed(t)
+	dur := robustnessDuration(t)
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2})
+	r := &robust{t: t, c: c, rng: rand.New(rand.NewPCG(uint64(sd), 7)), vol: "rb", blocks: 4096,
+		start: time.Now(), counts: map[string]int{}, etcdUp: true}
+	createVolume(t, c, r.vol, "16MiB", 1)
+	r.m = newModel(sd, r.blocks)
+	r.w = newWorkload(r.m, uint64(sd), "robustness")
+	r.w.maxN = 32
+	if h, err := c.TryNewHost(); err == nil {
+		r.host = h
+	} else {
+		t.Logf("partitions disabled: %v", err)
+	}
+	r.newWriter("first")
+	t.Logf("robustness run of %v (seed %d)", dur, sd)
+	end := time.Now().Add(dur)
+	ops := 0
+	for time.Now().Before(end) {
+		ops++
+		x := r.rng.IntN(1000)
+		switch {
+		case x < 700:
+			r.counts["write"]++
+			if err := r.w.step(r.nc); err != nil {
+				r.logf("write/flush: %v", err)
+			}
+		case x < 800:
+			r.counts["flush"]++
+			if err := r.w.doFlush(r.nc); err != nil {
+				r.logf("flush: %v", err)
+			}
+		case x < 880:
+			r.counts["read"]++
+			n := 1 + r.rng.Int64N(64)
+			first := r.rng.Int64N(r.blocks - n + 1)
+			p := make([]byte, n*blockSize)
+			if err := r.nc.ReadAt(p, first*blockSize); err != nil {
+				r.logf("read [%d,+%d): %v", first, n, err)
+				break
+			}
+			if _, bad := r.m.check(first, p); len(bad) > 0 {
+				r.fatalf("read of blocks [%d,%d) differs from the model:\n%s", first, first+n, formatMismatches(bad, 20))
+			}
+		case x < 910:
+			i := r.rng.IntN(len(c.Daemons))
+			d := c.Daemons[i]
+			running := 0
+			for _, d := range c.Daemons {
+				if d.Running() {
+					running++
+				}
+			}
+			if d.Running() && running == len(c.Daemons) {
+				r.counts["kill daemon"]++
+				r.logf("SIGKILL daemon %d", i)
+				d.Kill(t)
+			} else if !d.Running() {
+				r.counts["restart daemon"]++
+				r.logf("restart daemon %d", i)
+				d.Start(t)
+			}
+		case x < 930:
+			r.counts["kill writer"]++
+			r.logf("SIGKILL writer %s", r.writer.Name)
+			r.writer.Kill(t)
+			r.healFaults()
+			r.newWriter("after writer SIGKILL")
+		case x < 945:
+			if r.etcdUp {
+				r.counts["etcd restart"]++
+				r.logf("SIGKILL etcd")
+				c.Etcd.Kill(t)
+				r.etcdUp = false
+			} else {
+				r.logf("start etcd")
+				c.Etcd.Start(t)
+				r.etcdUp = true
+			}
+		case x < 960:
+			if r.host == nil {
+				break
+			}
+			if r.cut {
+				r.logf("heal partition")
+				r.host.Heal()
+				r.cut = false
+			} else {
+				r.counts["partition"]++
+				r.logf("cut the writer's host off")
+				r.host.Cut()
+				r.cut = true
+			}
+		default:
+			r.counts["recover"]++
+			r.recover()
+			r.logf("recovered: all faults healed, write+flush ok")
+		}
+	}
+	// Final: everything healed, every daemon back, full verification
+	// through the writer and through a fresh one.
+	r.recover()
+	if _, err := verify(r.nc, r.m); err != nil {
+		r.fatalf("final verification: %v", err)
+	}
+	r.newWriter("final check")
+	t.Logf("FIGURE robustness run: %v of faults, %d operations (%v), workload %s", dur, ops, r.counts, r.w.summary())
+}
