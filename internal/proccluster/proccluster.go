@@ -94,7 +94,7 @@ type Proc struct {
 	// Cluster.NewHost).
 	NS   *netns.NS
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *lockedBuffer
 	mu   sync.Mutex
 	done chan struct{}
 }
@@ -116,11 +116,11 @@ func (p *Proc) Start(t testing.TB) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.log == nil {
-		p.log = &bytes.Buffer{}
+		p.log = &lockedBuffer{b: &bytes.Buffer{}}
 	}
 	cmd := exec.Command(p.Args[0], p.Args[1:]...)
 	cmd.Env = append(os.Environ(), p.Env...)
-	w := &lockedBuffer{b: p.log}
+	w := p.log
 	cmd.Stdout = w
 	cmd.Stderr = w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -207,7 +207,9 @@ func (p *Proc) Output() string {
 	if p.log == nil {
 		return ""
 	}
-	return p.log.String()
+	p.log.mu.Lock()
+	defer p.log.mu.Unlock()
+	return p.log.b.String()
 }
 
 // Cluster is etcd plus daemons, started by New.
@@ -400,7 +402,9 @@ func (c *Cluster) WaitTCP(addr string, d time.Duration) {
 	}
 }
 
-// DumpLogs logs the tail of every process's output.
+// DumpLogs logs the tail of every process's output, Debug lines left out.
+// With TORUS_KEEP_LOGS=DIR the whole output of every process is also
+// written to DIR/TEST/PROCESS.log.
 func (c *Cluster) DumpLogs() {
 	procs := []*Proc{c.Etcd}
 	for _, d := range c.Daemons {
@@ -412,6 +416,25 @@ func (c *Cluster) DumpLogs() {
 			continue
 		}
 		out := p.Output()
+		if dir := os.Getenv("TORUS_KEEP_LOGS"); dir != "" {
+			d := filepath.Join(dir, strings.ReplaceAll(c.t.Name(), "/", "_"))
+			if err := os.MkdirAll(d, 0o755); err == nil {
+				os.WriteFile(filepath.Join(d, p.Name+".log"), []byte(out), 0o644)
+			}
+		}
+		var keep []string
+		dropped := 0
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "level=DEBUG") {
+				dropped++
+				continue
+			}
+			keep = append(keep, line)
+		}
+		out = strings.Join(keep, "\n")
+		if dropped > 0 {
+			out += fmt.Sprintf("\n(%d debug lines left out; TORUS_KEEP_LOGS=DIR keeps everything)", dropped)
+		}
 		if len(out) > 8000 {
 			out = "...\n" + out[len(out)-8000:]
 		}

@@ -34,11 +34,51 @@ func TestEtcdRestart(t *testing.T) {
 	c.Etcd.Start(t)
 	back := time.Now()
 	c.WaitHTTP(c.EtcdURL+"/health", 30*time.Second)
+	stop()
 
-	for _, d := range c.Daemons {
-		c.WaitHTTP("http://"+d.HTTPAddr+"/readyz", 30*time.Second)
+	// The writer's own connection works again soon: no re-attach.
+	resumed, ok, last := poll(60*time.Second, 250*time.Millisecond, func() (bool, string) {
+		err := w.step(nc)
+		if err == nil {
+			err = w.doFlush(nc)
+		}
+		if err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+	if !ok {
+		t.Fatalf("no write+flush succeeded on the writer's connection within %v after etcd came back; last error: %s; workload %s",
+			resumed.Round(time.Millisecond), last, w.summary())
 	}
-	eventually(t, 20*time.Second, 200*time.Millisecond, "every peer up after the etcd restart", func() (bool, string) {
+	t.Logf("writes resumed %v after etcd came back", time.Since(back).Round(time.Millisecond))
+	if since := time.Since(back); since > 15*time.Second {
+		t.Errorf("writes resumed only %v after etcd came back (want within 15 s)", since.Round(time.Millisecond))
+	}
+	_, failsBefore, _ := w.errors()
+	weBefore, _, _ := w.errors()
+	for i := 0; i < 100; i++ {
+		w.step(nc)
+	}
+	w.doFlush(nc)
+	we1, fe1, log := w.errors()
+	if we1 > weBefore || fe1 > failsBefore {
+		t.Errorf("after recovery %d writes and %d flushes still failed:\n%s", we1-weBefore, fe1-failsBefore, strings.Join(log, "\n"))
+	}
+	t.Logf("workload: %s (failures before the kill %d/%d, by the restart %d/%d)", w.summary(), we0, fe0, duringW, duringF)
+	if we0+fe0 > 0 {
+		t.Errorf("failures before etcd was killed:\n%s", strings.Join(log, "\n"))
+	}
+	mustVerify(t, nc, m, "after the etcd restart")
+
+	// Daemons reconnect: ready, and shown up.
+	for i, d := range c.Daemons {
+		took, ok, last := poll(20*time.Second, 200*time.Millisecond, func() (bool, string) { return ready(d.HTTPAddr) })
+		if !ok {
+			t.Errorf("daemon %d not ready %v after etcd came back (readyz: %s)", i, took.Round(time.Millisecond), last)
+		}
+	}
+	if _, ok, last := poll(10*time.Second, 200*time.Millisecond, func() (bool, string) {
 		ps, err := peerList(c)
 		if err != nil {
 			return false, err.Error()
@@ -50,31 +90,9 @@ func TestEtcdRestart(t *testing.T) {
 			}
 		}
 		return up == len(c.Daemons), peerStates(ps)
-	})
-	t.Logf("daemons ready and up %v after etcd came back", time.Since(back).Round(time.Millisecond))
-
-	// From now on the same connection must work without errors.
-	time.Sleep(2 * time.Second)
-	stop()
-	we1, fe1, log := w.errors()
-	t.Logf("workload: %s (failures before the kill %d/%d, by the restart %d/%d)", w.summary(), we0, fe0, duringW, duringF)
-	if we0+fe0 > 0 {
-		t.Errorf("failures before etcd was killed:\n%s", strings.Join(log, "\n"))
+	}); !ok {
+		t.Errorf("not every peer up after the etcd restart: %s", last)
 	}
-	after := 0
-	for i := 0; i < 100; i++ {
-		if err := w.step(nc); err != nil {
-			t.Fatalf("write after etcd came back (on the writer's original connection): %v", err)
-		}
-		after++
-	}
-	if err := w.doFlush(nc); err != nil {
-		t.Fatalf("flush after etcd came back: %v", err)
-	}
-	if we1+fe1 > 0 {
-		t.Logf("failed requests while etcd was down or reconnecting (allowed when a segment seal needed etcd):\n%s", strings.Join(log, "\n"))
-	}
-	mustVerify(t, nc, m, "after the etcd restart")
 	r, err := volumeInfo(c, vol)
 	if err != nil {
 		t.Fatal(err)

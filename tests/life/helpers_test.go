@@ -385,3 +385,31 @@ func metric(addr, name string) (float64, error) {
 	}
 	return sum, nil
 }
+
+// poll is eventually without failing: it reports how long cond took and
+// whether it held within d, with cond's last state.
+func poll(d, interval time.Duration, cond func() (bool, string)) (time.Duration, bool, string) {
+	start := time.Now()
+	for {
+		ok, state := cond()
+		if ok {
+			return time.Since(start), true, state
+		}
+		if time.Since(start) > d {
+			return time.Since(start), false, state
+		}
+		time.Sleep(interval)
+	}
+}
+
+// ready reports whether a daemon's /readyz answers 200.
+func ready(httpAddr string) (bool, string) {
+	cl := http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Get("http://" + httpAddr + "/readyz")
+	if err != nil {
+		return false, err.Error()
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == 200, fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(b)))
+}
