@@ -225,6 +225,8 @@ type workload struct {
 	note  string
 	flush int // flush after every this many writes (on average)
 	maxN  int64
+	// lo, hi bound the blocks written (hi 0: the whole volume).
+	lo, hi int64
 
 	mu                   sync.Mutex
 	writes, flushes      int
@@ -241,8 +243,12 @@ func newWorkload(m *model, seed uint64, note string) *workload {
 // step issues one random write, and a flush now and then. It returns the
 // first error of the step.
 func (w *workload) step(nc *nbdClient) error {
-	n := 1 + w.rng.Int64N(w.maxN)
-	first := w.rng.Int64N(w.m.blocks - n + 1)
+	lo, hi := w.lo, w.hi
+	if hi == 0 {
+		hi = w.m.blocks
+	}
+	n := 1 + w.rng.Int64N(min(w.maxN, hi-lo))
+	first := lo + w.rng.Int64N(hi-lo-n+1)
 	fua := w.rng.IntN(20) == 0
 	id, p := w.m.newWrite(first, n, w.note+" at "+time.Now().Format("15:04:05.000"), false)
 	err := nc.WriteAt(p, first*blockSize, fua)
