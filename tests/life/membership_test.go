@@ -53,6 +53,17 @@ func TestAddRemovePeer(t *testing.T) {
 		t.Fatalf("`torusctl peer add %s` failed (issue 4 behaviour 1 needs it): %v\n%s", d3.PeerAddr, err, out)
 	}
 	t.Logf("peer add: %s", strings.TrimSpace(out))
+	if _, ok, last := poll(10*time.Second, 200*time.Millisecond, func() (bool, string) {
+		ps, err := peerList(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		p, ok := peerByAddr(ps, d3.PeerAddr)
+		return ok && p.State == torus.PeerUp, peerStates(ps)
+	}); !ok {
+		stop()
+		t.Fatalf("`torusctl peer add %s` did not make the daemon an up ring member within 10 s (peers: %s); its output:\n%s", d3.PeerAddr, last, out)
+	}
 	added := time.Now()
 	waitBalanced(t, c, md, vol, w, nil, "after adding a fourth daemon")
 	t.Logf("rebalanced onto the fourth daemon %v after peer add", time.Since(added).Round(time.Millisecond))
@@ -90,6 +101,17 @@ func TestAddRemovePeer(t *testing.T) {
 	}
 	t.Logf("peer remove: %s", strings.TrimSpace(out))
 	removing := time.Now()
+	if _, ok, last := poll(10*time.Second, 200*time.Millisecond, func() (bool, string) {
+		ps, err := peerList(c)
+		if err != nil {
+			return false, err.Error()
+		}
+		p, ok := peerByAddr(ps, d0.PeerAddr)
+		return !ok || p.State == torus.PeerDraining || p.State == torus.PeerRemoved, peerStates(ps)
+	}); !ok {
+		stop()
+		t.Fatalf("`torusctl peer remove %s` did not start draining the daemon within 10 s (peers: %s); its output:\n%s", d0.PeerAddr, last, out)
+	}
 	sawDraining := false
 	eventually(t, 90*time.Second, 300*time.Millisecond, "daemon 0 drained and removed", func() (bool, string) {
 		ps, err := peerList(c)
