@@ -170,7 +170,8 @@ func (in Input) unusable(id string) bool { return !in.Up[id] || in.Draining[id] 
 //     deleted only when every peer of D has a full copy and D has
 //     Replication peers; copies on down peers are left alone;
 //   - with no up full copy the segment is reported in Unavailable and
-//     nothing is planned for it.
+//     nothing is planned for it;
+//   - a sealed segment of length 0 needs nothing.
 //
 // Compute fails with an error wrapping torus.ErrInvalid for a nil ring, a
 // segment listed twice, a negative length, or a peer listed twice as holder
@@ -218,6 +219,11 @@ func Compute(in Input) (*Plan, error) {
 }
 
 func planSegment(p *Plan, s *Segment, desired []string, repl int, up map[string]bool) {
+	if s.Length == 0 {
+		// Nothing to lose, and a store cannot hold an empty segment
+		// (it exists once something is appended): nothing to do.
+		return
+	}
 	holding := func(peer string) (int64, bool) {
 		for _, h := range s.Holders {
 			if h.Peer == peer {
