@@ -6,12 +6,20 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/torus-storage/torus"
 )
 
 // echoBaseline times n round trips of a raw TCP exchange over loopback:
 // the client sends size bytes, the server reads them and answers with a
 // 24-byte ack (what a peer Append needs at the least). It returns ns/op.
 func echoBaseline(b *testing.B, size, n int) float64 {
+	return exchangeBaseline(b, size, HeaderSize, n)
+}
+
+// exchangeBaseline times n raw TCP round trips of reqSize bytes out and
+// respSize bytes back.
+func exchangeBaseline(b *testing.B, reqSize, respSize, n int) float64 {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -25,8 +33,8 @@ func echoBaseline(b *testing.B, size, n int) float64 {
 			return
 		}
 		defer c.Close()
-		buf := make([]byte, size)
-		ack := make([]byte, HeaderSize)
+		buf := make([]byte, reqSize)
+		ack := make([]byte, respSize)
 		for {
 			if _, err := io.ReadFull(c, buf); err != nil {
 				return
@@ -40,8 +48,8 @@ func echoBaseline(b *testing.B, size, n int) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	payload := make([]byte, size)
-	ack := make([]byte, HeaderSize)
+	payload := make([]byte, reqSize)
+	ack := make([]byte, respSize)
 	start := time.Now()
 	for range n {
 		if _, err := c.Write(payload); err != nil {
@@ -106,7 +114,7 @@ func BenchmarkAppend4KParallel(b *testing.B) {
 
 // BenchmarkReadAt4KParallel: concurrent reads on one connection.
 func BenchmarkReadAt4KParallel(b *testing.B) {
-	_, addr := startServer(b, &errService{n: 4 << 10}, ServerConfig{})
+	_, addr := startServer(b, &nopService{}, ServerConfig{})
 	c := dialT(b, addr, ClientConfig{})
 	b.SetBytes(4 << 10)
 	b.SetParallelism(8)
@@ -120,4 +128,34 @@ func BenchmarkReadAt4KParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// nopService accepts everything and reads as whatever the buffer holds, so
+// that benchmarks measure the protocol and not a store.
+type nopService struct{ errService }
+
+func (*nopService) ReadAt(_ context.Context, _ torus.SegmentID, p []byte, _ int64) (int, error) {
+	return len(p), nil
+}
+
+// BenchmarkReadAt1M measures sequential 1 MiB reads against a raw exchange
+// of a small request and 1 MiB back, measured in the same run.
+func BenchmarkReadAt1M(b *testing.B) {
+	const size = 1 << 20
+	echoNs := exchangeBaseline(b, HeaderSize+segIDSize+12, size, b.N)
+	_, addr := startServer(b, &nopService{}, ServerConfig{})
+	c := dialT(b, addr, ClientConfig{})
+	p := make([]byte, size)
+	b.SetBytes(size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.ReadAt(context.Background(), seg(1, 1, 1), p, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	peerNs := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	b.ReportMetric(echoNs, "echo-ns/op")
+	b.ReportMetric(peerNs/echoNs, "x-echo")
 }

@@ -79,6 +79,7 @@ type Client struct {
 	cc      *clientConn   // current connection; nil or broken: dial on next call
 	dialing chan struct{} // closed when a dial in progress ends
 	wg      sync.WaitGroup
+	bufs    bufPool
 }
 
 var _ torus.PeerService = (*Client)(nil)
@@ -170,7 +171,7 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
-		cc := &clientConn{c: nc, addr: c.addr, pending: make(map[uint64]pendingCall)}
+		cc := &clientConn{c: nc, addr: c.addr, bufs: &c.bufs, pending: make(map[uint64]pendingCall)}
 		c.cc = cc
 		c.wg.Add(1)
 		c.mu.Unlock()
@@ -198,8 +199,9 @@ func (c *Client) ctxError(ctx context.Context, op string) error {
 }
 
 // call sends one request whose body is fixed followed by data, and waits for
-// its response.
-func (c *Client) call(ctx context.Context, op Op, fixed, data []byte) (Response, error) {
+// its response. A ReadAt response's data is copied into dst and resp.Data
+// is set to the copied part of dst (the response buffer is recycled).
+func (c *Client) call(ctx context.Context, op Op, fixed, data, dst []byte) (Response, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	defer cancel()
 	if ctx.Err() != nil {
@@ -233,7 +235,15 @@ func (c *Client) call(ctx context.Context, op Op, fixed, data []byte) (Response,
 	if r.err != nil {
 		return Response{}, r.err
 	}
-	resp, err := DecodeResponse(op, r.body)
+	resp, err := DecodeResponse(op, *r.body)
+	if op == OpReadAt && err == nil {
+		if len(resp.Data) > len(dst) {
+			err = fmt.Errorf("%w: %d bytes returned for %d", torus.ErrInvalid, len(resp.Data), len(dst))
+		} else {
+			resp.Data = dst[:copy(dst, resp.Data)]
+		}
+	}
+	c.bufs.put(r.body)
 	if err != nil {
 		err = fmt.Errorf("peer %s: connection lost: %w: bad %s response: %v", c.addr, torus.ErrUnavailable, op, err)
 		cc.fail(err)
@@ -259,13 +269,13 @@ func (c *Client) Append(ctx context.Context, epoch uint64, seg torus.SegmentID, 
 		return c.invalid(OpAppend, "negative offset %d", off)
 	}
 	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
-	_, err := c.call(ctx, OpAppend, fixed, p)
+	_, err := c.call(ctx, OpAppend, fixed, p, nil)
 	return err
 }
 
 // Sync implements torus.PeerService.
 func (c *Client) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) error {
-	_, err := c.call(ctx, OpSync, EncodeRequest(Request{Op: OpSync, Epoch: epoch, Seg: seg}), nil)
+	_, err := c.call(ctx, OpSync, EncodeRequest(Request{Op: OpSync, Epoch: epoch, Seg: seg}), nil, nil)
 	return err
 }
 
@@ -280,11 +290,8 @@ func (c *Client) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off 
 	for done < len(p) || (len(p) == 0 && done == 0) {
 		chunk := min(len(p)-done, MaxData)
 		req := Request{Op: OpReadAt, Seg: seg, Off: off + int64(done), Length: uint32(chunk)}
-		resp, err := c.call(ctx, OpReadAt, EncodeRequest(req), nil)
-		if len(resp.Data) > chunk {
-			return done, fmt.Errorf("peer %s: readat: %w: %d bytes returned for %d", c.addr, torus.ErrCorrupt, len(resp.Data), chunk)
-		}
-		done += copy(p[done:], resp.Data)
+		resp, err := c.call(ctx, OpReadAt, EncodeRequest(req), nil, p[done:done+chunk])
+		done += len(resp.Data) // already in p
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return done, io.EOF
@@ -303,13 +310,13 @@ func (c *Client) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off 
 
 // Stat implements torus.PeerService.
 func (c *Client) Stat(ctx context.Context, seg torus.SegmentID) (torus.SegmentInfo, error) {
-	resp, err := c.call(ctx, OpStat, EncodeRequest(Request{Op: OpStat, Seg: seg}), nil)
+	resp, err := c.call(ctx, OpStat, EncodeRequest(Request{Op: OpStat, Seg: seg}), nil, nil)
 	return resp.Info, err
 }
 
 // List implements torus.PeerService.
 func (c *Client) List(ctx context.Context, volume uint64) ([]torus.SegmentInfo, error) {
-	resp, err := c.call(ctx, OpList, EncodeRequest(Request{Op: OpList, Volume: volume}), nil)
+	resp, err := c.call(ctx, OpList, EncodeRequest(Request{Op: OpList, Volume: volume}), nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -318,24 +325,24 @@ func (c *Client) List(ctx context.Context, volume uint64) ([]torus.SegmentInfo, 
 
 // Delete implements torus.PeerService.
 func (c *Client) Delete(ctx context.Context, seg torus.SegmentID) error {
-	_, err := c.call(ctx, OpDelete, EncodeRequest(Request{Op: OpDelete, Seg: seg}), nil)
+	_, err := c.call(ctx, OpDelete, EncodeRequest(Request{Op: OpDelete, Seg: seg}), nil, nil)
 	return err
 }
 
 // Fence implements torus.PeerService.
 func (c *Client) Fence(ctx context.Context, volume, epoch uint64) error {
-	_, err := c.call(ctx, OpFence, EncodeRequest(Request{Op: OpFence, Volume: volume, Epoch: epoch}), nil)
+	_, err := c.call(ctx, OpFence, EncodeRequest(Request{Op: OpFence, Volume: volume, Epoch: epoch}), nil, nil)
 	return err
 }
 
 // Usage implements torus.PeerService.
 func (c *Client) Usage(ctx context.Context) (torus.Usage, error) {
-	resp, err := c.call(ctx, OpUsage, nil, nil)
+	resp, err := c.call(ctx, OpUsage, nil, nil, nil)
 	return resp.Usage, err
 }
 
 type result struct {
-	body []byte
+	body *[]byte // from the client's pool
 	err  error
 }
 
@@ -349,6 +356,7 @@ type pendingCall struct {
 type clientConn struct {
 	c    net.Conn
 	addr string
+	bufs *bufPool
 	wmu  sync.Mutex
 
 	mu      sync.Mutex
@@ -416,7 +424,7 @@ func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []
 func (cc *clientConn) readLoop() error {
 	hdr := make([]byte, HeaderSize)
 	for {
-		h, body, err := ReadFrame(cc.c, hdr, MaxBody)
+		h, body, err := cc.readFrame(hdr)
 		if err == nil && !h.Response() {
 			err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
 		}
@@ -441,4 +449,25 @@ func (cc *clientConn) readLoop() error {
 		}
 		p.ch <- result{body: body}
 	}
+}
+
+// readFrame reads one frame into a body buffer from the client's pool.
+func (cc *clientConn) readFrame(hdr []byte) (Header, *[]byte, error) {
+	if _, err := io.ReadFull(cc.c, hdr[:HeaderSize]); err != nil {
+		return Header{}, nil, err
+	}
+	h, err := ParseHeader(hdr, MaxBody)
+	if err != nil {
+		return h, nil, err
+	}
+	buf := cc.bufs.get(int(h.Length))
+	crc, err := readBody(cc.c, *buf)
+	if err == nil && crc != h.CRC {
+		err = errBadCRC
+	}
+	if err != nil {
+		cc.bufs.put(buf)
+		return h, nil, err
+	}
+	return h, buf, nil
 }
