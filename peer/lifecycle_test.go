@@ -473,3 +473,33 @@ func TestCancelWhileWaitingToSend(t *testing.T) {
 		t.Fatalf("the cancelled append was sent, or the connection broke: %v", err)
 	}
 }
+
+// flakyListener fails its first Accept calls with a non-closed error.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int32
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, errors.New("accept: too many open files")
+	}
+	return l.Listener.Accept()
+}
+
+func TestServeRetriesAcceptErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &flakyListener{Listener: ln}
+	fl.fails.Store(3)
+	serveOn(t, NewLocal(newFakeStore(0), testutil.Logger(t)), ServerConfig{}, fl)
+	c := dialT(t, ln.Addr().String(), ClientConfig{})
+	if _, err := c.Usage(context.Background()); err != nil {
+		t.Fatalf("after accept errors: %v", err)
+	}
+	if fl.fails.Load() >= 0 {
+		t.Fatal("the accept errors were not hit")
+	}
+}

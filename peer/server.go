@@ -313,6 +313,7 @@ func (sc *serverConn) readLoop() error {
 		}
 		if err != nil {
 			if fatalHeaderError(err) {
+				sc.log.Warn("peer protocol error; closing connection without answer", "err", err)
 				sc.cancel()
 				sc.lingerClose()
 				return err
@@ -379,6 +380,7 @@ func (sc *serverConn) readLoop() error {
 // shuts down the write side and drains what the client still sends for a
 // moment, so that the answer is not lost to a reset.
 func (sc *serverConn) protocolError(h Header, err error) error {
+	sc.log.Warn("peer protocol error; answering and closing connection", "op", h.Op, "id", h.ID, "err", err)
 	sc.cancel()
 	body := AppendResponse(nil, h.Op, Response{Status: StatusOf(err), Msg: err.Error()})
 	if werr := sc.send(h.Op, h.ID, body); werr == nil {
