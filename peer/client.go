@@ -19,7 +19,10 @@ type ClientConfig struct {
 	// DialTimeout bounds establishing a connection. Default 5 s.
 	DialTimeout time.Duration
 	// RequestTimeout bounds each call (on top of the caller's ctx),
-	// including sending it. Default 30 s.
+	// including sending it. Default 30 s. When a call times out and not
+	// one frame arrived on the connection meanwhile, the connection is
+	// dropped (the peer is silent, not just slow) and the next call
+	// redials.
 	RequestTimeout time.Duration
 	// Dial, when set, replaces net.Dialer.DialContext: tests and the
 	// in-process cluster harness use it to interpose a controllable link.
@@ -225,12 +228,22 @@ func (c *Client) call(ctx context.Context, op Op, fixed, data, dst []byte) (Resp
 		r := <-ch // fail delivered the error
 		return Response{}, r.err
 	}
+	sent := time.Now().UnixNano()
 	var r result
 	select {
 	case r = <-ch:
 	case <-ctx.Done():
 		cc.unregister(id)
-		return Response{}, c.ctxError(ctx, op.String())
+		err := c.ctxError(ctx, op.String())
+		if errors.Is(context.Cause(ctx), errRequestTimeout) && cc.lastRecv.Load() < sent {
+			// Not one frame arrived since this request was sent: the
+			// peer is silent, not merely slow on one request. Drop the
+			// connection so that the next call redials (and fails fast
+			// if the peer is gone) instead of waiting for TCP keepalive.
+			c.log.Warn("peer silent for a whole request timeout; dropping the connection", "timeout", c.cfg.RequestTimeout)
+			cc.fail(fmt.Errorf("peer %s: connection lost: %w: no response for %v", c.addr, torus.ErrUnavailable, c.cfg.RequestTimeout))
+		}
+		return Response{}, err
 	}
 	if r.err != nil {
 		return Response{}, r.err
@@ -362,6 +375,8 @@ type clientConn struct {
 	mu      sync.Mutex
 	pending map[uint64]pendingCall
 	err     error // set once broken
+
+	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
 }
 
 func (cc *clientConn) alive() bool {
@@ -425,6 +440,7 @@ func (cc *clientConn) readLoop() error {
 	hdr := make([]byte, HeaderSize)
 	for {
 		h, body, err := cc.readFrame(hdr)
+		cc.lastRecv.Store(time.Now().UnixNano())
 		if err == nil && !h.Response() {
 			err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
 		}

@@ -315,11 +315,6 @@ func TestContextCancelAndTimeout(t *testing.T) {
 		t.Fatalf("pre-cancelled: %v", err)
 	}
 
-	// The client's per-request timeout.
-	_, err = c.ReadAt(context.Background(), s, make([]byte, 5), 0)
-	if !errors.Is(err, torus.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("timed out call: %v", err)
-	}
 	// The caller's own deadline is reported as such.
 	dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer dcancel()
@@ -341,6 +336,65 @@ func TestContextCancelAndTimeout(t *testing.T) {
 	}
 	if c.cc != cc {
 		t.Fatal("cancellation replaced the connection")
+	}
+}
+
+// TestRequestTimeout: the client's own timeout wraps ErrUnavailable and
+// DeadlineExceeded; it keeps a connection that is answering other calls,
+// and drops one on which nothing arrived for a whole timeout.
+func TestRequestTimeout(t *testing.T) {
+	store, _, release := blockingStore("readat")
+	defer close(release)
+	_, addr := startServer(t, NewLocal(store, testutil.Logger(t)), ServerConfig{})
+	c := dialT(t, addr, ClientConfig{RequestTimeout: 150 * time.Millisecond})
+	s := seg(1, 1, 1)
+	if err := c.Append(context.Background(), 1, s, 0, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	cc := c.cc
+
+	// Other calls are answered meanwhile: the connection stays.
+	stop := make(chan struct{})
+	traffic := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				traffic <- nil
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if _, err := c.Stat(context.Background(), s); err != nil {
+				traffic <- err
+				return
+			}
+		}
+	}()
+	_, err := c.ReadAt(context.Background(), s, make([]byte, 5), 0)
+	close(stop)
+	if err := <-traffic; err != nil {
+		t.Fatalf("traffic: %v", err)
+	}
+	if !errors.Is(err, torus.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("timed out call: %v", err)
+	}
+	if !cc.alive() || c.cc != cc {
+		t.Fatal("a timeout on a talking connection dropped it")
+	}
+
+	// Nothing else arrives: the connection is dropped and redialled.
+	_, err = c.ReadAt(context.Background(), s, make([]byte, 5), 0)
+	if !errors.Is(err, torus.ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("timed out call: %v", err)
+	}
+	if cc.alive() {
+		t.Fatal("a silent connection was kept")
+	}
+	if _, err := c.Stat(context.Background(), s); err != nil {
+		t.Fatalf("after redial: %v", err)
+	}
+	if c.cc == cc {
+		t.Fatal("no new connection")
 	}
 }
 
