@@ -307,7 +307,7 @@ func TestContextCancelAndTimeout(t *testing.T) {
 	if !errors.Is(err, context.Canceled) || errors.Is(err, torus.ErrUnavailable) {
 		t.Fatalf("cancelled call: %v", err)
 	}
-	if d := time.Since(start); d > 150*time.Millisecond {
+	if d := time.Since(start); d > time.Second {
 		t.Fatalf("cancel took %v", d)
 	}
 	// Already cancelled: fails at once.
@@ -346,7 +346,7 @@ func TestRequestTimeout(t *testing.T) {
 	store, _, release := blockingStore("readat")
 	defer close(release)
 	_, addr := startServer(t, NewLocal(store, testutil.Logger(t)), ServerConfig{})
-	c := dialT(t, addr, ClientConfig{RequestTimeout: 150 * time.Millisecond})
+	c := dialT(t, addr, ClientConfig{RequestTimeout: 300 * time.Millisecond})
 	s := seg(1, 1, 1)
 	if err := c.Append(context.Background(), 1, s, 0, []byte("hello")); err != nil {
 		t.Fatal(err)
