@@ -45,6 +45,14 @@ func (c *ClientConfig) EnsureDefaults() {
 	}
 }
 
+// Validate rejects negative timeouts (zero means the default).
+func (c ClientConfig) Validate() error {
+	if c.DialTimeout < 0 || c.RequestTimeout < 0 {
+		return fmt.Errorf("%w: peer: negative timeout", torus.ErrInvalid)
+	}
+	return nil
+}
+
 // RemoteError is an error returned by the remote service. It unwraps to the
 // sentinel of its Status (a torus sentinel, io.EOF, or ErrRemote), so
 // errors.Is works as it would on the server.

@@ -53,6 +53,19 @@ func (c *ServerConfig) EnsureDefaults() {
 	}
 }
 
+// Validate rejects negative settings (zero means the default).
+func (c ServerConfig) Validate() error {
+	switch {
+	case c.MaxInflightBytes < 0:
+		return fmt.Errorf("%w: peer: negative max in-flight bytes %d", torus.ErrInvalid, c.MaxInflightBytes)
+	case c.MaxConcurrentReads < 0:
+		return fmt.Errorf("%w: peer: negative max concurrent reads %d", torus.ErrInvalid, c.MaxConcurrentReads)
+	case c.RequestTimeout < 0 || c.WriteTimeout < 0:
+		return fmt.Errorf("%w: peer: negative timeout", torus.ErrInvalid)
+	}
+	return nil
+}
+
 // Server serves a torus.PeerService over TCP. All its goroutines are owned:
 // Close stops them and waits for them.
 type Server struct {
