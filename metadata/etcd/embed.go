@@ -6,10 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/torus-storage/torus"
 )
@@ -31,8 +35,8 @@ type EmbedConfig struct {
 	// ClientURL and PeerURL are the listen (and advertised) URLs;
 	// defaults DefaultClientURL and DefaultPeerURL.
 	ClientURL, PeerURL string
-	// Logger receives start and stop messages. etcd's own logging is set
-	// to error level, on stderr.
+	// Logger receives start and stop messages, and etcd's own messages of
+	// error level and above (except those etcd logs while shutting down).
 	Logger *slog.Logger
 	// UnsafeNoFsync disables fsync in etcd: for tests only, where the data
 	// dir is thrown away anyway.
@@ -41,10 +45,11 @@ type EmbedConfig struct {
 
 // Embedded is a running in-process etcd server.
 type Embedded struct {
-	once sync.Once
-	e    *embed.Etcd
-	log  *slog.Logger
-	eps  []string
+	once    sync.Once
+	closing *atomic.Bool // set by Close: etcd's shutdown "errors" are dropped
+	e       *embed.Etcd
+	log     *slog.Logger
+	eps     []string
 }
 
 // StartEmbedded starts a single-member etcd server and waits until it
@@ -79,6 +84,8 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	ec.AdvertisePeerUrls = []url.URL{*pu}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	ec.LogLevel = "error"
+	closing := new(atomic.Bool)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zapToSlog(cfg.Logger, closing))
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
@@ -103,7 +110,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		eps = append(eps, cu.Scheme+"://"+l.Addr().String())
 	}
 	cfg.Logger.Info("embedded etcd started", "client", eps, "dir", cfg.Dir)
-	return &Embedded{e: e, log: cfg.Logger, eps: eps}, nil
+	return &Embedded{e: e, log: cfg.Logger, eps: eps, closing: closing}, nil
 }
 
 // Endpoints returns the client URLs to pass to New.
@@ -112,8 +119,26 @@ func (e *Embedded) Endpoints() []string { return append([]string(nil), e.eps...)
 // Close stops the server and waits until it has stopped. Idempotent.
 func (e *Embedded) Close() {
 	e.once.Do(func() {
+		e.closing.Store(true)
 		e.e.Close()
 		<-e.e.Server.StopNotify()
 		e.log.Info("embedded etcd stopped", "client", e.eps)
 	})
 }
+
+// zapToSlog builds etcd's zap logger: error level and above, each entry
+// forwarded to log at Error, none once closing is set.
+func zapToSlog(log *slog.Logger, closing *atomic.Bool) *zap.Logger {
+	enc := zapcore.NewConsoleEncoder(zapcore.EncoderConfig{MessageKey: "msg", LineEnding: "\n"})
+	w := zapcore.AddSync(writerFunc(func(p []byte) (int, error) {
+		if !closing.Load() {
+			log.Error("embedded etcd", "msg", strings.TrimSpace(string(p)))
+		}
+		return len(p), nil
+	}))
+	return zap.New(zapcore.NewCore(enc, w, zap.ErrorLevel))
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
