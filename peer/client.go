@@ -85,12 +85,13 @@ type Client struct {
 
 	nextID atomic.Uint64
 
-	mu      sync.Mutex
-	closed  bool
-	cc      *clientConn   // current connection; nil or broken: dial on next call
-	dialing chan struct{} // closed when a dial in progress ends
-	wg      sync.WaitGroup
-	bufs    bufPool
+	mu        sync.Mutex
+	closed    bool
+	closedErr error         // what calls fail with once closed
+	cc        *clientConn   // current connection; nil or broken: dial on next call
+	dialing   chan struct{} // closed when a dial in progress ends
+	wg        sync.WaitGroup
+	bufs      bufPool
 }
 
 var _ torus.PeerService = (*Client)(nil)
@@ -111,6 +112,12 @@ func Dial(ctx context.Context, addr string, cfg ClientConfig, logger *slog.Logge
 	return c, nil
 }
 
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // Addr is the address the client dials.
 func (c *Client) Addr() string { return c.addr }
 
@@ -118,12 +125,20 @@ func (c *Client) Addr() string { return c.addr }
 // the connection and waits for the client's goroutine. Further calls fail
 // with torus.ErrClosed. Idempotent.
 func (c *Client) Close() error {
+	return c.closeWith(fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed))
+}
+
+// closeWith closes the client; pending and later calls fail with err.
+func (c *Client) closeWith(err error) error {
 	c.mu.Lock()
-	c.closed = true
+	if !c.closed {
+		c.closed = true
+		c.closedErr = err
+	}
 	cc := c.cc
 	c.mu.Unlock()
 	if cc != nil {
-		cc.fail(fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed))
+		cc.fail(err)
 	}
 	c.wg.Wait()
 	return nil
@@ -134,8 +149,9 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 	for {
 		c.mu.Lock()
 		if c.closed {
+			err := c.closedErr
 			c.mu.Unlock()
-			return nil, fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed)
+			return nil, err
 		}
 		if c.cc != nil && c.cc.alive() {
 			cc := c.cc
@@ -175,9 +191,10 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 			return nil, fmt.Errorf("peer %s: dial: %w: %v", c.addr, torus.ErrUnavailable, err)
 		}
 		if c.closed {
+			err := c.closedErr
 			c.mu.Unlock()
 			nc.Close()
-			return nil, fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed)
+			return nil, err
 		}
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
@@ -190,6 +207,9 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 		go func() {
 			defer c.wg.Done()
 			err := cc.readLoop()
+			if c.isClosed() {
+				return
+			}
 			if !errors.Is(err, torus.ErrClosed) {
 				c.log.Warn("peer connection lost", "err", err)
 			}
