@@ -124,7 +124,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 	})
 
-	s.pool = peer.NewPool(s.resolvePeer, peer.ClientConfig{}, s.log)
+	s.pool = peer.NewPool(peer.NewResolver(s.meta, 0).Resolve, peer.ClientConfig{}, s.log)
 	s.metrics = newMetrics(s)
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
@@ -229,20 +229,6 @@ func (s *Server) refreshEpochs(ctx context.Context) error {
 	}
 	s.local.SetEpochs(ep)
 	return nil
-}
-
-// resolvePeer maps a peer ID to its address through etcd.
-func (s *Server) resolvePeer(ctx context.Context, id string) (string, error) {
-	peers, err := s.meta.Peers(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, p := range peers {
-		if p.ID == id {
-			return p.Address, nil
-		}
-	}
-	return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
 }
 
 // heartbeat makes sure a liveness session exists and writes the liveness key.

@@ -213,18 +213,7 @@ func devNBD(ctx context.Context, f *flags, meta *etcdmeta.Store, srv *server.Ser
 	if err != nil {
 		return nil, fmt.Errorf("nbd listen: %w", err)
 	}
-	pool := peer.NewPool(func(ctx context.Context, id string) (string, error) {
-		peers, err := meta.Peers(ctx)
-		if err != nil {
-			return "", err
-		}
-		for _, p := range peers {
-			if p.ID == id {
-				return p.Address, nil
-			}
-		}
-		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
-	}, peer.ClientConfig{}, log)
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("torusd --dev@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
 	nbdSrv := nbd.NewServer(nbd.Config{}, export.New(meta, pool, owner, log), log)
