@@ -146,24 +146,36 @@ func LiveSegments(ctx context.Context, meta torus.Metadata, peers torus.PeerPool
 		}
 		seen[ck.ID] = true
 		live[ck.ID] = true
-		var table []torus.SegmentRef
-		_, err := v.readWhole(ctx, *ck, func(p []byte) bool {
-			if int64(len(p)) != ck.Length {
-				return false
-			}
-			c, err := DecodeCheckpoint(p, info.ID, uint64(info.Size/torus.BlockSize))
-			if err != nil {
-				return false
-			}
-			table = c.Segments
-			return true
-		})
+		table, err := v.checkpointTable(ctx, *ck)
 		if err != nil {
-			return nil, fmt.Errorf("volume %s: checkpoint %v: %w", volumeName, ck.ID, err)
+			return nil, err
 		}
 		for _, s := range table {
 			live[s.ID] = true
 		}
 	}
 	return live, nil
+}
+
+// checkpointTable reads a checkpoint and returns its segment table.
+func (v *Volume) checkpointTable(ctx context.Context, ck torus.SegmentRef) ([]torus.SegmentRef, error) {
+	v.mu.Lock()
+	nblocks := uint64(v.info.Size / torus.BlockSize)
+	v.mu.Unlock()
+	var table []torus.SegmentRef
+	_, err := v.readWhole(ctx, ck, func(p []byte) bool {
+		if int64(len(p)) != ck.Length {
+			return false
+		}
+		c, err := DecodeCheckpoint(p, v.id, nblocks)
+		if err != nil {
+			return false
+		}
+		table = c.Segments
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: checkpoint %v: %w", v.name, ck.ID, err)
+	}
+	return table, nil
 }
