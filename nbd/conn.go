@@ -418,7 +418,7 @@ func blockDescriptors(ext []torus.Extent, off uint64, length uint32, reqOne bool
 	var out []descriptor
 	pos, end := off, off+uint64(length)
 	for _, e := range ext {
-		if e.Length <= 0 || e.Offset < 0 {
+		if pos >= end || e.Length <= 0 || e.Offset < 0 {
 			break
 		}
 		eo, ee := uint64(e.Offset), uint64(e.Offset)+uint64(e.Length)
@@ -440,9 +440,6 @@ func blockDescriptors(ext []torus.Extent, off uint64, length uint32, reqOne bool
 			out = append(out, descriptor{length: n, flags: flags})
 		}
 		pos = ee
-		if pos >= end {
-			break
-		}
 	}
 	if reqOne && len(out) > 1 {
 		out = out[:1]

@@ -632,3 +632,65 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("serve with bad config: %v", err)
 	}
 }
+
+// TestConfigReadOnly: Config.ReadOnly opens every export read-only.
+func TestConfigReadOnly(t *testing.T) {
+	ex := newMemExports()
+	dev := ex.add("vol", 1<<20)
+	_, addr := startServer(t, Config{ReadOnly: true}, ex)
+	c := dialRaw(t, addr)
+	c.goExport("vol", true, true)
+	if c.flags&tflagReadOnly == 0 || c.flags&tflagSendTrim != 0 {
+		t.Fatalf("flags %#x", c.flags)
+	}
+	c.send(cmdWrite, 0, 1, 0, 3, []byte("abc"))
+	if r := c.anyReply(); r.errno != errPerm {
+		t.Fatalf("write on read-only server: %+v", r)
+	}
+	c.send(cmdRead, 0, 2, 0, 3, nil)
+	if r := c.anyReply(); r.errno != 0 || r.typ != replyTypeOffsetData || !bytes.Equal(r.data[8:], []byte{0, 0, 0}) {
+		t.Fatalf("read: %+v", r)
+	}
+	if dev.Writes() != 0 {
+		t.Fatal("a write reached the device")
+	}
+}
+
+// TestShutdownTimeout: when ctx ends before in-flight requests finish,
+// Shutdown closes connections, cancels device I/O and returns ctx's error;
+// connections still negotiating are closed.
+func TestShutdownTimeout(t *testing.T) {
+	ex := newMemExports()
+	dev := ex.add("vol", 1<<20)
+	entered := make(chan struct{})
+	dev.SetFault(func(ctx context.Context, op memdev.Op, _, _ int64) error {
+		if op == memdev.OpWrite {
+			close(entered)
+			<-ctx.Done() // stuck until cancelled
+			return ctx.Err()
+		}
+		return nil
+	})
+	ln, addr := listen(t)
+	srv := NewServer(Config{}, ex, nil)
+	go srv.Serve(ln)
+	c := dialRaw(t, addr)
+	c.goExport("vol", false, false)
+	c.send(cmdWrite, 0, 1, 0, 3, []byte("abc"))
+	<-entered
+	negotiating := dialRaw(t, addr)
+	negotiating.greet(flagCFixedNewstyle)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("shutdown: %v", err)
+	}
+	for _, rc := range []*rawClient{c, negotiating} {
+		if _, err := io.ReadAll(rc.conn); err != nil && !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("connection not closed: %v", err)
+		}
+	}
+	if !dev.IsClosed() {
+		t.Fatal("device not closed")
+	}
+}

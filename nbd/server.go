@@ -250,7 +250,8 @@ func (s *Server) untrack(c *conn) {
 // the requests in flight complete and their replies go out, closes every
 // connection, and flushes and closes every device (which releases its
 // writer lease). If ctx ends first, connections are closed at once and the
-// device I/O still running is cancelled; Shutdown then returns ctx's error.
+// request I/O still running is cancelled; devices are still closed (each
+// close bounded by Config.CloseTimeout), then Shutdown returns ctx's error.
 // Shutdown is idempotent; it returns the first device close error, if any.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
@@ -395,7 +396,9 @@ func (s *Server) release(sd *sharedDev) {
 	sd.closing = true
 	s.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(s.base, s.cfg.CloseTimeout)
+	// Not derived from s.base: even after a forced Shutdown the device
+	// must be closed, which releases its writer lease.
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CloseTimeout)
 	err := sd.dev.Close(ctx)
 	cancel()
 	if err != nil {

@@ -215,6 +215,10 @@ func (c *Client) call(ctx context.Context, op Op, fixed, data []byte) (Response,
 		return Response{}, err
 	}
 	if err := cc.send(ctx, op, id, fixed, data); err != nil {
+		if errors.Is(err, errNotSent) {
+			cc.unregister(id)
+			return Response{}, c.ctxError(ctx, op.String())
+		}
 		cc.fail(fmt.Errorf("peer %s: connection lost: %w: send: %v", c.addr, torus.ErrUnavailable, err))
 		r := <-ch // fail delivered the error
 		return Response{}, r.err
@@ -392,9 +396,16 @@ func (cc *clientConn) fail(err error) {
 	}
 }
 
+// errNotSent reports that a call's ctx ended while it waited to send:
+// nothing was written, the connection is intact.
+var errNotSent = errors.New("peer: request not sent")
+
 func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []byte) error {
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
+	if ctx.Err() != nil {
+		return errNotSent
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		cc.c.SetWriteDeadline(dl)
 	}

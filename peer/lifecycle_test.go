@@ -445,3 +445,31 @@ func TestDialUnreachable(t *testing.T) {
 		t.Fatalf("dial of a closed port: %v", err)
 	}
 }
+
+// TestCancelWhileWaitingToSend: a call whose ctx ends while another call
+// holds the connection's write lock gives up without writing, and the
+// connection survives.
+func TestCancelWhileWaitingToSend(t *testing.T) {
+	_, addr := startServer(t, NewLocal(newFakeStore(0), testutil.Logger(t)), ServerConfig{})
+	c := dialT(t, addr, ClientConfig{})
+	cc := c.cc
+	cc.wmu.Lock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- c.Append(ctx, 1, seg(1, 1, 1), 0, []byte("x")) }()
+	err := <-func() chan error {
+		time.Sleep(60 * time.Millisecond)
+		cc.wmu.Unlock()
+		return errc
+	}()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("call cancelled while waiting: %v", err)
+	}
+	if !cc.alive() || c.cc != cc {
+		t.Fatal("the connection was dropped")
+	}
+	if _, err := c.Stat(context.Background(), seg(1, 1, 1)); !errors.Is(err, torus.ErrNotExist) {
+		t.Fatalf("the cancelled append was sent, or the connection broke: %v", err)
+	}
+}

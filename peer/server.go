@@ -68,6 +68,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
 	wg        sync.WaitGroup // every goroutine of the server
+	bufs      bufPool
 }
 
 // NewServer returns a server for svc. It serves nothing until Serve.
@@ -114,17 +115,17 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.isClosed() {
 				return fmt.Errorf("peer: serve %s: %w", ln.Addr(), torus.ErrClosed)
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				s.log.Warn("peer accept failed; retrying", "err", err)
-				select {
-				case <-time.After(backoff):
-				case <-s.ctx.Done():
-				}
-				backoff = min(2*backoff, time.Second)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("peer: serve %s: %w", ln.Addr(), err)
 			}
-			return fmt.Errorf("peer: serve %s: %w", ln.Addr(), err)
+			// Anything else (EMFILE, ECONNABORTED, ...) may pass.
+			s.log.Warn("peer accept failed; retrying", "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
 		}
 		backoff = 5 * time.Millisecond
 		s.startConn(c)
@@ -211,7 +212,14 @@ type serverConn struct {
 type job struct {
 	h    Header
 	req  Request
-	cost int64 // budget held until the response is sent
+	cost int64   // budget held until the response is sent
+	buf  *[]byte // the request body (from the server's pool)
+}
+
+// done releases what a job holds: its budget and its body buffer.
+func (sc *serverConn) done(j *job) {
+	sc.release(j.cost)
+	sc.s.bufs.put(j.buf)
 }
 
 // abort cancels everything on the connection and closes it.
@@ -315,29 +323,30 @@ func (sc *serverConn) readLoop() error {
 		if !sc.acquire(cost) {
 			return sc.ctx.Err()
 		}
-		body := make([]byte, h.Length)
-		if _, err := io.ReadFull(sc.c, body); err != nil {
-			sc.release(cost)
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
-		}
-		if crc32.Checksum(body, castagnoli) != h.CRC {
-			sc.release(cost)
-			return sc.protocolError(h, errBadCRC)
-		}
-		req, err := DecodeRequest(h.Op, body)
+		buf := sc.s.bufs.get(int(h.Length))
+		crc, err := readBody(sc.c, *buf)
 		if err != nil {
 			sc.release(cost)
+			sc.s.bufs.put(buf)
+			return err
+		}
+		if crc != h.CRC {
+			sc.release(cost)
+			sc.s.bufs.put(buf)
+			return sc.protocolError(h, errBadCRC)
+		}
+		req, err := DecodeRequest(h.Op, *buf)
+		if err != nil {
+			sc.release(cost)
+			sc.s.bufs.put(buf)
 			return sc.protocolError(h, err)
 		}
-		j := &job{h: h, req: req, cost: cost}
+		j := &job{h: h, req: req, cost: cost, buf: buf}
 		if h.Op.ordered() {
 			select {
 			case sc.ordered <- j:
 			case <-sc.ctx.Done():
-				sc.release(cost)
+				sc.done(j)
 				return sc.ctx.Err()
 			}
 			continue
@@ -348,13 +357,15 @@ func (sc *serverConn) readLoop() error {
 			sc.release(cost)
 			j.cost += int64(req.Length)
 			if !sc.acquire(j.cost) {
+				j.cost = 0
+				sc.done(j)
 				return sc.ctx.Err()
 			}
 		}
 		select {
 		case sc.reads <- struct{}{}:
 		case <-sc.ctx.Done():
-			sc.release(j.cost)
+			sc.done(j)
 			return sc.ctx.Err()
 		}
 		sc.goAttach(func() {
@@ -390,7 +401,7 @@ func (sc *serverConn) lingerClose() {
 func (sc *serverConn) orderedLoop() {
 	for j := range sc.ordered {
 		if sc.ctx.Err() != nil {
-			sc.release(j.cost)
+			sc.done(j)
 			continue
 		}
 		sc.serve(j)
@@ -399,7 +410,7 @@ func (sc *serverConn) orderedLoop() {
 
 // serve runs one request and sends its response.
 func (sc *serverConn) serve(j *job) {
-	defer sc.release(j.cost)
+	defer sc.done(j)
 	ctx, cancel := context.WithTimeout(sc.ctx, sc.s.cfg.RequestTimeout)
 	defer cancel()
 	svc, r := sc.s.svc, j.req
@@ -411,7 +422,9 @@ func (sc *serverConn) serve(j *job) {
 	case OpSync:
 		err = svc.Sync(ctx, r.Epoch, r.Seg)
 	case OpReadAt:
-		buf := make([]byte, r.Length)
+		rbuf := sc.s.bufs.get(int(r.Length))
+		defer sc.s.bufs.put(rbuf) // after the response is sent
+		buf := *rbuf
 		var n int
 		n, err = svc.ReadAt(ctx, r.Seg, buf, r.Off)
 		if n < 0 || n > len(buf) {

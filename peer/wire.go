@@ -21,8 +21,9 @@ const (
 	HeaderSize = 24
 	// MaxData is the largest Append payload or ReadAt length.
 	MaxData = 16 << 20
-	// MaxBody is the largest frame body accepted.
-	MaxBody = MaxData + 64
+	// MaxBody is the largest frame body accepted: MaxData and room for a
+	// request's fixed fields or a response's status and message.
+	MaxBody = MaxData + 2048
 	// MaxMessage is the longest error message carried by a response;
 	// longer messages are truncated.
 	MaxMessage = 1024
@@ -174,13 +175,11 @@ func ReadFrame(r io.Reader, hdr []byte, maxBody uint32) (Header, []byte, error) 
 		return h, nil, err
 	}
 	body := make([]byte, h.Length)
-	if _, err := io.ReadFull(r, body); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	crc, err := readBody(r, body)
+	if err != nil {
 		return h, nil, err
 	}
-	if crc32.Checksum(body, castagnoli) != h.CRC {
+	if crc != h.CRC {
 		return h, nil, errBadCRC
 	}
 	return h, body, nil

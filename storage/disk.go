@@ -15,9 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/vfs"
 )
 
 // DefaultMaxOpenFiles is the default bound of Disk's open-file cache.
@@ -37,6 +36,9 @@ type DiskConfig struct {
 	// for unexpected files in the data dir, Error for a failed fsync or a
 	// failed cleanup that may leave a segment inconsistent.
 	Logger *slog.Logger
+	// FS is the filesystem; nil means the real one (vfs.OS). Tests pass
+	// one that loses power (vfs.MemFS) or fails on demand (vfs.Inject).
+	FS vfs.FS
 	// MaxOpenFiles bounds the cache of open segment files (idle ones; files
 	// in use by an operation are not counted). 0 means
 	// DefaultMaxOpenFiles.
@@ -47,6 +49,9 @@ type DiskConfig struct {
 func (c *DiskConfig) EnsureDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.FS == nil {
+		c.FS = vfs.OS
 	}
 	if c.MaxOpenFiles == 0 {
 		c.MaxOpenFiles = DefaultMaxOpenFiles
@@ -93,13 +98,9 @@ type Disk struct {
 	segDir   string
 	capacity int64
 	log      *slog.Logger
-	lockFile *os.File
+	fs       vfs.FS
+	lockFile io.Closer
 	fds      *fdCache
-
-	// writeAt writes p at off; a hook for tests that inject errors.
-	writeAt func(f *os.File, p []byte, off int64) (int, error)
-	// fdatasync is the same for Sync.
-	fdatasync func(f *os.File) error
 
 	inflight sync.WaitGroup // operations running; Close waits for them
 
@@ -120,11 +121,15 @@ type diskSegment struct {
 	mu     sync.Mutex
 	length atomic.Int64
 	synced atomic.Int64
+	// gone is set (under mu) before s leaves Disk.segs, so before a new
+	// incarnation of the segment can create its file. A reader that finds
+	// it set after reading may have read the new incarnation's file and
+	// must report the segment missing instead.
+	gone atomic.Bool
 
 	// Guarded by mu.
 	file     bool  // the file exists
 	dirDirty bool  // the file was created and its directory not yet fsynced
-	gone     bool  // removed from Disk.segs: look it up again
 	failed   error // a sync failed: the file's contents are unknown
 }
 
@@ -145,17 +150,16 @@ func OpenDisk(ctx context.Context, cfg DiskConfig) (*Disk, error) {
 		return nil, err
 	}
 	d := &Disk{
-		dir:       cfg.Dir,
-		segDir:    filepath.Join(cfg.Dir, "segments"),
-		capacity:  cfg.Capacity,
-		log:       cfg.Logger.With("dir", cfg.Dir),
-		fds:       newFDCache(cfg.MaxOpenFiles),
-		writeAt:   func(f *os.File, p []byte, off int64) (int, error) { return f.WriteAt(p, off) },
-		fdatasync: func(f *os.File) error { return unix.Fdatasync(int(f.Fd())) },
-		segs:      make(map[torus.SegmentID]*diskSegment),
-		volDirs:   make(map[uint64]bool),
+		dir:      cfg.Dir,
+		segDir:   filepath.Join(cfg.Dir, "segments"),
+		capacity: cfg.Capacity,
+		log:      cfg.Logger.With("dir", cfg.Dir),
+		fs:       cfg.FS,
+		fds:      newFDCache(cfg.MaxOpenFiles),
+		segs:     make(map[torus.SegmentID]*diskSegment),
+		volDirs:  make(map[uint64]bool),
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+	if err := d.fs.MkdirAll(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("storage: creating data dir: %w", err)
 	}
 	if err := d.lock(); err != nil {
@@ -175,33 +179,24 @@ func OpenDisk(ctx context.Context, cfg DiskConfig) (*Disk, error) {
 
 // lock takes the exclusive flock on Dir/LOCK.
 func (d *Disk) lock() error {
-	name := filepath.Join(d.dir, "LOCK")
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
+	l, err := d.fs.Lock(filepath.Join(d.dir, "LOCK"), fmt.Sprintf("pid %d", os.Getpid()))
+	var le *vfs.LockedError
+	if errors.As(err, &le) {
+		return &DirLockedError{Dir: d.dir, Holder: le.Holder}
+	}
 	if err != nil {
-		return fmt.Errorf("storage: opening lock file: %w", err)
+		return fmt.Errorf("storage: locking data dir %s: %w", d.dir, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		holder, _ := os.ReadFile(name)
-		_ = f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return &DirLockedError{Dir: d.dir, Holder: strings.TrimSpace(string(holder))}
-		}
-		return fmt.Errorf("storage: locking %s: %w", name, err)
-	}
-	// Say who holds it, for the error of the next one who tries.
-	if err := f.Truncate(0); err == nil {
-		_, _ = fmt.Fprintf(f, "pid %d\n", os.Getpid())
-	}
-	d.lockFile = f
+	d.lockFile = l
 	return nil
 }
 
 // scan learns the segments on disk, then syncs the filesystem.
 func (d *Disk) scan(ctx context.Context) error {
-	if err := os.MkdirAll(d.segDir, 0o755); err != nil {
+	if err := d.fs.MkdirAll(d.segDir); err != nil {
 		return fmt.Errorf("storage: creating segment dir: %w", err)
 	}
-	vols, err := os.ReadDir(d.segDir)
+	vols, err := d.fs.ReadDir(d.segDir)
 	if err != nil {
 		return fmt.Errorf("storage: reading segment dir: %w", err)
 	}
@@ -209,52 +204,43 @@ func (d *Disk) scan(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("storage: opening %s: %w", d.dir, err)
 		}
-		vol, ok := parseVolumeDir(v.Name())
-		if !ok || !v.IsDir() {
-			d.log.Warn("ignoring unexpected entry in segment dir", "name", v.Name())
+		vol, ok := parseVolumeDir(v.Name)
+		if !ok || !v.Dir {
+			d.log.Warn("ignoring unexpected entry in segment dir", "name", v.Name)
 			continue
 		}
 		d.volDirs[vol] = true
-		vdir := filepath.Join(d.segDir, v.Name())
-		files, err := os.ReadDir(vdir)
+		vdir := filepath.Join(d.segDir, v.Name)
+		files, err := d.fs.ReadDir(vdir)
 		if err != nil {
 			return fmt.Errorf("storage: reading %s: %w", vdir, err)
 		}
 		for _, f := range files {
-			id, err := torus.ParseSegmentID(f.Name())
-			if err != nil || id.Volume != vol || !f.Type().IsRegular() {
-				d.log.Warn("ignoring unexpected file in volume dir", "dir", vdir, "name", f.Name())
+			id, err := torus.ParseSegmentID(f.Name)
+			if err != nil || id.Volume != vol || !f.Regular {
+				d.log.Warn("ignoring unexpected file in volume dir", "dir", vdir, "name", f.Name)
 				continue
 			}
-			info, err := f.Info()
-			if err != nil {
-				return fmt.Errorf("storage: stat %s: %w", f.Name(), err)
-			}
-			if info.Size() == 0 {
+			if f.Size == 0 {
 				// Created by an append that crashed before writing
 				// anything: the segment does not exist.
 				d.log.Info("removing empty segment file", "segment", id)
-				if err := os.Remove(filepath.Join(vdir, f.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				if err := d.fs.Remove(filepath.Join(vdir, f.Name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return fmt.Errorf("storage: removing empty segment file: %w", err)
 				}
 				continue
 			}
 			s := &diskSegment{file: true}
-			s.length.Store(info.Size())
-			s.synced.Store(info.Size())
+			s.length.Store(f.Size)
+			s.synced.Store(f.Size)
 			d.segs[id] = s
-			d.used += info.Size()
+			d.used += f.Size
 		}
 	}
 	// After a process crash, the bytes found may still be only in the page
 	// cache. One syncfs makes them (and the directory entries) durable, so
 	// Synced = Length holds for every segment found.
-	dirf, err := os.Open(d.segDir)
-	if err != nil {
-		return fmt.Errorf("storage: opening segment dir: %w", err)
-	}
-	defer dirf.Close()
-	if err := unix.Syncfs(int(dirf.Fd())); err != nil {
+	if err := d.fs.SyncAll(d.segDir); err != nil {
 		return fmt.Errorf("storage: syncfs %s: %w", d.segDir, err)
 	}
 	return nil
@@ -310,13 +296,13 @@ func (d *Disk) lookup(seg torus.SegmentID, create bool) *diskSegment {
 // drop removes s from the map (if it is still seg's state). Called with
 // s.mu held.
 func (d *Disk) drop(seg torus.SegmentID, s *diskSegment) {
+	s.gone.Store(true)
 	d.mu.Lock()
 	if d.segs[seg] == s {
 		delete(d.segs, seg)
 	}
 	d.used -= s.length.Load()
 	d.mu.Unlock()
-	s.gone = true
 	s.length.Store(0)
 }
 
@@ -334,7 +320,7 @@ func (d *Disk) Append(ctx context.Context, seg torus.SegmentID, off int64, p []b
 	for {
 		s := d.lookup(seg, true)
 		s.mu.Lock()
-		if s.gone {
+		if s.gone.Load() {
 			s.mu.Unlock()
 			continue
 		}
@@ -397,16 +383,19 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 	}
 	defer d.fds.release(e)
 
-	if _, err := d.writeAt(e.f, p, off); err != nil {
+	if _, err := e.f.WriteAt(p, off); err != nil {
 		// Cut away whatever part was written, so the file is again the
 		// segment's length.
 		if terr := e.f.Truncate(off); terr != nil {
+			// The file now ends in a torn tail that a restart would
+			// count as segment bytes: stop using the segment.
 			d.log.Error("cannot truncate a failed append; the segment file has a torn tail",
 				"segment", seg, "length", off, "err", terr)
+			s.failed = fmt.Errorf("an append failed and could not be cut away (%v): %w", terr, torus.ErrCorrupt)
 		}
 		if created {
 			d.fds.forget(seg)
-			if rerr := os.Remove(d.path(seg)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			if rerr := d.fs.Remove(d.path(seg)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 				d.log.Error("cannot remove a segment file after a failed first append", "segment", seg, "err", rerr)
 			} else {
 				s.file, s.dirDirty = false, false
@@ -420,20 +409,20 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 }
 
 // create makes the file of a new segment (and its volume directory).
-func (d *Disk) create(seg torus.SegmentID) (*os.File, error) {
+func (d *Disk) create(seg torus.SegmentID) (vfs.File, error) {
 	if err := d.ensureVolumeDir(seg.Volume); err != nil {
 		return nil, fmt.Errorf("storage: append %s: %w", seg, classify(err))
 	}
-	f, err := os.OpenFile(d.path(seg), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := d.fs.OpenFile(d.path(seg), os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return nil, fmt.Errorf("storage: append %s: creating file: %w", seg, classify(err))
 	}
 	// The store believes the segment is new; a file with content would
 	// mean the directory changed behind its back.
-	if st, err := f.Stat(); err != nil || st.Size() != 0 {
+	if size, err := f.Size(); err != nil || size != 0 {
 		_ = f.Close()
 		if err == nil {
-			err = fmt.Errorf("file %s exists with %d bytes unknown to the store: %w", d.path(seg), st.Size(), torus.ErrCorrupt)
+			err = fmt.Errorf("file %s exists with %d bytes unknown to the store: %w", d.path(seg), size, torus.ErrCorrupt)
 		}
 		return nil, fmt.Errorf("storage: append %s: %w", seg, err)
 	}
@@ -448,10 +437,10 @@ func (d *Disk) ensureVolumeDir(vol uint64) error {
 	if ok {
 		return nil
 	}
-	if err := os.Mkdir(d.volumeDir(vol), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := d.fs.Mkdir(d.volumeDir(vol)); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("creating volume dir: %w", err)
 	}
-	if err := syncDir(d.segDir); err != nil {
+	if err := d.syncDir(d.segDir); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -460,13 +449,8 @@ func (d *Disk) ensureVolumeDir(vol uint64) error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("opening dir to fsync: %w", err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
+func (d *Disk) syncDir(dir string) error {
+	if err := d.fs.SyncDir(dir); err != nil {
 		return fmt.Errorf("fsync dir %s: %w", dir, err)
 	}
 	return nil
@@ -476,15 +460,15 @@ func syncDir(dir string) error {
 // cause in the message.
 func classify(err error) error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		return fmt.Errorf("%w: %v", torus.ErrNoSpace, err)
+		return fmt.Errorf("%w: %w", torus.ErrNoSpace, err)
 	}
 	return err
 }
 
 // openCached returns the segment's open file from the cache.
 func (d *Disk) openCached(seg torus.SegmentID) (*fdEntry, error) {
-	return d.fds.get(seg, func() (*os.File, error) {
-		f, err := os.OpenFile(d.path(seg), os.O_RDWR, 0)
+	return d.fds.get(seg, func() (vfs.File, error) {
+		f, err := d.fs.OpenFile(d.path(seg), os.O_RDWR)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("segment file missing: %w", torus.ErrNotExist)
 		}
@@ -524,7 +508,7 @@ func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
 	}
 	s.mu.Lock()
 	length := s.length.Load()
-	if s.gone || length == 0 {
+	if s.gone.Load() || length == 0 {
 		s.mu.Unlock()
 		return fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
 	}
@@ -544,15 +528,15 @@ func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
 	}
 	defer d.fds.release(e)
 
-	err = d.fdatasync(e.f)
+	err = e.f.Datasync()
 	if err == nil && dirDirty {
-		err = syncDir(d.volumeDir(seg.Volume))
+		err = d.syncDir(d.volumeDir(seg.Volume))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
 		err = classify(err)
-		if s.failed == nil && !s.gone {
+		if s.failed == nil && !s.gone.Load() {
 			s.failed = fmt.Errorf("an earlier sync failed (%v): %w", err, torus.ErrCorrupt)
 		}
 		d.log.Error("sync failed; unsynced bytes of the segment may be lost", "segment", seg, "err", err)
@@ -593,6 +577,11 @@ func (d *Disk) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off in
 		want = rest
 	}
 	n, err := d.readFile(seg, p[:want], off)
+	if s.gone.Load() {
+		// Deleted meanwhile: what was read may come from a new segment
+		// of the same name.
+		return 0, fmt.Errorf("storage: read %s: deleted during the read: %w", seg, torus.ErrNotExist)
+	}
 	if err != nil {
 		return n, fmt.Errorf("storage: read %s at %d: %w", seg, off, err)
 	}
@@ -655,14 +644,14 @@ func (d *Disk) Delete(ctx context.Context, seg torus.SegmentID) error {
 			return nil
 		}
 		s.mu.Lock()
-		if s.gone {
+		if s.gone.Load() {
 			s.mu.Unlock()
 			continue
 		}
 		defer s.mu.Unlock()
 		if s.file {
 			d.fds.forget(seg)
-			if err := os.Remove(d.path(seg)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := d.fs.Remove(d.path(seg)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("storage: delete %s: %w", seg, err)
 			}
 			s.file = false
@@ -670,7 +659,7 @@ func (d *Disk) Delete(ctx context.Context, seg torus.SegmentID) error {
 		length := s.length.Load()
 		d.drop(seg, s)
 		d.log.Debug("segment deleted", "segment", seg, "length", length)
-		if err := syncDir(d.volumeDir(seg.Volume)); err != nil {
+		if err := d.syncDir(d.volumeDir(seg.Volume)); err != nil {
 			return fmt.Errorf("storage: delete %s: %w", seg, err)
 		}
 		return nil

@@ -2,25 +2,25 @@ package storage_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/torus-storage/torus"
-	"github.com/torus-storage/torus/storage"
+	"github.com/torus-storage/torus/internal/vfs"
 )
 
-// blockingWrites makes appends to the segment named blocked wait until
-// release is closed, signalling entered first.
-func blockingWrites(blocked torus.SegmentID, entered chan<- struct{}, release <-chan struct{}) func(*os.File, []byte, int64) (int, error) {
-	return func(f *os.File, p []byte, off int64) (int, error) {
-		if filepath.Base(f.Name()) == blocked.String() {
+// blocking returns an FS on which op on the file of segment blocked waits
+// until release is closed, signalling entered first; while *on is true.
+func blocking(op string, blocked torus.SegmentID, on *atomic.Bool, entered chan<- struct{}, release <-chan struct{}) vfs.FS {
+	return vfs.Inject(vfs.OS, func(o, path string) error {
+		if on.Load() && o == op && filepath.Base(path) == blocked.String() {
 			entered <- struct{}{}
 			<-release
 		}
-		return f.WriteAt(p, off)
-	}
+		return nil
+	})
 }
 
 func done(t *testing.T, what string, f func() error) {
@@ -42,17 +42,18 @@ func done(t *testing.T, what string, f func() error) {
 // that segment, appends, syncs and deletes of others, List and Usage.
 func TestDiskPerSegmentLocking(t *testing.T) {
 	ctx := context.Background()
-	d := openDisk(t, t.TempDir(), 1<<20)
-	defer d.Close()
 	slow := torus.SegmentID{Volume: 1, Seq: 1}
 	other := torus.SegmentID{Volume: 1, Seq: 2}
+	var on atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	d := openDiskFS(t, blocking(vfs.OpWrite, slow, &on, entered, release), t.TempDir(), 1<<20)
+	defer d.Close()
 	for _, id := range []torus.SegmentID{slow, other} {
 		if err := d.Append(ctx, id, 0, []byte("0123456789")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	entered, release := make(chan struct{}), make(chan struct{})
-	storage.SetWriteHook(d, blockingWrites(slow, entered, release))
+	on.Store(true)
 	appendErr := make(chan error, 1)
 	go func() { appendErr <- d.Append(ctx, slow, 10, []byte("abcdef")) }()
 	<-entered
@@ -85,18 +86,15 @@ func TestDiskPerSegmentLocking(t *testing.T) {
 // to the same segment meanwhile.
 func TestDiskSyncDoesNotBlockAppends(t *testing.T) {
 	ctx := context.Background()
-	d := openDisk(t, t.TempDir(), 1<<20)
-	defer d.Close()
 	id := torus.SegmentID{Volume: 1, Seq: 1}
+	var on atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	d := openDiskFS(t, blocking(vfs.OpDatasync, id, &on, entered, release), t.TempDir(), 1<<20)
+	defer d.Close()
 	if err := d.Append(ctx, id, 0, []byte("0123456789")); err != nil {
 		t.Fatal(err)
 	}
-	entered, release := make(chan struct{}), make(chan struct{})
-	storage.SetSyncHook(d, func(f *os.File) error {
-		entered <- struct{}{}
-		<-release
-		return f.Sync()
-	})
+	on.Store(true)
 	syncErr := make(chan error, 1)
 	go func() { syncErr <- d.Sync(ctx, id) }()
 	<-entered
@@ -116,10 +114,11 @@ func TestDiskSyncDoesNotBlockAppends(t *testing.T) {
 func TestDiskCloseWaits(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	d := openDisk(t, dir, 1<<20)
 	id := torus.SegmentID{Volume: 1, Seq: 1}
+	var on atomic.Bool
+	on.Store(true)
 	entered, release := make(chan struct{}), make(chan struct{})
-	storage.SetWriteHook(d, blockingWrites(id, entered, release))
+	d := openDiskFS(t, blocking(vfs.OpWrite, id, &on, entered, release), dir, 1<<20)
 	appendErr := make(chan error, 1)
 	go func() { appendErr <- d.Append(ctx, id, 0, []byte("hello")) }()
 	<-entered

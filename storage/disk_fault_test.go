@@ -11,20 +11,20 @@ import (
 	"testing"
 
 	"github.com/torus-storage/torus"
-	"github.com/torus-storage/torus/storage"
+	"github.com/torus-storage/torus/internal/vfs"
 	"github.com/torus-storage/torus/storage/storagetest"
 )
 
-// partialWrite writes half of p, then fails with errno, as a filesystem
-// running out of space does.
-func partialWrite(errno syscall.Errno) func(f *os.File, p []byte, off int64) (int, error) {
-	return func(f *os.File, p []byte, off int64) (int, error) {
-		n, err := f.WriteAt(p[:len(p)/2], off)
-		if err != nil {
-			return n, err
+// failing returns an FS whose operation op fails with errno while *on is
+// true (a failing write writes half its bytes first, as a filesystem
+// running out of space does).
+func failing(op string, errno syscall.Errno, on *bool) vfs.FS {
+	return vfs.Inject(vfs.OS, func(o, path string) error {
+		if *on && o == op {
+			return &os.PathError{Op: o, Path: path, Err: errno}
 		}
-		return n, &os.PathError{Op: "write", Path: f.Name(), Err: errno}
-	}
+		return nil
+	})
 }
 
 func fileSize(t *testing.T, path string) int64 {
@@ -41,19 +41,20 @@ func TestDiskFilesystemFull(t *testing.T) {
 		t.Run(errno.Error(), func(t *testing.T) {
 			ctx := context.Background()
 			dir := t.TempDir()
-			d := openDisk(t, dir, 1<<20)
+			full := false
+			d := openDiskFS(t, failing(vfs.OpWrite, errno, &full), dir, 1<<20)
 			defer d.Close()
 			a := torus.SegmentID{Volume: 1, Seq: 1}
 			b := torus.SegmentID{Volume: 1, Seq: 2}
 			if err := d.Append(ctx, a, 0, storagetest.Pattern(1, 0, 1000)); err != nil {
 				t.Fatal(err)
 			}
-			storage.SetWriteHook(d, partialWrite(errno))
+			full = true
 
 			// An existing segment: the torn half is truncated away.
 			err := d.Append(ctx, a, 1000, storagetest.Pattern(1, 1000, 4000))
-			if !errors.Is(err, torus.ErrNoSpace) {
-				t.Fatalf("Append on a full filesystem: %v; want ErrNoSpace", err)
+			if !errors.Is(err, torus.ErrNoSpace) || !errors.Is(err, errno) {
+				t.Fatalf("Append on a full filesystem: %v; want ErrNoSpace wrapping %v", err, errno)
 			}
 			if size := fileSize(t, filepath.Join(dir, "segments", "v1", a.String())); size != 1000 {
 				t.Fatalf("file of %s is %d bytes after a failed append; want 1000", a, size)
@@ -73,7 +74,7 @@ func TestDiskFilesystemFull(t *testing.T) {
 			}
 
 			// Space comes back: appending resumes where it was.
-			storage.SetWriteHook(d, func(f *os.File, p []byte, off int64) (int, error) { return f.WriteAt(p, off) })
+			full = false
 			if err := d.Append(ctx, a, 1000, storagetest.Pattern(1, 1000, 4000)); err != nil {
 				t.Fatal(err)
 			}
@@ -93,10 +94,10 @@ func TestDiskFilesystemFull(t *testing.T) {
 
 func TestDiskWriteErrorIsNotNoSpace(t *testing.T) {
 	ctx := context.Background()
-	d := openDisk(t, t.TempDir(), 1<<20)
+	on := true
+	d := openDiskFS(t, failing(vfs.OpWrite, syscall.EIO, &on), t.TempDir(), 1<<20)
 	defer d.Close()
 	id := torus.SegmentID{Volume: 1, Seq: 1}
-	storage.SetWriteHook(d, partialWrite(syscall.EIO))
 	err := d.Append(ctx, id, 0, []byte("abcd"))
 	if err == nil || errors.Is(err, torus.ErrNoSpace) || !errors.Is(err, syscall.EIO) {
 		t.Fatalf("Append with EIO: %v; want an error wrapping EIO, not ErrNoSpace", err)
@@ -108,22 +109,22 @@ func TestDiskWriteErrorIsNotNoSpace(t *testing.T) {
 
 func TestDiskSyncFailureSticks(t *testing.T) {
 	ctx := context.Background()
-	d := openDisk(t, t.TempDir(), 1<<20)
-	defer d.Close()
 	id := torus.SegmentID{Volume: 1, Seq: 1}
 	other := torus.SegmentID{Volume: 1, Seq: 2}
+	fail := false
+	d := openDiskFS(t, vfs.Inject(vfs.OS, func(op, path string) error {
+		if fail && op == vfs.OpDatasync && filepath.Base(path) == id.String() {
+			return fmt.Errorf("fdatasync: %w", syscall.EIO)
+		}
+		return nil
+	}), t.TempDir(), 1<<20)
+	defer d.Close()
 	for _, s := range []torus.SegmentID{id, other} {
 		if err := d.Append(ctx, s, 0, []byte("abcd")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	fail := true
-	storage.SetSyncHook(d, func(f *os.File) error {
-		if fail && filepath.Base(f.Name()) == id.String() {
-			return fmt.Errorf("fdatasync: %w", syscall.EIO)
-		}
-		return f.Sync()
-	})
+	fail = true
 	if err := d.Sync(ctx, id); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("Sync with EIO: %v", err)
 	}
@@ -150,6 +151,38 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 		t.Fatalf("Append to a recreated segment: %v", err)
 	}
 	if err := d.Sync(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDiskTruncateFailure: when a failed append cannot be cut away, the
+// segment is retired (its file has a torn tail), other segments go on.
+func TestDiskTruncateFailure(t *testing.T) {
+	ctx := context.Background()
+	id := torus.SegmentID{Volume: 1, Seq: 1}
+	broken := false
+	d := openDiskFS(t, vfs.Inject(vfs.OS, func(op, path string) error {
+		if broken && (op == vfs.OpWrite || op == vfs.OpTruncate) {
+			return &os.PathError{Op: op, Path: path, Err: syscall.EIO}
+		}
+		return nil
+	}), t.TempDir(), 1<<20)
+	defer d.Close()
+	if err := d.Append(ctx, id, 0, []byte("abcd")); err != nil {
+		t.Fatal(err)
+	}
+	broken = true
+	if err := d.Append(ctx, id, 4, []byte("efgh")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Append with EIO: %v", err)
+	}
+	broken = false
+	if err := d.Append(ctx, id, 4, []byte("efgh")); !errors.Is(err, torus.ErrCorrupt) {
+		t.Fatalf("Append after an append that could not be cut away: %v; want ErrCorrupt", err)
+	}
+	if info, err := d.Stat(ctx, id); err != nil || info.Length != 4 {
+		t.Fatalf("Stat = %+v, %v; want Length 4", info, err)
+	}
+	if err := d.Append(ctx, torus.SegmentID{Volume: 1, Seq: 2}, 0, []byte("ok")); err != nil {
 		t.Fatal(err)
 	}
 }

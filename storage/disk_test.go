@@ -11,6 +11,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/testutil"
+	"github.com/torus-storage/torus/internal/vfs"
 	"github.com/torus-storage/torus/storage"
 	"github.com/torus-storage/torus/storage/storagetest"
 )
@@ -24,9 +25,27 @@ func openDisk(t *testing.T, dir string, capacity int64) *storage.Disk {
 	return d
 }
 
+// openDiskFS opens a store on fsys (real dirs on vfs.OS, or a fake FS).
+func openDiskFS(t *testing.T, fsys vfs.FS, dir string, capacity int64) *storage.Disk {
+	t.Helper()
+	d, err := storage.OpenDisk(context.Background(), storage.DiskConfig{Dir: dir, Capacity: capacity, Logger: testutil.Logger(t), FS: fsys})
+	if err != nil {
+		t.Fatalf("OpenDisk(%s): %v", dir, err)
+	}
+	return d
+}
+
 func TestDiskConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T, capacity int64) torus.Store {
 		return openDisk(t, t.TempDir(), capacity)
+	})
+}
+
+// TestDiskConformanceMemFS runs the suite on the in-memory filesystem the
+// power-loss tests use, so those tests exercise a store that conforms.
+func TestDiskConformanceMemFS(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, capacity int64) torus.Store {
+		return openDiskFS(t, vfs.NewMemFS(), "/data", capacity)
 	})
 }
 

@@ -63,6 +63,12 @@
 // store fails every further Sync and Append of that segment with an error
 // wrapping torus.ErrCorrupt; the writer seals it and moves to a new one.
 //
+// All file access goes through internal/vfs. The tests run the store on
+// vfs.MemFS and cut the power at random points (MemFS.Crash keeps only
+// synced file contents and fsynced directory entries, optionally with torn
+// tails), checking the guarantees above; a SIGKILL test does the same with a
+// real process on a real filesystem.
+//
 // A data dir is used by one process at a time: OpenDisk fails with a
 // *DirLockedError (matching torus.ErrLocked) naming the dir and the holder
 // while another store has it open.

@@ -2,10 +2,10 @@ package storage
 
 import (
 	"container/list"
-	"os"
 	"sync"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/vfs"
 )
 
 // fdCache is a bounded LRU of open segment files. A file handed out by get
@@ -20,7 +20,7 @@ type fdCache struct {
 
 type fdEntry struct {
 	id      torus.SegmentID
-	f       *os.File
+	f       vfs.File
 	refs    int
 	elem    *list.Element // nil once out of the cache
 	dropped bool          // out of the cache: close at the last release
@@ -32,7 +32,7 @@ func newFDCache(max int) *fdCache {
 
 // get returns the cached file of id, or opens one with open and caches it.
 // The caller must release the entry.
-func (c *fdCache) get(id torus.SegmentID, open func() (*os.File, error)) (*fdEntry, error) {
+func (c *fdCache) get(id torus.SegmentID, open func() (vfs.File, error)) (*fdEntry, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.entries[id]; e != nil {
@@ -53,7 +53,7 @@ func (c *fdCache) get(id torus.SegmentID, open func() (*os.File, error)) (*fdEnt
 
 // add caches a file the caller has just opened (a new segment) and returns
 // it referenced once. An entry already cached for id is dropped.
-func (c *fdCache) add(id torus.SegmentID, f *os.File) *fdEntry {
+func (c *fdCache) add(id torus.SegmentID, f vfs.File) *fdEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old := c.entries[id]; old != nil {

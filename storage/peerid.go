@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/vfs"
 )
 
 // PeerIDFile is the name of the file in the data dir holding the daemon's
@@ -86,7 +87,7 @@ func createID(dir, path string) error {
 		}
 		return fmt.Errorf("storage: writing peer ID: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := vfs.OS.SyncDir(dir); err != nil {
 		return fmt.Errorf("storage: writing peer ID: %w", err)
 	}
 	return nil

@@ -31,7 +31,7 @@ func TestReadWriteSparse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []torus.Extent{{0, 4096, true}, {4096, 4096, false}, {8192, 4096, true}}
+	want := []torus.Extent{{Offset: 0, Length: 4096, Zero: true}, {Offset: 4096, Length: 4096}, {Offset: 8192, Length: 4096, Zero: true}}
 	if len(ext) != len(want) {
 		t.Fatalf("extents %v, want %v", ext, want)
 	}
