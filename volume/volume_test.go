@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/metadata"
 )
 
 // model is a volume as a plain byte slice.
@@ -236,5 +237,29 @@ func TestGrow(t *testing.T) {
 	got := make([]byte, 4096)
 	if err := v2.ReadAt(ctx, got, 2<<20-4096); err != nil || !bytes.Equal(got, p) {
 		t.Fatalf("grown range after reopen: %v", err)
+	}
+}
+
+// TestNoPeers: a cluster without ring members opens volumes, reads zeros,
+// and fails writes with ErrUnavailable.
+func TestNoPeers(t *testing.T) {
+	ctx := context.Background()
+	full := newCluster(t, clusterOpts{replication: 2})
+	c := &cluster{t: t, meta: metadata.NewMemory(), locals: full.locals, stores: full.stores,
+		down: map[string]bool{}, corrupt: map[string]bool{}}
+	if err := c.meta.InitCluster(ctx, torus.ClusterConfig{Replication: 2, SegmentSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c.create("vol", 1<<20, 0)
+	v := c.open("vol", Options{})
+	defer v.Close(ctx)
+	if err := v.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(ctx, make([]byte, 4096), 0, false); !errors.Is(err, torus.ErrUnavailable) {
+		t.Fatalf("write without peers: %v", err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatalf("flush with nothing written: %v", err)
 	}
 }
