@@ -20,7 +20,7 @@ type placement interface {
 type emptyPlacement struct{}
 
 func (emptyPlacement) Lookup([]byte, int, func(string) bool) []string { return nil }
-func (emptyPlacement) Order([]byte) []string                         { return nil }
+func (emptyPlacement) Order([]byte) []string                          { return nil }
 
 func newPlacement(spec torus.RingSpec) (placement, error) {
 	if len(spec.Members) == 0 {
