@@ -543,11 +543,3 @@ func cloneHead(h torus.Head) torus.Head {
 	}
 	return c
 }
-
-// Index returns the volume's index for inspection in tests. The caller must
-// not use it while I/O is running.
-func (v *Volume) Index() *Index {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.idx
-}

@@ -132,7 +132,7 @@ func TestModel(t *testing.T) {
 	verify(t, ctx, v, m)
 	workload(t, ctx, v, m, r, 200)
 	verify(t, ctx, v, m)
-	if err := v.Index().check(); err != nil {
+	if err := v.idx.check(); err != nil {
 		t.Fatal(err)
 	}
 }
