@@ -37,6 +37,9 @@ type Config struct {
 	// MaintenanceInterval is how often the daemon plans healing,
 	// rebalancing and garbage collection. Default 2 s.
 	MaintenanceInterval time.Duration
+	// GCInterval is how often the daemon sweeps its store for segments
+	// that no head or snapshot names. Default 30 s.
+	GCInterval time.Duration
 }
 
 // EnsureDefaults fills unset fields.
@@ -49,6 +52,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.MaintenanceInterval == 0 {
 		c.MaintenanceInterval = 2 * time.Second
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = 30 * time.Second
 	}
 	if c.PeerListen == "" {
 		c.PeerListen = "127.0.0.1:0"

@@ -1,0 +1,43 @@
+# Torus. `make run` starts a one-machine cluster; `make test` runs every test.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BIN := bin
+DATA ?= torus-data
+PKGS := ./...
+
+.PHONY: all deps build run test lint unit bench robustness fuzz clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/torusd ./cmd/torusctl ./cmd/torusblk
+
+# The main job: embedded etcd, one daemon, a 1 GiB volume "demo" on NBD at
+# 127.0.0.1:10809. Data stays in $(DATA) across restarts.
+run: deps build
+	$(BIN)/torusd --dev --data-dir $(DATA)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# Every test, with the race detector, against real etcd and real NBD clients.
+test: deps build lint
+	TORUS_REQUIRE_TOOLS=1 TORUS_BIN=$(CURDIR)/$(BIN) $(GO) test -race -timeout 30m $(PKGS)
+
+unit:
+	$(GO) test -short $(PKGS)
+
+bench: deps build
+	$(GO) run ./bench $(if $(QUICK),-quick) -out bench/results
+
+robustness: deps build
+	TORUS_BIN=$(CURDIR)/$(BIN) TORUS_ROBUSTNESS=long $(GO) test -race -run Robustness -timeout 60m -v ./tests/...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,257 @@
+// Command torusblk is the client side of Torus: it serves volumes over NBD
+// (nbdserve) and attaches them through the kernel's NBD driver (nbd).
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/export"
+	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
+	"github.com/torus-storage/torus/nbd"
+	"github.com/torus-storage/torus/peer"
+)
+
+type globals struct {
+	etcd, cert, key, ca string
+	logLevel            string
+}
+
+func main() {
+	if err := newRoot().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "torusblk:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "torusblk",
+		Short:         "Serve and attach Torus volumes as block devices",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	def := os.Getenv("TORUS_ETCD")
+	if def == "" {
+		def = "http://127.0.0.1:2379"
+	}
+	root.PersistentFlags().StringVar(&g.etcd, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
+	root.PersistentFlags().StringVar(&g.cert, "etcd-cert", "", "client certificate for etcd TLS")
+	root.PersistentFlags().StringVar(&g.key, "etcd-key", "", "client key for etcd TLS")
+	root.PersistentFlags().StringVar(&g.ca, "etcd-ca", "", "CA bundle for etcd TLS")
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
+	root.AddCommand(newNBDServe(g), newNBDAttach(g))
+	return root
+}
+
+func (g *globals) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %v", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+}
+
+func (g *globals) connect(ctx context.Context, log *slog.Logger) (*etcdmeta.Store, *peer.Pool, error) {
+	var eps []string
+	for _, e := range strings.Split(g.etcd, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			eps = append(eps, e)
+		}
+	}
+	meta, err := etcdmeta.New(ctx, etcdmeta.Config{Endpoints: eps, CertFile: g.cert, KeyFile: g.key, CAFile: g.ca, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	pool := peer.NewPool(func(ctx context.Context, id string) (string, error) {
+		peers, err := meta.Peers(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, p := range peers {
+			if p.ID == id {
+				return p.Address, nil
+			}
+		}
+		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
+	}, peer.ClientConfig{}, log)
+	return meta, pool, nil
+}
+
+func newNBDServe(g *globals) *cobra.Command {
+	var listen, certFile, keyFile, caFile string
+	var tlsRequired, readOnly bool
+	cmd := &cobra.Command{
+		Use:   "nbdserve",
+		Short: "Serve every volume over NBD (export name = volume name, vol@snap for snapshots)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			tlsCfg, err := loadTLS(certFile, keyFile, caFile)
+			if err != nil {
+				return err
+			}
+			if tlsRequired && tlsCfg == nil {
+				return errors.New("--tls-required needs --tls-cert and --tls-key")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			meta, pool, err := g.connect(ctx, log)
+			if err != nil {
+				return err
+			}
+			defer meta.Close()
+			defer pool.Close()
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			host, _ := os.Hostname()
+			owner := fmt.Sprintf("torusblk@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
+			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired, ReadOnly: readOnly},
+				export.New(meta, pool, owner, log), log)
+			errc := make(chan error, 1)
+			go func() { errc <- srv.Serve(ln) }()
+			log.Info("serving NBD", "listen", ln.Addr().String(), "tls", tlsCfg != nil, "tls_required", tlsRequired)
+			select {
+			case <-ctx.Done():
+			case err := <-errc:
+				return err
+			}
+			log.Info("shutting down: completing requests, flushing and releasing volumes")
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:10809", "address:port to serve NBD on")
+	cmd.Flags().StringVar(&certFile, "tls-cert", "", "server certificate (PEM) for NBD_OPT_STARTTLS")
+	cmd.Flags().StringVar(&keyFile, "tls-key", "", "server key (PEM)")
+	cmd.Flags().StringVar(&caFile, "tls-ca", "", "CA (PEM) to verify client certificates; optional")
+	cmd.Flags().BoolVar(&tlsRequired, "tls-required", false, "refuse clients that do not start TLS")
+	cmd.Flags().BoolVar(&readOnly, "read-only", false, "serve every export read-only")
+	return cmd
+}
+
+func loadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" {
+		if caFile != "" {
+			return nil, errors.New("--tls-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading TLS key pair: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no certificates found", caFile)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
+}
+
+func newNBDAttach(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "nbd VOLUME [/dev/nbdX]",
+		Short: "Attach a volume through the kernel's NBD driver (blocks until detached)",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dev := ""
+			if len(args) == 2 {
+				dev = args[1]
+			}
+			dev, err := pickNBDDevice(dev)
+			if err != nil {
+				return err
+			}
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			meta, pool, err := g.connect(ctx, log)
+			if err != nil {
+				return err
+			}
+			defer meta.Close()
+			defer pool.Close()
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			srvConn, err := fileConn(fds[0], "nbd-server")
+			if err != nil {
+				return err
+			}
+			cliConn, err := fileConn(fds[1], "nbd-kernel")
+			if err != nil {
+				return err
+			}
+			host, _ := os.Hostname()
+			owner := fmt.Sprintf("torusblk@%s %s pid %d", host, dev, os.Getpid())
+			srv := nbd.NewServer(nbd.Config{}, export.New(meta, pool, owner, log), log)
+			go srv.ServeConn(srvConn)
+			attachErr := nbd.AttachKernel(ctx, dev, cliConn, args[0])
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return errors.Join(attachErr, srv.Shutdown(sctx))
+		},
+	}
+}
+
+// pickNBDDevice checks that the kernel NBD driver exists and returns dev, or
+// the first /dev/nbdN when dev is empty.
+func pickNBDDevice(dev string) (string, error) {
+	if dev == "" {
+		matches, _ := filepath.Glob("/dev/nbd[0-9]*")
+		if len(matches) == 0 {
+			return "", fmt.Errorf("%w: kernel NBD driver not available (no /dev/nbd*): run `modprobe nbd`, or use `torusblk nbdserve` with a userspace client (qemu, nbdfuse)", torus.ErrUnavailable)
+		}
+		sort.Strings(matches)
+		return matches[0], nil
+	}
+	if _, err := os.Stat(dev); err != nil {
+		return "", fmt.Errorf("%w: kernel NBD device %s: %v (run `modprobe nbd`)", torus.ErrUnavailable, dev, err)
+	}
+	return dev, nil
+}
+
+func fileConn(fd int, name string) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	return net.FileConn(f)
+}

@@ -1,0 +1,247 @@
+// Command torusd is the Torus storage daemon. See README.md and
+// docs/operations.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/export"
+	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
+	"github.com/torus-storage/torus/nbd"
+	"github.com/torus-storage/torus/peer"
+	"github.com/torus-storage/torus/server"
+	"github.com/torus-storage/torus/storage"
+)
+
+type flags struct {
+	etcd, etcdCert, etcdKey, etcdCA string
+	dataDir, size                   string
+	peerAddr, advertise, httpAddr   string
+	zone                            string
+	autoJoin, dev                   bool
+	nbdListen                       string
+	rebalanceRate                   string
+	downGrace, heartbeatTTL         time.Duration
+	logLevel                        string
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "torusd:", err)
+		os.Exit(1)
+	}
+}
+
+func parse(args []string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("torusd", flag.ContinueOnError)
+	def := os.Getenv("TORUS_ETCD")
+	fs.StringVar(&f.etcd, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
+	fs.StringVar(&f.etcdCert, "etcd-cert", "", "client certificate for etcd TLS")
+	fs.StringVar(&f.etcdKey, "etcd-key", "", "client key for etcd TLS")
+	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA bundle for etcd TLS")
+	fs.StringVar(&f.dataDir, "data-dir", "torus-data", "directory for this daemon's data")
+	fs.StringVar(&f.size, "size", "1GiB", "most bytes to store: 10GiB, 500MiB, or N% of the filesystem")
+	fs.StringVar(&f.peerAddr, "peer-address", "127.0.0.1:40000", "address:port for the peer protocol")
+	fs.StringVar(&f.advertise, "advertise-address", "", "address others use to reach the peer port (default --peer-address)")
+	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:4321", "address:port for /metrics, /healthz, /readyz, /debug/pprof (empty: off)")
+	fs.StringVar(&f.zone, "zone", "", "failure domain label (rack, room) for placement")
+	fs.BoolVar(&f.autoJoin, "auto-join", false, "add this daemon to the ring at start")
+	fs.BoolVar(&f.dev, "dev", false, "one-machine mode: embedded etcd, auto-join, NBD server, volume \"demo\"")
+	fs.StringVar(&f.nbdListen, "nbd-listen", "127.0.0.1:10809", "with --dev: NBD server address")
+	fs.StringVar(&f.rebalanceRate, "rebalance-rate", "0", "healing/rebalancing copy rate per second, e.g. 100MiB (0: unlimited)")
+	fs.DurationVar(&f.downGrace, "down-grace", 2*time.Minute, "how long a peer stays down before its data is re-replicated")
+	fs.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 5*time.Second, "liveness lease TTL: a dead daemon shows down within this")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if !f.dev && f.etcd == "" {
+		return nil, errors.New("--etcd is required (or --dev for a one-machine cluster with embedded etcd)")
+	}
+	return f, nil
+}
+
+func run(args []string) error {
+	f, err := parse(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %v", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	if err := os.MkdirAll(f.dataDir, 0o755); err != nil {
+		return err
+	}
+	capacity, err := storage.ParseSize(f.size, f.dataDir)
+	if err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	rate := int64(0)
+	if f.rebalanceRate != "0" && f.rebalanceRate != "" {
+		if rate, err = storage.ParseSize(f.rebalanceRate, f.dataDir); err != nil {
+			return fmt.Errorf("--rebalance-rate: %w", err)
+		}
+	}
+
+	endpoints := splitList(f.etcd)
+	var embedded *etcdmeta.Embedded
+	if f.dev {
+		if len(endpoints) == 0 {
+			embedded, err = etcdmeta.StartEmbedded(ctx, etcdmeta.EmbedConfig{
+				Dir:       filepath.Join(f.dataDir, "etcd"),
+				ClientURL: "http://127.0.0.1:2379",
+				PeerURL:   "http://127.0.0.1:2380",
+				Logger:    log,
+			})
+			if err != nil {
+				return fmt.Errorf("starting embedded etcd: %w", err)
+			}
+			defer embedded.Close()
+			endpoints = embedded.Endpoints()
+		}
+		f.autoJoin = true
+	}
+	meta, err := etcdmeta.New(ctx, etcdmeta.Config{
+		Endpoints: endpoints, CertFile: f.etcdCert, KeyFile: f.etcdKey, CAFile: f.etcdCA, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer meta.Close()
+
+	if f.dev {
+		if err := devInit(ctx, meta); err != nil {
+			return err
+		}
+	}
+	srv, err := server.New(server.Config{
+		DataDir: f.dataDir, Capacity: capacity,
+		PeerListen: f.peerAddr, PeerAdvertise: f.advertise, HTTPListen: f.httpAddr,
+		Zone: f.zone, AutoJoin: f.autoJoin, RebalanceRate: rate,
+		DownGrace: f.downGrace, HeartbeatTTL: f.heartbeatTTL,
+	}, meta, log)
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	var nbdSrv *nbd.Server
+	if f.dev {
+		if nbdSrv, err = devNBD(ctx, f, meta, srv, log); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	if nbdSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := nbdSrv.Shutdown(sctx); err != nil {
+			log.Error("nbd shutdown", "err", err)
+		}
+		cancel()
+	}
+	return srv.Close()
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// devInit initializes a one-machine cluster (replication 1) and the volume
+// "demo" on first start.
+func devInit(ctx context.Context, meta torus.Metadata) error {
+	if _, err := meta.ClusterConfig(ctx); errors.Is(err, torus.ErrNotInitialized) {
+		cfg := torus.ClusterConfig{Replication: 1}
+		cfg.EnsureDefaults()
+		if err := meta.InitCluster(ctx, cfg); err != nil && !errors.Is(err, torus.ErrExist) {
+			return fmt.Errorf("initializing cluster: %w", err)
+		}
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+func devNBD(ctx context.Context, f *flags, meta torus.Metadata, srv *server.Server, log *slog.Logger) (*nbd.Server, error) {
+	if _, err := meta.Volume(ctx, "demo"); errors.Is(err, torus.ErrNotExist) {
+		if _, err := meta.CreateVolume(ctx, torus.VolumeInfo{Name: "demo", Size: 1 << 30}); err != nil && !errors.Is(err, torus.ErrExist) {
+			return nil, fmt.Errorf("creating volume demo: %w", err)
+		}
+		if err := meta.SetDefaultExport(ctx, "demo"); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", f.nbdListen)
+	if err != nil {
+		return nil, fmt.Errorf("nbd listen: %w", err)
+	}
+	pool := peer.NewPool(func(ctx context.Context, id string) (string, error) {
+		peers, err := meta.Peers(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, p := range peers {
+			if p.ID == id {
+				return p.Address, nil
+			}
+		}
+		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
+	}, peer.ClientConfig{}, log)
+	host, _ := os.Hostname()
+	owner := fmt.Sprintf("torusd --dev@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
+	nbdSrv := nbd.NewServer(nbd.Config{}, export.New(meta, pool, owner, log), log)
+	go func() {
+		if err := nbdSrv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+			log.Error("nbd server stopped", "err", err)
+		}
+	}()
+	addr := ln.Addr().String()
+	fmt.Printf(`
+Torus is running (one machine, embedded etcd at 127.0.0.1:2379, data in %s).
+Volume "demo" (1 GiB) is served over NBD at %s. Try:
+
+  nbdinfo nbd://%s/demo
+  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://%s/demo
+  qemu-img convert -n -O raw disk.img nbd://%s/demo
+  mkdir -p /tmp/demo && nbdfuse /tmp/demo/disk nbd://%s/demo &   # then: losetup -f --show /tmp/demo/disk
+  bin/torusctl volume list
+
+Metrics: http://%s/metrics   Stop with Ctrl-C (volumes are flushed and released).
+`, f.dataDir, addr, addr, addr, addr, addr, srv.HTTPAddr())
+	return nbdSrv, nil
+}
