@@ -31,7 +31,18 @@ type readRun struct {
 	crcs   []uint32
 }
 
+// read fills p from the index. If a run cannot be read anywhere it looks
+// the blocks up once more: compaction may have moved them and the GC removed
+// the old segment while the read was in flight.
 func (v *Volume) read(ctx context.Context, p []byte, off int64) error {
+	err := v.readOnce(ctx, p, off)
+	if err != nil && ctx.Err() == nil && errors.Is(err, torus.ErrUnavailable) {
+		err = v.readOnce(ctx, p, off)
+	}
+	return err
+}
+
+func (v *Volume) readOnce(ctx context.Context, p []byte, off int64) error {
 	if len(p) == 0 {
 		return nil
 	}
