@@ -505,7 +505,9 @@ func (v *Volume) doClose(ctx context.Context) error {
 			err = v.flush(ctx)
 			if err == nil {
 				err = v.control(ctx, func(ctx context.Context) error {
-					return v.roll(ctx, ckptNever, false)
+					// Checkpoint when due, so short sessions (attach, a few
+					// writes, detach) do not grow the head's sealed list.
+					return v.roll(ctx, ckptIfDue, false)
 				})
 			}
 		} else {

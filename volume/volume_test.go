@@ -263,3 +263,30 @@ func TestNoPeers(t *testing.T) {
 		t.Fatalf("flush with nothing written: %v", err)
 	}
 }
+
+// TestShortSessions: many open/write/close cycles keep the head small
+// (checkpoints at Close when due) and the data intact.
+func TestShortSessions(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, checkpointEvery: 3})
+	c.create("vol", 1<<20, 0)
+	m := make(model, 1<<20)
+	r := rand.New(rand.NewPCG(81, 82))
+	for i := 0; i < 10; i++ {
+		v := c.open("vol", Options{})
+		workload(t, ctx, v, m, r, 5)
+		if err := v.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		h, err := c.meta.Head(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h.Sealed) >= 3 || h.Open != nil {
+			t.Fatalf("session %d: head has %d sealed segments, open %v", i, len(h.Sealed), h.Open)
+		}
+	}
+	v := c.open("vol", Options{ReadOnly: true})
+	verify(t, ctx, v, m)
+	v.Close(ctx)
+}
