@@ -37,14 +37,14 @@ func openReplicas(v *Volume) []string {
 func TestWriterCrash(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, clusterOpts{replication: 2, checkpointEvery: 2})
-	const size = 4 << 20
+	const size = 2 << 20
 	c.create("vol", size, 0)
 	r := rand.New(rand.NewPCG(5, 6))
 	m := make(model, size)
 	for round := 0; round < 3; round++ {
 		v := c.open("vol", Options{Owner: "crashy"})
 		verify(t, ctx, v, m)
-		workload(t, ctx, v, m, r, 150)
+		workload(t, ctx, v, m, r, 100)
 		if err := v.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}

@@ -16,13 +16,13 @@ import (
 func TestSnapshot(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, clusterOpts{replication: 2, checkpointEvery: 3})
-	const size = 4 << 20
+	const size = 2 << 20
 	c.create("vol", size, 0)
 	v := c.open("vol", Options{})
 	defer v.Close(ctx)
 	r := rand.New(rand.NewPCG(21, 22))
 	m := make(model, size)
-	workload(t, ctx, v, m, r, 300)
+	workload(t, ctx, v, m, r, 200)
 	if err := v.Snapshot(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestSnapshot(t *testing.T) {
 	if err := v.Snapshot(ctx, "s1"); !errors.Is(err, torus.ErrExist) {
 		t.Fatalf("duplicate snapshot: %v", err)
 	}
-	workload(t, ctx, v, m, r, 300)
+	workload(t, ctx, v, m, r, 200)
 	s := c.open("vol", Options{Snapshot: "s1"})
 	defer s.Close(ctx)
 	if !s.ReadOnly() || s.Size() != size {
