@@ -136,6 +136,9 @@ func newNBDServe(g *globals) *cobra.Command {
 			select {
 			case <-ctx.Done():
 			case err := <-errc:
+				if errors.Is(err, nbd.ErrServerClosed) {
+					err = nil
+				}
 				return err
 			}
 			log.Info("shutting down: completing requests, flushing and releasing volumes")
