@@ -319,3 +319,30 @@ type Device interface {
 type PeerPool interface {
 	Peer(ctx context.Context, id string) (PeerService, error)
 }
+
+// VolumeHealth summarizes a volume's redundancy.
+type VolumeHealth string
+
+const (
+	// VolumeHealthy: every live segment has Replication full copies on up peers.
+	VolumeHealthy VolumeHealth = "healthy"
+	// VolumeDegraded: every live segment is readable, some have fewer copies.
+	VolumeDegraded VolumeHealth = "degraded"
+	// VolumeUnavailable: some live segment has no copy on an up peer.
+	VolumeUnavailable VolumeHealth = "unavailable"
+)
+
+// VolumeStatus is a volume's health and space use as last computed by the
+// daemons' maintenance (one daemon, the lowest up peer ID, publishes it).
+type VolumeStatus struct {
+	Volume          string       `json:"volume"`
+	ID              uint64       `json:"id"`
+	Health          VolumeHealth `json:"health"`
+	Used            int64        `json:"used"`             // bytes of live segments, one copy
+	Stored          int64        `json:"stored"`           // bytes of live segments, all copies
+	UnderReplicated int          `json:"under_replicated"` // live segments with too few copies
+	Unavailable     int          `json:"unavailable"`      // live segments with no up copy
+	PendingBytes    int64        `json:"pending_bytes"`    // bytes healing still has to copy
+	Reporter        string       `json:"reporter"`         // peer ID that computed it
+	Updated         time.Time    `json:"updated"`
+}

@@ -39,7 +39,12 @@ type clusterView struct {
 	// lengths holds, for every live segment of every volume, the
 	// authoritative length, or -1 when it is not known (an open segment,
 	// or a segment named only through a checkpoint).
-	live map[uint64]map[torus.SegmentID]bool
+	live map[uint64]map[torus.SegmentID]int64
+	// recent holds the segments sealed since the last checkpoint of
+	// volumes that have a writer: the writer may still have to sync them
+	// on the replicas it wrote, so their surplus copies are kept until a
+	// checkpoint absorbs them (or the writer detaches).
+	recent map[torus.SegmentID]bool
 }
 
 // maintain runs one pass: GC of local segments that no head or snapshot
@@ -67,10 +72,11 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing volumes: %w", err)
 	}
-	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]bool)}
+	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64),
+		recent: make(map[torus.SegmentID]bool)}
 	for _, v := range vols {
 		view.volumes[v.ID] = v
-		live, err := volume.LiveSegments(ctx, s.meta, s.pool, v.Name)
+		live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, v.Name, &s.tables)
 		if err != nil {
 			if errors.Is(err, torus.ErrNotExist) {
 				continue // deleted meanwhile: its segments are kept this pass
@@ -78,6 +84,13 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 			return nil, fmt.Errorf("live segments of %s: %w", v.Name, err)
 		}
 		view.live[v.ID] = live
+		if _, writing, err := s.meta.Writer(ctx, v.Name); err == nil && writing {
+			if head, err := s.meta.Head(ctx, v.Name); err == nil {
+				for _, r := range head.Sealed {
+					view.recent[r.ID] = true
+				}
+			}
+		}
 	}
 	return view, nil
 }
@@ -89,7 +102,7 @@ func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, 
 		id := si.ID
 		if _, ok := view.volumes[id.Volume]; ok {
 			live, known := view.live[id.Volume]
-			if !known || live[id] {
+			if _, isLive := live[id]; !known || isLive {
 				continue
 			}
 		}
@@ -101,9 +114,6 @@ func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, 
 		s.log.Debug("gc: deleted segment", "segment", id, "bytes", si.Length)
 	}
 }
-
-// heal is replaced by the planner-driven pass in heal.go.
-func (s *Server) heal(ctx context.Context, view *clusterView) error { return nil }
 
 // copySegment copies local segment seg, up to length bytes, to peer to. It
 // resumes where the target's copy ends, so an interrupted copy continues

@@ -15,6 +15,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/storage"
+	"github.com/torus-storage/torus/volume"
 )
 
 // Server is one storage daemon.
@@ -23,26 +24,31 @@ type Server struct {
 	meta torus.Metadata
 	log  *slog.Logger
 
-	id       string
-	store    *storage.Disk
-	local    *peer.Local
-	psrv     *peer.Server
-	peerLn   net.Listener
-	httpSrv  *http.Server
-	httpLn   net.Listener
-	advert   string
-	metrics  *metrics
-	pool     *peer.Pool
-	ready    atomic.Bool
-	inRing   atomic.Bool
-	pending  atomic.Int64
-	sessMu   sync.Mutex
-	session  torus.Session
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	closeMu  sync.Mutex
-	closed   bool
-	closeErr error
+	id         string
+	store      *storage.Disk
+	local      *peer.Local
+	psrv       *peer.Server
+	peerLn     net.Listener
+	httpSrv    *http.Server
+	httpLn     net.Listener
+	advert     string
+	metrics    *metrics
+	pool       *peer.Pool
+	ready      atomic.Bool
+	inRing     atomic.Bool
+	pending    atomic.Int64
+	tables     volume.TableCache
+	downMu     sync.Mutex
+	downSince  map[string]time.Time
+	lastHealth map[string]torus.VolumeHealth
+	fullLevel  atomic.Int32 // 0, 80 or 90: the last fullness warning given
+	sessMu     sync.Mutex
+	session    torus.Session
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	closeMu    sync.Mutex
+	closed     bool
+	closeErr   error
 }
 
 // New checks cfg and returns a daemon that Start will bring up.
@@ -118,7 +124,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 	})
 
-	s.pool = peer.NewPool(s.resolvePeer, peer.ClientConfig{}, s.log)
+	s.pool = peer.NewPool(peer.NewResolver(s.meta, 0).Resolve, peer.ClientConfig{}, s.log)
 	s.metrics = newMetrics(s)
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
@@ -225,20 +231,6 @@ func (s *Server) refreshEpochs(ctx context.Context) error {
 	return nil
 }
 
-// resolvePeer maps a peer ID to its address through etcd.
-func (s *Server) resolvePeer(ctx context.Context, id string) (string, error) {
-	peers, err := s.meta.Peers(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, p := range peers {
-		if p.ID == id {
-			return p.Address, nil
-		}
-	}
-	return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
-}
-
 // heartbeat makes sure a liveness session exists and writes the liveness key.
 func (s *Server) heartbeat(ctx context.Context) error {
 	s.sessMu.Lock()
@@ -262,6 +254,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		s.sessMu.Unlock()
 	}
 	u := s.store.Usage()
+	s.checkFullness(u)
 	if err := s.meta.Heartbeat(ctx, sess, s.id, u.Used, s.pending.Load()); err != nil {
 		return fmt.Errorf("server: heartbeat: %w", err)
 	}
@@ -339,5 +332,28 @@ func (s *Server) watchLoop(ctx context.Context) {
 			s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
 		}
 		cancel()
+	}
+}
+
+// checkFullness warns once when the store crosses 80 % and 90 % of its
+// capacity, and notes when it falls back below.
+func (s *Server) checkFullness(u torus.Usage) {
+	if u.Capacity <= 0 {
+		return
+	}
+	pct := u.Used * 100 / u.Capacity
+	level := int32(0)
+	switch {
+	case pct >= 90:
+		level = 90
+	case pct >= 80:
+		level = 80
+	}
+	old := s.fullLevel.Swap(level)
+	switch {
+	case level > old:
+		s.log.Warn("store filling up", "percent_used", pct, "used", u.Used, "capacity", u.Capacity)
+	case level < old:
+		s.log.Info("store below warning level", "percent_used", pct)
 	}
 }
