@@ -500,12 +500,17 @@ func (b *bench) torusTarget(ctx context.Context, spec TorusSpec) error {
 		b.rep.Procs = append(b.rep.Procs, ProcResources{Target: spec.Name, Name: w.Name, PID: w.Proc.PID(),
 			PeakRSSBytes: w.Last.PeakRSSBytes, CPUSeconds: before[i].CPUSeconds, IdleCPUPercent: idle})
 	}
+	// Every process must have lived through the jobs and the idle window;
+	// healing then kills one on purpose.
+	if err := alive(); err != nil {
+		return err
+	}
 	if spec.Name == TargetTorus2 && ctx.Err() == nil {
 		b.logger.Info("measuring healing", "target", spec.Name, "timeout", b.cfg.healTimeout)
 		h := MeasureHealing(ctx, b.logger, c, b.cfg.healTimeout)
 		b.rep.Heal = &h
 	}
-	return alive()
+	return nil
 }
 
 // prefill writes the whole data set once through ep.
