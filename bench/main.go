@@ -33,6 +33,7 @@ type config struct {
 	size        int64
 	idle        time.Duration
 	healTimeout time.Duration
+	torusdSize  int64
 	targets     string
 	noEvict     bool
 	keep        bool
@@ -76,6 +77,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Var(sizeFlag{&c.size}, "size", "data set size (default 4GiB, quick 256MiB)")
 	fs.DurationVar(&c.idle, "idle", 0, "idle window for Torus CPU use (default 30s, quick 5s)")
 	fs.DurationVar(&c.healTimeout, "heal-timeout", 0, "how long to wait for healing (default 10m, quick 90s)")
+	c.torusdSize = 20 << 30
+	fs.Var(sizeFlag{&c.torusdSize}, "torusd-size", "capacity each torusd offers (--size)")
 	fs.StringVar(&c.targets, "targets", "", "comma-separated targets to run (default all): "+strings.Join(allTargetNames(), ","))
 	fs.BoolVar(&c.noEvict, "no-evict", false, "do not drop the targets' files from the page cache before each job")
 	fs.BoolVar(&c.keep, "keep", false, "keep the scratch directory (logs, fio output) after the run")
@@ -169,7 +172,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := b.Close(); err != nil {
 		logger.Warn("cleanup", "err", err)
 	}
-	fmt.Fprintf(stdout, "\nTorus benchmark (%s mode, %ds jobs, data set %s)\n\n", rep.Mode, rep.Settings.RuntimeSeconds, FormatSize(rep.Settings.DataSetBytes))
+	fmt.Fprintf(stdout, "\nTorus benchmark (%s mode, %ds jobs, data set %s, load average %s → %s on %d CPUs)\n\n", rep.Mode,
+		rep.Settings.RuntimeSeconds, FormatSize(rep.Settings.DataSetBytes), rep.Host.LoadStart, rep.Host.LoadEnd, rep.Host.CPUs)
 	if err := WriteTable(stdout, rep.Targets, rep.Results); err != nil {
 		fmt.Fprintln(stderr, "bench:", err)
 		return 1
@@ -221,7 +225,10 @@ func writeExtras(w io.Writer, rep Report) {
 		}
 	}
 	if h := rep.Heal; h != nil {
-		fmt.Fprintf(w, "\nHealing (%s, SIGKILL %s): %s", h.Target, h.Killed, h.Status)
+		fmt.Fprintf(w, "\nHealing (%s): %s", h.Target, h.Status)
+		if h.Killed != "" {
+			fmt.Fprintf(w, " (SIGKILL %s)", h.Killed)
+		}
 		if h.Status == "ok" {
 			fmt.Fprintf(w, ": %.0f MiB re-replicated in %.1f s after %.1f s detection: %.0f MiB/s (%.0f MiB/s incl. detection)",
 				float64(h.Bytes)/(1<<20), h.TotalSeconds-h.DetectSeconds, h.DetectSeconds, h.MiBps, h.TotalMiBps)
@@ -334,6 +341,7 @@ func (b *bench) Run(ctx context.Context) Report {
 	ComputeRatios(b.rep.Results)
 	b.rep.Aims = CheckAims(b.jobs, b.rep.Results, b.rep.Heal, b.rep.Procs)
 	b.rep.Finished = time.Now().UTC()
+	b.rep.Host.LoadEnd = loadAvg()
 	return b.rep
 }
 
@@ -449,7 +457,7 @@ func (b *bench) torusTarget(ctx context.Context, spec TorusSpec) error {
 	g := NewProcs(b.logger, b.runDir)
 	defer g.Close()
 	b.logger.Info("starting Torus", "target", spec.Name)
-	c, err := StartTorus(ctx, g, b.cfg.bin, spec, b.settings.Size)
+	c, err := StartTorus(ctx, g, b.cfg.bin, spec, b.settings.Size, b.cfg.torusdSize)
 	if err != nil {
 		return err
 	}
@@ -590,7 +598,7 @@ func (b *bench) runJob(ctx context.Context, target string, job Job, ep Endpoint,
 // hostInfo describes the machine and tool versions; failures leave fields
 // empty.
 func hostInfo(ctx context.Context) HostInfo {
-	h := HostInfo{CPUs: runtime.NumCPU()}
+	h := HostInfo{CPUs: runtime.NumCPU(), LoadStart: loadAvg()}
 	h.Hostname, _ = os.Hostname()
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h.Kernel = strings.TrimSpace(string(b))

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -286,4 +287,21 @@ type HostInfo struct {
 	QemuNBD  string `json:"qemu_nbd,omitempty"`
 	Etcd     string `json:"etcd,omitempty"`
 	Commit   string `json:"commit,omitempty"`
+	// LoadStart and LoadEnd are /proc/loadavg at the start and end of the
+	// run: a busy machine makes every number noisy.
+	LoadStart string `json:"loadavg_start,omitempty"`
+	LoadEnd   string `json:"loadavg_end,omitempty"`
+}
+
+// loadAvg returns the first three fields of /proc/loadavg ("" on error).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }

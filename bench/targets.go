@@ -149,10 +149,11 @@ func (c *TorusCluster) Ctl(ctx context.Context, args ...string) ([]byte, error) 
 	return RunCmd(ctx, 60*time.Second, argv...)
 }
 
-// StartTorus starts etcd, initializes the cluster, starts the daemons,
-// creates the volume and serves it over NBD. Every process belongs to g;
+// StartTorus starts etcd, initializes the cluster, starts the daemons (each
+// offering daemonSize bytes), creates the volume of volSize bytes and serves
+// it over NBD. Every process belongs to g;
 // on error the caller closes g.
-func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, volSize int64) (*TorusCluster, error) {
+func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, volSize, daemonSize int64) (*TorusCluster, error) {
 	c := &TorusCluster{Spec: spec, Bin: binDir, g: g}
 	etcdDir, err := g.TempDir("etcd-*")
 	if err != nil {
@@ -185,7 +186,7 @@ func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, vo
 		}
 		d := &Daemon{Name: fmt.Sprintf("torusd-%d", i), DataDir: dir, HTTP: Addr(ports[3+2*i])}
 		d.Proc, err = g.Start(spec.Name+"-"+d.Name, filepath.Join(binDir, "torusd"), "--etcd", clientURL,
-			"--data-dir", dir, "--size", "20GiB", "--peer-address", Addr(ports[2+2*i]),
+			"--data-dir", dir, "--size", FormatSize(daemonSize), "--peer-address", Addr(ports[2+2*i]),
 			"--http", d.HTTP, "--auto-join")
 		if err != nil {
 			return nil, err
