@@ -1,0 +1,218 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/torus-storage/torus"
+)
+
+func (a *app) initCmd() *cobra.Command {
+	var cfg torus.ClusterConfig
+	var segSize string
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Initialize the cluster's settings (once)",
+		Long: `init writes the cluster-wide settings and the initial, empty ring. It fails
+if the cluster is initialized already. Daemons (torusd) join the ring after.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if segSize != "" {
+				n, err := ParseSize(segSize)
+				if err != nil {
+					return fmt.Errorf("--segment-size: %w", err)
+				}
+				cfg.SegmentSize = n
+			}
+			// The flags default to the defaults, so zero is an explicit,
+			// invalid value here: no EnsureDefaults.
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				if err := md.InitCluster(ctx, cfg); err != nil {
+					if errors.Is(err, torus.ErrExist) {
+						return fmt.Errorf("cluster is already initialized: %w", err)
+					}
+					return err
+				}
+				return a.say(cfg, "initialized cluster: replication %d, segment size %s, %d virtual nodes, checkpoint every %d segments",
+					cfg.Replication, FormatSize(cfg.SegmentSize), cfg.VirtualNodes, cfg.CheckpointEvery)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Replication, "replication", torus.DefaultReplication, "copies of each segment (1..16)")
+	f.StringVar(&segSize, "segment-size", "32MiB", "segment size before sealing (1MiB..1GiB, multiple of 4KiB)")
+	f.IntVar(&cfg.VirtualNodes, "virtual-nodes", torus.DefaultVirtualNodes, "ring points per peer at average weight (1..4096)")
+	f.IntVar(&cfg.CheckpointEvery, "checkpoint-every", torus.DefaultCheckpointEvery, "sealed segments between index checkpoints (1..1024)")
+	return cmd
+}
+
+// statusJSON is the -o json form of status.
+type statusJSON struct {
+	Cluster       torus.ClusterConfig     `json:"cluster"`
+	RingVersion   uint64                  `json:"ring_version"`
+	Replication   int                     `json:"replication"`
+	RingMembers   int                     `json:"ring_members"`
+	Peers         map[torus.PeerState]int `json:"peers"`
+	Volumes       int                     `json:"volumes"`
+	OpenVolumes   int                     `json:"open_volumes"`
+	DefaultExport string                  `json:"default_export"`
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Summarize the cluster: peers up and down, volumes, ring version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				var st statusJSON
+				var err error
+				if st.Cluster, err = md.ClusterConfig(ctx); err != nil {
+					return err
+				}
+				ring, err := md.Ring(ctx)
+				if err != nil {
+					return err
+				}
+				st.RingVersion, st.Replication, st.RingMembers = ring.Version, ring.Replication, len(ring.Members)
+				peers, err := md.Peers(ctx)
+				if err != nil {
+					return err
+				}
+				st.Peers = map[torus.PeerState]int{}
+				for _, p := range peers {
+					st.Peers[p.State]++
+				}
+				vols, err := md.Volumes(ctx)
+				if err != nil {
+					return err
+				}
+				st.Volumes = len(vols)
+				for _, v := range vols {
+					_, ok, err := md.Writer(ctx, v.Name)
+					if err != nil && !errors.Is(err, torus.ErrNotExist) {
+						return err
+					}
+					if ok {
+						st.OpenVolumes++
+					}
+				}
+				if st.DefaultExport, err = md.DefaultExport(ctx); err != nil {
+					return err
+				}
+				return a.emit(st, func(w io.Writer) {
+					row(w, "ring:", fmt.Sprintf("version %d, replication %d, %d members", st.RingVersion, st.Replication, st.RingMembers))
+					row(w, "peers:", fmt.Sprintf("%d up, %d down, %d draining, %d new, %d removed",
+						st.Peers[torus.PeerUp], st.Peers[torus.PeerDown], st.Peers[torus.PeerDraining],
+						st.Peers[torus.PeerNew], st.Peers[torus.PeerRemoved]))
+					row(w, "volumes:", fmt.Sprintf("%d (%d open)", st.Volumes, st.OpenVolumes))
+					row(w, "default export:", dash(st.DefaultExport))
+					row(w, "settings:", fmt.Sprintf("segment size %s, %d virtual nodes, checkpoint every %d",
+						FormatSize(st.Cluster.SegmentSize), st.Cluster.VirtualNodes, st.Cluster.CheckpointEvery))
+				})
+			})
+		},
+	}
+}
+
+func (a *app) peerCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "peer", Short: "Inspect storage daemons"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List peers with their state (up, down, draining, new, removed) and usage",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				peers, err := md.Peers(ctx)
+				if err != nil {
+					return err
+				}
+				now := a.deps.Now()
+				return a.emit(peers, func(w io.Writer) {
+					row(w, "ID", "ADDRESS", "ZONE", "STATE", "USED", "CAPACITY", "PENDING", "LAST SEEN")
+					for _, p := range peers {
+						seen := "-"
+						if !p.LastSeen.IsZero() {
+							seen = now.Sub(p.LastSeen).Round(time.Second).String() + " ago"
+						}
+						row(w, p.ID, dash(p.Address), dash(p.Zone), p.State, FormatSize(p.Used),
+							FormatSize(p.Capacity), FormatSize(p.Pending), seen)
+					}
+				})
+			})
+		},
+	})
+	return cmd
+}
+
+func (a *app) ringCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ring", Short: "Inspect and change the placement ring"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "get",
+		Short: "Show the current ring",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				ring, err := md.Ring(ctx)
+				if err != nil {
+					return err
+				}
+				return a.emit(ring, func(w io.Writer) {
+					fmt.Fprintf(w, "version %d, replication %d, %d virtual nodes, %d members\n",
+						ring.Version, ring.Replication, ring.VirtualNodes, len(ring.Members))
+					if len(ring.Members) > 0 {
+						row(w, "ID", "ZONE", "WEIGHT")
+						for _, m := range ring.Members {
+							row(w, m.ID, dash(m.Zone), m.Weight)
+						}
+					}
+				})
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "set-replication N",
+		Short: "Change the replication factor (writes a new ring version)",
+		Long: `set-replication writes a new ring version with replication N. Daemons
+rebalance to the new placement. The cluster's init setting is not changed;
+the ring's value is the one in force.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 || n > 16 {
+				return fmt.Errorf("%w: replication %q must be an integer 1..16", torus.ErrInvalid, args[0])
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				ring, err := md.Ring(ctx)
+				if err != nil {
+					return err
+				}
+				if ring.Replication == n {
+					return a.say(ring, "ring version %d already has replication %d", ring.Version, n)
+				}
+				ring.Version++
+				ring.Replication = n
+				if err := md.SetRing(ctx, ring); err != nil {
+					if errors.Is(err, torus.ErrConflict) {
+						return fmt.Errorf("the ring changed concurrently, retry: %w", err)
+					}
+					return err
+				}
+				if len(ring.Members) < n {
+					fmt.Fprintf(a.errOut, "warning: replication %d but only %d ring members\n", n, len(ring.Members))
+				}
+				return a.say(ring, "ring version %d: replication %d", ring.Version, n)
+			})
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,161 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/torus-storage/torus"
+)
+
+// splitSnap parses VOLUME@NAME.
+func splitSnap(s string) (volume, name string, err error) {
+	volume, name, ok := strings.Cut(s, "@")
+	if !ok {
+		return "", "", fmt.Errorf("%w: %q is not VOLUME@SNAPSHOT", torus.ErrInvalid, s)
+	}
+	if err := checkName("volume", volume); err != nil {
+		return "", "", err
+	}
+	if err := checkName("snapshot", name); err != nil {
+		return "", "", err
+	}
+	return volume, name, nil
+}
+
+func (a *app) snapshotCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "snapshot", Aliases: []string{"snap"}, Short: "Create, list and delete snapshots"}
+	var timeout time.Duration
+	create := &cobra.Command{
+		Use:   "create VOLUME@NAME",
+		Short: "Take a snapshot (asks the volume's writer if it is open)",
+		Long: `create takes a snapshot. If the volume is open, its writer is asked to take
+it (flush, seal, checkpoint, record) and create waits for the answer up to
+--timeout. If the volume has no writer, torusctl would open it briefly as
+writer to take the snapshot itself; that is not implemented yet.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vol, name, err := splitSnap(args[0])
+			if err != nil {
+				return err
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				if err := CreateSnapshot(ctx, md, vol, name, timeout, a.deps.SnapshotClosedVolume); err != nil {
+					return err
+				}
+				s, err := md.Snapshot(ctx, vol, name)
+				if err != nil {
+					return err
+				}
+				return a.say(s, "created snapshot %s@%s", vol, name)
+			})
+		},
+	}
+	create.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the writer's answer")
+
+	list := &cobra.Command{
+		Use:   "list VOLUME",
+		Short: "List a volume's snapshots",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vol := strings.TrimSuffix(args[0], "@")
+			if err := checkName("volume", vol); err != nil {
+				return err
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				snaps, err := md.Snapshots(ctx, vol)
+				if err != nil {
+					return err
+				}
+				return a.emit(snaps, func(w io.Writer) {
+					row(w, "SNAPSHOT", "CREATED", "SEGMENTS")
+					for _, s := range snaps {
+						n := len(s.Head.Sealed)
+						if s.Head.Checkpoint != nil {
+							n++
+						}
+						row(w, s.Volume+"@"+s.Name, s.Created.UTC().Format(time.RFC3339), n)
+					}
+				})
+			})
+		},
+	}
+	del := &cobra.Command{
+		Use:   "delete VOLUME@NAME",
+		Short: "Delete a snapshot (its segments are collected by GC)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vol, name, err := splitSnap(args[0])
+			if err != nil {
+				return err
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				if err := md.DeleteSnapshot(ctx, vol, name); err != nil {
+					return err
+				}
+				return a.say(map[string]string{"deleted": vol + "@" + name}, "deleted snapshot %s@%s", vol, name)
+			})
+		},
+	}
+	cmd.AddCommand(create, list, del)
+	return cmd
+}
+
+// ErrSnapshotTimeout is returned by CreateSnapshot when the writer did not
+// answer in time. The request stays pending; the writer may still take the
+// snapshot later.
+var ErrSnapshotTimeout = errors.New("the volume's writer did not answer the snapshot request in time")
+
+// CreateSnapshot takes snapshot volume@name. If the volume has a writer it
+// files a request and waits up to timeout for the writer's answer (woken
+// by Watch, polling once a second as a fallback); a failure reported by
+// the writer is returned as an error. If the volume has no writer it calls
+// closed.
+func CreateSnapshot(ctx context.Context, md torus.Metadata, volume, name string, timeout time.Duration,
+	closed func(ctx context.Context, md torus.Metadata, volume, name string) error) error {
+	if _, err := md.Snapshot(ctx, volume, name); err == nil {
+		return fmt.Errorf("snapshot %s@%s: %w", volume, name, torus.ErrExist)
+	}
+	w, ok, err := md.Writer(ctx, volume)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return closed(ctx, md, volume, name)
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	changes := md.Watch(wctx)
+	if err := md.RequestSnapshot(ctx, volume, name); err != nil {
+		return err
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		done, failure, err := md.SnapshotRequestResult(ctx, volume, name)
+		if err != nil {
+			return err
+		}
+		if done {
+			if failure != "" {
+				return fmt.Errorf("writer %s failed to take snapshot %s@%s: %s", w.Owner, volume, name, failure)
+			}
+			return nil
+		}
+		select {
+		case <-changes:
+		case <-tick.C:
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("snapshot %s@%s: %w (writer %s, waited %v); the request stays pending",
+				volume, name, ErrSnapshotTimeout, w.Owner, timeout)
+		}
+	}
+}

@@ -1,0 +1,296 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/torus-storage/torus"
+)
+
+func (a *app) volumeCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "volume", Aliases: []string{"vol"}, Short: "Create, list, resize and delete volumes"}
+	cmd.AddCommand(a.volumeCreateCmd(), a.volumeListCmd(), a.volumeDeleteCmd(), a.volumeResizeCmd(),
+		a.volumeSetCmd(), a.volumeUnlockCmd(), a.volumeDefaultExportCmd())
+	return cmd
+}
+
+func checkName(what, name string) error {
+	if err := torus.ValidName(name); err != nil {
+		return fmt.Errorf("bad %s name: %w", what, err)
+	}
+	return nil
+}
+
+func (a *app) volumeCreateCmd() *cobra.Command {
+	var minReplicas int
+	cmd := &cobra.Command{
+		Use:   "create NAME SIZE",
+		Short: "Create a volume (SIZE like 4096, 512MiB, 1GiB; a multiple of 4KiB)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if err := checkName("volume", name); err != nil {
+				return err
+			}
+			size, err := ParseVolumeSize(args[1])
+			if err != nil {
+				return err
+			}
+			if minReplicas < 0 {
+				return fmt.Errorf("--min-replicas: %w: %d is negative", torus.ErrInvalid, minReplicas)
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				v, err := md.CreateVolume(ctx, torus.VolumeInfo{Name: name, Size: size, MinReplicas: minReplicas})
+				if errors.Is(err, torus.ErrExist) {
+					return fmt.Errorf("volume %q already exists: %w", name, err)
+				}
+				if err != nil {
+					return err
+				}
+				return a.say(v, "created volume %s (%s, id %d)", v.Name, FormatSize(v.Size), v.ID)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&minReplicas, "min-replicas", 0, "replicas a FLUSH needs (0: the replication factor)")
+	return cmd
+}
+
+// volumeRow is one line of volume list; -o json prints these.
+type volumeRow struct {
+	Name        string    `json:"name"`
+	ID          uint64    `json:"id"`
+	Size        int64     `json:"size"`
+	Created     time.Time `json:"created"`
+	MinReplicas int       `json:"min_replicas"`
+	Writer      string    `json:"writer"` // "" when closed
+	Epoch       uint64    `json:"epoch,omitempty"`
+	// Used and Health are not computable from etcd alone yet: they need
+	// the peers' segment inventories. Printed as "-" / null.
+	Used   *int64  `json:"used"`
+	Health *string `json:"health"`
+}
+
+func (a *app) volumeListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List volumes with size, writer and write policy",
+		Long: `list shows each volume. USED and HEALTH are printed as "-": they need the
+peers' segment inventories, which torusctl does not collect yet.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				vols, err := md.Volumes(ctx)
+				if err != nil {
+					return err
+				}
+				rows := make([]volumeRow, 0, len(vols))
+				for _, v := range vols {
+					r := volumeRow{Name: v.Name, ID: v.ID, Size: v.Size, Created: v.Created, MinReplicas: v.MinReplicas}
+					w, ok, err := md.Writer(ctx, v.Name)
+					if errors.Is(err, torus.ErrNotExist) {
+						continue // deleted meanwhile
+					}
+					if err != nil {
+						return err
+					}
+					if ok {
+						r.Writer, r.Epoch = w.Owner, w.Epoch
+					}
+					rows = append(rows, r)
+				}
+				return a.emit(rows, func(w io.Writer) {
+					row(w, "NAME", "SIZE", "USED", "WRITER", "MIN-REPLICAS", "HEALTH")
+					for _, r := range rows {
+						writer := "-"
+						if r.Writer != "" {
+							writer = fmt.Sprintf("%s (epoch %d)", r.Writer, r.Epoch)
+						}
+						minr := "default"
+						if r.MinReplicas > 0 {
+							minr = strconv.Itoa(r.MinReplicas)
+						}
+						row(w, r.Name, FormatSize(r.Size), "-", writer, minr, "-")
+					}
+				})
+			})
+		},
+	}
+}
+
+func (a *app) volumeDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a volume and its snapshots (refused while it is open)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				err := md.DeleteVolume(ctx, name)
+				var le *torus.LockedError
+				if errors.As(err, &le) {
+					return fmt.Errorf("cannot delete volume %q: it is open by %s (epoch %d); detach it first, or if that writer is dead, `torusctl volume unlock %s --force`: %w",
+						name, le.Holder, le.Epoch, name, err)
+				}
+				if err != nil {
+					return err
+				}
+				return a.say(map[string]string{"deleted": name}, "deleted volume %s", name)
+			})
+		},
+	}
+}
+
+func (a *app) volumeResizeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resize NAME SIZE",
+		Short: "Grow a volume (volumes never shrink)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			size, err := ParseVolumeSize(args[1])
+			if err != nil {
+				return err
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				v, err := md.Volume(ctx, name)
+				if err != nil {
+					return err
+				}
+				if size < v.Size {
+					return fmt.Errorf("%w: cannot shrink volume %q from %s to %s: volumes only grow",
+						torus.ErrInvalid, name, FormatSize(v.Size), FormatSize(size))
+				}
+				old := v.Size
+				v.Size = size
+				if err := md.UpdateVolume(ctx, v); err != nil {
+					return err
+				}
+				return a.say(v, "resized volume %s from %s to %s", name, FormatSize(old), FormatSize(size))
+			})
+		},
+	}
+}
+
+func (a *app) volumeSetCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "set NAME KEY=VALUE...",
+		Short: "Change a volume setting (min-replicas=N; 0 means the replication factor)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			minr := -1
+			for _, kv := range args[1:] {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("%w: setting %q is not KEY=VALUE", torus.ErrInvalid, kv)
+				}
+				switch k {
+				case "min-replicas":
+					n, err := strconv.Atoi(v)
+					if err != nil || n < 0 {
+						return fmt.Errorf("%w: min-replicas %q must be an integer ≥ 0", torus.ErrInvalid, v)
+					}
+					minr = n
+				default:
+					return fmt.Errorf("%w: unknown setting %q (supported: min-replicas)", torus.ErrInvalid, k)
+				}
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				vol, err := md.Volume(ctx, name)
+				if err != nil {
+					return err
+				}
+				if ring, err := md.Ring(ctx); err == nil && minr > ring.Replication {
+					return fmt.Errorf("%w: min-replicas %d exceeds the ring's replication %d: every FLUSH would fail",
+						torus.ErrInvalid, minr, ring.Replication)
+				}
+				vol.MinReplicas = minr
+				if err := md.UpdateVolume(ctx, vol); err != nil {
+					return err
+				}
+				return a.say(vol, "volume %s: min-replicas=%d", name, minr)
+			})
+		},
+	}
+}
+
+func (a *app) volumeUnlockCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "unlock NAME --force",
+		Short: "Remove a volume's writer lock (dangerous; see help)",
+		Long: `unlock --force deletes the volume's writer lock, so another writer can attach
+at once instead of waiting for the dead writer's lease to expire (10 s).
+
+This is dangerous only in systems without fencing. Torus fences: the next
+writer takes a higher epoch, storage daemons then reject the old writer's
+appends and syncs, and its head commits fail, so an old writer that is still
+alive cannot corrupt the volume; its I/O fails instead. Use it when the
+holder is known dead or unreachable.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if !force {
+				return fmt.Errorf("refusing to unlock volume %q without --force (see `torusctl volume unlock --help`)", name)
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				w, ok, err := md.Writer(ctx, name)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return a.say(map[string]any{"volume": name, "unlocked": false}, "volume %s has no writer", name)
+				}
+				if err := md.ForceUnlock(ctx, name); err != nil {
+					return err
+				}
+				return a.say(map[string]any{"volume": name, "unlocked": true, "writer": w},
+					"removed the lock of %s (epoch %d) on volume %s; that writer is fenced once a new writer attaches", w.Owner, w.Epoch, name)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "really remove the lock")
+	return cmd
+}
+
+func (a *app) volumeDefaultExportCmd() *cobra.Command {
+	var clear bool
+	cmd := &cobra.Command{
+		Use:   "default-export [NAME]",
+		Short: "Show or set the volume served for the empty NBD export name",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if clear && len(args) > 0 {
+				return errors.New("give either NAME or --clear")
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				switch {
+				case clear:
+					if err := md.SetDefaultExport(ctx, ""); err != nil {
+						return err
+					}
+					return a.say(map[string]string{"default_export": ""}, "default export cleared")
+				case len(args) == 1:
+					if err := md.SetDefaultExport(ctx, args[0]); err != nil {
+						return err
+					}
+					return a.say(map[string]string{"default_export": args[0]}, "default export: %s", args[0])
+				}
+				d, err := md.DefaultExport(ctx)
+				if err != nil {
+					return err
+				}
+				return a.say(map[string]string{"default_export": d}, "%s", dash(d))
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&clear, "clear", false, "unset the default export")
+	return cmd
+}

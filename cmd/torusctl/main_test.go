@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/cmd/torusctl/internal/cli"
+	"github.com/torus-storage/torus/internal/etcdtest"
+	"github.com/torus-storage/torus/metadata/etcd"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"torusctl": func() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, cli.Deps{})) },
+	})
+}
+
+// TestScripts runs testdata/*.txtar against the real binary and one
+// embedded etcd; each script gets its own key prefix, passed with
+// TORUS_ETCD and TORUS_ETCD_PREFIX.
+func TestScripts(t *testing.T) {
+	eps := etcdtest.Start(t)
+	var n atomic.Int64
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata",
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("TORUS_ETCD", eps[0])
+			env.Setenv("TORUS_ETCD_PREFIX", fmt.Sprintf("/script%d/", n.Add(1)))
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"fakepeer": cmdFakePeer,
+			"writer":   cmdWriter,
+		},
+	})
+}
+
+func openStore(ts *testscript.TestScript) *etcd.Store {
+	s, err := etcd.New(context.Background(), etcd.Config{
+		Endpoints: []string{ts.Getenv("TORUS_ETCD")},
+		Prefix:    ts.Getenv("TORUS_ETCD_PREFIX"),
+	})
+	ts.Check(err)
+	ts.Defer(func() { _ = s.Close() })
+	return s
+}
+
+// fakepeer ID up|down: registers a peer, adds it to the ring, and for "up"
+// keeps a heartbeat under a session until the script ends.
+func cmdFakePeer(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: fakepeer ID up|down")
+	}
+	ctx := context.Background()
+	s := openStore(ts)
+	id := args[0]
+	ts.Check(s.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":4000", Capacity: 1 << 30, Zone: "z1"}))
+	ring, err := s.Ring(ctx)
+	ts.Check(err)
+	ring.Version++
+	ring.Members = append(ring.Members, torus.RingMember{ID: id, Zone: "z1", Weight: 1 << 30})
+	ts.Check(s.SetRing(ctx, ring))
+	if args[1] == "up" {
+		ses, err := s.NewSession(ctx, 10*time.Second)
+		ts.Check(err)
+		ts.Defer(func() { _ = ses.Close(context.Background()) })
+		ts.Check(s.Heartbeat(ctx, ses, id, 4096, 0))
+	}
+}
+
+// writer VOLUME OWNER answer|fail|silent: locks the volume as a writer
+// until the script ends and answers snapshot requests: "answer" takes
+// them, "fail" reports a failure, "silent" ignores them.
+func cmdWriter(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: writer VOLUME OWNER answer|fail|silent")
+	}
+	vol, owner, mode := args[0], args[1], args[2]
+	ctx, cancel := context.WithCancel(context.Background())
+	s := openStore(ts)
+	ses, err := s.NewSession(ctx, 10*time.Second)
+	ts.Check(err)
+	epoch, err := s.Lock(ctx, ses, vol, owner)
+	ts.Check(err)
+	ts.Check(s.CommitHead(ctx, vol, epoch, torus.Head{Epoch: epoch, Sealed: []torus.SegmentRef{
+		{ID: torus.SegmentID{Volume: 1, Epoch: epoch, Seq: 1}, Length: 4096}}, NextSeq: 2}))
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		changes := s.Watch(ctx)
+		for {
+			reqs, _ := s.SnapshotRequests(ctx, vol)
+			for _, name := range reqs {
+				switch mode {
+				case "answer":
+					h, err := s.Head(ctx, vol)
+					if err == nil {
+						h.Open = nil
+						err = s.CreateSnapshot(ctx, epoch, torus.Snapshot{Volume: vol, Name: name, Head: h})
+					}
+					failure := ""
+					if err != nil {
+						failure = err.Error()
+					}
+					_ = s.DoneSnapshotRequest(ctx, vol, name, failure)
+				case "fail":
+					_ = s.DoneSnapshotRequest(ctx, vol, name, "injected failure")
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-changes:
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	ts.Defer(func() {
+		cancel()
+		wg.Wait()
+		_ = ses.Close(context.Background())
+	})
+	ts.Logf("writer %s holds %s at epoch %s", owner, vol, strconv.FormatUint(epoch, 10))
+}

@@ -1,0 +1,398 @@
+// Package proccluster runs a Torus cluster of real processes for tests:
+// Debian's etcd, torusd daemons and torusblk NBD servers, each a child
+// process on its own 127.0.0.x address, which tests can SIGKILL, restart,
+// stop and resume.
+//
+// Binaries come from $TORUS_BIN (set by `make test`) or are built once per
+// test binary into a temporary directory.
+package proccluster
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torus-storage/torus/internal/testutil"
+)
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Bin returns the path of a Torus binary (torusd, torusctl, torusblk).
+func Bin(t testing.TB, name string) string {
+	t.Helper()
+	if dir := os.Getenv("TORUS_BIN"); dir != "" {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "torus-bin-")
+		if buildErr != nil {
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/torusd", "./cmd/torusctl", "./cmd/torusblk")
+		cmd.Dir = root
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(buildDir, name)
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// FreePort returns a free TCP port on ip.
+func FreePort(t testing.TB, ip string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Proc is a child process the cluster owns.
+type Proc struct {
+	Name string
+	Args []string
+	Env  []string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	mu   sync.Mutex
+	done chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w *lockedBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+// Start starts (or restarts) the process.
+func (p *Proc) Start(t testing.TB) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.log == nil {
+		p.log = &bytes.Buffer{}
+	}
+	cmd := exec.Command(p.Args[0], p.Args[1:]...)
+	cmd.Env = append(os.Environ(), p.Env...)
+	w := &lockedBuffer{b: p.log}
+	cmd.Stdout = w
+	cmd.Stderr = w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	fmt.Fprintf(w, "=== start %s\n", strings.Join(p.Args, " "))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", p.Name, err)
+	}
+	p.cmd = cmd
+	done := make(chan struct{})
+	p.done = done
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+}
+
+// Running reports whether the process is alive.
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Signal sends sig and, for SIGKILL and SIGTERM, waits for the exit.
+func (p *Proc) Signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, sig)
+	if sig == syscall.SIGKILL || sig == syscall.SIGTERM {
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+			t.Errorf("%s did not exit within 60s of %v", p.Name, sig)
+		}
+	}
+}
+
+// Kill sends SIGKILL and waits.
+func (p *Proc) Kill(t testing.TB) { p.Signal(t, syscall.SIGKILL) }
+
+// ExitCode is the exit status after the process ended.
+func (p *Proc) ExitCode() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.ProcessState == nil {
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// Pid is the process ID, 0 when not started.
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Output returns what the process printed so far.
+func (p *Proc) Output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.log == nil {
+		return ""
+	}
+	return p.log.String()
+}
+
+// Cluster is etcd plus daemons, started by New.
+type Cluster struct {
+	t       testing.TB
+	Dir     string
+	EtcdURL string
+	Etcd    *Proc
+	Daemons []*Daemon
+	NBD     []*Proc
+}
+
+// Daemon is one torusd.
+type Daemon struct {
+	*Proc
+	IP       string
+	PeerAddr string
+	HTTPAddr string
+	DataDir  string
+}
+
+// Options configures a process cluster.
+type Options struct {
+	Daemons      int
+	Replication  int
+	SegmentSize  string // e.g. "4MiB"
+	DaemonArgs   []string
+	HeartbeatTTL string // e.g. "2s"
+	DownGrace    string // e.g. "3s"
+}
+
+// New starts etcd, `torusctl init`, and the daemons, and waits until every
+// daemon is ready. Everything is killed by t.Cleanup; on failure the
+// processes' output is logged.
+func New(t testing.TB, o Options) *Cluster {
+	t.Helper()
+	etcdBin := testutil.RequireBinary(t, "etcd")
+	if o.Daemons == 0 {
+		o.Daemons = 3
+	}
+	if o.Replication == 0 {
+		o.Replication = 2
+	}
+	c := &Cluster{t: t, Dir: t.TempDir()}
+	cport, pport := FreePort(t, "127.0.0.1"), FreePort(t, "127.0.0.1")
+	c.EtcdURL = fmt.Sprintf("http://127.0.0.1:%d", cport)
+	c.Etcd = &Proc{Name: "etcd", Args: []string{etcdBin,
+		"--name", "e0", "--data-dir", filepath.Join(c.Dir, "etcd"),
+		"--listen-client-urls", c.EtcdURL, "--advertise-client-urls", c.EtcdURL,
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", pport),
+		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", pport),
+		"--initial-cluster", fmt.Sprintf("e0=http://127.0.0.1:%d", pport),
+		"--log-level", "error"}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.DumpLogs()
+		}
+		for _, p := range c.NBD {
+			p.Kill(t)
+		}
+		for _, d := range c.Daemons {
+			d.Kill(t)
+		}
+		c.Etcd.Kill(t)
+	})
+	c.Etcd.Start(t)
+	c.WaitHTTP(c.EtcdURL+"/health", 30*time.Second)
+	args := []string{"init", "--replication", fmt.Sprint(o.Replication)}
+	if o.SegmentSize != "" {
+		args = append(args, "--segment-size", o.SegmentSize)
+	}
+	c.Ctl(args...)
+	for i := 0; i < o.Daemons; i++ {
+		c.AddDaemon(o)
+	}
+	for _, d := range c.Daemons {
+		c.WaitHTTP("http://"+d.HTTPAddr+"/readyz", 30*time.Second)
+	}
+	return c
+}
+
+// AddDaemon starts one more torusd on the next 127.0.0.x address.
+func (c *Cluster) AddDaemon(o Options) *Daemon {
+	t := c.t
+	t.Helper()
+	i := len(c.Daemons)
+	ip := fmt.Sprintf("127.0.0.%d", 11+i)
+	d := &Daemon{IP: ip, DataDir: filepath.Join(c.Dir, fmt.Sprintf("d%d", i))}
+	d.PeerAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
+	d.HTTPAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
+	args := []string{Bin(t, "torusd"), "--etcd", c.EtcdURL, "--data-dir", d.DataDir, "--size", "4GiB",
+		"--peer-address", d.PeerAddr, "--http", d.HTTPAddr, "--auto-join", "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
+	if o.HeartbeatTTL != "" {
+		args = append(args, "--heartbeat-ttl", o.HeartbeatTTL)
+	}
+	if o.DownGrace != "" {
+		args = append(args, "--down-grace", o.DownGrace)
+	}
+	args = append(args, o.DaemonArgs...)
+	d.Proc = &Proc{Name: fmt.Sprintf("torusd-%d", i), Args: args}
+	d.Start(t)
+	c.Daemons = append(c.Daemons, d)
+	return d
+}
+
+// StartNBD starts `torusblk nbdserve` on a fresh 127.0.0.x address and
+// returns the process and its address.
+func (c *Cluster) StartNBD(extra ...string) (*Proc, string) {
+	t := c.t
+	t.Helper()
+	ip := fmt.Sprintf("127.0.0.%d", 101+len(c.NBD))
+	addr := fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
+	p := &Proc{Name: fmt.Sprintf("torusblk-%d", len(c.NBD)),
+		Args: append([]string{Bin(t, "torusblk"), "--etcd", c.EtcdURL, "--log-level", "debug", "nbdserve", "--listen", addr}, extra...)}
+	p.Start(t)
+	c.NBD = append(c.NBD, p)
+	c.WaitTCP(addr, 30*time.Second)
+	return p, addr
+}
+
+// Ctl runs torusctl against the cluster and returns its stdout; a failure
+// fails the test.
+func (c *Cluster) Ctl(args ...string) string {
+	c.t.Helper()
+	out, err := c.CtlErr(args...)
+	if err != nil {
+		c.t.Fatalf("torusctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// CtlErr runs torusctl and returns its combined output and error.
+func (c *Cluster) CtlErr(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, Bin(c.t, "torusctl"), append([]string{"--etcd", c.EtcdURL}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// WaitHTTP waits until url answers 200.
+func (c *Cluster) WaitHTTP(url string, d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			c.DumpLogs()
+			c.t.Fatalf("%s not ready after %v (last error %v)", url, d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// WaitTCP waits until addr accepts connections.
+func (c *Cluster) WaitTCP(addr string, d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			c.DumpLogs()
+			c.t.Fatalf("%s not accepting after %v: %v", addr, d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// DumpLogs logs the tail of every process's output.
+func (c *Cluster) DumpLogs() {
+	procs := []*Proc{c.Etcd}
+	for _, d := range c.Daemons {
+		procs = append(procs, d.Proc)
+	}
+	procs = append(procs, c.NBD...)
+	for _, p := range procs {
+		if p == nil {
+			continue
+		}
+		out := p.Output()
+		if len(out) > 8000 {
+			out = "...\n" + out[len(out)-8000:]
+		}
+		c.t.Logf("--- %s output:\n%s", p.Name, out)
+	}
+}

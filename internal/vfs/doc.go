@@ -1,0 +1,8 @@
+// Package vfs is the small filesystem interface the on-disk store uses, so
+// that its tests can run it on a filesystem that loses power (MemFS.Crash:
+// only what was synced survives) or fails on demand (Inject).
+//
+// The interface holds exactly what storage.Disk needs: files written with
+// pwrite and read with pread, fdatasync, directory fsync, syncfs, and an
+// exclusive lock file. OS is the real one.
+package vfs

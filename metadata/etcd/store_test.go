@@ -1,0 +1,166 @@
+package etcd_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/etcdtest"
+	"github.com/torus-storage/torus/internal/testutil"
+	"github.com/torus-storage/torus/metadata/etcd"
+	"github.com/torus-storage/torus/metadata/metadatatest"
+)
+
+func newStore(t *testing.T, eps []string, prefix string) *etcd.Store {
+	t.Helper()
+	s, err := etcd.New(context.Background(), etcd.Config{Endpoints: eps, Prefix: prefix, Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatalf("etcd.New: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	eps := etcdtest.Start(t)
+	var n atomic.Int64
+	metadatatest.Run(t, func(t *testing.T) torus.Metadata {
+		// Each subtest gets its own key space on the shared server.
+		return newStore(t, eps, fmt.Sprintf("/test%d/", n.Add(1)))
+	})
+}
+
+// closedPort returns an address where nothing listens.
+func closedPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "http://" + addr
+}
+
+func TestUnreachable(t *testing.T) {
+	ep := closedPort(t)
+	start := time.Now()
+	_, err := etcd.New(context.Background(), etcd.Config{Endpoints: []string{ep}})
+	took := time.Since(start)
+	if !errors.Is(err, torus.ErrUnavailable) {
+		t.Fatalf("New against a closed port: %v, want ErrUnavailable", err)
+	}
+	if !strings.Contains(err.Error(), ep) {
+		t.Fatalf("error %q does not name the endpoint %s", err, ep)
+	}
+	if took > 5*time.Second {
+		t.Fatalf("New took %v to fail, want ≤ 5s", took)
+	}
+	t.Logf("failed after %v: %v", took, err)
+}
+
+func TestEtcdGoesDown(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	s, err := etcd.New(context.Background(), etcd.Config{
+		Endpoints: e.Endpoints(), RequestTimeout: 2 * time.Second, Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.InitCluster(ctx, torus.ClusterConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	ses, err := s.NewSession(ctx, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ses.Close(ctx)
+	e.Close()
+	start := time.Now()
+	_, err = s.Volumes(ctx)
+	if !errors.Is(err, torus.ErrUnavailable) || !strings.Contains(err.Error(), e.Endpoints()[0]) {
+		t.Fatalf("Volumes with etcd down: %v, want ErrUnavailable naming %s", err, e.Endpoints()[0])
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("Volumes took %v to fail with RequestTimeout 2s", took)
+	}
+	// No keepalive can succeed: the session must end within about its TTL.
+	select {
+	case <-ses.Done():
+		t.Logf("session lost %v after etcd stopped", time.Since(start))
+	case <-time.After(8 * time.Second):
+		t.Fatal("session still alive 8s after etcd stopped (TTL 2s)")
+	}
+}
+
+func TestLeaseExpiryMarksPeerDown(t *testing.T) {
+	eps := etcdtest.Start(t)
+	s := newStore(t, eps, "/expiry/")
+	ctx := context.Background()
+	if err := s.InitCluster(ctx, torus.ClusterConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutPeer(ctx, torus.PeerInfo{ID: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetRing(ctx, torus.RingSpec{Version: 2, Replication: 2, VirtualNodes: 8,
+		Members: []torus.RingMember{{ID: "p", Weight: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	// A daemon heartbeats, then dies: its keepalives stop (ctx ends)
+	// without a revoke. The liveness key must vanish with the lease TTL.
+	dctx, die := context.WithCancel(ctx)
+	ses, err := s.NewSession(dctx, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Heartbeat(ctx, ses, "p", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	state := func() torus.PeerState {
+		ps, err := s.Peers(ctx)
+		if err != nil || len(ps) != 1 {
+			t.Fatalf("Peers: %v %v", ps, err)
+		}
+		return ps[0].State
+	}
+	if st := state(); st != torus.PeerUp {
+		t.Fatalf("state %q, want up", st)
+	}
+	die()
+	start := time.Now()
+	for state() != torus.PeerDown {
+		if time.Since(start) > 6*time.Second {
+			t.Fatal("peer not down 6s after its daemon stopped (TTL 2s)")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("peer down %v after its daemon stopped (TTL 2s)", time.Since(start))
+	ps, _ := s.Peers(ctx)
+	if ps[0].Used != 1 || ps[0].LastSeen.IsZero() {
+		t.Fatalf("last known usage lost: %+v", ps[0])
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []etcd.Config{
+		{},
+		{Endpoints: []string{""}},
+		{Endpoints: []string{"http://x"}, CertFile: "c"},
+		{Endpoints: []string{"http://x"}, DialTimeout: -1},
+	} {
+		if err := c.Validate(); !errors.Is(err, torus.ErrInvalid) {
+			t.Errorf("Validate(%+v) = %v, want ErrInvalid", c, err)
+		}
+	}
+	_, err := etcd.New(context.Background(), etcd.Config{Endpoints: []string{"http://127.0.0.1:1"}, CAFile: "/nonexistent"})
+	if !errors.Is(err, torus.ErrInvalid) {
+		t.Fatalf("New with a missing CA file: %v, want ErrInvalid", err)
+	}
+}

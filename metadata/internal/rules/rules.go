@@ -1,0 +1,166 @@
+// Package rules holds the validation and derivation rules shared by every
+// torus.Metadata implementation (metadata.Memory and metadata/etcd), so both
+// accept and reject exactly the same inputs. It does no I/O.
+package rules
+
+import (
+	"fmt"
+	"strings"
+	"unicode"
+
+	"github.com/torus-storage/torus"
+)
+
+// MaxMinReplicas bounds VolumeInfo.MinReplicas (the largest replication
+// factor ClusterConfig.Validate accepts).
+const MaxMinReplicas = 16
+
+// Cluster applies defaults to cfg and validates it.
+func Cluster(cfg torus.ClusterConfig) (torus.ClusterConfig, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("metadata: init: %w", err)
+	}
+	return cfg, nil
+}
+
+// InitialRing is the ring stored by InitCluster: version 1, no members.
+func InitialRing(cfg torus.ClusterConfig) torus.RingSpec {
+	return torus.RingSpec{Version: 1, Replication: cfg.Replication, VirtualNodes: cfg.VirtualNodes}
+}
+
+// Size checks a volume size: positive and a multiple of torus.BlockSize.
+func Size(size int64) error {
+	if size <= 0 {
+		return fmt.Errorf("%w: volume size %d must be positive", torus.ErrInvalid, size)
+	}
+	if size%torus.BlockSize != 0 {
+		return fmt.Errorf("%w: volume size %d is not a multiple of %d", torus.ErrInvalid, size, torus.BlockSize)
+	}
+	return nil
+}
+
+// Volume checks a volume record given to CreateVolume.
+func Volume(v torus.VolumeInfo) error {
+	if err := torus.ValidName(v.Name); err != nil {
+		return fmt.Errorf("metadata: volume: %w", err)
+	}
+	if err := Size(v.Size); err != nil {
+		return fmt.Errorf("metadata: volume %q: %w", v.Name, err)
+	}
+	return MinReplicas(v)
+}
+
+// MinReplicas checks v.MinReplicas.
+func MinReplicas(v torus.VolumeInfo) error {
+	if v.MinReplicas < 0 || v.MinReplicas > MaxMinReplicas {
+		return fmt.Errorf("metadata: volume %q: %w: min-replicas %d must be 0..%d",
+			v.Name, torus.ErrInvalid, v.MinReplicas, MaxMinReplicas)
+	}
+	return nil
+}
+
+// Update checks an UpdateVolume request against the stored record and
+// returns the record to store: the stored one with Size and MinReplicas
+// taken from upd.
+func Update(old, upd torus.VolumeInfo) (torus.VolumeInfo, error) {
+	if err := Size(upd.Size); err != nil {
+		return old, fmt.Errorf("metadata: volume %q: %w", old.Name, err)
+	}
+	if upd.Size < old.Size {
+		return old, fmt.Errorf("metadata: volume %q: %w: size may only grow (%d < %d)",
+			old.Name, torus.ErrInvalid, upd.Size, old.Size)
+	}
+	if err := MinReplicas(upd); err != nil {
+		return old, err
+	}
+	old.Size = upd.Size
+	old.MinReplicas = upd.MinReplicas
+	return old, nil
+}
+
+// Snapshot checks a snapshot given to CreateSnapshot.
+func Snapshot(s torus.Snapshot) error {
+	if err := torus.ValidName(s.Volume); err != nil {
+		return fmt.Errorf("metadata: snapshot volume: %w", err)
+	}
+	if err := torus.ValidName(s.Name); err != nil {
+		return fmt.Errorf("metadata: snapshot of %q: %w", s.Volume, err)
+	}
+	if s.Head.Open != nil {
+		return fmt.Errorf("metadata: snapshot %s@%s: %w: head has an open segment", s.Volume, s.Name, torus.ErrInvalid)
+	}
+	return nil
+}
+
+// SnapshotName checks a volume and snapshot name pair.
+func SnapshotName(volume, name string) error {
+	if err := torus.ValidName(volume); err != nil {
+		return fmt.Errorf("metadata: snapshot volume: %w", err)
+	}
+	if err := torus.ValidName(name); err != nil {
+		return fmt.Errorf("metadata: snapshot of %q: %w", volume, err)
+	}
+	return nil
+}
+
+// PeerID checks a peer ID: 1..128 printable characters without '/' or
+// spaces (it becomes part of a key).
+func PeerID(id string) error {
+	if id == "" || len(id) > 128 || strings.ContainsRune(id, '/') ||
+		strings.IndexFunc(id, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0 {
+		return fmt.Errorf("%w: peer id %q", torus.ErrInvalid, id)
+	}
+	return nil
+}
+
+// Ring checks a ring spec's shape (not its version).
+func Ring(spec torus.RingSpec) error {
+	if spec.Replication < 1 || spec.Replication > 16 {
+		return fmt.Errorf("metadata: ring: %w: replication %d must be 1..16", torus.ErrInvalid, spec.Replication)
+	}
+	if spec.VirtualNodes < 1 || spec.VirtualNodes > 4096 {
+		return fmt.Errorf("metadata: ring: %w: virtual nodes %d must be 1..4096", torus.ErrInvalid, spec.VirtualNodes)
+	}
+	seen := make(map[string]bool, len(spec.Members))
+	for _, m := range spec.Members {
+		if err := PeerID(m.ID); err != nil {
+			return fmt.Errorf("metadata: ring: %w", err)
+		}
+		if seen[m.ID] {
+			return fmt.Errorf("metadata: ring: %w: member %q listed twice", torus.ErrInvalid, m.ID)
+		}
+		seen[m.ID] = true
+		if m.Weight < 0 {
+			return fmt.Errorf("metadata: ring: %w: member %q has negative weight", torus.ErrInvalid, m.ID)
+		}
+	}
+	return nil
+}
+
+// PeerState derives a peer's state: a ring member is draining when marked
+// so, else up while its liveness key exists, else down; a non-member is
+// removed when a ring change dropped it, else new.
+func PeerState(member, draining, removed, alive bool) torus.PeerState {
+	switch {
+	case member && draining:
+		return torus.PeerDraining
+	case member && alive:
+		return torus.PeerUp
+	case member:
+		return torus.PeerDown
+	case removed:
+		return torus.PeerRemoved
+	default:
+		return torus.PeerNew
+	}
+}
+
+// Members returns the set of member IDs of spec.
+func Members(spec torus.RingSpec) map[string]bool {
+	m := make(map[string]bool, len(spec.Members))
+	for _, x := range spec.Members {
+		m[x.ID] = true
+	}
+	return m
+}

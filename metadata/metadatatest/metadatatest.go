@@ -1,0 +1,1062 @@
+// Package metadatatest is the conformance suite of torus.Metadata. Every
+// implementation runs it (metadata.Memory in package metadata, the etcd
+// store in metadata/etcd against an embedded etcd), which is what lets the
+// other packages' unit tests use the in-memory fake with confidence.
+//
+// Usage, in an implementation's test:
+//
+//	func TestConformance(t *testing.T) {
+//		metadatatest.Run(t, func(t *testing.T) torus.Metadata {
+//			m := newStore(t) // empty; closed by t.Cleanup
+//			return m
+//		})
+//	}
+//
+// The factory must return an empty store each time it is called (a fresh
+// instance or a fresh key prefix). The store should implement
+// SessionExpirer; the tests that need a lease to expire are skipped
+// otherwise.
+package metadatatest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/torus-storage/torus"
+)
+
+// SessionExpirer is implemented by stores that can end a session as if its
+// lease had expired (metadata.Memory, the etcd store).
+type SessionExpirer interface {
+	ExpireSession(id int64)
+}
+
+// signalWait bounds how long the suite waits for asynchronous effects:
+// watch signals, session expiry.
+const signalWait = 10 * time.Second
+
+// Run runs the conformance suite. newStore returns an empty store.
+func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, m torus.Metadata)
+	}{
+		{"Cluster", testCluster},
+		{"Ring", testRing},
+		{"Peers", testPeers},
+		{"SessionClose", testSessionClose},
+		{"SessionContext", testSessionContext},
+		{"SessionExpiry", testSessionExpiry},
+		{"Volumes", testVolumes},
+		{"VolumeValidation", testVolumeValidation},
+		{"UpdateVolume", testUpdateVolume},
+		{"Lock", testLock},
+		{"LockRace", testLockRace},
+		{"CreateVolumeRace", testCreateVolumeRace},
+		{"CommitHead", testCommitHead},
+		{"ForceUnlock", testForceUnlock},
+		{"DeleteVolume", testDeleteVolume},
+		{"Snapshots", testSnapshots},
+		{"SnapshotRequests", testSnapshotRequests},
+		{"DefaultExport", testDefaultExport},
+		{"Watch", testWatch},
+		{"Close", testClose},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.fn(t, newStore(t))
+		})
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func must(t *testing.T, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func wantErr(t *testing.T, err, target error, what string) {
+	t.Helper()
+	if !errors.Is(err, target) {
+		t.Fatalf("%s: got error %v, want one wrapping %v", what, err, target)
+	}
+}
+
+func initCluster(t *testing.T, m torus.Metadata) {
+	t.Helper()
+	must(t, m.InitCluster(ctxT(t), torus.ClusterConfig{}), "InitCluster")
+}
+
+func newSession(t *testing.T, m torus.Metadata, ttl time.Duration) torus.Session {
+	t.Helper()
+	s, err := m.NewSession(context.Background(), ttl)
+	must(t, err, "NewSession")
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s
+}
+
+func createVolume(t *testing.T, m torus.Metadata, name string, size int64) torus.VolumeInfo {
+	t.Helper()
+	v, err := m.CreateVolume(ctxT(t), torus.VolumeInfo{Name: name, Size: size})
+	must(t, err, "CreateVolume "+name)
+	return v
+}
+
+func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(signalWait):
+		t.Fatalf("%s: not closed within %v", what, signalWait)
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func testCluster(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	_, err := m.ClusterConfig(ctx)
+	wantErr(t, err, torus.ErrNotInitialized, "ClusterConfig before init")
+	_, err = m.Ring(ctx)
+	wantErr(t, err, torus.ErrNotInitialized, "Ring before init")
+	wantErr(t, m.SetRing(ctx, torus.RingSpec{Version: 1, Replication: 1, VirtualNodes: 1}),
+		torus.ErrNotInitialized, "SetRing before init")
+	wantErr(t, m.InitCluster(ctx, torus.ClusterConfig{Replication: 99}), torus.ErrInvalid, "InitCluster replication 99")
+	wantErr(t, m.InitCluster(ctx, torus.ClusterConfig{SegmentSize: 4097}), torus.ErrInvalid, "InitCluster unaligned segment size")
+	_, err = m.ClusterConfig(ctx)
+	wantErr(t, err, torus.ErrNotInitialized, "ClusterConfig after failed init")
+
+	must(t, m.InitCluster(ctx, torus.ClusterConfig{Replication: 3}), "InitCluster")
+	cfg, err := m.ClusterConfig(ctx)
+	must(t, err, "ClusterConfig")
+	want := torus.ClusterConfig{Replication: 3}
+	want.EnsureDefaults()
+	if cfg != want {
+		t.Fatalf("ClusterConfig = %+v, want %+v", cfg, want)
+	}
+	wantErr(t, m.InitCluster(ctx, torus.ClusterConfig{}), torus.ErrExist, "second InitCluster")
+	cfg, err = m.ClusterConfig(ctx)
+	must(t, err, "ClusterConfig")
+	if cfg != want {
+		t.Fatalf("second InitCluster changed the config to %+v", cfg)
+	}
+	r, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	if r.Version != 1 || r.Replication != 3 || r.VirtualNodes != torus.DefaultVirtualNodes || len(r.Members) != 0 {
+		t.Fatalf("initial ring = %+v, want version 1, replication 3, default virtual nodes, no members", r)
+	}
+}
+
+func testRing(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	r, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	next := torus.RingSpec{Version: r.Version + 1, Replication: 2, VirtualNodes: 64,
+		Members: []torus.RingMember{{ID: "a", Weight: 10}, {ID: "b", Zone: "z2", Weight: 20}}}
+	must(t, m.SetRing(ctx, next), "SetRing version+1")
+	got, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	if !reflect.DeepEqual(got, next) {
+		t.Fatalf("Ring = %+v, want %+v", got, next)
+	}
+	wantErr(t, m.SetRing(ctx, next), torus.ErrConflict, "SetRing same version again")
+	skip := next
+	skip.Version += 2
+	wantErr(t, m.SetRing(ctx, skip), torus.ErrConflict, "SetRing version+2")
+	stale := next
+	stale.Version = 1
+	wantErr(t, m.SetRing(ctx, stale), torus.ErrConflict, "SetRing older version")
+
+	dup := next
+	dup.Version++
+	dup.Members = []torus.RingMember{{ID: "a", Weight: 1}, {ID: "a", Weight: 1}}
+	wantErr(t, m.SetRing(ctx, dup), torus.ErrInvalid, "SetRing duplicate member")
+	bad := next
+	bad.Version++
+	bad.Replication = 0
+	wantErr(t, m.SetRing(ctx, bad), torus.ErrInvalid, "SetRing replication 0")
+	got, err = m.Ring(ctx)
+	must(t, err, "Ring")
+	if got.Version != next.Version {
+		t.Fatalf("rejected SetRing changed the version to %d", got.Version)
+	}
+
+	// Concurrent CAS: exactly one of many writers of the same version wins.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins, conflicts := 0, 0
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			spec := next
+			spec.Version++
+			spec.Members = []torus.RingMember{{ID: fmt.Sprintf("p%d", i), Weight: 1}}
+			err := m.SetRing(ctx, spec)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				wins++
+			case errors.Is(err, torus.ErrConflict):
+				conflicts++
+			default:
+				t.Errorf("concurrent SetRing: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 || conflicts != 7 {
+		t.Fatalf("concurrent SetRing: %d wins, %d conflicts; want 1 and 7", wins, conflicts)
+	}
+}
+
+func peerByID(t *testing.T, m torus.Metadata, id string) torus.PeerInfo {
+	t.Helper()
+	ps, err := m.Peers(ctxT(t))
+	must(t, err, "Peers")
+	for _, p := range ps {
+		if p.ID == id {
+			return p
+		}
+	}
+	t.Fatalf("peer %q not listed in %+v", id, ps)
+	return torus.PeerInfo{}
+}
+
+func setMembers(t *testing.T, m torus.Metadata, ids ...string) {
+	t.Helper()
+	ctx := ctxT(t)
+	r, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	r.Version++
+	r.Members = nil
+	for _, id := range ids {
+		r.Members = append(r.Members, torus.RingMember{ID: id, Weight: 1})
+	}
+	must(t, m.SetRing(ctx, r), "SetRing")
+}
+
+func testPeers(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	ps, err := m.Peers(ctx)
+	must(t, err, "Peers")
+	if len(ps) != 0 {
+		t.Fatalf("Peers on an empty cluster = %+v", ps)
+	}
+	wantErr(t, m.PutPeer(ctx, torus.PeerInfo{ID: ""}), torus.ErrInvalid, "PutPeer empty id")
+	wantErr(t, m.PutPeer(ctx, torus.PeerInfo{ID: "a/b"}), torus.ErrInvalid, "PutPeer id with slash")
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p2", Address: "10.0.0.2:4000", Capacity: 2 << 30}), "PutPeer p2")
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p1", Address: "10.0.0.1:4000", Zone: "z1", Capacity: 1 << 30,
+		State: torus.PeerUp, Used: 77}), "PutPeer p1")
+	ps, err = m.Peers(ctx)
+	must(t, err, "Peers")
+	if len(ps) != 2 || ps[0].ID != "p1" || ps[1].ID != "p2" {
+		t.Fatalf("Peers = %+v, want p1, p2 in order", ps)
+	}
+	p1 := ps[0]
+	if p1.Address != "10.0.0.1:4000" || p1.Zone != "z1" || p1.Capacity != 1<<30 {
+		t.Fatalf("p1 = %+v, static fields not stored", p1)
+	}
+	if p1.State != torus.PeerNew || p1.Used != 0 {
+		t.Fatalf("p1 = %+v: want state new, used 0 (State and Used passed to PutPeer are ignored)", p1)
+	}
+
+	setMembers(t, m, "p1", "p2")
+	if st := peerByID(t, m, "p1").State; st != torus.PeerDown {
+		t.Fatalf("ring member without heartbeat: state %q, want down", st)
+	}
+	s := newSession(t, m, 5*time.Second)
+	wantErr(t, m.Heartbeat(ctx, s, "nope", 1, 2), torus.ErrNotExist, "Heartbeat unknown peer")
+	before := time.Now().Add(-time.Second)
+	must(t, m.Heartbeat(ctx, s, "p1", 123, 45), "Heartbeat")
+	p1 = peerByID(t, m, "p1")
+	if p1.State != torus.PeerUp || p1.Used != 123 || p1.Pending != 45 || p1.LastSeen.Before(before) {
+		t.Fatalf("after heartbeat p1 = %+v, want up, used 123, pending 45, recent last seen", p1)
+	}
+	// PutPeer again (a restart with a new address) keeps liveness.
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p1", Address: "10.0.0.9:4000", Capacity: 1 << 30}), "PutPeer update")
+	p1 = peerByID(t, m, "p1")
+	if p1.Address != "10.0.0.9:4000" || p1.State != torus.PeerUp {
+		t.Fatalf("after PutPeer update p1 = %+v", p1)
+	}
+
+	must(t, m.SetDraining(ctx, "p1", true), "SetDraining")
+	if st := peerByID(t, m, "p1").State; st != torus.PeerDraining {
+		t.Fatalf("draining member: state %q", st)
+	}
+	must(t, m.SetDraining(ctx, "p1", false), "SetDraining false")
+	if st := peerByID(t, m, "p1").State; st != torus.PeerUp {
+		t.Fatalf("undrained member: state %q, want up", st)
+	}
+	wantErr(t, m.SetDraining(ctx, "nope", true), torus.ErrNotExist, "SetDraining unknown peer")
+
+	wantErr(t, m.DeletePeer(ctx, "p2"), torus.ErrInvalid, "DeletePeer of a ring member")
+	setMembers(t, m, "p1")
+	if st := peerByID(t, m, "p2").State; st != torus.PeerRemoved {
+		t.Fatalf("peer dropped from the ring: state %q, want removed", st)
+	}
+	must(t, m.DeletePeer(ctx, "p2"), "DeletePeer")
+	wantErr(t, m.DeletePeer(ctx, "p2"), torus.ErrNotExist, "DeletePeer twice")
+	ps, err = m.Peers(ctx)
+	must(t, err, "Peers")
+	if len(ps) != 1 || ps[0].ID != "p1" {
+		t.Fatalf("Peers after delete = %+v", ps)
+	}
+	// Re-adding a removed peer makes it a member again.
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p2", Address: "x:1"}), "PutPeer p2 again")
+	setMembers(t, m, "p1")
+	setMembers(t, m, "p1", "p2")
+	if st := peerByID(t, m, "p2").State; st != torus.PeerDown {
+		t.Fatalf("re-added member: state %q, want down", st)
+	}
+}
+
+func testSessionClose(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	_, err := m.NewSession(ctx, 0)
+	wantErr(t, err, torus.ErrInvalid, "NewSession ttl 0")
+	createVolume(t, m, "v", 1<<20)
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p"}), "PutPeer")
+	setMembers(t, m, "p")
+	s, err := m.NewSession(ctx, 5*time.Second)
+	must(t, err, "NewSession")
+	s2 := newSession(t, m, 5*time.Second)
+	if s.ID() == s2.ID() {
+		t.Fatalf("two sessions share ID %d", s.ID())
+	}
+	if isClosed(s.Done()) {
+		t.Fatal("new session is done")
+	}
+	must(t, m.Heartbeat(ctx, s, "p", 0, 0), "Heartbeat")
+	_, err = m.Lock(ctx, s, "v", "w1")
+	must(t, err, "Lock")
+	must(t, s.Close(ctx), "Session.Close")
+	waitClosed(t, s.Done(), "Done after Close")
+	must(t, s.Close(ctx), "second Session.Close")
+	if _, ok, err := m.Writer(ctx, "v"); err != nil || ok {
+		t.Fatalf("Writer after session Close: ok=%v err=%v, want no writer", ok, err)
+	}
+	if st := peerByID(t, m, "p").State; st != torus.PeerDown {
+		t.Fatalf("peer state after its session closed: %q, want down", st)
+	}
+	if isClosed(s2.Done()) {
+		t.Fatal("closing one session ended another")
+	}
+}
+
+func testSessionContext(t *testing.T, m torus.Metadata) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := m.NewSession(ctx, 5*time.Second)
+	must(t, err, "NewSession")
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	cancel()
+	waitClosed(t, s.Done(), "Done after the session's context ended")
+}
+
+func testSessionExpiry(t *testing.T, m torus.Metadata) {
+	exp, ok := m.(SessionExpirer)
+	if !ok {
+		t.Skipf("%T does not implement SessionExpirer", m)
+	}
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p"}), "PutPeer")
+	setMembers(t, m, "p")
+	s := newSession(t, m, 10*time.Second)
+	must(t, m.Heartbeat(ctx, s, "p", 1, 0), "Heartbeat")
+	e1, err := m.Lock(ctx, s, "v", "w1")
+	must(t, err, "Lock")
+	must(t, m.CommitHead(ctx, "v", e1, torus.Head{Epoch: e1, NextSeq: 1}), "CommitHead")
+
+	exp.ExpireSession(s.ID())
+	waitClosed(t, s.Done(), "Done after expiry")
+	if _, ok, err := m.Writer(ctx, "v"); err != nil || ok {
+		t.Fatalf("Writer after expiry: ok=%v err=%v, want no writer", ok, err)
+	}
+	if st := peerByID(t, m, "p").State; st != torus.PeerDown {
+		t.Fatalf("peer state after expiry: %q, want down", st)
+	}
+	wantErr(t, m.CommitHead(ctx, "v", e1, torus.Head{Epoch: e1, NextSeq: 2}), torus.ErrFenced, "CommitHead after expiry")
+	if err := m.Heartbeat(ctx, s, "p", 1, 0); err == nil {
+		t.Fatal("Heartbeat with an expired session succeeded")
+	}
+	if _, err := m.Lock(ctx, s, "v", "w1"); err == nil {
+		t.Fatal("Lock with an expired session succeeded")
+	}
+	s2 := newSession(t, m, 10*time.Second)
+	e2, err := m.Lock(ctx, s2, "v", "w2")
+	must(t, err, "Lock after expiry")
+	if e2 <= e1 {
+		t.Fatalf("epoch after takeover %d, want > %d", e2, e1)
+	}
+}
+
+func testVolumes(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	_, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "early", Size: 4096})
+	wantErr(t, err, torus.ErrNotInitialized, "CreateVolume before init")
+	initCluster(t, m)
+	vs, err := m.Volumes(ctx)
+	must(t, err, "Volumes")
+	if len(vs) != 0 {
+		t.Fatalf("Volumes on an empty cluster = %+v", vs)
+	}
+	before := time.Now().Add(-time.Second)
+	b, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "b", Size: 1 << 30, MinReplicas: 1, ID: 999})
+	must(t, err, "CreateVolume b")
+	a := createVolume(t, m, "a", 4096)
+	if b.ID == 0 || a.ID == 0 || a.ID == b.ID {
+		t.Fatalf("volume IDs %d, %d: want distinct and non-zero", b.ID, a.ID)
+	}
+	if b.ID == 999 {
+		t.Fatal("CreateVolume kept the caller's ID")
+	}
+	if b.Created.Before(before) || b.MinReplicas != 1 || b.Size != 1<<30 || b.Name != "b" {
+		t.Fatalf("CreateVolume returned %+v", b)
+	}
+	_, err = m.CreateVolume(ctx, torus.VolumeInfo{Name: "a", Size: 8192})
+	wantErr(t, err, torus.ErrExist, "CreateVolume duplicate")
+
+	got, err := m.Volume(ctx, "b")
+	must(t, err, "Volume")
+	if got.ID != b.ID || got.Size != b.Size || got.MinReplicas != 1 || !got.Created.Equal(b.Created) {
+		t.Fatalf("Volume(b) = %+v, want %+v", got, b)
+	}
+	_, err = m.Volume(ctx, "nope")
+	wantErr(t, err, torus.ErrNotExist, "Volume missing")
+	vs, err = m.Volumes(ctx)
+	must(t, err, "Volumes")
+	if len(vs) != 2 || vs[0].Name != "a" || vs[1].Name != "b" {
+		t.Fatalf("Volumes = %+v, want a, b sorted", vs)
+	}
+	h, err := m.Head(ctx, "a")
+	must(t, err, "Head")
+	if h.Epoch != 0 || h.Checkpoint != nil || len(h.Sealed) != 0 || h.Open != nil || h.NextSeq != 0 {
+		t.Fatalf("head of a new volume = %+v, want empty", h)
+	}
+	_, err = m.Head(ctx, "nope")
+	wantErr(t, err, torus.ErrNotExist, "Head missing")
+	eps, err := m.Epochs(ctx)
+	must(t, err, "Epochs")
+	if len(eps) != 2 || eps[a.ID] != 0 || eps[b.ID] != 0 {
+		t.Fatalf("Epochs = %v, want both volumes at 0", eps)
+	}
+	if _, ok, err := m.Writer(ctx, "a"); err != nil || ok {
+		t.Fatalf("Writer of a new volume: ok=%v err=%v", ok, err)
+	}
+	_, _, err = m.Writer(ctx, "nope")
+	wantErr(t, err, torus.ErrNotExist, "Writer missing")
+}
+
+func testVolumeValidation(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	for _, name := range []string{"", "A", "-a", ".a", "a/b", "a b", "ä", strings.Repeat("a", 64)} {
+		_, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: name, Size: 4096})
+		wantErr(t, err, torus.ErrInvalid, fmt.Sprintf("CreateVolume name %q", name))
+	}
+	for _, size := range []int64{0, -4096, 1, 4095, 4097, 1<<30 + 512} {
+		_, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: size})
+		wantErr(t, err, torus.ErrInvalid, fmt.Sprintf("CreateVolume size %d", size))
+	}
+	_, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: 4096, MinReplicas: -1})
+	wantErr(t, err, torus.ErrInvalid, "CreateVolume min replicas -1")
+	vs, err := m.Volumes(ctx)
+	must(t, err, "Volumes")
+	if len(vs) != 0 {
+		t.Fatalf("rejected creates left volumes: %+v", vs)
+	}
+	createVolume(t, m, strings.Repeat("a", 63), 4096)
+	createVolume(t, m, "0.9_x-y", 4096)
+}
+
+func testUpdateVolume(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	v := createVolume(t, m, "v", 1<<20)
+	grow := v
+	grow.Size = 2 << 20
+	grow.MinReplicas = 2
+	grow.ID = 12345
+	must(t, m.UpdateVolume(ctx, grow), "UpdateVolume grow")
+	got, err := m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if got.Size != 2<<20 || got.MinReplicas != 2 || got.ID != v.ID || !got.Created.Equal(v.Created) {
+		t.Fatalf("after update Volume = %+v (ID and Created must not change)", got)
+	}
+	same := got
+	must(t, m.UpdateVolume(ctx, same), "UpdateVolume same size")
+	for _, size := range []int64{1 << 20, 0, 2<<20 + 1} {
+		bad := got
+		bad.Size = size
+		wantErr(t, m.UpdateVolume(ctx, bad), torus.ErrInvalid, fmt.Sprintf("UpdateVolume size %d", size))
+	}
+	bad := got
+	bad.MinReplicas = -1
+	wantErr(t, m.UpdateVolume(ctx, bad), torus.ErrInvalid, "UpdateVolume min replicas -1")
+	wantErr(t, m.UpdateVolume(ctx, torus.VolumeInfo{Name: "nope", Size: 4096}), torus.ErrNotExist, "UpdateVolume missing")
+	got2, err := m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if got2.Size != got.Size || got2.MinReplicas != got.MinReplicas {
+		t.Fatalf("rejected updates changed the volume to %+v", got2)
+	}
+}
+
+func testLock(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	v := createVolume(t, m, "v", 1<<20)
+	s1 := newSession(t, m, 10*time.Second)
+	s2 := newSession(t, m, 10*time.Second)
+	_, err := m.Lock(ctx, s1, "nope", "w1")
+	wantErr(t, err, torus.ErrNotExist, "Lock missing volume")
+	_, err = m.Lock(ctx, s1, "v", "")
+	wantErr(t, err, torus.ErrInvalid, "Lock with empty owner")
+
+	before := time.Now().Add(-time.Second)
+	e1, err := m.Lock(ctx, s1, "v", "w1")
+	must(t, err, "Lock")
+	if e1 != 1 {
+		t.Fatalf("first epoch = %d, want 1", e1)
+	}
+	w, ok, err := m.Writer(ctx, "v")
+	must(t, err, "Writer")
+	if !ok || w.Owner != "w1" || w.Epoch != e1 || w.Since.Before(before) {
+		t.Fatalf("Writer = %+v ok=%v, want w1 at epoch %d", w, ok, e1)
+	}
+	_, err = m.Lock(ctx, s2, "v", "w2")
+	wantErr(t, err, torus.ErrLocked, "Lock by another writer")
+	var le *torus.LockedError
+	if !errors.As(err, &le) || le.Holder != "w1" || le.Epoch != e1 || le.Volume != "v" || le.InUse {
+		t.Fatalf("Lock by another writer: %v, want *LockedError naming w1 at epoch %d", err, e1)
+	}
+	if !strings.Contains(err.Error(), "w1") {
+		t.Fatalf("lock error %q does not name the holder", err)
+	}
+	_, err = m.Lock(ctx, s1, "v", "w1")
+	wantErr(t, err, torus.ErrLocked, "Lock again by the holder")
+
+	must(t, m.Unlock(ctx, "v", e1+7), "Unlock with a wrong epoch")
+	if _, ok, _ := m.Writer(ctx, "v"); !ok {
+		t.Fatal("Unlock with a wrong epoch removed the writer")
+	}
+	must(t, m.Unlock(ctx, "v", e1), "Unlock")
+	if _, ok, _ := m.Writer(ctx, "v"); ok {
+		t.Fatal("writer still present after Unlock")
+	}
+	must(t, m.Unlock(ctx, "v", e1), "second Unlock")
+	must(t, m.Unlock(ctx, "nope", 1), "Unlock of a missing volume")
+
+	e2, err := m.Lock(ctx, s2, "v", "w2")
+	must(t, err, "Lock after Unlock")
+	if e2 != e1+1 {
+		t.Fatalf("epoch after relock = %d, want %d", e2, e1+1)
+	}
+	eps, err := m.Epochs(ctx)
+	must(t, err, "Epochs")
+	if eps[v.ID] != e2 {
+		t.Fatalf("Epochs[%d] = %d, want %d", v.ID, eps[v.ID], e2)
+	}
+	// The head is untouched by locking.
+	h, err := m.Head(ctx, "v")
+	must(t, err, "Head")
+	if h.Epoch != 0 {
+		t.Fatalf("Lock changed the head: %+v", h)
+	}
+}
+
+func testLockRace(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	const n = 6
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var wins []uint64
+	locked := 0
+	for i := range n {
+		s := newSession(t, m, 10*time.Second)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := m.Lock(ctx, s, "v", fmt.Sprintf("w%d", i))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				wins = append(wins, e)
+			case errors.Is(err, torus.ErrLocked):
+				locked++
+			default:
+				t.Errorf("concurrent Lock: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(wins) != 1 || locked != n-1 || wins[0] != 1 {
+		t.Fatalf("concurrent Lock: wins %v, %d locked; want one win at epoch 1", wins, locked)
+	}
+}
+
+func testCreateVolumeRace(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	const n = 8
+	var wg sync.WaitGroup
+	ids := make([]uint64, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%d", i), Size: 4096})
+			if err != nil {
+				t.Errorf("CreateVolume: %v", err)
+				return
+			}
+			ids[i] = v.ID
+		}()
+	}
+	wg.Wait()
+	seen := map[uint64]bool{}
+	for _, id := range ids {
+		if id == 0 || seen[id] {
+			t.Fatalf("concurrent CreateVolume IDs %v: want distinct, non-zero", ids)
+		}
+		seen[id] = true
+	}
+	// Same name concurrently: exactly one wins.
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = m.CreateVolume(ctx, torus.VolumeInfo{Name: "same", Size: 4096})
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	for _, err := range errs {
+		if err == nil {
+			ok++
+		} else if !errors.Is(err, torus.ErrExist) {
+			t.Fatalf("concurrent CreateVolume of one name: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("concurrent CreateVolume of one name: %d succeeded, want 1", ok)
+	}
+}
+
+func sampleHead(epoch uint64) torus.Head {
+	return torus.Head{
+		Epoch:      epoch,
+		Checkpoint: &torus.SegmentRef{ID: torus.SegmentID{Volume: 1, Epoch: epoch, Seq: 3, Kind: torus.KindCheckpoint}, Length: 999},
+		Sealed: []torus.SegmentRef{
+			{ID: torus.SegmentID{Volume: 1, Epoch: epoch, Seq: 4}, Length: 32 << 20},
+			{ID: torus.SegmentID{Volume: 1, Epoch: epoch, Seq: 5}, Length: 12},
+		},
+		Open:    &torus.SegmentID{Volume: 1, Epoch: epoch, Seq: 6},
+		NextSeq: 7,
+	}
+}
+
+func testCommitHead(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	s1 := newSession(t, m, 10*time.Second)
+	s2 := newSession(t, m, 10*time.Second)
+	wantErr(t, m.CommitHead(ctx, "v", 0, torus.Head{}), torus.ErrFenced, "CommitHead without a lock")
+	wantErr(t, m.CommitHead(ctx, "nope", 1, torus.Head{}), torus.ErrNotExist, "CommitHead missing volume")
+	e1, err := m.Lock(ctx, s1, "v", "w1")
+	must(t, err, "Lock")
+	wantErr(t, m.CommitHead(ctx, "v", e1+1, torus.Head{}), torus.ErrFenced, "CommitHead with a future epoch")
+	h1 := sampleHead(e1)
+	must(t, m.CommitHead(ctx, "v", e1, h1), "CommitHead")
+	got, err := m.Head(ctx, "v")
+	must(t, err, "Head")
+	if !reflect.DeepEqual(got, h1) {
+		t.Fatalf("Head = %+v, want %+v", got, h1)
+	}
+	// The stored head is a copy.
+	h1.Sealed[0].Length = 1
+	got, _ = m.Head(ctx, "v")
+	if got.Sealed[0].Length != 32<<20 {
+		t.Fatal("the stored head aliases the caller's slice")
+	}
+
+	// Another writer takes over (forced): the old epoch is fenced.
+	must(t, m.ForceUnlock(ctx, "v"), "ForceUnlock")
+	wantErr(t, m.CommitHead(ctx, "v", e1, sampleHead(e1)), torus.ErrFenced, "CommitHead after ForceUnlock")
+	e2, err := m.Lock(ctx, s2, "v", "w2")
+	must(t, err, "Lock by w2")
+	if e2 <= e1 {
+		t.Fatalf("epoch %d after takeover, want > %d", e2, e1)
+	}
+	wantErr(t, m.CommitHead(ctx, "v", e1, sampleHead(e1)), torus.ErrFenced, "CommitHead by the old writer")
+	got, _ = m.Head(ctx, "v")
+	if got.Epoch != e1 || got.Sealed[0].Length != 32<<20 {
+		t.Fatalf("a fenced CommitHead changed the head: %+v", got)
+	}
+	h2 := torus.Head{Epoch: e2, Sealed: []torus.SegmentRef{{ID: torus.SegmentID{Volume: 1, Epoch: e2, Seq: 9}, Length: 1}}, NextSeq: 10}
+	must(t, m.CommitHead(ctx, "v", e2, h2), "CommitHead by the new writer")
+	got, _ = m.Head(ctx, "v")
+	if !reflect.DeepEqual(got, h2) {
+		t.Fatalf("Head = %+v, want %+v", got, h2)
+	}
+	must(t, m.Unlock(ctx, "v", e2), "Unlock")
+	wantErr(t, m.CommitHead(ctx, "v", e2, h2), torus.ErrFenced, "CommitHead after Unlock")
+}
+
+func testForceUnlock(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	wantErr(t, m.ForceUnlock(ctx, "nope"), torus.ErrNotExist, "ForceUnlock missing volume")
+	must(t, m.ForceUnlock(ctx, "v"), "ForceUnlock without a writer")
+	s1 := newSession(t, m, 10*time.Second)
+	e1, err := m.Lock(ctx, s1, "v", "w1")
+	must(t, err, "Lock")
+	must(t, m.ForceUnlock(ctx, "v"), "ForceUnlock")
+	if _, ok, _ := m.Writer(ctx, "v"); ok {
+		t.Fatal("writer still present after ForceUnlock")
+	}
+	if isClosed(s1.Done()) {
+		t.Fatal("ForceUnlock ended the old writer's session")
+	}
+	s2 := newSession(t, m, 10*time.Second)
+	e2, err := m.Lock(ctx, s2, "v", "w2")
+	must(t, err, "Lock after ForceUnlock")
+	if e2 != e1+1 {
+		t.Fatalf("epoch after ForceUnlock+Lock = %d, want %d", e2, e1+1)
+	}
+	// The old writer's Unlock must not release the new writer's lock.
+	must(t, m.Unlock(ctx, "v", e1), "stale Unlock")
+	w, ok, err := m.Writer(ctx, "v")
+	must(t, err, "Writer")
+	if !ok || w.Owner != "w2" {
+		t.Fatalf("stale Unlock released the new writer: %+v ok=%v", w, ok)
+	}
+}
+
+func testDeleteVolume(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	v := createVolume(t, m, "v", 1<<20)
+	createVolume(t, m, "other", 1<<20)
+	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "s1"}), "CreateSnapshot")
+	must(t, m.RequestSnapshot(ctx, "v", "r1"), "RequestSnapshot")
+	must(t, m.SetDefaultExport(ctx, "v"), "SetDefaultExport")
+	s := newSession(t, m, 10*time.Second)
+	e, err := m.Lock(ctx, s, "v", "torusblk@host pid 7")
+	must(t, err, "Lock")
+
+	err = m.DeleteVolume(ctx, "v")
+	wantErr(t, err, torus.ErrInUse, "DeleteVolume of a locked volume")
+	var le *torus.LockedError
+	if !errors.As(err, &le) || !le.InUse || le.Holder != "torusblk@host pid 7" || le.Epoch != e {
+		t.Fatalf("DeleteVolume of a locked volume: %v, want *LockedError{InUse} naming the holder", err)
+	}
+	if errors.Is(err, torus.ErrLocked) {
+		t.Fatal("delete of an in-use volume matched ErrLocked; it should match ErrInUse only")
+	}
+	if _, err := m.Volume(ctx, "v"); err != nil {
+		t.Fatalf("refused delete removed the volume: %v", err)
+	}
+	must(t, m.Unlock(ctx, "v", e), "Unlock")
+	must(t, m.DeleteVolume(ctx, "v"), "DeleteVolume")
+	_, err = m.Volume(ctx, "v")
+	wantErr(t, err, torus.ErrNotExist, "Volume after delete")
+	_, err = m.Head(ctx, "v")
+	wantErr(t, err, torus.ErrNotExist, "Head after delete")
+	_, err = m.Snapshots(ctx, "v")
+	wantErr(t, err, torus.ErrNotExist, "Snapshots after delete")
+	wantErr(t, m.DeleteVolume(ctx, "v"), torus.ErrNotExist, "DeleteVolume twice")
+	if d, err := m.DefaultExport(ctx); err != nil || d != "" {
+		t.Fatalf("default export after deleting its volume = %q, %v; want cleared", d, err)
+	}
+	eps, err := m.Epochs(ctx)
+	must(t, err, "Epochs")
+	if _, ok := eps[v.ID]; ok || len(eps) != 1 {
+		t.Fatalf("Epochs after delete = %v", eps)
+	}
+	// Recreating the name gives a new ID, an empty head, no snapshots, epoch 0.
+	v2 := createVolume(t, m, "v", 1<<20)
+	if v2.ID == v.ID {
+		t.Fatalf("recreated volume reused ID %d", v.ID)
+	}
+	snaps, err := m.Snapshots(ctx, "v")
+	must(t, err, "Snapshots")
+	reqs, err := m.SnapshotRequests(ctx, "v")
+	must(t, err, "SnapshotRequests")
+	if len(snaps) != 0 || len(reqs) != 0 {
+		t.Fatalf("recreated volume inherited snapshots %v or requests %v", snaps, reqs)
+	}
+	e2, err := m.Lock(ctx, s, "v", "w")
+	must(t, err, "Lock recreated")
+	if e2 != 1 {
+		t.Fatalf("first epoch of the recreated volume = %d, want 1", e2)
+	}
+	if _, err := m.Volume(ctx, "other"); err != nil {
+		t.Fatalf("deleting v touched other: %v", err)
+	}
+}
+
+func testSnapshots(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	createVolume(t, m, "v2", 1<<20)
+	head := sampleHead(3)
+	head.Open = nil
+	before := time.Now().Add(-time.Second)
+	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "b", Head: head}), "CreateSnapshot b")
+	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "a"}), "CreateSnapshot a")
+	wantErr(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "a"}), torus.ErrExist, "CreateSnapshot duplicate")
+	wantErr(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "nope", Name: "a"}), torus.ErrNotExist, "CreateSnapshot missing volume")
+	wantErr(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "Bad"}), torus.ErrInvalid, "CreateSnapshot bad name")
+	wantErr(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "o", Head: sampleHead(3)}), torus.ErrInvalid,
+		"CreateSnapshot with an open segment")
+
+	s, err := m.Snapshot(ctx, "v", "b")
+	must(t, err, "Snapshot")
+	if s.Volume != "v" || s.Name != "b" || s.Created.Before(before) || !reflect.DeepEqual(s.Head, head) {
+		t.Fatalf("Snapshot = %+v, want head %+v", s, head)
+	}
+	_, err = m.Snapshot(ctx, "v", "nope")
+	wantErr(t, err, torus.ErrNotExist, "Snapshot missing")
+	_, err = m.Snapshot(ctx, "nope", "a")
+	wantErr(t, err, torus.ErrNotExist, "Snapshot of a missing volume")
+	list, err := m.Snapshots(ctx, "v")
+	must(t, err, "Snapshots")
+	if len(list) != 2 || list[0].Name != "a" || list[1].Name != "b" {
+		t.Fatalf("Snapshots = %+v, want a, b", list)
+	}
+	list, err = m.Snapshots(ctx, "v2")
+	must(t, err, "Snapshots v2")
+	if len(list) != 0 {
+		t.Fatalf("Snapshots of v2 = %+v, want none", list)
+	}
+
+	// Fenced creation by a writer.
+	ses := newSession(t, m, 10*time.Second)
+	e, err := m.Lock(ctx, ses, "v", "w")
+	must(t, err, "Lock")
+	wantErr(t, m.CreateSnapshot(ctx, e+1, torus.Snapshot{Volume: "v", Name: "c"}), torus.ErrFenced, "CreateSnapshot future epoch")
+	must(t, m.CreateSnapshot(ctx, e, torus.Snapshot{Volume: "v", Name: "c"}), "CreateSnapshot at the writer's epoch")
+	must(t, m.ForceUnlock(ctx, "v"), "ForceUnlock")
+	wantErr(t, m.CreateSnapshot(ctx, e, torus.Snapshot{Volume: "v", Name: "d"}), torus.ErrFenced, "CreateSnapshot by a fenced writer")
+	if _, err := m.Snapshot(ctx, "v", "d"); !errors.Is(err, torus.ErrNotExist) {
+		t.Fatalf("fenced CreateSnapshot stored a snapshot: %v", err)
+	}
+
+	must(t, m.DeleteSnapshot(ctx, "v", "a"), "DeleteSnapshot")
+	wantErr(t, m.DeleteSnapshot(ctx, "v", "a"), torus.ErrNotExist, "DeleteSnapshot twice")
+	wantErr(t, m.DeleteSnapshot(ctx, "nope", "a"), torus.ErrNotExist, "DeleteSnapshot missing volume")
+	list, err = m.Snapshots(ctx, "v")
+	must(t, err, "Snapshots")
+	if len(list) != 2 || list[0].Name != "b" || list[1].Name != "c" {
+		t.Fatalf("Snapshots after delete = %+v, want b, c", list)
+	}
+}
+
+func testSnapshotRequests(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	wantErr(t, m.RequestSnapshot(ctx, "nope", "s"), torus.ErrNotExist, "RequestSnapshot missing volume")
+	wantErr(t, m.RequestSnapshot(ctx, "v", "Bad!"), torus.ErrInvalid, "RequestSnapshot bad name")
+	_, _, err := m.SnapshotRequestResult(ctx, "v", "s1")
+	wantErr(t, err, torus.ErrNotExist, "SnapshotRequestResult never requested")
+	wantErr(t, m.DoneSnapshotRequest(ctx, "v", "s1", ""), torus.ErrNotExist, "DoneSnapshotRequest never requested")
+
+	must(t, m.RequestSnapshot(ctx, "v", "s2"), "RequestSnapshot s2")
+	must(t, m.RequestSnapshot(ctx, "v", "s1"), "RequestSnapshot s1")
+	wantErr(t, m.RequestSnapshot(ctx, "v", "s1"), torus.ErrExist, "RequestSnapshot pending twice")
+	reqs, err := m.SnapshotRequests(ctx, "v")
+	must(t, err, "SnapshotRequests")
+	if !reflect.DeepEqual(reqs, []string{"s1", "s2"}) {
+		t.Fatalf("SnapshotRequests = %v, want [s1 s2]", reqs)
+	}
+	done, _, err := m.SnapshotRequestResult(ctx, "v", "s1")
+	must(t, err, "SnapshotRequestResult")
+	if done {
+		t.Fatal("pending request reported done")
+	}
+
+	// The writer answers: s1 succeeds, s2 fails.
+	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "s1"}), "CreateSnapshot s1")
+	must(t, m.DoneSnapshotRequest(ctx, "v", "s1", ""), "DoneSnapshotRequest s1")
+	must(t, m.DoneSnapshotRequest(ctx, "v", "s2", "flush failed: peers down"), "DoneSnapshotRequest s2")
+	done, failure, err := m.SnapshotRequestResult(ctx, "v", "s1")
+	must(t, err, "SnapshotRequestResult s1")
+	if !done || failure != "" {
+		t.Fatalf("result s1 = %v %q, want done without failure", done, failure)
+	}
+	done, failure, err = m.SnapshotRequestResult(ctx, "v", "s2")
+	must(t, err, "SnapshotRequestResult s2")
+	if !done || failure != "flush failed: peers down" {
+		t.Fatalf("result s2 = %v %q, want done with the failure text", done, failure)
+	}
+	reqs, err = m.SnapshotRequests(ctx, "v")
+	must(t, err, "SnapshotRequests")
+	if len(reqs) != 0 {
+		t.Fatalf("requests left after answers: %v", reqs)
+	}
+	wantErr(t, m.DoneSnapshotRequest(ctx, "v", "s1", ""), torus.ErrNotExist, "DoneSnapshotRequest twice")
+	wantErr(t, m.RequestSnapshot(ctx, "v", "s1"), torus.ErrExist, "RequestSnapshot of an existing snapshot")
+
+	// Retrying a failed name starts over.
+	must(t, m.RequestSnapshot(ctx, "v", "s2"), "RequestSnapshot s2 again")
+	done, _, err = m.SnapshotRequestResult(ctx, "v", "s2")
+	must(t, err, "SnapshotRequestResult")
+	if done {
+		t.Fatal("a new request reported the old result")
+	}
+}
+
+func testDefaultExport(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	d, err := m.DefaultExport(ctx)
+	must(t, err, "DefaultExport")
+	if d != "" {
+		t.Fatalf("initial default export %q", d)
+	}
+	wantErr(t, m.SetDefaultExport(ctx, "nope"), torus.ErrNotExist, "SetDefaultExport missing volume")
+	createVolume(t, m, "v", 4096)
+	must(t, m.SetDefaultExport(ctx, "v"), "SetDefaultExport")
+	d, err = m.DefaultExport(ctx)
+	must(t, err, "DefaultExport")
+	if d != "v" {
+		t.Fatalf("default export %q, want v", d)
+	}
+	must(t, m.SetDefaultExport(ctx, ""), "SetDefaultExport clear")
+	d, _ = m.DefaultExport(ctx)
+	if d != "" {
+		t.Fatalf("default export after clearing %q", d)
+	}
+}
+
+func drain(ch <-chan struct{}) {
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+			return
+		}
+	}
+}
+
+func waitSignal(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case _, ok := <-ch:
+		if !ok {
+			t.Fatalf("watch closed, waiting for %s", what)
+		}
+	case <-time.After(signalWait):
+		t.Fatalf("no watch signal within %v after %s", signalWait, what)
+	}
+}
+
+func testWatch(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := m.Watch(wctx)
+	if cap(ch) > 1 {
+		t.Fatalf("watch channel capacity %d, want at most 1 (coalesced)", cap(ch))
+	}
+	drain(ch)
+	initCluster(t, m)
+	waitSignal(t, ch, "InitCluster")
+	drain(ch)
+	createVolume(t, m, "v", 4096)
+	waitSignal(t, ch, "CreateVolume")
+	drain(ch)
+	s := newSession(t, m, 10*time.Second)
+	e, err := m.Lock(ctx, s, "v", "w")
+	must(t, err, "Lock")
+	waitSignal(t, ch, "Lock")
+	drain(ch)
+	must(t, m.CommitHead(ctx, "v", e, torus.Head{Epoch: e}), "CommitHead")
+	waitSignal(t, ch, "CommitHead")
+	drain(ch)
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p"}), "PutPeer")
+	waitSignal(t, ch, "PutPeer")
+	drain(ch)
+	setMembers(t, m, "p")
+	waitSignal(t, ch, "SetRing")
+	drain(ch)
+
+	// Many changes while nobody reads coalesce into pending signals
+	// without blocking the writer.
+	for i := range 20 {
+		must(t, m.SetDefaultExport(ctx, "v"), fmt.Sprint("SetDefaultExport ", i))
+	}
+	waitSignal(t, ch, "many changes")
+
+	ch2 := m.Watch(ctx)
+	drain(ch2)
+	cancel()
+	deadline := time.After(signalWait)
+	for open := true; open; {
+		select {
+		case _, open = <-ch:
+		case <-deadline:
+			t.Fatal("watch channel not closed after its context ended")
+		}
+	}
+	drain(ch2)
+	must(t, m.SetDefaultExport(ctx, ""), "SetDefaultExport")
+	waitSignal(t, ch2, "a change seen by a second watcher")
+}
+
+func testClose(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	ch := m.Watch(ctx)
+	must(t, m.Close(), "Close")
+	must(t, m.Close(), "second Close")
+	_, err := m.Volumes(ctx)
+	wantErr(t, err, torus.ErrClosed, "Volumes after Close")
+	_, err = m.NewSession(ctx, time.Second)
+	wantErr(t, err, torus.ErrClosed, "NewSession after Close")
+	deadline := time.After(signalWait)
+	for open := true; open; {
+		select {
+		case _, open = <-ch:
+		case <-deadline:
+			t.Fatal("watch channel not closed by Close")
+		}
+	}
+}

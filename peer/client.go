@@ -1,0 +1,444 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/torus-storage/torus"
+)
+
+// ClientConfig tunes a Client. Zero fields take defaults (EnsureDefaults).
+type ClientConfig struct {
+	// DialTimeout bounds establishing a connection. Default 5 s.
+	DialTimeout time.Duration
+	// RequestTimeout bounds each call (on top of the caller's ctx),
+	// including sending it. Default 30 s.
+	RequestTimeout time.Duration
+	// Dial, when set, replaces net.Dialer.DialContext: tests and the
+	// in-process cluster harness use it to interpose a controllable link.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Client defaults.
+const (
+	DefaultDialTimeout          = 5 * time.Second
+	DefaultClientRequestTimeout = 30 * time.Second
+)
+
+// EnsureDefaults fills zero or negative fields with defaults.
+func (c *ClientConfig) EnsureDefaults() {
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultClientRequestTimeout
+	}
+}
+
+// RemoteError is an error returned by the remote service. It unwraps to the
+// sentinel of its Status (a torus sentinel, io.EOF, or ErrRemote), so
+// errors.Is works as it would on the server.
+type RemoteError struct {
+	Addr   string // the peer's address
+	Op     Op
+	Status Status
+	Msg    string // the server's error text
+}
+
+func (e *RemoteError) Error() string {
+	msg := e.Msg
+	if msg == "" {
+		msg = e.Status.Err().Error()
+	}
+	return fmt.Sprintf("peer %s: %s: %s", e.Addr, e.Op, msg)
+}
+
+// Unwrap returns the status's sentinel.
+func (e *RemoteError) Unwrap() error { return e.Status.Err() }
+
+// Client is a torus.PeerService reached over TCP. Many calls may run at
+// once; they share one connection. When the connection breaks, pending calls
+// fail with an error wrapping torus.ErrUnavailable and the next call dials
+// again. Safe for concurrent use.
+type Client struct {
+	addr string
+	cfg  ClientConfig
+	log  *slog.Logger
+
+	nextID atomic.Uint64
+
+	mu      sync.Mutex
+	closed  bool
+	cc      *clientConn   // current connection; nil or broken: dial on next call
+	dialing chan struct{} // closed when a dial in progress ends
+	wg      sync.WaitGroup
+}
+
+var _ torus.PeerService = (*Client)(nil)
+
+var errRequestTimeout = fmt.Errorf("%w: peer: request timed out", torus.ErrUnavailable)
+
+// Dial connects to the peer server at addr. The error wraps
+// torus.ErrUnavailable when the peer cannot be reached.
+func Dial(ctx context.Context, addr string, cfg ClientConfig, logger *slog.Logger) (*Client, error) {
+	cfg.EnsureDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{addr: addr, cfg: cfg, log: logger.With("peer", addr)}
+	if _, err := c.conn(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Addr is the address the client dials.
+func (c *Client) Addr() string { return c.addr }
+
+// Close fails pending calls with an error wrapping torus.ErrClosed, closes
+// the connection and waits for the client's goroutine. Further calls fail
+// with torus.ErrClosed. Idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	cc := c.cc
+	c.mu.Unlock()
+	if cc != nil {
+		cc.fail(fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed))
+	}
+	c.wg.Wait()
+	return nil
+}
+
+// conn returns a live connection, dialing if needed.
+func (c *Client) conn(ctx context.Context) (*clientConn, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed)
+		}
+		if c.cc != nil && c.cc.alive() {
+			cc := c.cc
+			c.mu.Unlock()
+			return cc, nil
+		}
+		if ch := c.dialing; ch != nil {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, c.ctxError(ctx, "dial")
+			}
+		}
+		ch := make(chan struct{})
+		c.dialing = ch
+		c.mu.Unlock()
+
+		dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+		dial := c.cfg.Dial
+		if dial == nil {
+			var d net.Dialer
+			dial = d.DialContext
+		}
+		nc, err := dial(dctx, "tcp", c.addr)
+		cancel()
+
+		c.mu.Lock()
+		c.dialing = nil
+		close(ch)
+		if err != nil {
+			c.mu.Unlock()
+			if ctx.Err() != nil {
+				return nil, c.ctxError(ctx, "dial")
+			}
+			return nil, fmt.Errorf("peer %s: dial: %w: %v", c.addr, torus.ErrUnavailable, err)
+		}
+		if c.closed {
+			c.mu.Unlock()
+			nc.Close()
+			return nil, fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed)
+		}
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+		}
+		cc := &clientConn{c: nc, addr: c.addr, pending: make(map[uint64]pendingCall)}
+		c.cc = cc
+		c.wg.Add(1)
+		c.mu.Unlock()
+		c.log.Debug("peer connected", "local", nc.LocalAddr().String())
+		go func() {
+			defer c.wg.Done()
+			err := cc.readLoop()
+			if !errors.Is(err, torus.ErrClosed) {
+				c.log.Warn("peer connection lost", "err", err)
+			}
+		}()
+		return cc, nil
+	}
+}
+
+// ctxError describes the end of ctx: a request timeout of ours wraps
+// torus.ErrUnavailable and context.DeadlineExceeded; the caller's own
+// cancellation or deadline wraps ctx.Err().
+func (c *Client) ctxError(ctx context.Context, op string) error {
+	if errors.Is(context.Cause(ctx), errRequestTimeout) {
+		return fmt.Errorf("peer %s: %s: %w after %v: %w", c.addr, op, torus.ErrUnavailable,
+			c.cfg.RequestTimeout, context.DeadlineExceeded)
+	}
+	return fmt.Errorf("peer %s: %s: %w", c.addr, op, ctx.Err())
+}
+
+// call sends one request whose body is fixed followed by data, and waits for
+// its response.
+func (c *Client) call(ctx context.Context, op Op, fixed, data []byte) (Response, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
+	defer cancel()
+	if ctx.Err() != nil {
+		return Response{}, c.ctxError(ctx, op.String())
+	}
+	cc, err := c.conn(ctx)
+	if err != nil {
+		return Response{}, err
+	}
+	id := c.nextID.Add(1)
+	ch := make(chan result, 1)
+	if err := cc.register(id, op, ch); err != nil {
+		return Response{}, err
+	}
+	if err := cc.send(ctx, op, id, fixed, data); err != nil {
+		if errors.Is(err, errNotSent) {
+			cc.unregister(id)
+			return Response{}, c.ctxError(ctx, op.String())
+		}
+		cc.fail(fmt.Errorf("peer %s: connection lost: %w: send: %v", c.addr, torus.ErrUnavailable, err))
+		r := <-ch // fail delivered the error
+		return Response{}, r.err
+	}
+	var r result
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		cc.unregister(id)
+		return Response{}, c.ctxError(ctx, op.String())
+	}
+	if r.err != nil {
+		return Response{}, r.err
+	}
+	resp, err := DecodeResponse(op, r.body)
+	if err != nil {
+		err = fmt.Errorf("peer %s: connection lost: %w: bad %s response: %v", c.addr, torus.ErrUnavailable, op, err)
+		cc.fail(err)
+		return Response{}, err
+	}
+	if resp.Status != StatusOK {
+		return resp, &RemoteError{Addr: c.addr, Op: op, Status: resp.Status, Msg: resp.Msg}
+	}
+	return resp, nil
+}
+
+func (c *Client) invalid(op Op, format string, args ...any) error {
+	return fmt.Errorf("peer %s: %s: %w: %s", c.addr, op, torus.ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Append implements torus.PeerService. p is sent before Append returns and
+// not retained. Payloads over MaxData fail with torus.ErrInvalid.
+func (c *Client) Append(ctx context.Context, epoch uint64, seg torus.SegmentID, off int64, p []byte) error {
+	if len(p) > MaxData {
+		return c.invalid(OpAppend, "%d bytes exceed the limit of %d", len(p), MaxData)
+	}
+	if off < 0 {
+		return c.invalid(OpAppend, "negative offset %d", off)
+	}
+	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
+	_, err := c.call(ctx, OpAppend, fixed, p)
+	return err
+}
+
+// Sync implements torus.PeerService.
+func (c *Client) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) error {
+	_, err := c.call(ctx, OpSync, EncodeRequest(Request{Op: OpSync, Epoch: epoch, Seg: seg}), nil)
+	return err
+}
+
+// ReadAt implements torus.PeerService: it fills p, in several requests when
+// p is longer than MaxData. It returns io.EOF (bare) with n < len(p) when
+// the segment is shorter.
+func (c *Client) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, c.invalid(OpReadAt, "negative offset %d", off)
+	}
+	done := 0
+	for done < len(p) || (len(p) == 0 && done == 0) {
+		chunk := min(len(p)-done, MaxData)
+		req := Request{Op: OpReadAt, Seg: seg, Off: off + int64(done), Length: uint32(chunk)}
+		resp, err := c.call(ctx, OpReadAt, EncodeRequest(req), nil)
+		if len(resp.Data) > chunk {
+			return done, fmt.Errorf("peer %s: readat: %w: %d bytes returned for %d", c.addr, torus.ErrCorrupt, len(resp.Data), chunk)
+		}
+		done += copy(p[done:], resp.Data)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return done, io.EOF
+			}
+			return done, err
+		}
+		if len(resp.Data) < chunk {
+			return done, io.EOF
+		}
+		if len(p) == 0 {
+			break
+		}
+	}
+	return done, nil
+}
+
+// Stat implements torus.PeerService.
+func (c *Client) Stat(ctx context.Context, seg torus.SegmentID) (torus.SegmentInfo, error) {
+	resp, err := c.call(ctx, OpStat, EncodeRequest(Request{Op: OpStat, Seg: seg}), nil)
+	return resp.Info, err
+}
+
+// List implements torus.PeerService.
+func (c *Client) List(ctx context.Context, volume uint64) ([]torus.SegmentInfo, error) {
+	resp, err := c.call(ctx, OpList, EncodeRequest(Request{Op: OpList, Volume: volume}), nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.List, nil
+}
+
+// Delete implements torus.PeerService.
+func (c *Client) Delete(ctx context.Context, seg torus.SegmentID) error {
+	_, err := c.call(ctx, OpDelete, EncodeRequest(Request{Op: OpDelete, Seg: seg}), nil)
+	return err
+}
+
+// Fence implements torus.PeerService.
+func (c *Client) Fence(ctx context.Context, volume, epoch uint64) error {
+	_, err := c.call(ctx, OpFence, EncodeRequest(Request{Op: OpFence, Volume: volume, Epoch: epoch}), nil)
+	return err
+}
+
+// Usage implements torus.PeerService.
+func (c *Client) Usage(ctx context.Context) (torus.Usage, error) {
+	resp, err := c.call(ctx, OpUsage, nil, nil)
+	return resp.Usage, err
+}
+
+type result struct {
+	body []byte
+	err  error
+}
+
+type pendingCall struct {
+	op Op
+	ch chan result // buffered 1
+}
+
+// clientConn is one connection and its pending calls. Its reader goroutine
+// is owned by the Client.
+type clientConn struct {
+	c    net.Conn
+	addr string
+	wmu  sync.Mutex
+
+	mu      sync.Mutex
+	pending map[uint64]pendingCall
+	err     error // set once broken
+}
+
+func (cc *clientConn) alive() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.err == nil
+}
+
+func (cc *clientConn) register(id uint64, op Op, ch chan result) error {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.err != nil {
+		return cc.err
+	}
+	cc.pending[id] = pendingCall{op: op, ch: ch}
+	return nil
+}
+
+func (cc *clientConn) unregister(id uint64) {
+	cc.mu.Lock()
+	delete(cc.pending, id)
+	cc.mu.Unlock()
+}
+
+// fail breaks the connection: it closes it and fails every pending call
+// with err. Only the first call has an effect.
+func (cc *clientConn) fail(err error) {
+	cc.mu.Lock()
+	if cc.err != nil {
+		cc.mu.Unlock()
+		return
+	}
+	cc.err = err
+	pending := cc.pending
+	cc.pending = nil
+	cc.mu.Unlock()
+	cc.c.Close()
+	for _, p := range pending {
+		p.ch <- result{err: err}
+	}
+}
+
+// errNotSent reports that a call's ctx ended while it waited to send:
+// nothing was written, the connection is intact.
+var errNotSent = errors.New("peer: request not sent")
+
+func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []byte) error {
+	cc.wmu.Lock()
+	defer cc.wmu.Unlock()
+	if ctx.Err() != nil {
+		return errNotSent
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		cc.c.SetWriteDeadline(dl)
+	}
+	return writeFrame(cc.c, op, 0, id, fixed, data)
+}
+
+// readLoop delivers responses to pending calls until the connection fails.
+func (cc *clientConn) readLoop() error {
+	hdr := make([]byte, HeaderSize)
+	for {
+		h, body, err := ReadFrame(cc.c, hdr, MaxBody)
+		if err == nil && !h.Response() {
+			err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
+		}
+		if err != nil {
+			cc.fail(fmt.Errorf("peer %s: connection lost: %w: %v", cc.addr, torus.ErrUnavailable, err))
+			cc.mu.Lock()
+			defer cc.mu.Unlock()
+			return cc.err
+		}
+		cc.mu.Lock()
+		p, ok := cc.pending[h.ID]
+		delete(cc.pending, h.ID)
+		cc.mu.Unlock()
+		if !ok {
+			continue // cancelled or timed out; its answer is dropped
+		}
+		if p.op != h.Op {
+			err := fmt.Errorf("peer %s: connection lost: %w: response op %s for a %s request", cc.addr, torus.ErrUnavailable, h.Op, p.op)
+			p.ch <- result{err: err}
+			cc.fail(err)
+			return err
+		}
+		p.ch <- result{body: body}
+	}
+}

@@ -1,0 +1,108 @@
+package peer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/torus-storage/torus"
+)
+
+// Pool is a torus.PeerPool over TCP. It resolves a peer ID to an address
+// with the function it was given, dials lazily on first use and caches one
+// Client per peer. When a peer's address changes, the old Client is closed
+// (its pending calls fail with torus.ErrClosed) and a new one dialed.
+type Pool struct {
+	resolve func(ctx context.Context, id string) (string, error)
+	cfg     ClientConfig
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	closed bool
+	peers  map[string]*poolEntry
+}
+
+type poolEntry struct {
+	mu   sync.Mutex // held while dialing
+	addr string
+	c    *Client
+}
+
+var _ torus.PeerPool = (*Pool)(nil)
+
+// NewPool returns a pool. resolve maps a peer ID to its host:port; it is
+// called on every Peer call, so it should be cheap (a cached membership
+// view).
+func NewPool(resolve func(ctx context.Context, id string) (addr string, err error), cfg ClientConfig, logger *slog.Logger) *Pool {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Pool{resolve: resolve, cfg: cfg, log: logger, peers: make(map[string]*poolEntry)}
+}
+
+// Peer implements torus.PeerPool. It fails with an error wrapping
+// torus.ErrUnavailable when the ID does not resolve or the peer cannot be
+// dialed (and wrapping the resolver's error too), and with torus.ErrClosed
+// after Close.
+func (p *Pool) Peer(ctx context.Context, id string) (torus.PeerService, error) {
+	addr, err := p.resolve(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("peer pool: resolve %q: %w: %w", id, torus.ErrUnavailable, err)
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("peer pool: %w", torus.ErrClosed)
+	}
+	e := p.peers[id]
+	if e == nil {
+		e = &poolEntry{}
+		p.peers[id] = e
+	}
+	p.mu.Unlock()
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.c != nil && e.addr == addr {
+		return e.c, nil
+	}
+	if e.c != nil {
+		p.log.Info("peer address changed", "peer", id, "from", e.addr, "to", addr)
+		e.c.Close()
+		e.c, e.addr = nil, ""
+	}
+	c, err := Dial(ctx, addr, p.cfg, p.log.With("peer_id", id))
+	if err != nil {
+		return nil, fmt.Errorf("peer pool: peer %q: %w", id, err)
+	}
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		c.Close()
+		return nil, fmt.Errorf("peer pool: %w", torus.ErrClosed)
+	}
+	e.c, e.addr = c, addr
+	return c, nil
+}
+
+// Close closes every cached Client. Idempotent.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	entries := make([]*poolEntry, 0, len(p.peers))
+	for _, e := range p.peers {
+		entries = append(entries, e)
+	}
+	p.mu.Unlock()
+	for _, e := range entries {
+		e.mu.Lock()
+		if e.c != nil {
+			e.c.Close()
+			e.c = nil
+		}
+		e.mu.Unlock()
+	}
+	return nil
+}

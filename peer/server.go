@@ -1,0 +1,503 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/torus-storage/torus"
+)
+
+// ServerConfig tunes a Server. Zero fields take defaults (EnsureDefaults).
+type ServerConfig struct {
+	// MaxInflightBytes bounds the request and response bodies held per
+	// connection; when reached the server stops reading that connection.
+	// Default 64 MiB.
+	MaxInflightBytes int64
+	// MaxConcurrentReads bounds the ReadAt/Stat/List/Usage requests
+	// running at once per connection. Default 64.
+	MaxConcurrentReads int
+	// RequestTimeout bounds each call into the service. Default 60 s.
+	RequestTimeout time.Duration
+	// WriteTimeout bounds sending one response. Default 30 s.
+	WriteTimeout time.Duration
+}
+
+// Server defaults.
+const (
+	DefaultMaxInflightBytes   = 64 << 20
+	DefaultMaxConcurrentReads = 64
+	DefaultRequestTimeout     = 60 * time.Second
+	DefaultWriteTimeout       = 30 * time.Second
+)
+
+// EnsureDefaults fills zero or negative fields with defaults.
+func (c *ServerConfig) EnsureDefaults() {
+	if c.MaxInflightBytes <= 0 {
+		c.MaxInflightBytes = DefaultMaxInflightBytes
+	}
+	if c.MaxConcurrentReads <= 0 {
+		c.MaxConcurrentReads = DefaultMaxConcurrentReads
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+}
+
+// Server serves a torus.PeerService over TCP. All its goroutines are owned:
+// Close stops them and waits for them.
+type Server struct {
+	svc torus.PeerService
+	cfg ServerConfig
+	log *slog.Logger
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	wg        sync.WaitGroup // every goroutine of the server
+	bufs      bufPool
+}
+
+// NewServer returns a server for svc. It serves nothing until Serve.
+func NewServer(svc torus.PeerService, cfg ServerConfig, logger *slog.Logger) *Server {
+	cfg.EnsureDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		svc: svc, cfg: cfg, log: logger,
+		ctx: ctx, cancel: cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*serverConn]struct{}),
+	}
+}
+
+// Serve accepts connections on ln until Close, or until ln fails. It
+// closes ln when it returns. After Close it returns an error wrapping
+// torus.ErrClosed; otherwise the listener's error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return fmt.Errorf("peer: serve: %w", torus.ErrClosed)
+	}
+	s.listeners[ln] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+
+	s.log.Info("peer server listening", "addr", ln.Addr().String())
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return fmt.Errorf("peer: serve %s: %w", ln.Addr(), torus.ErrClosed)
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("peer: serve %s: %w", ln.Addr(), err)
+			}
+			// Anything else (EMFILE, ECONNABORTED, ...) may pass.
+			s.log.Warn("peer accept failed; retrying", "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		s.startConn(c)
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Close stops accepting, closes every connection (cancelling the requests
+// running on them) and waits for every goroutine of the server. Idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.cancel()
+		for ln := range s.listeners {
+			ln.Close()
+		}
+		for sc := range s.conns {
+			sc.abort()
+		}
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// ConnCount reports the number of open connections (for tests and metrics).
+func (s *Server) ConnCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) startConn(c net.Conn) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	sc := &serverConn{
+		s: s, c: c, ctx: ctx, cancel: cancel,
+		log:     s.log.With("remote", c.RemoteAddr().String()),
+		ordered: make(chan *job, 256),
+		reads:   make(chan struct{}, s.cfg.MaxConcurrentReads),
+	}
+	sc.cond = sync.NewCond(&sc.bmu)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel()
+		c.Close()
+		return
+	}
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go sc.run()
+}
+
+// serverConn is one accepted connection. Its goroutines: run (the reader
+// and owner), orderedLoop, and one per running read-type request; all are
+// counted in both sc.wg and the server's wg.
+type serverConn struct {
+	s      *Server
+	c      net.Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+
+	wmu sync.Mutex // serializes frame writes
+
+	bmu    sync.Mutex // guards used and stop
+	cond   *sync.Cond
+	used   int64
+	stop   bool
+	closer sync.Once
+
+	ordered chan *job
+	reads   chan struct{} // semaphore
+	wg      sync.WaitGroup
+}
+
+type job struct {
+	h    Header
+	req  Request
+	cost int64   // budget held until the response is sent
+	buf  *[]byte // the request body (from the server's pool)
+}
+
+// done releases what a job holds: its budget and its body buffer.
+func (sc *serverConn) done(j *job) {
+	sc.release(j.cost)
+	sc.s.bufs.put(j.buf)
+}
+
+// abort cancels everything on the connection and closes it.
+func (sc *serverConn) abort() {
+	sc.cancel()
+	sc.closer.Do(func() { sc.c.Close() })
+}
+
+func (sc *serverConn) goAttach(f func()) {
+	sc.wg.Add(1)
+	sc.s.wg.Add(1)
+	go func() {
+		defer sc.s.wg.Done()
+		defer sc.wg.Done()
+		f()
+	}()
+}
+
+// acquire takes n bytes of the connection's budget, waiting while it is
+// used up. Only the reader goroutine acquires, so a request larger than the
+// whole budget runs alone instead of deadlocking.
+func (sc *serverConn) acquire(n int64) bool {
+	sc.bmu.Lock()
+	defer sc.bmu.Unlock()
+	for !sc.stop && sc.used > 0 && sc.used+n > sc.s.cfg.MaxInflightBytes {
+		sc.cond.Wait()
+	}
+	if sc.stop {
+		return false
+	}
+	sc.used += n
+	return true
+}
+
+func (sc *serverConn) release(n int64) {
+	sc.bmu.Lock()
+	sc.used -= n
+	sc.bmu.Unlock()
+	sc.cond.Broadcast()
+}
+
+func (sc *serverConn) run() {
+	defer sc.s.wg.Done()
+	stopWake := context.AfterFunc(sc.ctx, func() {
+		sc.bmu.Lock()
+		sc.stop = true
+		sc.bmu.Unlock()
+		sc.cond.Broadcast()
+	})
+	defer stopWake()
+	sc.log.Debug("peer connection open")
+
+	sc.wg.Add(1)
+	sc.s.wg.Add(1)
+	go func() {
+		defer sc.s.wg.Done()
+		defer sc.wg.Done()
+		sc.orderedLoop()
+	}()
+
+	// Whatever ends the read loop ends the connection: nobody could read
+	// the answers of the requests still running, so they are cancelled.
+	err := sc.readLoop()
+	switch {
+	case errors.Is(err, io.EOF), sc.ctx.Err() != nil, errors.Is(err, net.ErrClosed):
+	default:
+		sc.log.Warn("peer connection closed on error", "err", err)
+	}
+	sc.cancel()
+	close(sc.ordered)
+	sc.wg.Wait()
+	sc.abort()
+
+	sc.s.mu.Lock()
+	delete(sc.s.conns, sc)
+	sc.s.mu.Unlock()
+	sc.log.Debug("peer connection closed", "err", err)
+}
+
+// readLoop reads requests until the connection fails or a frame is
+// malformed, dispatching each to the ordered queue or a read goroutine.
+func (sc *serverConn) readLoop() error {
+	hdr := make([]byte, HeaderSize)
+	for {
+		if _, err := io.ReadFull(sc.c, hdr); err != nil {
+			return err
+		}
+		h, err := ParseHeader(hdr, MaxBody)
+		if err == nil && h.Response() {
+			err = fmt.Errorf("%w: peer: response frame sent to server", torus.ErrInvalid)
+		}
+		if err != nil {
+			if fatalHeaderError(err) {
+				sc.cancel()
+				sc.lingerClose()
+				return err
+			}
+			return sc.protocolError(h, err)
+		}
+		cost := int64(h.Length)
+		if !sc.acquire(cost) {
+			return sc.ctx.Err()
+		}
+		buf := sc.s.bufs.get(int(h.Length))
+		crc, err := readBody(sc.c, *buf)
+		if err != nil {
+			sc.release(cost)
+			sc.s.bufs.put(buf)
+			return err
+		}
+		if crc != h.CRC {
+			sc.release(cost)
+			sc.s.bufs.put(buf)
+			return sc.protocolError(h, errBadCRC)
+		}
+		req, err := DecodeRequest(h.Op, *buf)
+		if err != nil {
+			sc.release(cost)
+			sc.s.bufs.put(buf)
+			return sc.protocolError(h, err)
+		}
+		j := &job{h: h, req: req, cost: cost, buf: buf}
+		if h.Op.ordered() {
+			select {
+			case sc.ordered <- j:
+			case <-sc.ctx.Done():
+				sc.done(j)
+				return sc.ctx.Err()
+			}
+			continue
+		}
+		if h.Op == OpReadAt {
+			// Re-take the budget for the body and the answer together,
+			// so that a read larger than the budget can run alone.
+			sc.release(cost)
+			j.cost += int64(req.Length)
+			if !sc.acquire(j.cost) {
+				j.cost = 0
+				sc.done(j)
+				return sc.ctx.Err()
+			}
+		}
+		select {
+		case sc.reads <- struct{}{}:
+		case <-sc.ctx.Done():
+			sc.done(j)
+			return sc.ctx.Err()
+		}
+		sc.goAttach(func() {
+			defer func() { <-sc.reads }()
+			sc.serve(j)
+		})
+	}
+}
+
+// protocolError answers a malformed request (its header was readable),
+// shuts down the write side and drains what the client still sends for a
+// moment, so that the answer is not lost to a reset.
+func (sc *serverConn) protocolError(h Header, err error) error {
+	sc.cancel()
+	body := AppendResponse(nil, h.Op, Response{Status: StatusOf(err), Msg: err.Error()})
+	if werr := sc.send(h.Op, h.ID, body); werr == nil {
+		sc.lingerClose()
+	}
+	return err
+}
+
+// lingerClose shuts down the write side and discards what the client still
+// sends for up to a second, so that closing does not reset the connection
+// (a reset can destroy an answer the client has not read yet).
+func (sc *serverConn) lingerClose() {
+	if tc, ok := sc.c.(interface{ CloseWrite() error }); ok {
+		tc.CloseWrite()
+	}
+	sc.c.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, sc.c, 2*MaxBody)
+}
+
+func (sc *serverConn) orderedLoop() {
+	for j := range sc.ordered {
+		if sc.ctx.Err() != nil {
+			sc.done(j)
+			continue
+		}
+		sc.serve(j)
+	}
+}
+
+// serve runs one request and sends its response.
+func (sc *serverConn) serve(j *job) {
+	defer sc.done(j)
+	ctx, cancel := context.WithTimeout(sc.ctx, sc.s.cfg.RequestTimeout)
+	defer cancel()
+	svc, r := sc.s.svc, j.req
+	var resp Response
+	var err error
+	switch r.Op {
+	case OpAppend:
+		err = svc.Append(ctx, r.Epoch, r.Seg, r.Off, r.Data)
+	case OpSync:
+		err = svc.Sync(ctx, r.Epoch, r.Seg)
+	case OpReadAt:
+		rbuf := sc.s.bufs.get(int(r.Length))
+		defer sc.s.bufs.put(rbuf) // after the response is sent
+		buf := *rbuf
+		var n int
+		n, err = svc.ReadAt(ctx, r.Seg, buf, r.Off)
+		if n < 0 || n > len(buf) {
+			n, err = 0, fmt.Errorf("peer: service read returned %d bytes of %d", n, len(buf))
+		}
+		resp.Data = buf[:n]
+	case OpStat:
+		resp.Info, err = svc.Stat(ctx, r.Seg)
+	case OpList:
+		resp.List, err = svc.List(ctx, r.Volume)
+		if err == nil && len(resp.List)*segInfoSize > MaxData {
+			err = fmt.Errorf("%w: peer: list of volume %d has %d segments, too many for one response",
+				torus.ErrInvalid, r.Volume, len(resp.List))
+			resp.List = nil
+		}
+	case OpDelete:
+		err = svc.Delete(ctx, r.Seg)
+	case OpFence:
+		err = svc.Fence(ctx, r.Volume, r.Epoch)
+	case OpUsage:
+		resp.Usage, err = svc.Usage(ctx)
+	}
+	resp.Status = StatusOf(err)
+	if err != nil {
+		resp.Msg = err.Error()
+		if resp.Status == StatusGeneric {
+			sc.log.Warn("peer request failed", "op", r.Op, "seg", r.Seg.String(), "err", err)
+		} else {
+			sc.log.Debug("peer request failed", "op", r.Op, "seg", r.Seg.String(), "err", err)
+		}
+	}
+	var body, data []byte
+	if r.Op == OpReadAt {
+		data, resp.Data = resp.Data, nil
+	}
+	body = AppendResponse(nil, r.Op, resp)
+	if err := sc.send(r.Op, j.h.ID, body, data); err != nil {
+		if sc.ctx.Err() == nil {
+			sc.log.Warn("peer response failed; closing connection", "err", err)
+		}
+		sc.abort()
+	}
+}
+
+// send writes one response frame whose body is the concatenation of parts.
+func (sc *serverConn) send(op Op, id uint64, parts ...[]byte) error {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	sc.c.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
+	return writeFrame(sc.c, op, FlagResponse, id, parts...)
+}
+
+// writeFrame writes a frame whose body is the concatenation of parts with
+// one writev, without copying the parts.
+func writeFrame(w io.Writer, op Op, flags uint16, id uint64, parts ...[]byte) error {
+	var n int
+	var crc uint32
+	for _, p := range parts {
+		n += len(p)
+		crc = crc32.Update(crc, castagnoli, p)
+	}
+	if n > MaxBody {
+		return fmt.Errorf("%w: peer: frame body of %d bytes exceeds %d", torus.ErrInvalid, n, MaxBody)
+	}
+	var hdr [HeaderSize]byte
+	PutHeader(hdr[:], Header{Version: Version, Op: op, Flags: flags, ID: id, Length: uint32(n), CRC: crc})
+	bufs := make(net.Buffers, 0, 1+len(parts))
+	bufs = append(bufs, hdr[:])
+	for _, p := range parts {
+		if len(p) > 0 {
+			bufs = append(bufs, p)
+		}
+	}
+	_, err := bufs.WriteTo(w)
+	return err
+}

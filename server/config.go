@@ -1,0 +1,88 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/torus-storage/torus"
+)
+
+// Config configures a daemon. cmd/torusd fills it from flags.
+type Config struct {
+	// DataDir holds the segment store and the peer ID.
+	DataDir string
+	// Capacity is the most bytes the store may hold (--size, resolved).
+	Capacity int64
+	// PeerListen is the TCP address of the peer protocol. Port 0 picks one.
+	PeerListen string
+	// PeerAdvertise is the address others dial; default: the bound
+	// PeerListen address.
+	PeerAdvertise string
+	// HTTPListen serves /metrics, /healthz, /readyz, /debug/pprof; "" for none.
+	HTTPListen string
+	// Zone is the failure domain label used by placement.
+	Zone string
+	// AutoJoin adds the daemon to the ring at start if it is not a member.
+	AutoJoin bool
+	// HeartbeatTTL is the liveness lease TTL: a dead daemon shows down
+	// at most this long after it died. Default 5 s.
+	HeartbeatTTL time.Duration
+	// DownGrace is how long a member must stay down before its data is
+	// re-replicated elsewhere. Default 2 min.
+	DownGrace time.Duration
+	// RebalanceRate limits healing and rebalancing copies, bytes per
+	// second; 0 means unlimited.
+	RebalanceRate int64
+	// MaintenanceInterval is how often the daemon plans healing,
+	// rebalancing and garbage collection. Default 2 s.
+	MaintenanceInterval time.Duration
+}
+
+// EnsureDefaults fills unset fields.
+func (c *Config) EnsureDefaults() {
+	if c.HeartbeatTTL == 0 {
+		c.HeartbeatTTL = 5 * time.Second
+	}
+	if c.DownGrace == 0 {
+		c.DownGrace = 2 * time.Minute
+	}
+	if c.MaintenanceInterval == 0 {
+		c.MaintenanceInterval = 2 * time.Second
+	}
+	if c.PeerListen == "" {
+		c.PeerListen = "127.0.0.1:0"
+	}
+}
+
+// Validate checks the config.
+func (c Config) Validate() error {
+	switch {
+	case c.DataDir == "":
+		return fmt.Errorf("%w: data dir is required", torus.ErrInvalid)
+	case c.Capacity <= 0:
+		return fmt.Errorf("%w: capacity %d must be positive", torus.ErrInvalid, c.Capacity)
+	case c.HeartbeatTTL < time.Second:
+		return fmt.Errorf("%w: heartbeat TTL %v must be at least 1s", torus.ErrInvalid, c.HeartbeatTTL)
+	case c.RebalanceRate < 0:
+		return fmt.Errorf("%w: rebalance rate %d must not be negative", torus.ErrInvalid, c.RebalanceRate)
+	}
+	if _, _, err := net.SplitHostPort(c.PeerListen); err != nil {
+		return fmt.Errorf("%w: peer address %q: %v", torus.ErrInvalid, c.PeerListen, err)
+	}
+	if c.PeerAdvertise != "" {
+		host, _, err := net.SplitHostPort(c.PeerAdvertise)
+		if err != nil {
+			return fmt.Errorf("%w: advertised peer address %q: %v", torus.ErrInvalid, c.PeerAdvertise, err)
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("%w: advertised peer address %q must not be unspecified", torus.ErrInvalid, c.PeerAdvertise)
+		}
+	}
+	if c.HTTPListen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
+			return fmt.Errorf("%w: http address %q: %v", torus.ErrInvalid, c.HTTPListen, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,106 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+type metrics struct {
+	reg            *prometheus.Registry
+	healCopied     prometheus.Counter
+	healDeleted    prometheus.Counter
+	gcDeleted      prometheus.Counter
+	maintenanceErr prometheus.Counter
+}
+
+func newMetrics(s *Server) *metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &metrics{reg: reg}
+	labels := prometheus.Labels{"peer": s.id}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "torus_store_used_bytes", Help: "Bytes held by the local segment store.", ConstLabels: labels,
+	}, func() float64 { return float64(s.store.Usage().Used) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "torus_store_capacity_bytes", Help: "Configured capacity (--size) of the local store.", ConstLabels: labels,
+	}, func() float64 { return float64(s.store.Usage().Capacity) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "torus_rebalance_pending_bytes", Help: "Bytes this daemon still has to copy to heal or rebalance.", ConstLabels: labels,
+	}, func() float64 { return float64(s.pending.Load()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "torus_ready", Help: "1 when the daemon is serving and registered.", ConstLabels: labels,
+	}, func() float64 {
+		if s.isReady() {
+			return 1
+		}
+		return 0
+	}))
+	m.healCopied = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "torus_heal_copied_bytes_total", Help: "Bytes copied to other peers by healing and rebalancing.", ConstLabels: labels})
+	m.healDeleted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "torus_heal_deleted_segments_total", Help: "Surplus segment copies removed after rebalancing.", ConstLabels: labels})
+	m.gcDeleted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "torus_gc_deleted_segments_total", Help: "Segments removed by garbage collection.", ConstLabels: labels})
+	m.maintenanceErr = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "torus_maintenance_errors_total", Help: "Failed heal, rebalance or GC steps.", ConstLabels: labels})
+	reg.MustRegister(m.healCopied, m.healDeleted, m.gcDeleted, m.maintenanceErr)
+	return m
+}
+
+func (s *Server) isReady() bool {
+	if !s.ready.Load() {
+		return false
+	}
+	s.sessMu.Lock()
+	sess := s.session
+	s.sessMu.Unlock()
+	if sess == nil {
+		return false
+	}
+	select {
+	case <-sess.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+func (s *Server) startHTTP() error {
+	ln, err := net.Listen("tcp", s.cfg.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("server: listening for http: %w", err)
+	}
+	s.httpLn = ln
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.isReady() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.goAttach(func(context.Context) {
+		if err := s.httpSrv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			s.log.Warn("http server stopped", "err", err)
+		}
+	})
+	return nil
+}

@@ -1,0 +1,343 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/peer"
+	"github.com/torus-storage/torus/storage"
+)
+
+// Server is one storage daemon.
+type Server struct {
+	cfg  Config
+	meta torus.Metadata
+	log  *slog.Logger
+
+	id       string
+	store    *storage.Disk
+	local    *peer.Local
+	psrv     *peer.Server
+	peerLn   net.Listener
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	advert   string
+	metrics  *metrics
+	pool     *peer.Pool
+	ready    atomic.Bool
+	inRing   atomic.Bool
+	pending  atomic.Int64
+	sessMu   sync.Mutex
+	session  torus.Session
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closeMu  sync.Mutex
+	closed   bool
+	closeErr error
+}
+
+// New checks cfg and returns a daemon that Start will bring up.
+func New(cfg Config, meta torus.Metadata, logger *slog.Logger) (*Server, error) {
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, meta: meta, log: logger}, nil
+}
+
+// ID is the daemon's stable peer ID (valid after Start).
+func (s *Server) ID() string { return s.id }
+
+// PeerAddr is the advertised peer protocol address (valid after Start).
+func (s *Server) PeerAddr() string { return s.advert }
+
+// HTTPAddr is the bound HTTP address, "" without HTTP (valid after Start).
+func (s *Server) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// Store exposes the local store (tests and tools).
+func (s *Server) Store() torus.Store { return s.store }
+
+// Start opens the store, starts serving peers and HTTP, registers with etcd
+// and, with AutoJoin, joins the ring. On error everything started is stopped.
+func (s *Server) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if _, err := s.meta.ClusterConfig(ctx); err != nil {
+		if errors.Is(err, torus.ErrNotInitialized) {
+			return fmt.Errorf("server: %w (run `torusctl init` first)", err)
+		}
+		return fmt.Errorf("server: reading cluster config: %w", err)
+	}
+	s.store, err = storage.OpenDisk(ctx, storage.DiskConfig{Dir: s.cfg.DataDir, Capacity: s.cfg.Capacity, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("server: opening store: %w", err)
+	}
+	s.id, err = storage.LoadOrCreateID(s.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("server: peer id: %w", err)
+	}
+	s.log = s.log.With("peer", s.id)
+	s.local = peer.NewLocal(s.store, s.log)
+	// Learn every volume's epoch before accepting a single append.
+	if err := s.refreshEpochs(ctx); err != nil {
+		return err
+	}
+
+	s.peerLn, err = net.Listen("tcp", s.cfg.PeerListen)
+	if err != nil {
+		return fmt.Errorf("server: listening for peers: %w", err)
+	}
+	s.advert = s.cfg.PeerAdvertise
+	if s.advert == "" {
+		s.advert = s.peerLn.Addr().String()
+	}
+	s.psrv = peer.NewServer(s.local, peer.ServerConfig{}, s.log)
+	s.goAttach(func(context.Context) {
+		if err := s.psrv.Serve(s.peerLn); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, torus.ErrClosed) {
+			s.log.Error("peer server stopped", "err", err)
+		}
+	})
+
+	s.pool = peer.NewPool(s.resolvePeer, peer.ClientConfig{}, s.log)
+	s.metrics = newMetrics(s)
+	if s.cfg.HTTPListen != "" {
+		if err := s.startHTTP(); err != nil {
+			return err
+		}
+	}
+
+	info := torus.PeerInfo{
+		ID: s.id, Address: s.advert, HTTP: s.HTTPAddr(), Zone: s.cfg.Zone,
+		Capacity: s.cfg.Capacity,
+	}
+	if err := s.meta.PutPeer(ctx, info); err != nil {
+		return fmt.Errorf("server: registering peer: %w", err)
+	}
+	if err := s.heartbeat(ctx); err != nil {
+		return err
+	}
+	if s.cfg.AutoJoin {
+		if err := s.join(ctx); err != nil {
+			return err
+		}
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.goAttachCtx(runCtx, s.heartbeatLoop)
+	s.goAttachCtx(runCtx, s.watchLoop)
+	s.goAttachCtx(runCtx, s.maintenanceLoop)
+	s.ready.Store(true)
+	s.log.Info("torusd started", "peer_address", s.advert, "http", s.HTTPAddr(), "zone", s.cfg.Zone,
+		"capacity", s.cfg.Capacity, "data_dir", s.cfg.DataDir)
+	return nil
+}
+
+// goAttach runs f in a goroutine that Close waits for.
+func (s *Server) goAttach(f func(context.Context)) { s.goAttachCtx(context.Background(), f) }
+
+func (s *Server) goAttachCtx(ctx context.Context, f func(context.Context)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f(ctx)
+	}()
+}
+
+// Close stops the daemon: stops serving, revokes its liveness lease (so it
+// shows down at once), and closes the store. Idempotent.
+func (s *Server) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return s.closeErr
+	}
+	s.closed = true
+	s.ready.Store(false)
+	if s.cancel != nil {
+		s.cancel()
+	}
+	var errs []error
+	if s.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, ignoreClosed(s.httpSrv.Shutdown(ctx)))
+		cancel()
+	}
+	if s.psrv != nil {
+		errs = append(errs, ignoreClosed(s.psrv.Close()))
+	} else if s.peerLn != nil {
+		s.peerLn.Close()
+	}
+	s.sessMu.Lock()
+	sess := s.session
+	s.sessMu.Unlock()
+	if sess != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := sess.Close(ctx); err != nil {
+			s.log.Warn("revoking liveness lease", "err", err)
+		}
+		cancel()
+	}
+	s.wg.Wait()
+	if s.pool != nil {
+		errs = append(errs, ignoreClosed(s.pool.Close()))
+	}
+	if s.store != nil {
+		errs = append(errs, ignoreClosed(s.store.Close()))
+	}
+	s.closeErr = errors.Join(errs...)
+	s.log.Info("torusd stopped")
+	return s.closeErr
+}
+
+func ignoreClosed(err error) error {
+	if err == nil || errors.Is(err, torus.ErrClosed) || errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) refreshEpochs(ctx context.Context) error {
+	ep, err := s.meta.Epochs(ctx)
+	if err != nil {
+		return fmt.Errorf("server: reading volume epochs: %w", err)
+	}
+	s.local.SetEpochs(ep)
+	return nil
+}
+
+// resolvePeer maps a peer ID to its address through etcd.
+func (s *Server) resolvePeer(ctx context.Context, id string) (string, error) {
+	peers, err := s.meta.Peers(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, p := range peers {
+		if p.ID == id {
+			return p.Address, nil
+		}
+	}
+	return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
+}
+
+// heartbeat makes sure a liveness session exists and writes the liveness key.
+func (s *Server) heartbeat(ctx context.Context) error {
+	s.sessMu.Lock()
+	sess := s.session
+	s.sessMu.Unlock()
+	if sess != nil {
+		select {
+		case <-sess.Done():
+			sess = nil
+		default:
+		}
+	}
+	if sess == nil {
+		var err error
+		sess, err = s.meta.NewSession(ctx, s.cfg.HeartbeatTTL)
+		if err != nil {
+			return fmt.Errorf("server: liveness lease: %w", err)
+		}
+		s.sessMu.Lock()
+		s.session = sess
+		s.sessMu.Unlock()
+	}
+	u := s.store.Usage()
+	if err := s.meta.Heartbeat(ctx, sess, s.id, u.Used, s.pending.Load()); err != nil {
+		return fmt.Errorf("server: heartbeat: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HeartbeatTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatTTL/2)
+		err := s.heartbeat(hctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("heartbeat failed", "err", err)
+		}
+	}
+}
+
+// join adds the daemon to the ring if it is not a member (compare-and-swap
+// on the ring version, retried on conflict).
+func (s *Server) join(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		spec, err := s.meta.Ring(ctx)
+		if err != nil {
+			return fmt.Errorf("server: reading ring: %w", err)
+		}
+		if slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }) {
+			s.inRing.Store(true)
+			return nil
+		}
+		spec.Version++
+		spec.Members = append(spec.Members, torus.RingMember{ID: s.id, Zone: s.cfg.Zone, Weight: s.cfg.Capacity})
+		err = s.meta.SetRing(ctx, spec)
+		if err == nil {
+			s.inRing.Store(true)
+			s.log.Info("joined the ring", "version", spec.Version, "members", len(spec.Members))
+			return nil
+		}
+		if !errors.Is(err, torus.ErrConflict) || attempt > 20 {
+			return fmt.Errorf("server: joining ring: %w", err)
+		}
+	}
+}
+
+// watchLoop follows etcd: epochs for fencing, ring membership.
+func (s *Server) watchLoop(ctx context.Context) {
+	ch := s.meta.Watch(ctx)
+	t := time.NewTicker(5 * time.Second) // resync even if a watch event was lost
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ch:
+			if !ok {
+				if ctx.Err() != nil {
+					return
+				}
+				ch = s.meta.Watch(ctx)
+				continue
+			}
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := s.refreshEpochs(rctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("refreshing epochs", "err", err)
+		}
+		if spec, err := s.meta.Ring(rctx); err == nil {
+			s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
+		}
+		cancel()
+	}
+}

@@ -1,0 +1,75 @@
+// Package storage holds a storage daemon's local segment stores, the
+// implementations of torus.Store, and small helpers the daemon needs at
+// start: ParseSize and FormatSize for its --size flag, LoadOrCreateID for
+// its stable peer ID.
+//
+// Both stores pass storage/storagetest, the conformance suite of the
+// torus.Store contract; a new implementation must run it too.
+//
+// # Memory
+//
+// NewMemory returns a store that keeps segments in memory, for unit tests of
+// other packages. SetFault injects errors into any operation; Crash
+// simulates a power loss, after which only synced bytes survive.
+//
+// # Disk
+//
+// OpenDisk opens the real store in a data dir:
+//
+//	<Dir>/LOCK                               exclusive flock while open ("pid N")
+//	<Dir>/peer-id                            the daemon's ID (LoadOrCreateID)
+//	<Dir>/segments/v<volume>/<SegmentID>     one file per segment, e.g. v7-e2-s3-k0
+//
+// A segment file holds exactly the bytes appended to the segment, nothing
+// else: no header, no checksum, no padding. Append is a pwrite at the end
+// of the file, after checking that the offset is the segment's length (a
+// retry compares the bytes already there). Sync is fdatasync, plus an fsync
+// of the volume directory the first time after the file was created. Delete
+// is unlink plus an fsync of the directory. ReadAt is pread, concurrent with
+// appends.
+//
+// Open files are kept in a bounded LRU cache (DiskConfig.MaxOpenFiles).
+// Each segment has its own lock, so appends to different segments run in
+// parallel and a Sync does not hold up appends to its segment.
+//
+// Capacity is the sum of the segments' lengths, counted at open by scanning
+// the directories. An append that would exceed DiskConfig.Capacity fails
+// with torus.ErrNoSpace before writing anything; so does one that hits
+// ENOSPC or EDQUOT from the filesystem, and whatever part of it was written
+// is truncated away.
+//
+// # Crash safety: what the store guarantees and what it does not
+//
+// The store guarantees that, after a process crash (SIGKILL) or a power
+// loss, reopening the data dir yields every segment at its length on disk,
+// and that every byte covered by a successful Sync is intact and in place.
+// After a SIGKILL nothing is lost at all: the kernel still holds the
+// unsynced bytes, and OpenDisk makes them durable with one syncfs, so
+// Synced = Length for every segment found.
+//
+// The store does not guarantee anything about bytes appended but not
+// synced when the power went: the file may be shorter than the appends, or
+// its tail may hold zeros or garbage (a torn write), and a segment never
+// synced may be missing. The store keeps no checksums and cannot tell. That
+// split of responsibility is deliberate: the volume layer frames every
+// record with a header CRC and per-block CRCs (docs/design/data-path.md), and
+// a reader of a segment takes its valid prefix, ending at the first record
+// that does not verify. Torn tails are therefore cut by record validation,
+// not by the store. Bytes past a sealed segment's recorded length are ignored
+// by everyone.
+//
+// A failed fdatasync leaves the unsynced bytes of a segment in an unknown
+// state (Linux reports a writeback error once, then forgets it), so the
+// store fails every further Sync and Append of that segment with an error
+// wrapping torus.ErrCorrupt; the writer seals it and moves to a new one.
+//
+// All file access goes through internal/vfs. The tests run the store on
+// vfs.MemFS and cut the power at random points (MemFS.Crash keeps only
+// synced file contents and fsynced directory entries, optionally with torn
+// tails), checking the guarantees above; a SIGKILL test does the same with a
+// real process on a real filesystem.
+//
+// A data dir is used by one process at a time: OpenDisk fails with a
+// *DirLockedError (matching torus.ErrLocked) naming the dir and the holder
+// while another store has it open.
+package storage

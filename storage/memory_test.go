@@ -1,0 +1,165 @@
+package storage_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/storage"
+	"github.com/torus-storage/torus/storage/storagetest"
+)
+
+func TestMemoryConformance(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T, capacity int64) torus.Store {
+		return storage.NewMemory(capacity)
+	})
+}
+
+func TestMemoryUnlimited(t *testing.T) {
+	m := storage.NewMemory(0)
+	defer m.Close()
+	if u := m.Usage(); u.Capacity <= 1<<62 {
+		t.Fatalf("Usage of an unlimited store = %+v; want a huge capacity", u)
+	}
+	if err := m.Append(context.Background(), torus.SegmentID{Volume: 1}, 0, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMemoryCrash(t *testing.T) {
+	ctx := context.Background()
+	m := storage.NewMemory(1 << 20)
+	defer m.Close()
+	synced := torus.SegmentID{Volume: 1, Seq: 1}
+	partly := torus.SegmentID{Volume: 1, Seq: 2}
+	never := torus.SegmentID{Volume: 2, Seq: 1}
+
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(m.Append(ctx, synced, 0, []byte("durable")))
+	must(m.Sync(ctx, synced))
+	must(m.Append(ctx, partly, 0, []byte("kept")))
+	must(m.Sync(ctx, partly))
+	must(m.Append(ctx, partly, 4, []byte("-lost")))
+	must(m.Append(ctx, never, 0, []byte("gone")))
+	if u := m.Usage(); u.Used != 7+9+4 {
+		t.Fatalf("Used before crash = %d; want 20", u.Used)
+	}
+
+	m.Crash()
+
+	read := func(id torus.SegmentID) string {
+		t.Helper()
+		info, err := m.Stat(ctx, id)
+		must(err)
+		p := make([]byte, info.Length)
+		_, err = m.ReadAt(ctx, id, p, 0)
+		must(err)
+		return string(p)
+	}
+	for _, id := range []torus.SegmentID{synced, partly} {
+		if info, err := m.Stat(ctx, id); err != nil || info.Synced != info.Length {
+			t.Fatalf("after crash %s: %+v, %v; want Synced = Length", id, info, err)
+		}
+	}
+	if got := read(synced); got != "durable" {
+		t.Fatalf("synced segment after crash = %q; want %q", got, "durable")
+	}
+	if got := read(partly); got != "kept" {
+		t.Fatalf("partly synced segment after crash = %q; want %q", got, "kept")
+	}
+	if _, err := m.Stat(ctx, never); !errors.Is(err, torus.ErrNotExist) {
+		t.Fatalf("never-synced segment after crash: %v; want ErrNotExist", err)
+	}
+	if u := m.Usage(); u.Used != 7+4 {
+		t.Fatalf("Used after crash = %d; want 11", u.Used)
+	}
+	// Writing resumes at the surviving length, and the lost bytes do not
+	// reappear.
+	if err := m.Append(ctx, partly, 9, []byte("x")); !errors.Is(err, torus.ErrConflict) {
+		t.Fatalf("append at the pre-crash length: %v; want ErrConflict", err)
+	}
+	must(m.Append(ctx, partly, 4, []byte("!")))
+	if got := read(partly); got != "kept!" {
+		t.Fatalf("after crash and append = %q; want %q", got, "kept!")
+	}
+}
+
+func TestMemoryFault(t *testing.T) {
+	ctx := context.Background()
+	m := storage.NewMemory(1 << 20)
+	defer m.Close()
+	id := torus.SegmentID{Volume: 3, Seq: 1}
+	boom := errors.New("boom")
+	var calls []string
+	m.SetFault(func(op string, seg torus.SegmentID) error {
+		calls = append(calls, op+" "+seg.String())
+		if op == storage.OpAppend && seg == id {
+			return boom
+		}
+		return nil
+	})
+	if err := m.Append(ctx, id, 0, []byte("abc")); !errors.Is(err, boom) {
+		t.Fatalf("Append with a fault: %v; want the injected error", err)
+	}
+	if _, err := m.Stat(ctx, id); !errors.Is(err, torus.ErrNotExist) {
+		t.Fatalf("a failed append created the segment: Stat = %v", err)
+	}
+	if u := m.Usage(); u.Used != 0 {
+		t.Fatalf("Used after failed append = %d", u.Used)
+	}
+	other := torus.SegmentID{Volume: 3, Seq: 2}
+	if err := m.Append(ctx, other, 0, []byte("abc")); err != nil {
+		t.Fatalf("Append to another segment: %v", err)
+	}
+	if _, err := m.List(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"append " + id.String(), "stat " + id.String(), "append " + other.String(), "list v3-e0-s0-k0"}
+	if len(calls) != len(want) {
+		t.Fatalf("fault hook calls = %q; want %q", calls, want)
+	}
+	for i := range want {
+		if calls[i] != want[i] {
+			t.Fatalf("fault hook calls = %q; want %q", calls, want)
+		}
+	}
+
+	// Each operation can be failed.
+	for _, op := range []string{storage.OpSync, storage.OpRead, storage.OpStat, storage.OpList, storage.OpDelete} {
+		m.SetFault(func(o string, _ torus.SegmentID) error {
+			if o == op {
+				return boom
+			}
+			return nil
+		})
+		var err error
+		switch op {
+		case storage.OpSync:
+			err = m.Sync(ctx, other)
+		case storage.OpRead:
+			_, err = m.ReadAt(ctx, other, make([]byte, 3), 0)
+		case storage.OpStat:
+			_, err = m.Stat(ctx, other)
+		case storage.OpList:
+			_, err = m.List(ctx, 0)
+		case storage.OpDelete:
+			err = m.Delete(ctx, other)
+		}
+		if !errors.Is(err, boom) {
+			t.Errorf("%s with a fault: %v; want the injected error", op, err)
+		}
+	}
+	// A failed Delete deleted nothing.
+	m.SetFault(nil)
+	p := make([]byte, 3)
+	if _, err := m.ReadAt(ctx, other, p, 0); err != nil || !bytes.Equal(p, []byte("abc")) {
+		t.Fatalf("after failed Delete: ReadAt = %q, %v", p, err)
+	}
+}

@@ -1,0 +1,191 @@
+package volume
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+
+	"github.com/torus-storage/torus"
+)
+
+// Checkpoint format constants (docs/design/data-path.md, "Index").
+const (
+	// CheckpointMagic starts a checkpoint: "TRSC" as a little-endian u32.
+	CheckpointMagic uint32 = 0x43535254
+	// CheckpointVersion is the only version written and read.
+	CheckpointVersion      = 1
+	checkpointHeaderSize   = 40
+	checkpointSegEntrySize = 40
+	checkpointRunHeader    = 24
+)
+
+// Checkpoint is a decoded checkpoint: the segment table and the index.
+type Checkpoint struct {
+	VolumeID uint64
+	Size     int64              // volume size when written
+	Segments []torus.SegmentRef // the segment table, by slot
+	Index    *Index
+}
+
+// EncodeCheckpoint serializes x for volume (id, size). Only segments that
+// hold live blocks are written into the table; slots are renumbered. Every
+// segment x points into must be sealed (its length set).
+//
+// Layout, little-endian:
+//
+//	0  4 magic "TRSC"   4 4 version   8 8 volume ID   16 8 size (bytes)
+//	24 4 nsegs          28 4 reserved 32 8 nruns
+//	40   nsegs × {volume u64, epoch u64, seq u64, kind u8, 7 reserved, length u64}
+//	     nruns × {first block u64, count u32, slot u32, data offset u64, count × crc32c u32}
+//	     crc32c u32 of everything before it
+func EncodeCheckpoint(id uint64, size int64, x *Index) []byte {
+	remap := make([]uint32, len(x.slots))
+	var table []torus.SegmentRef
+	for i, s := range x.slots {
+		if s.Live > 0 {
+			remap[i] = uint32(len(table))
+			table = append(table, s.Ref)
+		}
+	}
+	var runs []byte
+	var nruns uint64
+	_ = x.Runs(func(r Run) error {
+		runs = binary.LittleEndian.AppendUint64(runs, r.First)
+		runs = binary.LittleEndian.AppendUint32(runs, uint32(len(r.CRCs)))
+		runs = binary.LittleEndian.AppendUint32(runs, remap[r.Slot])
+		runs = binary.LittleEndian.AppendUint64(runs, uint64(r.DataOff))
+		for _, c := range r.CRCs {
+			runs = binary.LittleEndian.AppendUint32(runs, c)
+		}
+		nruns++
+		return nil
+	})
+	p := make([]byte, 0, checkpointHeaderSize+len(table)*checkpointSegEntrySize+len(runs)+4)
+	p = binary.LittleEndian.AppendUint32(p, CheckpointMagic)
+	p = binary.LittleEndian.AppendUint32(p, CheckpointVersion)
+	p = binary.LittleEndian.AppendUint64(p, id)
+	p = binary.LittleEndian.AppendUint64(p, uint64(size))
+	p = binary.LittleEndian.AppendUint32(p, uint32(len(table)))
+	p = binary.LittleEndian.AppendUint32(p, 0)
+	p = binary.LittleEndian.AppendUint64(p, nruns)
+	for _, s := range table {
+		p = binary.LittleEndian.AppendUint64(p, s.ID.Volume)
+		p = binary.LittleEndian.AppendUint64(p, s.ID.Epoch)
+		p = binary.LittleEndian.AppendUint64(p, s.ID.Seq)
+		p = append(p, byte(s.ID.Kind), 0, 0, 0, 0, 0, 0, 0)
+		p = binary.LittleEndian.AppendUint64(p, uint64(s.Length))
+	}
+	p = append(p, runs...)
+	return binary.LittleEndian.AppendUint32(p, crc32.Checksum(p, castagnoli))
+}
+
+func corruptf(format string, args ...any) error {
+	return fmt.Errorf("volume: checkpoint: %w: %s", torus.ErrCorrupt, fmt.Sprintf(format, args...))
+}
+
+// DecodeCheckpoint parses a checkpoint of volume id into an index of nblocks
+// blocks (the volume's current size, which may have grown since). Any
+// inconsistency is an error wrapping torus.ErrCorrupt.
+func DecodeCheckpoint(p []byte, id uint64, nblocks uint64) (*Checkpoint, error) {
+	if len(p) < checkpointHeaderSize+4 {
+		return nil, corruptf("%d bytes is too short", len(p))
+	}
+	body := p[:len(p)-4]
+	if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(p[len(p)-4:]) {
+		return nil, corruptf("checksum mismatch")
+	}
+	if m := binary.LittleEndian.Uint32(body[0:]); m != CheckpointMagic {
+		return nil, corruptf("bad magic %#x", m)
+	}
+	if v := binary.LittleEndian.Uint32(body[4:]); v != CheckpointVersion {
+		return nil, corruptf("unknown version %d", v)
+	}
+	ck := &Checkpoint{
+		VolumeID: binary.LittleEndian.Uint64(body[8:]),
+		Size:     int64(binary.LittleEndian.Uint64(body[16:])),
+	}
+	if ck.VolumeID != id {
+		return nil, corruptf("volume ID %d, want %d", ck.VolumeID, id)
+	}
+	if ck.Size < 0 || ck.Size%torus.BlockSize != 0 || uint64(ck.Size)/torus.BlockSize > nblocks {
+		return nil, corruptf("size %d does not fit a volume of %d blocks", ck.Size, nblocks)
+	}
+	nsegs := uint64(binary.LittleEndian.Uint32(body[24:]))
+	if binary.LittleEndian.Uint32(body[28:]) != 0 {
+		return nil, corruptf("reserved bytes set")
+	}
+	nruns := binary.LittleEndian.Uint64(body[32:])
+	rest := body[checkpointHeaderSize:]
+	if nsegs > uint64(len(rest))/checkpointSegEntrySize {
+		return nil, corruptf("%d segments do not fit", nsegs)
+	}
+	x := NewIndex(nblocks)
+	for i := uint64(0); i < nsegs; i++ {
+		e := rest[:checkpointSegEntrySize]
+		rest = rest[checkpointSegEntrySize:]
+		ref := torus.SegmentRef{
+			ID: torus.SegmentID{
+				Volume: binary.LittleEndian.Uint64(e[0:]),
+				Epoch:  binary.LittleEndian.Uint64(e[8:]),
+				Seq:    binary.LittleEndian.Uint64(e[16:]),
+				Kind:   torus.SegmentKind(e[24]),
+			},
+			Length: int64(binary.LittleEndian.Uint64(e[32:])),
+		}
+		for _, r := range e[25:32] {
+			if r != 0 {
+				return nil, corruptf("segment %d: reserved bytes set", i)
+			}
+		}
+		if ref.ID.Volume != id || ref.ID.Kind != torus.KindData {
+			return nil, corruptf("segment %d: %v is not a data segment of volume %d", i, ref.ID, id)
+		}
+		if ref.Length < 0 || ref.Length >= 1<<32 {
+			return nil, corruptf("segment %d: length %d", i, ref.Length)
+		}
+		if _, dup := x.slotOf[ref.ID]; dup {
+			return nil, corruptf("segment %v listed twice", ref.ID)
+		}
+		slot := x.AddSegment(ref.ID)
+		x.SetLength(slot, ref.Length)
+		ck.Segments = append(ck.Segments, ref)
+	}
+	if nruns > uint64(len(rest))/(checkpointRunHeader+4) {
+		return nil, corruptf("%d runs do not fit", nruns)
+	}
+	var next uint64 // first block a run may start at
+	for i := uint64(0); i < nruns; i++ {
+		if len(rest) < checkpointRunHeader {
+			return nil, corruptf("run %d truncated", i)
+		}
+		first := binary.LittleEndian.Uint64(rest[0:])
+		count := uint64(binary.LittleEndian.Uint32(rest[8:]))
+		slot := binary.LittleEndian.Uint32(rest[12:])
+		off := binary.LittleEndian.Uint64(rest[16:])
+		rest = rest[checkpointRunHeader:]
+		switch {
+		case count == 0:
+			return nil, corruptf("run %d is empty", i)
+		case first < next || first+count < first || first+count > nblocks:
+			return nil, corruptf("run %d [%d,+%d) overlaps or is out of range", i, first, count)
+		case uint64(slot) >= nsegs:
+			return nil, corruptf("run %d: slot %d of %d", i, slot, nsegs)
+		case off > 1<<32 || off+count*torus.BlockSize > uint64(ck.Segments[slot].Length):
+			return nil, corruptf("run %d: data [%d,+%d blocks) past segment length %d", i, off, count, ck.Segments[slot].Length)
+		case uint64(len(rest))/4 < count:
+			return nil, corruptf("run %d truncated", i)
+		}
+		crcs := make([]uint32, count)
+		for j := range crcs {
+			crcs[j] = binary.LittleEndian.Uint32(rest[4*j:])
+		}
+		rest = rest[4*count:]
+		x.Map(first, slot, int64(off), crcs)
+		next = first + count
+	}
+	if len(rest) != 0 {
+		return nil, corruptf("%d trailing bytes", len(rest))
+	}
+	ck.Index = x
+	return ck, nil
+}
