@@ -5,13 +5,20 @@ package main
 // acts as the program named in BENCH_FAKE (see TestMain). They follow the
 // command lines the launcher uses, so the test checks those too.
 //
-//   - torusd serves /readyz and /metrics on --http and records its PID;
+//   - torusd serves /readyz and /metrics on --http and records its PID and
+//     peer address;
 //   - torusblk execs nbdkit's memory plugin on --listen;
-//   - torusctl accepts init and volume create, and answers status -o json:
-//     degraded for one second after it first sees a recorded torusd dead,
-//     then healthy, with a heal counter the survivors export.
+//   - torusctl accepts init and volume create; peer list -o json shows a
+//     recorded torusd whose process is gone as "down" (and notes when it
+//     first did); status and volume list -o json print the real torusctl's
+//     shapes, which carry no redundancy fields.
+//
+// Healing, as the survivors' metrics show it: for one second after the
+// first "down", torus_rebalance_pending_bytes is non-zero; after that it is
+// 0 and torus_heal_copied_bytes_total has grown by fakeHealBytes in all.
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -110,18 +117,24 @@ func fakeTorusd(state string, args []string) int {
 		return 1
 	}
 	pid := strconv.Itoa(os.Getpid())
-	if err := os.WriteFile(filepath.Join(state, "pids", pid), nil, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(state, "pids", pid), []byte(flagValue(args, "--peer-address")), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/readyz", func(http.ResponseWriter, *http.Request) {})
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
-		var healed int
-		if _, err := os.Stat(filepath.Join(state, "healed")); err == nil {
-			healed = fakeHealBytes / 2 // two survivors share the copying
+		var pending, copied int
+		if b, err := os.ReadFile(filepath.Join(state, "down-since")); err == nil {
+			t0, _ := time.Parse(time.RFC3339Nano, string(b))
+			if time.Since(t0) < time.Second {
+				pending = fakeHealBytes / 2 // two survivors share the copying
+			} else {
+				copied = fakeHealBytes / 2
+			}
 		}
-		fmt.Fprintf(w, "# TYPE torus_heal_bytes_total counter\ntorus_heal_bytes_total{volume=\"bench\"} %d\n", healed)
+		fmt.Fprintf(w, "# TYPE torus_heal_copied_bytes_total counter\ntorus_heal_copied_bytes_total{peer=\"x\"} %d\n", copied)
+		fmt.Fprintf(w, "# TYPE torus_rebalance_pending_bytes gauge\ntorus_rebalance_pending_bytes{peer=\"x\"} %d\n", pending)
 	})
 	err := http.ListenAndServe(flagValue(args, "--http"), mux)
 	fmt.Fprintln(os.Stderr, err)
@@ -129,36 +142,36 @@ func fakeTorusd(state string, args []string) int {
 }
 
 func fakeTorusctl(state string, args []string) int {
-	cmd := strings.Join(args, " ")
-	switch {
+	switch cmd := strings.Join(args, " "); {
 	case strings.HasPrefix(cmd, "init --replication "), strings.HasPrefix(cmd, "volume create bench "):
 		return 0
 	case cmd == "status -o json":
+		fmt.Println(`{"cluster":{"replication":2},"ring_version":3,"replication":2,"ring_members":3,"peers":{"up":3},"volumes":1,"open_volumes":0,"default_export":""}`)
+		return 0
+	case cmd == "volume list -o json":
+		fmt.Println(`[{"name":"bench","id":1,"size":16777216,"min_replicas":0,"writer":"","used":null,"health":null}]`)
+		return 0
+	case cmd == "peer list -o json":
 	default:
 		fmt.Fprintln(os.Stderr, "torusctl: unexpected", cmd)
 		return 2
 	}
 	pids, _ := os.ReadDir(filepath.Join(state, "pids"))
-	dead := false
+	var peers []map[string]string
 	for _, e := range pids {
 		pid, _ := strconv.Atoi(e.Name())
+		addr, _ := os.ReadFile(filepath.Join(state, "pids", e.Name()))
+		st := "up"
 		if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
-			dead = true
+			st = "down"
+			since := filepath.Join(state, "down-since")
+			if _, err := os.Stat(since); err != nil {
+				os.WriteFile(since, []byte(time.Now().Format(time.RFC3339Nano)), 0o644)
+			}
 		}
+		peers = append(peers, map[string]string{"id": e.Name(), "address": string(addr), "state": st})
 	}
-	since := filepath.Join(state, "degraded-since")
-	if dead {
-		if _, err := os.Stat(since); err != nil {
-			os.WriteFile(since, []byte(time.Now().Format(time.RFC3339Nano)), 0o644)
-		}
-		b, _ := os.ReadFile(since)
-		t0, _ := time.Parse(time.RFC3339Nano, string(b))
-		if time.Since(t0) < time.Second {
-			fmt.Printf(`{"volumes":[{"name":"bench","under_replicated_bytes":%d,"healthy":false}]}`+"\n", fakeHealBytes)
-			return 0
-		}
-		os.WriteFile(filepath.Join(state, "healed"), nil, 0o644)
-	}
-	fmt.Println(`{"volumes":[{"name":"bench","under_replicated_bytes":0,"healthy":true}]}`)
+	b, _ := json.Marshal(peers)
+	fmt.Println(string(b))
 	return 0
 }

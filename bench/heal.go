@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,8 @@ import (
 //	"under_replicated_bytes":    integer, bytes that lack a replica
 //	"under_replicated_segments": integer, segments that lack a replica
 //	"healthy":                   boolean, false while anything is degraded
+//	"health":                    string, "ok" or "healthy" when nothing is
+//	                             degraded (null: unknown, ignored)
 //
 // A document with none of them is an error (ErrHealthFormat), so a changed
 // format shows up instead of reading as healthy.
@@ -71,6 +74,13 @@ func ParseHealth(data []byte) (Health, error) {
 						h.Unhealthy = h.Unhealthy || !b
 						continue
 					}
+				case "health":
+					// volume list prints null until torusctl can tell.
+					if str, ok := e.(string); ok {
+						found = true
+						h.Unhealthy = h.Unhealthy || (str != "ok" && str != "healthy")
+						continue
+					}
 				}
 				walk(e)
 			}
@@ -87,9 +97,14 @@ func ParseHealth(data []byte) (Health, error) {
 	return h, nil
 }
 
-// HealMetrics are the Prometheus counters, in any daemon's /metrics, that
-// count bytes copied by healing. The first one present is used.
-var HealMetrics = []string{"torus_heal_bytes_total", "torus_healed_bytes_total", "torus_repair_bytes_total"}
+// HealCopiedMetrics are the Prometheus counters, in a daemon's /metrics,
+// of bytes copied by healing; the first one present is used. torusd
+// exports torus_heal_copied_bytes_total.
+var HealCopiedMetrics = []string{"torus_heal_copied_bytes_total", "torus_heal_bytes_total"}
+
+// HealPendingMetric is torusd's gauge of bytes it still has to copy to heal
+// or rebalance.
+const HealPendingMetric = "torus_rebalance_pending_bytes"
 
 // SumMetric sums every sample of the metric name (any labels) in a
 // Prometheus text exposition. ok is false when there is none.
@@ -126,59 +141,194 @@ func SumMetric(r io.Reader, name string) (sum float64, ok bool, err error) {
 	return sum, ok, sc.Err()
 }
 
-// healedBytes sums the heal counter over the given daemons' /metrics.
-func healedBytes(ctx context.Context, daemons []*Daemon) (int64, bool) {
-	client := &http.Client{Timeout: 2 * time.Second}
-	for _, name := range HealMetrics {
-		var total float64
-		any := false
-		for _, d := range daemons {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.HTTP+"/metrics", nil)
-			if err != nil {
-				continue
-			}
-			resp, err := client.Do(req)
-			if err != nil {
-				continue
-			}
-			v, ok, err := SumMetric(resp.Body, name)
-			resp.Body.Close()
-			if err == nil && ok {
-				total += v
-				any = true
-			}
-		}
-		if any {
-			return int64(total), true
-		}
-	}
-	return 0, false
+// HealObs is one poll of the cluster during healing. Unknown values are
+// negative (counts) or nil.
+type HealObs struct {
+	// VictimDown: the cluster marks the killed daemon down.
+	VictimDown bool
+	// Pending is the survivors' summed HealPendingMetric (-1: unknown).
+	Pending int64
+	// Copied is the survivors' summed heal counter (-1: unknown).
+	Copied int64
+	// Health is torusctl's redundancy report (nil: it has none).
+	Health *Health
 }
 
-// health asks torusctl for the cluster's redundancy.
-func (c *TorusCluster) health(ctx context.Context) (Health, error) {
+// HealTracker decides, from successive observations, when healing after a
+// kill has been detected and when it has finished. It is pure: the caller
+// polls and feeds it.
+//
+// Healing is detected at the first observation where the victim is down,
+// something is pending, or torusctl reports the volume degraded. It is
+// finished when, after detection, two observations in a row show nothing
+// pending (or pending unknown), no degraded report, and proof that healing
+// happened: the heal counter grew, or torusctl had reported the volume
+// degraded. Without such proof it never finishes (the caller times out), so
+// a cluster that does not heal cannot read as healed.
+type HealTracker struct {
+	copied0    int64 // counter before the kill (-1: unknown)
+	detected   time.Duration
+	isDetected bool
+	sawReport  bool // torusctl reported degraded at some point
+	maxPending int64
+	maxUnder   int64
+	lastCopied int64
+	calm       int // consecutive observations that look finished
+	done       time.Duration
+}
+
+// NewHealTracker starts tracking; copied0 is the heal counter before the
+// kill (-1: unknown).
+func NewHealTracker(copied0 int64) *HealTracker {
+	return &HealTracker{copied0: copied0, lastCopied: -1}
+}
+
+// Observe feeds one observation made at elapsed time since the kill and
+// reports whether healing has finished.
+func (h *HealTracker) Observe(elapsed time.Duration, o HealObs) bool {
+	if h.done > 0 {
+		return true
+	}
+	degradedReport := o.Health != nil && o.Health.Degraded()
+	if degradedReport {
+		h.sawReport = true
+		h.maxUnder = max(h.maxUnder, o.Health.UnderReplicatedBytes)
+	}
+	h.maxPending = max(h.maxPending, o.Pending)
+	if o.Copied >= 0 {
+		h.lastCopied = o.Copied
+	}
+	if !h.isDetected && (o.VictimDown || o.Pending > 0 || degradedReport) {
+		h.isDetected, h.detected = true, elapsed
+	}
+	if !h.isDetected {
+		return false
+	}
+	progressed := h.sawReport || (h.copied0 >= 0 && h.lastCopied > h.copied0)
+	if o.Pending <= 0 && !degradedReport && progressed {
+		h.calm++
+	} else {
+		h.calm = 0
+	}
+	if h.calm >= 2 {
+		h.done = elapsed
+		return true
+	}
+	return false
+}
+
+// Detected returns when healing was first detected.
+func (h *HealTracker) Detected() (time.Duration, bool) { return h.detected, h.isDetected }
+
+// Bytes returns the bytes re-replicated and where the number comes from:
+// the heal counter's growth, else the largest pending or under-replicated
+// count seen.
+func (h *HealTracker) Bytes() (int64, string) {
+	switch {
+	case h.copied0 >= 0 && h.lastCopied > h.copied0:
+		return h.lastCopied - h.copied0, "metrics " + HealCopiedMetrics[0]
+	case h.maxPending > 0:
+		return h.maxPending, "metrics " + HealPendingMetric + " (peak)"
+	case h.maxUnder > 0:
+		return h.maxUnder, "torusctl under_replicated_bytes (peak)"
+	}
+	return 0, ""
+}
+
+// scrape sums metrics over the daemons' /metrics: the first of
+// HealCopiedMetrics present, and HealPendingMetric (-1 when absent).
+func scrape(ctx context.Context, daemons []*Daemon) (copied, pending int64) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	copied, pending = -1, -1
+	for _, d := range daemons {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.HTTP+"/metrics", nil)
+		if err != nil {
+			continue
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			continue
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		resp.Body.Close()
+		if err != nil {
+			continue
+		}
+		for _, name := range HealCopiedMetrics {
+			if v, ok, err := SumMetric(bytes.NewReader(body), name); err == nil && ok {
+				copied = max(copied, 0) + int64(v)
+				break
+			}
+		}
+		if v, ok, err := SumMetric(bytes.NewReader(body), HealPendingMetric); err == nil && ok {
+			pending = max(pending, 0) + int64(v)
+		}
+	}
+	return copied, pending
+}
+
+// peerEntry is what the benchmark reads of `torusctl peer list -o json`
+// (torus.PeerInfo).
+type peerEntry struct {
+	Address string `json:"address"`
+	State   string `json:"state"`
+}
+
+// PeerDown reports whether `peer list -o json` output shows the peer at
+// addr down; when no peer has that address, whether any peer is down.
+func PeerDown(data []byte, addr string) (bool, error) {
+	var peers []peerEntry
+	if err := json.Unmarshal(data, &peers); err != nil {
+		return false, fmt.Errorf("bench: peer list: %w", err)
+	}
+	anyDown, matched := false, false
+	for _, p := range peers {
+		down := p.State == "down"
+		anyDown = anyDown || down
+		if p.Address == addr {
+			matched = true
+			if down {
+				return true, nil
+			}
+		}
+	}
+	return !matched && anyDown, nil
+}
+
+// observe polls the cluster once.
+func (c *TorusCluster) observe(ctx context.Context, victim *Daemon, survivors []*Daemon) (HealObs, error) {
+	var o HealObs
 	var errs []error
+	o.Copied, o.Pending = scrape(ctx, survivors)
+	peersOK := false
+	if out, err := c.Ctl(ctx, "peer", "list", "-o", "json"); err != nil {
+		errs = append(errs, err)
+	} else if o.VictimDown, err = PeerDown(out, victim.PeerAddr); err != nil {
+		errs = append(errs, err)
+	} else {
+		peersOK = true
+	}
 	for _, args := range [][]string{{"status", "-o", "json"}, {"volume", "list", "-o", "json"}} {
 		out, err := c.Ctl(ctx, args...)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		h, err := ParseHealth(out)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("torusctl %s: %w", strings.Join(args, " "), err))
-			continue
+		if h, err := ParseHealth(out); err == nil {
+			o.Health = &h
+			break
 		}
-		return h, nil
 	}
-	return Health{}, errors.Join(errs...)
+	if !peersOK && o.Copied < 0 && o.Pending < 0 && o.Health == nil {
+		// Nothing learned: report why.
+		return o, errors.Join(errs...)
+	}
+	return o, nil
 }
 
 // MeasureHealing stops torusblk (a clean close), SIGKILLs the cluster's last
-// daemon and polls until the cluster has reported the volume degraded and
-// then healthy again, or timeout passes. The byte count is the survivors'
-// heal counter delta when they export one, else the largest
-// under-replicated byte count seen.
+// daemon and polls every half second (HealTracker) until healing has been
+// detected and finished, or timeout passes.
 func MeasureHealing(ctx context.Context, logger *slog.Logger, c *TorusCluster, timeout time.Duration) HealResult {
 	res := HealResult{Target: c.Spec.Name}
 	if len(c.Daemons) < 2 || c.Spec.Replication < 2 {
@@ -192,7 +342,8 @@ func MeasureHealing(ctx context.Context, logger *slog.Logger, c *TorusCluster, t
 	}
 	victim := c.Daemons[len(c.Daemons)-1]
 	survivors := c.Daemons[:len(c.Daemons)-1]
-	metric0, haveMetric := healedBytes(ctx, survivors)
+	copied0, _ := scrape(ctx, survivors)
+	tr := NewHealTracker(copied0)
 
 	res.Killed = victim.Name
 	start := time.Now()
@@ -203,46 +354,43 @@ func MeasureHealing(ctx context.Context, logger *slog.Logger, c *TorusCluster, t
 	defer cancel()
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	var maxUnder int64
-	var detected time.Duration
 	var lastErr error
 	for {
-		h, err := c.health(ctx)
+		o, err := c.observe(ctx, victim, survivors)
 		now := time.Since(start)
-		switch {
-		case err != nil:
+		if err != nil {
 			lastErr = err
-		case h.Degraded():
-			if detected == 0 {
-				detected = now
-				logger.Info("healing: volume degraded", "after", now.Round(time.Millisecond), "under_replicated_bytes", h.UnderReplicatedBytes)
+		} else {
+			_, was := tr.Detected()
+			finished := tr.Observe(now, o)
+			if d, is := tr.Detected(); is && !was {
+				logger.Info("healing: detected", "after", d.Round(time.Millisecond), "pending", o.Pending)
 			}
-			maxUnder = max(maxUnder, h.UnderReplicatedBytes)
-		case detected != 0:
-			res.TotalSeconds = now.Seconds()
-			res.DetectSeconds = detected.Seconds()
-			res.Bytes, res.Source = maxUnder, "status under_replicated_bytes"
-			if m1, ok := healedBytes(ctx, survivors); ok && haveMetric && m1 > metric0 {
-				res.Bytes, res.Source = m1-metric0, "metrics heal counter"
+			if finished {
+				d, _ := tr.Detected()
+				res.Status = "ok"
+				res.TotalSeconds, res.DetectSeconds = now.Seconds(), d.Seconds()
+				res.Bytes, res.Source = tr.Bytes()
+				mib := float64(res.Bytes) / (1 << 20)
+				if s := res.TotalSeconds - res.DetectSeconds; s > 0 {
+					res.MiBps = mib / s
+				}
+				res.TotalMiBps = mib / res.TotalSeconds
+				return res
 			}
-			res.Status = "ok"
-			mib := float64(res.Bytes) / (1 << 20)
-			if d := res.TotalSeconds - res.DetectSeconds; d > 0 {
-				res.MiBps = mib / d
-			}
-			res.TotalMiBps = mib / res.TotalSeconds
-			return res
 		}
 		select {
 		case <-ctx.Done():
+			_, detected := tr.Detected()
 			switch {
-			case detected == 0 && lastErr != nil:
+			case !detected && lastErr != nil:
 				res.Status = "error: " + oneLine(lastErr.Error(), 300)
-			case detected == 0:
-				res.Status = fmt.Sprintf("timeout: volume never reported degraded within %v", timeout)
+			case !detected:
+				res.Status = fmt.Sprintf("timeout: the kill was not noticed within %v", timeout)
 			default:
-				res.Status = fmt.Sprintf("timeout: still degraded after %v", timeout)
+				res.Status = fmt.Sprintf("timeout: healing not finished within %v", timeout)
 			}
+			res.Bytes, res.Source = tr.Bytes()
 			res.TotalSeconds = time.Since(start).Seconds()
 			return res
 		case <-tick.C:

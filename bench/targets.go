@@ -117,6 +117,8 @@ type Daemon struct {
 	DataDir string
 	// HTTP is host:port of its health and metrics endpoint.
 	HTTP string
+	// PeerAddr is host:port of its peer protocol (--peer-address).
+	PeerAddr string
 }
 
 // TorusCluster is a running Torus target: etcd, the daemons and torusblk.
@@ -184,9 +186,9 @@ func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, vo
 		if err != nil {
 			return nil, err
 		}
-		d := &Daemon{Name: fmt.Sprintf("torusd-%d", i), DataDir: dir, HTTP: Addr(ports[3+2*i])}
+		d := &Daemon{Name: fmt.Sprintf("torusd-%d", i), DataDir: dir, HTTP: Addr(ports[3+2*i]), PeerAddr: Addr(ports[2+2*i])}
 		d.Proc, err = g.Start(spec.Name+"-"+d.Name, filepath.Join(binDir, "torusd"), "--etcd", clientURL,
-			"--data-dir", dir, "--size", FormatSize(daemonSize), "--peer-address", Addr(ports[2+2*i]),
+			"--data-dir", dir, "--size", FormatSize(daemonSize), "--peer-address", d.PeerAddr,
 			"--http", d.HTTP, "--auto-join")
 		if err != nil {
 			return nil, err
