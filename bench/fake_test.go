@@ -146,7 +146,8 @@ func fakeTorusctl(state string, args []string) int {
 	case strings.HasPrefix(cmd, "init --replication "), strings.HasPrefix(cmd, "volume create bench "):
 		return 0
 	case cmd == "status -o json":
-		fmt.Println(`{"cluster":{"replication":2},"ring_version":3,"replication":2,"ring_members":3,"peers":{"up":3},"volumes":1,"open_volumes":0,"default_export":""}`)
+		pids, _ := os.ReadDir(filepath.Join(state, "pids"))
+		fmt.Printf(`{"cluster":{"replication":2},"ring_version":3,"replication":2,"ring_members":%d,"peers":{"up":3},"volumes":1,"open_volumes":0,"default_export":""}`+"\n", len(pids))
 		return 0
 	case cmd == "volume list -o json":
 		fmt.Println(`[{"name":"bench","id":1,"size":16777216,"min_replicas":0,"writer":"","used":null,"health":null}]`)

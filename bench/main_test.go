@@ -133,3 +133,14 @@ func TestRunBaselineFailureExits1(t *testing.T) {
 		t.Errorf("exit %d, want 1\n%s", code, out.String())
 	}
 }
+
+func TestRingMembers(t *testing.T) {
+	if n, ok := RingMembers([]byte(`{"ring_version":1,"ring_members":3,"peers":{}}`)); !ok || n != 3 {
+		t.Errorf("got %d %v", n, ok)
+	}
+	for _, bad := range []string{`{"ring_version":1}`, `[]`, `nope`} {
+		if _, ok := RingMembers([]byte(bad)); ok {
+			t.Errorf("%q: ok", bad)
+		}
+	}
+}

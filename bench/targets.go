@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -200,6 +201,21 @@ func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, vo
 			return nil, err
 		}
 	}
+	// --auto-join adds each daemon to the ring; wait until all are in it,
+	// so the volume's first segments get their full replica set.
+	err = WaitReady(ctx, nil, readyTimeout, "ring members", func(ctx context.Context) error {
+		out, err := c.Ctl(ctx, "status", "-o", "json")
+		if err != nil {
+			return err
+		}
+		if n, ok := RingMembers(out); ok && n < spec.Daemons {
+			return fmt.Errorf("%d of %d daemons in the ring", n, spec.Daemons)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	if _, err := c.Ctl(ctx, "volume", "create", ExportName, FormatSize(volSize)); err != nil {
 		return nil, err
 	}
@@ -251,4 +267,16 @@ func EvictCache(paths []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// RingMembers reads "ring_members" from `torusctl status -o json` output;
+// ok is false when the output has no such number.
+func RingMembers(status []byte) (n int, ok bool) {
+	var st struct {
+		RingMembers *int `json:"ring_members"`
+	}
+	if err := json.Unmarshal(status, &st); err != nil || st.RingMembers == nil {
+		return 0, false
+	}
+	return *st.RingMembers, true
 }
