@@ -77,6 +77,10 @@ func fakeMain(name string, args []string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if name == "torusd" && len(args) == 1 && args[0] == "--help" {
+		fmt.Println("Usage of torusd:\n  --down-grace duration   how long a peer stays down before healing")
+		return 0
+	}
 	if flagValue(args, "--etcd") == "" {
 		fmt.Fprintln(os.Stderr, name+": --etcd missing")
 		return 2
@@ -106,6 +110,10 @@ func fakeMain(name string, args []string) int {
 }
 
 func fakeTorusd(state string, args []string) int {
+	if flagValue(args, "--down-grace") != "5s" {
+		fmt.Fprintln(os.Stderr, "torusd: want --down-grace 5s (it has the flag)")
+		return 2
+	}
 	for _, f := range []string{"--data-dir", "--size", "--peer-address", "--http"} {
 		if flagValue(args, f) == "" {
 			fmt.Fprintln(os.Stderr, "torusd: missing", f)

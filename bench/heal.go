@@ -154,27 +154,35 @@ type HealObs struct {
 	Health *Health
 }
 
-// HealTracker decides, from successive observations, when healing after a
-// kill has been detected and when it has finished. It is pure: the caller
-// polls and feeds it.
+// HealTracker decides, from successive observations, when the kill was
+// noticed, when copying started and when healing finished. It is pure: the
+// caller polls and feeds it.
 //
-// Healing is detected at the first observation where the victim is down,
-// something is pending, or torusctl reports the volume degraded. It is
-// finished when, after detection, two observations in a row show nothing
-// pending (or pending unknown), no degraded report, and proof that healing
-// happened: the heal counter grew, or torusctl had reported the volume
-// degraded. Without such proof it never finishes (the caller times out), so
-// a cluster that does not heal cannot read as healed.
+//   - Noticed: the first observation where the victim is down, something is
+//     pending, the heal counter grew, or torusctl reports the volume
+//     degraded.
+//   - Copying started: the first observation where something is pending or
+//     the heal counter grew (the daemons may wait a grace period after
+//     "down" before they copy; that wait is not copy time). When neither
+//     signal exists, copying is taken to start when the kill was noticed.
+//   - Finished: after noticing, two observations in a row show nothing
+//     pending (or pending unknown), no degraded report, and proof that
+//     healing happened: the heal counter grew, or torusctl had reported the
+//     volume degraded. Without such proof it never finishes (the caller
+//     times out), so a cluster that does not heal cannot read as healed.
 type HealTracker struct {
 	copied0    int64 // counter before the kill (-1: unknown)
-	detected   time.Duration
-	isDetected bool
+	noticed    time.Duration
+	isNoticed  bool
+	copyStart  time.Duration
+	isCopying  bool
 	sawReport  bool // torusctl reported degraded at some point
 	maxPending int64
 	maxUnder   int64
 	lastCopied int64
 	calm       int // consecutive observations that look finished
 	done       time.Duration
+	isDone     bool
 }
 
 // NewHealTracker starts tracking; copied0 is the heal counter before the
@@ -186,7 +194,7 @@ func NewHealTracker(copied0 int64) *HealTracker {
 // Observe feeds one observation made at elapsed time since the kill and
 // reports whether healing has finished.
 func (h *HealTracker) Observe(elapsed time.Duration, o HealObs) bool {
-	if h.done > 0 {
+	if h.isDone {
 		return true
 	}
 	degradedReport := o.Health != nil && o.Health.Degraded()
@@ -198,27 +206,39 @@ func (h *HealTracker) Observe(elapsed time.Duration, o HealObs) bool {
 	if o.Copied >= 0 {
 		h.lastCopied = o.Copied
 	}
-	if !h.isDetected && (o.VictimDown || o.Pending > 0 || degradedReport) {
-		h.isDetected, h.detected = true, elapsed
+	grew := h.copied0 >= 0 && h.lastCopied > h.copied0
+	if !h.isCopying && (o.Pending > 0 || grew) {
+		h.isCopying, h.copyStart = true, elapsed
 	}
-	if !h.isDetected {
+	if !h.isNoticed && (o.VictimDown || degradedReport || h.isCopying) {
+		h.isNoticed, h.noticed = true, elapsed
+	}
+	if !h.isNoticed {
 		return false
 	}
-	progressed := h.sawReport || (h.copied0 >= 0 && h.lastCopied > h.copied0)
-	if o.Pending <= 0 && !degradedReport && progressed {
+	if o.Pending <= 0 && !degradedReport && (h.sawReport || grew) {
 		h.calm++
 	} else {
 		h.calm = 0
 	}
 	if h.calm >= 2 {
-		h.done = elapsed
+		h.isDone, h.done = true, elapsed
 		return true
 	}
 	return false
 }
 
-// Detected returns when healing was first detected.
-func (h *HealTracker) Detected() (time.Duration, bool) { return h.detected, h.isDetected }
+// Noticed returns when the kill was first noticed.
+func (h *HealTracker) Noticed() (time.Duration, bool) { return h.noticed, h.isNoticed }
+
+// CopyStart returns when copying started (when the kill was noticed if no
+// signal showed copying itself).
+func (h *HealTracker) CopyStart() time.Duration {
+	if h.isCopying {
+		return h.copyStart
+	}
+	return h.noticed
+}
 
 // Bytes returns the bytes re-replicated and where the number comes from:
 // the heal counter's growth, else the largest pending or under-replicated
@@ -233,6 +253,22 @@ func (h *HealTracker) Bytes() (int64, string) {
 		return h.maxUnder, "torusctl under_replicated_bytes (peak)"
 	}
 	return 0, ""
+}
+
+// Result fills the timing, byte and rate fields of r from a finished
+// tracker, total being the time from the kill to the end.
+func (h *HealTracker) Result(r *HealResult, total time.Duration) {
+	r.TotalSeconds = total.Seconds()
+	r.DetectSeconds = h.noticed.Seconds()
+	r.CopyStartSeconds = h.CopyStart().Seconds()
+	r.Bytes, r.Source = h.Bytes()
+	mib := float64(r.Bytes) / (1 << 20)
+	if d := r.TotalSeconds - r.CopyStartSeconds; d > 0 {
+		r.MiBps = mib / d
+	}
+	if r.TotalSeconds > 0 {
+		r.TotalMiBps = mib / r.TotalSeconds
+	}
 }
 
 // scrape sums metrics over the daemons' /metrics: the first of
@@ -361,27 +397,20 @@ func MeasureHealing(ctx context.Context, logger *slog.Logger, c *TorusCluster, t
 		if err != nil {
 			lastErr = err
 		} else {
-			_, was := tr.Detected()
+			_, was := tr.Noticed()
 			finished := tr.Observe(now, o)
-			if d, is := tr.Detected(); is && !was {
-				logger.Info("healing: detected", "after", d.Round(time.Millisecond), "pending", o.Pending)
+			if d, is := tr.Noticed(); is && !was {
+				logger.Info("healing: kill noticed", "after", d.Round(time.Millisecond), "pending", o.Pending)
 			}
 			if finished {
-				d, _ := tr.Detected()
 				res.Status = "ok"
-				res.TotalSeconds, res.DetectSeconds = now.Seconds(), d.Seconds()
-				res.Bytes, res.Source = tr.Bytes()
-				mib := float64(res.Bytes) / (1 << 20)
-				if s := res.TotalSeconds - res.DetectSeconds; s > 0 {
-					res.MiBps = mib / s
-				}
-				res.TotalMiBps = mib / res.TotalSeconds
+				tr.Result(&res, now)
 				return res
 			}
 		}
 		select {
 		case <-ctx.Done():
-			_, detected := tr.Detected()
+			_, detected := tr.Noticed()
 			switch {
 			case !detected && lastErr != nil:
 				res.Status = "error: " + oneLine(lastErr.Error(), 300)
@@ -390,8 +419,8 @@ func MeasureHealing(ctx context.Context, logger *slog.Logger, c *TorusCluster, t
 			default:
 				res.Status = fmt.Sprintf("timeout: healing not finished within %v", timeout)
 			}
-			res.Bytes, res.Source = tr.Bytes()
-			res.TotalSeconds = time.Since(start).Seconds()
+			tr.Result(&res, time.Since(start))
+			res.MiBps, res.TotalMiBps = 0, 0
 			return res
 		case <-tick.C:
 		}

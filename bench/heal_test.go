@@ -125,8 +125,14 @@ func TestHealTracker(t *testing.T) {
 			t.Fatalf("step %d: done %v, want %v", i, got, st.done)
 		}
 	}
-	if d, ok := tr.Detected(); !ok || d != 2*s {
-		t.Errorf("detected %v %v", d, ok)
+	if d, ok := tr.Noticed(); !ok || d != 2*s || tr.CopyStart() != 3*s {
+		t.Errorf("noticed %v %v, copy start %v; want 2s, 3s", d, ok, tr.CopyStart())
+	}
+	var r HealResult
+	tr.Result(&r, 5*s)
+	if r.Bytes != 600 || r.DetectSeconds != 2 || r.CopyStartSeconds != 3 || r.TotalSeconds != 5 ||
+		r.MiBps != 300.0/(1<<20) || r.TotalMiBps != 120.0/(1<<20) {
+		t.Errorf("result %+v", r)
 	}
 	if b, src := tr.Bytes(); b != 600 || !strings.Contains(src, "copied") {
 		t.Errorf("bytes %d from %q", b, src)
@@ -147,8 +153,8 @@ func TestHealTracker(t *testing.T) {
 	for i := range 5 {
 		tr.Observe(time.Duration(i)*s, unknown)
 	}
-	if _, ok := tr.Detected(); ok {
-		t.Error("detected from no information")
+	if _, ok := tr.Noticed(); ok {
+		t.Error("noticed from no information")
 	}
 
 	// torusctl redundancy path, no metrics: degraded reports, then healthy.
@@ -165,6 +171,9 @@ func TestHealTracker(t *testing.T) {
 	}
 	if b, src := tr.Bytes(); b != 4096 || !strings.Contains(src, "under_replicated") {
 		t.Errorf("bytes %d from %q", b, src)
+	}
+	if tr.CopyStart() != 0 {
+		t.Errorf("copy start without copy signals = %v, want the noticing time 0", tr.CopyStart())
 	}
 	// A blip of calm between rounds of copying does not end it.
 	tr = NewHealTracker(0)

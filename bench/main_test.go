@@ -144,3 +144,23 @@ func TestRingMembers(t *testing.T) {
 		}
 	}
 }
+
+func TestDaemonExtraArgs(t *testing.T) {
+	help := "Flags:\n  --down-grace duration  wait before healing\n"
+	for _, c := range []struct {
+		help  string
+		grace time.Duration
+		user  string
+		want  string
+	}{
+		{help, 5 * time.Second, "", "--down-grace 5s"},
+		{"Flags:\n  --size", 5 * time.Second, "", ""},
+		{help, 0, "", ""},
+		{help, 5 * time.Second, "--zone a  --rebalance-rate 0", "--zone a --rebalance-rate 0 --down-grace 5s"},
+		{help, 5 * time.Second, "--down-grace=1s", "--down-grace=1s"},
+	} {
+		if got := strings.Join(DaemonExtraArgs(c.help, c.grace, c.user), " "); got != c.want {
+			t.Errorf("%q %v %q: %q, want %q", c.help, c.grace, c.user, got, c.want)
+		}
+	}
+}

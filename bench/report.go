@@ -238,13 +238,16 @@ type HealResult struct {
 	Killed string `json:"killed,omitempty"`
 	// Bytes re-replicated.
 	Bytes int64 `json:"bytes"`
-	// DetectSeconds is the time from the kill until the cluster first
-	// reported the volume under-replicated.
+	// DetectSeconds is the time from the kill until the cluster noticed it
+	// (peer down, volume degraded, or copying).
 	DetectSeconds float64 `json:"detect_seconds"`
-	// TotalSeconds is the time from the kill until the volume was healthy.
+	// CopyStartSeconds is the time from the kill until copying started
+	// (after the daemons' grace period for a down peer).
+	CopyStartSeconds float64 `json:"copy_start_seconds"`
+	// TotalSeconds is the time from the kill until healing finished.
 	TotalSeconds float64 `json:"total_seconds"`
-	// MiBps is Bytes / (TotalSeconds - DetectSeconds): the copy rate once
-	// healing has started. TotalMiBps includes the detection delay.
+	// MiBps is Bytes / (TotalSeconds - CopyStartSeconds): the copy rate.
+	// TotalMiBps is Bytes / TotalSeconds, detection and grace included.
 	MiBps      float64 `json:"mib_per_sec"`
 	TotalMiBps float64 `json:"total_mib_per_sec"`
 	// Source says where the byte count came from (status or metrics).

@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -152,11 +154,37 @@ func (c *TorusCluster) Ctl(ctx context.Context, args ...string) ([]byte, error) 
 	return RunCmd(ctx, 60*time.Second, argv...)
 }
 
-// StartTorus starts etcd, initializes the cluster, starts the daemons (each
-// offering daemonSize bytes), creates the volume of volSize bytes and serves
-// it over NBD. Every process belongs to g;
+// TorusOptions are the settings shared by the Torus targets of a run.
+type TorusOptions struct {
+	// Bin is the directory holding the binaries.
+	Bin string
+	// VolumeSize is the size of the benchmark volume.
+	VolumeSize int64
+	// DaemonSize is each torusd's --size.
+	DaemonSize int64
+	// DaemonArgs are appended to every torusd command line.
+	DaemonArgs []string
+}
+
+// DaemonExtraArgs returns the arguments appended to every torusd: the
+// user's (space-separated), and --down-grace when torusd's help text
+// (torusdHelp) shows it has that flag and downGrace > 0, so that healing
+// starts soon after the benchmark kills a daemon instead of after the
+// production default (minutes). A --down-grace among the user's wins.
+func DaemonExtraArgs(torusdHelp string, downGrace time.Duration, user string) []string {
+	args := strings.Fields(user)
+	userSet := slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--down-grace") })
+	if downGrace > 0 && !userSet && strings.Contains(torusdHelp, "--down-grace") {
+		args = append(args, "--down-grace", downGrace.String())
+	}
+	return args
+}
+
+// StartTorus starts etcd, initializes the cluster, starts the daemons,
+// creates the volume and serves it over NBD. Every process belongs to g;
 // on error the caller closes g.
-func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, volSize, daemonSize int64) (*TorusCluster, error) {
+func StartTorus(ctx context.Context, g *Procs, opts TorusOptions, spec TorusSpec) (*TorusCluster, error) {
+	binDir := opts.Bin
 	c := &TorusCluster{Spec: spec, Bin: binDir, g: g}
 	etcdDir, err := g.TempDir("etcd-*")
 	if err != nil {
@@ -188,9 +216,10 @@ func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, vo
 			return nil, err
 		}
 		d := &Daemon{Name: fmt.Sprintf("torusd-%d", i), DataDir: dir, HTTP: Addr(ports[3+2*i]), PeerAddr: Addr(ports[2+2*i])}
-		d.Proc, err = g.Start(spec.Name+"-"+d.Name, filepath.Join(binDir, "torusd"), "--etcd", clientURL,
-			"--data-dir", dir, "--size", FormatSize(daemonSize), "--peer-address", d.PeerAddr,
-			"--http", d.HTTP, "--auto-join")
+		argv := []string{filepath.Join(binDir, "torusd"), "--etcd", clientURL,
+			"--data-dir", dir, "--size", FormatSize(opts.DaemonSize), "--peer-address", d.PeerAddr,
+			"--http", d.HTTP, "--auto-join"}
+		d.Proc, err = g.Start(spec.Name+"-"+d.Name, append(argv, opts.DaemonArgs...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -216,7 +245,7 @@ func StartTorus(ctx context.Context, g *Procs, binDir string, spec TorusSpec, vo
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.Ctl(ctx, "volume", "create", ExportName, FormatSize(volSize)); err != nil {
+	if _, err := c.Ctl(ctx, "volume", "create", ExportName, FormatSize(opts.VolumeSize)); err != nil {
 		return nil, err
 	}
 	c.NBDPort = ports[len(ports)-1]
