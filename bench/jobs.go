@@ -119,10 +119,10 @@ type Settings struct {
 // Validate checks the settings.
 func (s Settings) Validate() error {
 	switch {
-	case s.Runtime < time.Second:
-		return fmt.Errorf("bench: runtime %v is under 1s", s.Runtime)
-	case s.Ramp < 0:
-		return fmt.Errorf("bench: negative ramp %v", s.Ramp)
+	case s.Runtime < time.Second || s.Runtime%time.Second != 0:
+		return fmt.Errorf("bench: runtime %v must be a whole number of seconds, at least 1", s.Runtime)
+	case s.Ramp < 0 || s.Ramp%time.Second != 0:
+		return fmt.Errorf("bench: ramp %v must be a whole number of seconds", s.Ramp)
 	case s.Size < 1<<20 || s.Size%(1<<20) != 0:
 		return fmt.Errorf("bench: data set size %d must be a positive multiple of 1 MiB", s.Size)
 	}

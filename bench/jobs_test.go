@@ -94,6 +94,8 @@ func TestSettingsValidate(t *testing.T) {
 		{Runtime: time.Second, Size: 0},
 		{Runtime: time.Second, Size: 1<<20 + 1},
 		{Runtime: time.Second, Ramp: -1, Size: 1 << 20},
+		{Runtime: 1500 * time.Millisecond, Size: 1 << 20},
+		{Runtime: time.Second, Ramp: 10 * time.Millisecond, Size: 1 << 20},
 	} {
 		if bad.Validate() == nil {
 			t.Errorf("%+v accepted", bad)

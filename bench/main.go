@@ -277,10 +277,11 @@ func writeOutputs(dir string, rep Report) error {
 		}
 	}
 	title := fmt.Sprintf("Throughput relative to nbdkit (%s, %s)", rep.Mode, rep.Started.UTC().Format("2006-01-02 15:04Z"))
-	if err := WriteChart(filepath.Join(dir, "latest.png"), title, rep.Jobs, rep.Targets, rep.Results); err != nil {
-		return err
+	if names, _ := ChartSeries(rep.Jobs, rep.Targets, rep.Results); len(names) == 0 {
+		// Nothing to compare with nbdkit (it did not run, or only it ran).
+		return nil
 	}
-	return nil
+	return WriteChart(filepath.Join(dir, "latest.png"), title, rep.Jobs, rep.Targets, rep.Results)
 }
 
 // bench is one run.
