@@ -133,7 +133,6 @@ type TorusCluster struct {
 	Daemons []*Daemon
 	Blk     *Proc
 	NBDPort int
-	g       *Procs
 }
 
 // Endpoint is where fio reaches the volume.
@@ -185,7 +184,7 @@ func DaemonExtraArgs(torusdHelp string, downGrace time.Duration, user string) []
 // on error the caller closes g.
 func StartTorus(ctx context.Context, g *Procs, opts TorusOptions, spec TorusSpec) (*TorusCluster, error) {
 	binDir := opts.Bin
-	c := &TorusCluster{Spec: spec, Bin: binDir, g: g}
+	c := &TorusCluster{Spec: spec, Bin: binDir}
 	etcdDir, err := g.TempDir("etcd-*")
 	if err != nil {
 		return nil, err
