@@ -110,6 +110,12 @@ func (w *lockedBuffer) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
+func (w *lockedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
 // Start starts (or restarts) the process.
 func (p *Proc) Start(t testing.TB) {
 	t.Helper()
@@ -203,13 +209,12 @@ func (p *Proc) Pid() int {
 // Output returns what the process printed so far.
 func (p *Proc) Output() string {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.log == nil {
+	log := p.log
+	p.mu.Unlock()
+	if log == nil {
 		return ""
 	}
-	p.log.mu.Lock()
-	defer p.log.mu.Unlock()
-	return p.log.b.String()
+	return log.String()
 }
 
 // Cluster is etcd plus daemons, started by New.
