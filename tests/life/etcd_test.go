@@ -73,9 +73,9 @@ func TestEtcdRestart(t *testing.T) {
 
 	// Daemons reconnect: ready, and shown up.
 	for i, d := range c.Daemons {
-		took, ok, last := poll(20*time.Second, 200*time.Millisecond, func() (bool, string) { return ready(d.HTTPAddr) })
+		took, ok, last := poll(20*time.Second, 200*time.Millisecond, func() (bool, string) { return stablyReady(d.HTTPAddr) })
 		if !ok {
-			t.Errorf("daemon %d not ready %v after etcd came back (readyz: %s)", i, took.Round(time.Millisecond), last)
+			t.Errorf("daemon %d not steadily ready %v after etcd came back (readyz: %s)", i, took.Round(time.Millisecond), last)
 		}
 	}
 	if _, ok, last := poll(10*time.Second, 200*time.Millisecond, func() (bool, string) {

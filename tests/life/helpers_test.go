@@ -419,3 +419,18 @@ func ready(httpAddr string) (bool, string) {
 	resp.Body.Close()
 	return resp.StatusCode == 200, fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(b)))
 }
+
+// stablyReady reports whether /readyz answers 200 five times in a row over
+// a second and a half (a liveness lease that is re-created and lost on
+// every heartbeat would flap).
+func stablyReady(httpAddr string) (bool, string) {
+	for i := 0; i < 5; i++ {
+		if i > 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		if ok, state := ready(httpAddr); !ok {
+			return false, fmt.Sprintf("check %d of 5: %s", i+1, state)
+		}
+	}
+	return true, ""
+}

@@ -47,6 +47,7 @@ type robust struct {
 	counts map[string]int
 	etcdUp bool
 	cut    bool
+	repl   int
 }
 
 func (r *robust) logf(format string, args ...any) {
@@ -93,11 +94,19 @@ func (r *robust) newWriter(why string) {
 		r.writer, r.addr = r.c.StartNBD()
 	}
 	deadline := time.Now().Add(writerLeaseTTL + 30*time.Second)
+	began := time.Now()
 	for {
 		nc, err := tryAttach(r.dial(), r.addr, r.vol)
 		if err == nil {
 			r.nc = nc
+			if d := time.Since(began); d > 5*time.Second {
+				r.logf("attaching took %v", d.Round(time.Millisecond))
+			}
 			break
+		}
+		if time.Since(began) > 5*time.Second && r.counts["attach retries logged"] < 20 {
+			r.counts["attach retries logged"]++
+			r.logf("attach: %v", err)
 		}
 		if time.Now().After(deadline) {
 			r.fatalf("new writer (%s) cannot attach: %v", why, err)
@@ -134,8 +143,14 @@ func (r *robust) healFaults() {
 		}
 	}
 	r.c.WaitHTTP(r.c.EtcdURL+"/health", 30*time.Second)
-	for _, d := range r.c.Daemons {
-		r.c.WaitHTTP("http://"+d.HTTPAddr+"/readyz", 30*time.Second)
+	for i, d := range r.c.Daemons {
+		// Not ready is a liveness bug, reported without stopping the run:
+		// the data checks go on.
+		if took, ok, last := poll(30*time.Second, 200*time.Millisecond, func() (bool, string) { return ready(d.HTTPAddr) }); !ok {
+			r.counts["daemon not ready after healing"]++
+			r.logf("daemon %d not ready %v after every fault healed: %s", i, took.Round(time.Millisecond), last)
+			r.t.Errorf("daemon %d not ready %v after every fault healed (readyz: %s)", i, took.Round(time.Millisecond), last)
+		}
 	}
 }
 
@@ -175,7 +190,8 @@ func (r *robust) recover() {
 
 // TestRobustness runs random writes, flushes, partial reads and faults
 // (replica SIGKILL and restart, writer SIGKILL and takeover, etcd restart,
-// short partitions of the writer's host) against a 3-daemon cluster,
+// short partitions of the writer's host, ring changes: a daemon joining,
+// the replication factor toggling between 2 and 3) against a 3-daemon cluster,
 // checking every read against the model. TORUS_SEED replays the sequence of
 // operations (timing still varies).
 func TestRobustness(t *testing.T) {
@@ -183,7 +199,7 @@ func TestRobustness(t *testing.T) {
 	dur := robustnessDuration(t)
 	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2})
 	r := &robust{t: t, c: c, rng: rand.New(rand.NewPCG(uint64(sd), 7)), vol: "rb", blocks: 4096,
-		start: time.Now(), counts: map[string]int{}, etcdUp: true}
+		start: time.Now(), counts: map[string]int{}, etcdUp: true, repl: 2}
 	createVolume(t, c, r.vol, "16MiB", 1)
 	r.m = newModel(sd, r.blocks)
 	r.w = newWorkload(r.m, uint64(sd), "robustness")
@@ -220,8 +236,7 @@ func TestRobustness(t *testing.T) {
 		r.logf("I/O: %v", err)
 		time.Sleep(20 * time.Millisecond)
 	}
-	for time.Now().Before(end) {
-		ops++
+	runUndos := func() {
 		now := time.Now()
 		for i := 0; i < len(undos); i++ {
 			if now.After(undos[i].at) {
@@ -231,6 +246,28 @@ func TestRobustness(t *testing.T) {
 				i--
 			}
 		}
+	}
+	// runIO runs one request in a goroutine while this goroutine keeps
+	// undoing faults on time (a write stuck in a partition must not
+	// stretch the partition). io must not touch t.
+	runIO := func(io func() error) error {
+		done := make(chan error, 1)
+		go func() { done <- io() }()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case err := <-done:
+				return err
+			case <-tick.C:
+				runUndos()
+			}
+		}
+	}
+	for time.Now().Before(end) {
+		ops++
+		now := time.Now()
+		runUndos()
 		if now.After(nextFault) {
 			nextFault = now.Add(1500*time.Millisecond + time.Duration(r.rng.Int64N(int64(2500*time.Millisecond))))
 			hold := time.Second + time.Duration(r.rng.Int64N(int64(4*time.Second)))
@@ -274,6 +311,28 @@ func TestRobustness(t *testing.T) {
 						}
 					}})
 				}
+			case x < 78:
+				// Ring change: a fourth daemon joins, then the replication
+				// factor toggles between 2 and 3.
+				if len(c.Daemons) == 3 {
+					r.counts["ring: add daemon"]++
+					d := c.AddDaemon(c.Opts)
+					if r.host != nil {
+						r.host.Link(t, d.PeerAddr)
+					}
+					r.logf("ring change: daemon %d (%s) joins", len(c.Daemons)-1, d.PeerAddr)
+				} else {
+					n := "3"
+					if r.repl == 3 {
+						n = "2"
+					}
+					out, err := c.CtlErr("ring", "set-replication", n)
+					if err == nil {
+						r.repl = int(n[0] - '0')
+						r.counts["ring: set replication"]++
+					}
+					r.logf("ring change: replication %s: %v %s", n, err, strings.TrimSpace(out))
+				}
 			case x < 85:
 				if r.host != nil && !r.cut {
 					r.counts["partition"]++
@@ -298,12 +357,12 @@ func TestRobustness(t *testing.T) {
 		switch x := r.rng.IntN(100); {
 		case x < 80:
 			r.counts["write"]++
-			if err := r.w.step(r.nc); err != nil {
+			if err := runIO(func() error { return r.w.step(r.nc) }); err != nil {
 				ioErr(err)
 			}
 		case x < 90:
 			r.counts["flush"]++
-			if err := r.w.doFlush(r.nc); err != nil {
+			if err := runIO(func() error { return r.w.doFlush(r.nc) }); err != nil {
 				ioErr(err)
 			}
 		default:
@@ -311,7 +370,7 @@ func TestRobustness(t *testing.T) {
 			n := 1 + r.rng.Int64N(64)
 			first := r.rng.Int64N(r.blocks - n + 1)
 			p := make([]byte, n*blockSize)
-			if err := r.nc.ReadAt(p, first*blockSize); err != nil {
+			if err := runIO(func() error { return r.nc.ReadAt(p, first*blockSize) }); err != nil {
 				ioErr(err)
 				break
 			}
