@@ -39,7 +39,7 @@ type clusterView struct {
 	// lengths holds, for every live segment of every volume, the
 	// authoritative length, or -1 when it is not known (an open segment,
 	// or a segment named only through a checkpoint).
-	live map[uint64]map[torus.SegmentID]bool
+	live map[uint64]map[torus.SegmentID]int64
 }
 
 // maintain runs one pass: GC of local segments that no head or snapshot
@@ -67,10 +67,10 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing volumes: %w", err)
 	}
-	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]bool)}
+	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64)}
 	for _, v := range vols {
 		view.volumes[v.ID] = v
-		live, err := volume.LiveSegments(ctx, s.meta, s.pool, v.Name)
+		live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, v.Name, &s.tables)
 		if err != nil {
 			if errors.Is(err, torus.ErrNotExist) {
 				continue // deleted meanwhile: its segments are kept this pass
@@ -89,7 +89,7 @@ func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, 
 		id := si.ID
 		if _, ok := view.volumes[id.Volume]; ok {
 			live, known := view.live[id.Volume]
-			if !known || live[id] {
+			if _, isLive := live[id]; !known || isLive {
 				continue
 			}
 		}
@@ -101,9 +101,6 @@ func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, 
 		s.log.Debug("gc: deleted segment", "segment", id, "bytes", si.Length)
 	}
 }
-
-// heal is replaced by the planner-driven pass in heal.go.
-func (s *Server) heal(ctx context.Context, view *clusterView) error { return nil }
 
 // copySegment copies local segment seg, up to length bytes, to peer to. It
 // resumes where the target's copy ends, so an interrupted copy continues

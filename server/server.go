@@ -15,6 +15,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/storage"
+	"github.com/torus-storage/torus/volume"
 )
 
 // Server is one storage daemon.
@@ -23,26 +24,30 @@ type Server struct {
 	meta torus.Metadata
 	log  *slog.Logger
 
-	id       string
-	store    *storage.Disk
-	local    *peer.Local
-	psrv     *peer.Server
-	peerLn   net.Listener
-	httpSrv  *http.Server
-	httpLn   net.Listener
-	advert   string
-	metrics  *metrics
-	pool     *peer.Pool
-	ready    atomic.Bool
-	inRing   atomic.Bool
-	pending  atomic.Int64
-	sessMu   sync.Mutex
-	session  torus.Session
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	closeMu  sync.Mutex
-	closed   bool
-	closeErr error
+	id         string
+	store      *storage.Disk
+	local      *peer.Local
+	psrv       *peer.Server
+	peerLn     net.Listener
+	httpSrv    *http.Server
+	httpLn     net.Listener
+	advert     string
+	metrics    *metrics
+	pool       *peer.Pool
+	ready      atomic.Bool
+	inRing     atomic.Bool
+	pending    atomic.Int64
+	tables     volume.TableCache
+	downMu     sync.Mutex
+	downSince  map[string]time.Time
+	lastHealth map[string]torus.VolumeHealth
+	sessMu     sync.Mutex
+	session    torus.Session
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	closeMu    sync.Mutex
+	closed     bool
+	closeErr   error
 }
 
 // New checks cfg and returns a daemon that Start will bring up.

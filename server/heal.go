@@ -1,0 +1,213 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/rebalance"
+	"github.com/torus-storage/torus/ring"
+	"github.com/torus-storage/torus/volume"
+)
+
+// healCopies is how many segment copies one daemon runs at once.
+const healCopies = 4
+
+// liveness classifies peers for planning. A member that is down but still
+// within DownGrace counts as up: its data is not re-replicated yet (a reboot
+// should not trigger a rebuild), and it is never a copy target or source
+// while it is actually down.
+type liveness struct {
+	up       map[string]bool // for planning
+	reallyUp map[string]bool
+	draining map[string]bool
+}
+
+func (s *Server) liveness(peers []torus.PeerInfo) liveness {
+	l := liveness{up: map[string]bool{}, reallyUp: map[string]bool{}, draining: map[string]bool{}}
+	now := time.Now()
+	s.downMu.Lock()
+	defer s.downMu.Unlock()
+	if s.downSince == nil {
+		s.downSince = make(map[string]time.Time)
+	}
+	for _, p := range peers {
+		alive := p.State == torus.PeerUp ||
+			(p.State != torus.PeerDown && now.Sub(p.LastSeen) < 2*s.cfg.HeartbeatTTL)
+		if p.ID == s.id {
+			alive = true
+		}
+		if p.State == torus.PeerDraining {
+			l.draining[p.ID] = true
+		}
+		if alive {
+			l.up[p.ID] = true
+			l.reallyUp[p.ID] = true
+			delete(s.downSince, p.ID)
+			continue
+		}
+		if p.State == torus.PeerDown {
+			since, ok := s.downSince[p.ID]
+			if !ok {
+				since = now
+				s.downSince[p.ID] = now
+			}
+			if now.Sub(since) < s.cfg.DownGrace {
+				l.up[p.ID] = true
+			}
+		}
+	}
+	return l
+}
+
+// heal gathers the cluster's inventory, plans with package rebalance, and
+// carries out this daemon's share: copies it is the source of and deletes
+// of its surplus copies.
+func (s *Server) heal(ctx context.Context, view *clusterView) error {
+	spec, err := s.meta.Ring(ctx)
+	if err != nil {
+		return fmt.Errorf("reading ring: %w", err)
+	}
+	if len(spec.Members) == 0 {
+		return nil
+	}
+	r, err := ring.New(spec)
+	if err != nil {
+		return err
+	}
+	peers, err := s.meta.Peers(ctx)
+	if err != nil {
+		return fmt.Errorf("listing peers: %w", err)
+	}
+	live := s.liveness(peers)
+	inv, err := s.inventory(ctx, live.reallyUp)
+	if err != nil {
+		return err
+	}
+	var segs []rebalance.Segment
+	for _, lens := range view.live {
+		for id, n := range lens {
+			holders := inv[id]
+			if len(holders) == 0 && n == volume.Unknown {
+				continue
+			}
+			segs = append(segs, rebalance.Segment{ID: id, Sealed: n != volume.Unknown, Length: max(n, 0), Holders: holders})
+		}
+	}
+	plan, err := rebalance.Compute(rebalance.Input{Ring: r, Up: live.up, Draining: live.draining, Segments: segs})
+	if err != nil {
+		return err
+	}
+	s.publishStatus(ctx, view, r.Replication(), segs, live, plan)
+	mine := plan.ForPeer(s.id)
+	// Moves involving a peer that is down (within its grace) wait.
+	copies := slices.DeleteFunc(mine.Copies, func(c rebalance.Copy) bool { return !live.reallyUp[c.To] })
+	var left int64
+	for _, c := range copies {
+		left += c.Length - c.Have
+	}
+	s.pending.Store(left)
+	if len(plan.Unavailable) > 0 {
+		s.log.Error("segments with no copy on an up peer", "count", len(plan.Unavailable), "first", plan.Unavailable[0])
+	}
+	if len(copies) == 0 && len(mine.Deletes) == 0 {
+		return nil
+	}
+	s.log.Info("healing", "copies", len(copies), "bytes", left, "deletes", len(mine.Deletes),
+		"under_replicated", plan.UnderReplicated)
+
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+		sem  = make(chan struct{}, healCopies)
+	)
+	for _, c := range copies {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func(c rebalance.Copy) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := s.copySegment(ctx, c.Seg, c.To, c.Length)
+			s.pending.Add(-(c.Length - c.Have))
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				return
+			}
+			s.log.Debug("healed segment", "segment", c.Seg, "to", c.To, "bytes", c.Length-c.Have)
+		}(c)
+	}
+	wg.Wait()
+	for _, d := range mine.Deletes {
+		if err := s.store.Delete(ctx, d.Seg); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.metrics.healDeleted.Inc()
+		s.log.Debug("deleted surplus copy", "segment", d.Seg)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("healing: %d failures, first: %w", len(errs), errs[0])
+	}
+	return nil
+}
+
+// inventory lists the segments held by every up peer.
+func (s *Server) inventory(ctx context.Context, up map[string]bool) (map[torus.SegmentID][]rebalance.Holder, error) {
+	inv := make(map[torus.SegmentID][]rebalance.Holder)
+	ids := make([]string, 0, len(up))
+	for id := range up {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	type result struct {
+		id    string
+		infos []torus.SegmentInfo
+		err   error
+	}
+	results := make(chan result, len(ids)) // buffered to N: no goroutine leaks on early return
+	for _, id := range ids {
+		go func(id string) {
+			lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			var svc torus.PeerService = s.local
+			if id != s.id {
+				p, err := s.pool.Peer(lctx, id)
+				if err != nil {
+					results <- result{id: id, err: err}
+					return
+				}
+				svc = p
+			}
+			infos, err := svc.List(lctx, 0)
+			results <- result{id: id, infos: infos, err: err}
+		}(id)
+	}
+	for range ids {
+		r := <-results
+		if r.err != nil {
+			// A peer we cannot list counts as holding nothing: the
+			// planner then never deletes a copy on its account.
+			if !errors.Is(r.err, context.Canceled) {
+				s.log.Warn("inventory: listing peer failed", "peer_id", r.id, "err", r.err)
+			}
+			continue
+		}
+		for _, si := range r.infos {
+			inv[si.ID] = append(inv[si.ID], rebalance.Holder{Peer: r.id, Length: si.Length})
+		}
+	}
+	return inv, nil
+}

@@ -1,0 +1,109 @@
+package server
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/rebalance"
+)
+
+// VolumeStatuses computes each volume's health from the inventory: a
+// sealed live segment is counted by its full copies on peers that are up.
+// Healthy: every segment has replication copies; degraded: every segment
+// has at least one; unavailable: some segment has none.
+func volumeStatuses(view *clusterView, replication int, segs []rebalance.Segment, up map[string]bool, plan *rebalance.Plan, reporter string) []torus.VolumeStatus {
+	byID := make(map[uint64]*torus.VolumeStatus, len(view.volumes))
+	for id, v := range view.volumes {
+		byID[id] = &torus.VolumeStatus{Volume: v.Name, ID: id, Health: torus.VolumeHealthy, Reporter: reporter, Updated: time.Now()}
+	}
+	for _, sg := range segs {
+		st := byID[sg.ID.Volume]
+		if st == nil || !sg.Sealed || sg.Length == 0 {
+			continue
+		}
+		st.Used += sg.Length
+		full := 0
+		for _, h := range sg.Holders {
+			st.Stored += h.Length
+			if up[h.Peer] && h.Length >= sg.Length {
+				full++
+			}
+		}
+		switch {
+		case full == 0:
+			st.Unavailable++
+			st.UnderReplicated++
+			st.Health = torus.VolumeUnavailable
+		case full < replication:
+			st.UnderReplicated++
+			if st.Health == torus.VolumeHealthy {
+				st.Health = torus.VolumeDegraded
+			}
+		}
+	}
+	if plan != nil {
+		for _, c := range plan.Copies {
+			if st := byID[c.Seg.Volume]; st != nil {
+				st.PendingBytes += c.Length - c.Have
+			}
+		}
+	}
+	out := make([]torus.VolumeStatus, 0, len(byID))
+	for _, st := range byID {
+		out = append(out, *st)
+	}
+	slices.SortFunc(out, func(a, b torus.VolumeStatus) int {
+		if a.Volume < b.Volume {
+			return -1
+		}
+		if a.Volume > b.Volume {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+type statusPublisher interface {
+	PutVolumeStatuses(ctx context.Context, st []torus.VolumeStatus) error
+}
+
+// publishStatus publishes volume health when this daemon is the lowest up
+// peer ID (one reporter, no write amplification on etcd).
+func (s *Server) publishStatus(ctx context.Context, view *clusterView, replication int, segs []rebalance.Segment, live liveness, plan *rebalance.Plan) {
+	pub, ok := s.meta.(statusPublisher)
+	if !ok {
+		return
+	}
+	for id := range live.reallyUp {
+		if id < s.id {
+			return
+		}
+	}
+	st := volumeStatuses(view, replication, segs, live.reallyUp, plan, s.id)
+	s.downMu.Lock()
+	if s.lastHealth == nil {
+		s.lastHealth = make(map[string]torus.VolumeHealth)
+	}
+	var changed []torus.VolumeStatus
+	for _, v := range st {
+		if s.lastHealth[v.Volume] != v.Health {
+			s.lastHealth[v.Volume] = v.Health
+			changed = append(changed, v)
+		}
+	}
+	s.downMu.Unlock()
+	for _, v := range changed {
+		if v.Health == torus.VolumeHealthy {
+			s.log.Info("volume healthy", "volume", v.Volume)
+		} else {
+			s.log.Warn("volume not healthy", "volume", v.Volume, "health", v.Health,
+				"under_replicated", v.UnderReplicated, "unavailable", v.Unavailable, "pending_bytes", v.PendingBytes)
+		}
+	}
+	if err := pub.PutVolumeStatuses(ctx, st); err != nil {
+		s.log.Warn("publishing volume status", "err", err)
+	}
+}

@@ -1,0 +1,133 @@
+package volume
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/torus-storage/torus"
+)
+
+// TableCache remembers the segment tables of checkpoints already read.
+// Checkpoint segments are immutable, so an entry never goes stale; the
+// cache only bounds its size. Safe for concurrent use. The zero value is
+// ready.
+type TableCache struct {
+	mu sync.Mutex
+	m  map[torus.SegmentID][]torus.SegmentRef
+}
+
+const tableCacheMax = 256
+
+func (c *TableCache) get(id torus.SegmentID) ([]torus.SegmentRef, bool) {
+	if c == nil {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.m[id]
+	return t, ok
+}
+
+func (c *TableCache) put(id torus.SegmentID, t []torus.SegmentRef) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= tableCacheMax {
+		c.m = make(map[torus.SegmentID][]torus.SegmentRef)
+	}
+	c.m[id] = t
+}
+
+// Unknown is the length LiveSegmentLengths reports for a live segment
+// whose final length is not fixed yet (the open segment, and the segments
+// the writer may be creating).
+const Unknown = -1
+
+// LiveSegmentLengths is LiveSegments with each segment's authoritative
+// length: from the head or snapshot that seals it, from the checkpoint's
+// segment table, or Unknown for segments still being written. Healing
+// copies sealed segments up to that length. cache may be nil.
+func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.PeerPool, volumeName string, cache *TableCache) (map[torus.SegmentID]int64, error) {
+	v := &Volume{
+		meta:  meta,
+		peers: peers,
+		log:   slog.New(slog.DiscardHandler),
+		name:  volumeName,
+		ro:    true,
+		segs:  make(map[torus.SegmentID]*segState),
+	}
+	info, err := meta.Volume(ctx, volumeName)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
+	}
+	cfg, err := meta.ClusterConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cfg.EnsureDefaults()
+	v.cfg = cfg
+	v.setInfo(info)
+	if err := v.refreshCluster(ctx); err != nil {
+		return nil, err
+	}
+	head, err := meta.Head(ctx, volumeName)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
+	}
+	snaps, err := meta.Snapshots(ctx, volumeName)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
+	}
+	live := make(map[torus.SegmentID]int64)
+	set := func(id torus.SegmentID, n int64) {
+		if old, ok := live[id]; !ok || old == Unknown {
+			live[id] = n
+		}
+	}
+	for _, k := range []torus.SegmentKind{torus.KindData, torus.KindCheckpoint} {
+		set(torus.SegmentID{Volume: info.ID, Epoch: head.Epoch, Seq: head.NextSeq, Kind: k}, Unknown)
+	}
+	heads := []torus.Head{head}
+	for _, s := range snaps {
+		heads = append(heads, s.Head)
+	}
+	for _, h := range heads {
+		for _, s := range h.Sealed {
+			set(s.ID, s.Length)
+		}
+		if h.Open != nil {
+			set(*h.Open, Unknown)
+		}
+		ck := h.Checkpoint
+		if ck == nil {
+			continue
+		}
+		set(ck.ID, ck.Length)
+		table, ok := cache.get(ck.ID)
+		if !ok {
+			_, err := v.readWhole(ctx, *ck, func(p []byte) bool {
+				if int64(len(p)) != ck.Length {
+					return false
+				}
+				c, err := DecodeCheckpoint(p, info.ID, uint64(info.Size/torus.BlockSize))
+				if err != nil {
+					return false
+				}
+				table = c.Segments
+				return true
+			})
+			if err != nil {
+				return nil, fmt.Errorf("volume %s: checkpoint %v: %w", volumeName, ck.ID, err)
+			}
+			cache.put(ck.ID, table)
+		}
+		for _, s := range table {
+			set(s.ID, s.Length)
+		}
+	}
+	return live, nil
+}
