@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -13,14 +12,13 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/torus-storage/torus"
-	"github.com/torus-storage/torus/cmd/torusctl/internal/cli"
 	"github.com/torus-storage/torus/internal/etcdtest"
 	"github.com/torus-storage/torus/metadata/etcd"
 )
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"torusctl": func() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, cli.Deps{})) },
+		"torusctl": main,
 	})
 }
 
