@@ -76,8 +76,8 @@ func (a *app) peerCmd() *cobra.Command {
 						if !p.LastSeen.IsZero() {
 							seen = now.Sub(p.LastSeen).Round(time.Second).String() + " ago"
 						}
-						row(w, p.ID, dash(p.Address), dash(p.Zone), p.State, FormatSize(p.Used),
-							FormatSize(p.Capacity), FormatSize(p.Pending), seen)
+						row(w, p.ID, dash(p.Address), dash(p.Zone), p.State, HumanSize(p.Used),
+							HumanSize(p.Capacity), HumanSize(p.Pending), seen)
 					}
 				})
 			})

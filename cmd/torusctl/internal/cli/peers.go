@@ -332,7 +332,9 @@ type DrainProgress struct {
 	StartUsed     int64 // Used when the wait began
 	VolPending    int64 // sum of the volumes' PendingBytes
 	Degraded      int   // volumes not healthy
-	Left          []string
+	// Left lists the peers not known to be empty: they hold data, or
+	// their report of none is not fresh enough yet.
+	Left []string
 }
 
 // Fraction is the share of the initial data moved off, 0..1.
@@ -347,16 +349,44 @@ func (p DrainProgress) Fraction() float64 {
 	return min(1, max(0, f))
 }
 
-func drainProgress(peers []torus.PeerInfo, statuses map[string]torus.VolumeStatus, ids []string) (DrainProgress, error) {
+// freshBeats is how many heartbeats after the wait began a peer must have
+// sent before its Used == 0 counts: the first may have been computed
+// before the drain began (and a writer with an older peer view may still
+// have placed a segment on it); the second was computed at least one
+// heartbeat interval later.
+const freshBeats = 2
+
+// beats counts each draining peer's heartbeats since the wait began, by
+// changes of its LastSeen (the daemon's clock: no skew with ours).
+type beats struct {
+	last  map[string]time.Time
+	count map[string]int
+}
+
+func (b *beats) observe(p torus.PeerInfo) {
+	if b.last == nil {
+		b.last, b.count = map[string]time.Time{}, map[string]int{}
+	}
+	last, ok := b.last[p.ID]
+	if ok && p.LastSeen.After(last) {
+		b.count[p.ID]++
+	}
+	if !ok || p.LastSeen.After(last) {
+		b.last[p.ID] = p.LastSeen
+	}
+}
+
+func drainProgress(peers []torus.PeerInfo, statuses map[string]torus.VolumeStatus, ids []string, b *beats) (DrainProgress, error) {
 	var p DrainProgress
 	for _, id := range ids {
 		i := slices.IndexFunc(peers, func(x torus.PeerInfo) bool { return x.ID == id })
 		if i < 0 {
 			return p, fmt.Errorf("%w: peer %s vanished while draining", torus.ErrNotExist, id)
 		}
+		b.observe(peers[i])
 		p.Used += peers[i].Used
 		p.Pending += peers[i].Pending
-		if peers[i].Used != 0 {
+		if peers[i].Used != 0 || b.count[id] < freshBeats {
 			p.Left = append(p.Left, id)
 		}
 	}
@@ -369,7 +399,8 @@ func drainProgress(peers []torus.PeerInfo, statuses map[string]torus.VolumeStatu
 	return p, nil
 }
 
-// waitDrained polls until every peer in ids reports Used == 0, printing
+// waitDrained polls until every peer in ids reports Used == 0 in a fresh
+// heartbeat (freshBeats), printing
 // progress (a bar on a terminal, a line per change otherwise; nothing with
 // -o json).
 func (a *app) waitDrained(ctx context.Context, md torus.Metadata, ids []string, o removeOpts) error {
@@ -382,8 +413,9 @@ func (a *app) waitDrained(ctx context.Context, md torus.Metadata, ids []string, 
 	term := a.g.Output != "json" && a.deps.IsTerminal(a.out)
 	tick := time.NewTicker(o.interval)
 	defer tick.Stop()
-	start := int64(-1)
+	var start int64
 	last := ""
+	var b beats
 	for {
 		peers, err := md.Peers(wctx)
 		if err != nil && wctx.Err() == nil {
@@ -394,16 +426,17 @@ func (a *app) waitDrained(ctx context.Context, md torus.Metadata, ids []string, 
 			if err != nil && wctx.Err() == nil {
 				return err
 			}
-			p, err := drainProgress(peers, statuses, ids)
+			p, err := drainProgress(peers, statuses, ids, &b)
 			if err != nil {
 				return err
 			}
-			if start < 0 {
-				start = p.Used
-			}
+			start = max(start, p.Used) // the first report may be stale
 			p.StartUsed = start
 			line := fmt.Sprintf("draining %s: %s left, %s pending; volumes: %d not healthy, %s to heal",
-				strings.Join(ids, ", "), FormatSize(p.Used), FormatSize(p.Pending), p.Degraded, FormatSize(p.VolPending))
+				strings.Join(ids, ", "), HumanSize(p.Used), HumanSize(p.Pending), p.Degraded, HumanSize(p.VolPending))
+			if p.Used == 0 && len(p.Left) > 0 {
+				line += "; waiting for fresh heartbeats"
+			}
 			switch {
 			case a.g.Output == "json":
 			case term:

@@ -331,3 +331,32 @@ func TestVolumeListStatus(t *testing.T) {
 }
 
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
+
+// TestDrainNeedsFreshHeartbeats: a stale "no data" report (from before the
+// drain began) does not end the wait; two newer heartbeats are needed.
+func TestDrainNeedsFreshHeartbeats(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var b beats
+	step := func(sec int, used int64, wantLeft bool) {
+		t.Helper()
+		peers := []torus.PeerInfo{{ID: "p", Used: used, LastSeen: t0.Add(time.Duration(sec) * time.Second)}}
+		p, err := drainProgress(peers, map[string]torus.VolumeStatus{"v": {Health: torus.VolumeDegraded, PendingBytes: 7}}, []string{"p"}, &b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(p.Left) > 0; got != wantLeft {
+			t.Fatalf("at %ds used %d: left=%v, want %v", sec, used, got, wantLeft)
+		}
+		if p.Degraded != 1 || p.VolPending != 7 {
+			t.Fatalf("volume progress %+v", p)
+		}
+	}
+	step(0, 0, true) // baseline: maybe stale
+	step(0, 0, true) // same heartbeat again
+	step(1, 0, true) // first fresh one
+	step(2, 0, false)
+	step(3, 4096, true) // data came back
+	if _, err := drainProgress(nil, nil, []string{"p"}, &b); !errors.Is(err, torus.ErrNotExist) {
+		t.Fatalf("vanished peer: %v", err)
+	}
+}

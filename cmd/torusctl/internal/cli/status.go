@@ -156,7 +156,7 @@ func writeStatus(w io.Writer, st Status, term bool) {
 	if st.HealPending == 0 && st.RebalancePending == 0 {
 		row(w, "healing:", "nothing pending")
 	} else {
-		line := fmt.Sprintf("%s to heal, %s to rebalance", FormatSize(st.HealPending), FormatSize(st.RebalancePending))
+		line := fmt.Sprintf("%s to heal, %s to rebalance", HumanSize(st.HealPending), HumanSize(st.RebalancePending))
 		if term {
 			line = Bar(st.Progress, 30) + " " + line
 		}

@@ -132,7 +132,7 @@ status the daemons publish every few seconds; "-" means not reported yet.`,
 						}
 						used, health, under, pending := "-", "-", "-", "-"
 						if r.Health != nil {
-							used, health, pending = FormatSize(*r.Used), *r.Health, FormatSize(*r.PendingBytes)
+							used, health, pending = HumanSize(*r.Used), *r.Health, HumanSize(*r.PendingBytes)
 							under = strconv.Itoa(*r.UnderReplicated)
 						}
 						row(w, r.Name, FormatSize(r.Size), used, writer, minr, health, under, pending)
