@@ -459,7 +459,8 @@ func (a *app) waitDrained(ctx context.Context, md torus.Metadata, ids []string, 
 				fmt.Fprintln(a.out)
 			}
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return fmt.Errorf("interrupted; %s stay draining (run `torusctl peer remove %s` again to finish): %w",
+					strings.Join(ids, ", "), strings.Join(ids, " "), ctx.Err())
 			}
 			return fmt.Errorf("%w: %s still hold data after %v (%s); they stay draining: run `torusctl peer remove %s` again to keep waiting, "+
 				"or if they are dead, `--force`", errDrainTimeout, strings.Join(ids, ", "), o.timeout, last, strings.Join(ids, " "))
