@@ -19,7 +19,10 @@ type ClientConfig struct {
 	// DialTimeout bounds establishing a connection. Default 5 s.
 	DialTimeout time.Duration
 	// RequestTimeout bounds each call (on top of the caller's ctx),
-	// including sending it. Default 30 s.
+	// including sending it. Default 30 s. When a call times out and not
+	// one frame arrived on the connection meanwhile, the connection is
+	// dropped (the peer is silent, not just slow) and the next call
+	// redials.
 	RequestTimeout time.Duration
 	// Dial, when set, replaces net.Dialer.DialContext: tests and the
 	// in-process cluster harness use it to interpose a controllable link.
@@ -40,6 +43,14 @@ func (c *ClientConfig) EnsureDefaults() {
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = DefaultClientRequestTimeout
 	}
+}
+
+// Validate rejects negative timeouts (zero means the default).
+func (c ClientConfig) Validate() error {
+	if c.DialTimeout < 0 || c.RequestTimeout < 0 {
+		return fmt.Errorf("%w: peer: negative timeout", torus.ErrInvalid)
+	}
+	return nil
 }
 
 // RemoteError is an error returned by the remote service. It unwraps to the
@@ -74,11 +85,13 @@ type Client struct {
 
 	nextID atomic.Uint64
 
-	mu      sync.Mutex
-	closed  bool
-	cc      *clientConn   // current connection; nil or broken: dial on next call
-	dialing chan struct{} // closed when a dial in progress ends
-	wg      sync.WaitGroup
+	mu        sync.Mutex
+	closed    bool
+	closedErr error         // what calls fail with once closed
+	cc        *clientConn   // current connection; nil or broken: dial on next call
+	dialing   chan struct{} // closed when a dial in progress ends
+	wg        sync.WaitGroup
+	bufs      bufPool
 }
 
 var _ torus.PeerService = (*Client)(nil)
@@ -99,6 +112,12 @@ func Dial(ctx context.Context, addr string, cfg ClientConfig, logger *slog.Logge
 	return c, nil
 }
 
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // Addr is the address the client dials.
 func (c *Client) Addr() string { return c.addr }
 
@@ -106,12 +125,20 @@ func (c *Client) Addr() string { return c.addr }
 // the connection and waits for the client's goroutine. Further calls fail
 // with torus.ErrClosed. Idempotent.
 func (c *Client) Close() error {
+	return c.closeWith(fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed))
+}
+
+// closeWith closes the client; pending and later calls fail with err.
+func (c *Client) closeWith(err error) error {
 	c.mu.Lock()
-	c.closed = true
+	if !c.closed {
+		c.closed = true
+		c.closedErr = err
+	}
 	cc := c.cc
 	c.mu.Unlock()
 	if cc != nil {
-		cc.fail(fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed))
+		cc.fail(err)
 	}
 	c.wg.Wait()
 	return nil
@@ -122,8 +149,9 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 	for {
 		c.mu.Lock()
 		if c.closed {
+			err := c.closedErr
 			c.mu.Unlock()
-			return nil, fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed)
+			return nil, err
 		}
 		if c.cc != nil && c.cc.alive() {
 			cc := c.cc
@@ -163,14 +191,15 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 			return nil, fmt.Errorf("peer %s: dial: %w: %v", c.addr, torus.ErrUnavailable, err)
 		}
 		if c.closed {
+			err := c.closedErr
 			c.mu.Unlock()
 			nc.Close()
-			return nil, fmt.Errorf("peer %s: client: %w", c.addr, torus.ErrClosed)
+			return nil, err
 		}
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 		}
-		cc := &clientConn{c: nc, addr: c.addr, pending: make(map[uint64]pendingCall)}
+		cc := &clientConn{c: nc, addr: c.addr, bufs: &c.bufs, pending: make(map[uint64]pendingCall)}
 		c.cc = cc
 		c.wg.Add(1)
 		c.mu.Unlock()
@@ -178,6 +207,9 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 		go func() {
 			defer c.wg.Done()
 			err := cc.readLoop()
+			if c.isClosed() {
+				return
+			}
 			if !errors.Is(err, torus.ErrClosed) {
 				c.log.Warn("peer connection lost", "err", err)
 			}
@@ -198,8 +230,9 @@ func (c *Client) ctxError(ctx context.Context, op string) error {
 }
 
 // call sends one request whose body is fixed followed by data, and waits for
-// its response.
-func (c *Client) call(ctx context.Context, op Op, fixed, data []byte) (Response, error) {
+// its response. A ReadAt response's data is copied into dst and resp.Data
+// is set to the copied part of dst (the response buffer is recycled).
+func (c *Client) call(ctx context.Context, op Op, fixed, data, dst []byte) (Response, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	defer cancel()
 	if ctx.Err() != nil {
@@ -223,17 +256,35 @@ func (c *Client) call(ctx context.Context, op Op, fixed, data []byte) (Response,
 		r := <-ch // fail delivered the error
 		return Response{}, r.err
 	}
+	sent := time.Now().UnixNano()
 	var r result
 	select {
 	case r = <-ch:
 	case <-ctx.Done():
 		cc.unregister(id)
-		return Response{}, c.ctxError(ctx, op.String())
+		err := c.ctxError(ctx, op.String())
+		if errors.Is(context.Cause(ctx), errRequestTimeout) && cc.lastRecv.Load() < sent {
+			// Not one frame arrived since this request was sent: the
+			// peer is silent, not merely slow on one request. Drop the
+			// connection so that the next call redials (and fails fast
+			// if the peer is gone) instead of waiting for TCP keepalive.
+			c.log.Warn("peer silent for a whole request timeout; dropping the connection", "timeout", c.cfg.RequestTimeout)
+			cc.fail(fmt.Errorf("peer %s: connection lost: %w: no response for %v", c.addr, torus.ErrUnavailable, c.cfg.RequestTimeout))
+		}
+		return Response{}, err
 	}
 	if r.err != nil {
 		return Response{}, r.err
 	}
-	resp, err := DecodeResponse(op, r.body)
+	resp, err := DecodeResponse(op, *r.body)
+	if op == OpReadAt && err == nil {
+		if len(resp.Data) > len(dst) {
+			err = fmt.Errorf("%w: %d bytes returned for %d", torus.ErrInvalid, len(resp.Data), len(dst))
+		} else {
+			resp.Data = dst[:copy(dst, resp.Data)]
+		}
+	}
+	c.bufs.put(r.body)
 	if err != nil {
 		err = fmt.Errorf("peer %s: connection lost: %w: bad %s response: %v", c.addr, torus.ErrUnavailable, op, err)
 		cc.fail(err)
@@ -259,13 +310,13 @@ func (c *Client) Append(ctx context.Context, epoch uint64, seg torus.SegmentID, 
 		return c.invalid(OpAppend, "negative offset %d", off)
 	}
 	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
-	_, err := c.call(ctx, OpAppend, fixed, p)
+	_, err := c.call(ctx, OpAppend, fixed, p, nil)
 	return err
 }
 
 // Sync implements torus.PeerService.
 func (c *Client) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) error {
-	_, err := c.call(ctx, OpSync, EncodeRequest(Request{Op: OpSync, Epoch: epoch, Seg: seg}), nil)
+	_, err := c.call(ctx, OpSync, EncodeRequest(Request{Op: OpSync, Epoch: epoch, Seg: seg}), nil, nil)
 	return err
 }
 
@@ -280,11 +331,8 @@ func (c *Client) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off 
 	for done < len(p) || (len(p) == 0 && done == 0) {
 		chunk := min(len(p)-done, MaxData)
 		req := Request{Op: OpReadAt, Seg: seg, Off: off + int64(done), Length: uint32(chunk)}
-		resp, err := c.call(ctx, OpReadAt, EncodeRequest(req), nil)
-		if len(resp.Data) > chunk {
-			return done, fmt.Errorf("peer %s: readat: %w: %d bytes returned for %d", c.addr, torus.ErrCorrupt, len(resp.Data), chunk)
-		}
-		done += copy(p[done:], resp.Data)
+		resp, err := c.call(ctx, OpReadAt, EncodeRequest(req), nil, p[done:done+chunk])
+		done += len(resp.Data) // already in p
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return done, io.EOF
@@ -303,13 +351,13 @@ func (c *Client) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off 
 
 // Stat implements torus.PeerService.
 func (c *Client) Stat(ctx context.Context, seg torus.SegmentID) (torus.SegmentInfo, error) {
-	resp, err := c.call(ctx, OpStat, EncodeRequest(Request{Op: OpStat, Seg: seg}), nil)
+	resp, err := c.call(ctx, OpStat, EncodeRequest(Request{Op: OpStat, Seg: seg}), nil, nil)
 	return resp.Info, err
 }
 
 // List implements torus.PeerService.
 func (c *Client) List(ctx context.Context, volume uint64) ([]torus.SegmentInfo, error) {
-	resp, err := c.call(ctx, OpList, EncodeRequest(Request{Op: OpList, Volume: volume}), nil)
+	resp, err := c.call(ctx, OpList, EncodeRequest(Request{Op: OpList, Volume: volume}), nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -318,24 +366,24 @@ func (c *Client) List(ctx context.Context, volume uint64) ([]torus.SegmentInfo, 
 
 // Delete implements torus.PeerService.
 func (c *Client) Delete(ctx context.Context, seg torus.SegmentID) error {
-	_, err := c.call(ctx, OpDelete, EncodeRequest(Request{Op: OpDelete, Seg: seg}), nil)
+	_, err := c.call(ctx, OpDelete, EncodeRequest(Request{Op: OpDelete, Seg: seg}), nil, nil)
 	return err
 }
 
 // Fence implements torus.PeerService.
 func (c *Client) Fence(ctx context.Context, volume, epoch uint64) error {
-	_, err := c.call(ctx, OpFence, EncodeRequest(Request{Op: OpFence, Volume: volume, Epoch: epoch}), nil)
+	_, err := c.call(ctx, OpFence, EncodeRequest(Request{Op: OpFence, Volume: volume, Epoch: epoch}), nil, nil)
 	return err
 }
 
 // Usage implements torus.PeerService.
 func (c *Client) Usage(ctx context.Context) (torus.Usage, error) {
-	resp, err := c.call(ctx, OpUsage, nil, nil)
+	resp, err := c.call(ctx, OpUsage, nil, nil, nil)
 	return resp.Usage, err
 }
 
 type result struct {
-	body []byte
+	body *[]byte // from the client's pool
 	err  error
 }
 
@@ -349,11 +397,14 @@ type pendingCall struct {
 type clientConn struct {
 	c    net.Conn
 	addr string
+	bufs *bufPool
 	wmu  sync.Mutex
 
 	mu      sync.Mutex
 	pending map[uint64]pendingCall
 	err     error // set once broken
+
+	lastRecv atomic.Int64 // unix nanoseconds of the last frame received
 }
 
 func (cc *clientConn) alive() bool {
@@ -416,7 +467,8 @@ func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []
 func (cc *clientConn) readLoop() error {
 	hdr := make([]byte, HeaderSize)
 	for {
-		h, body, err := ReadFrame(cc.c, hdr, MaxBody)
+		h, body, err := cc.readFrame(hdr)
+		cc.lastRecv.Store(time.Now().UnixNano())
 		if err == nil && !h.Response() {
 			err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
 		}
@@ -441,4 +493,25 @@ func (cc *clientConn) readLoop() error {
 		}
 		p.ch <- result{body: body}
 	}
+}
+
+// readFrame reads one frame into a body buffer from the client's pool.
+func (cc *clientConn) readFrame(hdr []byte) (Header, *[]byte, error) {
+	if _, err := io.ReadFull(cc.c, hdr[:HeaderSize]); err != nil {
+		return Header{}, nil, err
+	}
+	h, err := ParseHeader(hdr, MaxBody)
+	if err != nil {
+		return h, nil, err
+	}
+	buf := cc.bufs.get(int(h.Length))
+	crc, err := readBody(cc.c, *buf)
+	if err == nil && crc != h.CRC {
+		err = errBadCRC
+	}
+	if err != nil {
+		cc.bufs.put(buf)
+		return h, nil, err
+	}
+	return h, buf, nil
 }

@@ -12,7 +12,8 @@ import (
 // Pool is a torus.PeerPool over TCP. It resolves a peer ID to an address
 // with the function it was given, dials lazily on first use and caches one
 // Client per peer. When a peer's address changes, the old Client is closed
-// (its pending calls fail with torus.ErrClosed) and a new one dialed.
+// (its pending and later calls fail with an error wrapping
+// torus.ErrUnavailable: the peer moved) and a new one dialed.
 type Pool struct {
 	resolve func(ctx context.Context, id string) (string, error)
 	cfg     ClientConfig
@@ -69,7 +70,7 @@ func (p *Pool) Peer(ctx context.Context, id string) (torus.PeerService, error) {
 	}
 	if e.c != nil {
 		p.log.Info("peer address changed", "peer", id, "from", e.addr, "to", addr)
-		e.c.Close()
+		e.c.closeWith(fmt.Errorf("peer %q moved from %s to %s: %w", id, e.addr, addr, torus.ErrUnavailable))
 		e.c, e.addr = nil, ""
 	}
 	c, err := Dial(ctx, addr, p.cfg, p.log.With("peer_id", id))

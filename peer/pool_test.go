@@ -75,7 +75,7 @@ func TestPool(t *testing.T) {
 	if usage("a") != 200 {
 		t.Fatal("the pool did not follow the address change")
 	}
-	if _, err := a1.Usage(ctx); !errors.Is(err, torus.ErrClosed) {
+	if _, err := a1.Usage(ctx); !errors.Is(err, torus.ErrUnavailable) {
 		t.Fatalf("old client after the move: %v", err)
 	}
 

@@ -53,6 +53,19 @@ func (c *ServerConfig) EnsureDefaults() {
 	}
 }
 
+// Validate rejects negative settings (zero means the default).
+func (c ServerConfig) Validate() error {
+	switch {
+	case c.MaxInflightBytes < 0:
+		return fmt.Errorf("%w: peer: negative max in-flight bytes %d", torus.ErrInvalid, c.MaxInflightBytes)
+	case c.MaxConcurrentReads < 0:
+		return fmt.Errorf("%w: peer: negative max concurrent reads %d", torus.ErrInvalid, c.MaxConcurrentReads)
+	case c.RequestTimeout < 0 || c.WriteTimeout < 0:
+		return fmt.Errorf("%w: peer: negative timeout", torus.ErrInvalid)
+	}
+	return nil
+}
+
 // Server serves a torus.PeerService over TCP. All its goroutines are owned:
 // Close stops them and waits for them.
 type Server struct {
@@ -313,6 +326,7 @@ func (sc *serverConn) readLoop() error {
 		}
 		if err != nil {
 			if fatalHeaderError(err) {
+				sc.log.Warn("peer protocol error; closing connection without answer", "err", err)
 				sc.cancel()
 				sc.lingerClose()
 				return err
@@ -379,6 +393,7 @@ func (sc *serverConn) readLoop() error {
 // shuts down the write side and drains what the client still sends for a
 // moment, so that the answer is not lost to a reset.
 func (sc *serverConn) protocolError(h Header, err error) error {
+	sc.log.Warn("peer protocol error; answering and closing connection", "op", h.Op, "id", h.ID, "err", err)
 	sc.cancel()
 	body := AppendResponse(nil, h.Op, Response{Status: StatusOf(err), Msg: err.Error()})
 	if werr := sc.send(h.Op, h.ID, body); werr == nil {

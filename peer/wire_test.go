@@ -256,3 +256,25 @@ func TestReadFrame(t *testing.T) {
 		t.Fatalf("oversized write: %v", err)
 	}
 }
+
+func TestConfigValidate(t *testing.T) {
+	if (ServerConfig{}).Validate() != nil || (ClientConfig{}).Validate() != nil {
+		t.Fatal("zero configs must be valid")
+	}
+	bad := []error{
+		ServerConfig{MaxInflightBytes: -1}.Validate(),
+		ServerConfig{MaxConcurrentReads: -1}.Validate(),
+		ServerConfig{RequestTimeout: -1}.Validate(),
+		ClientConfig{DialTimeout: -1}.Validate(),
+	}
+	for i, err := range bad {
+		if !errors.Is(err, torus.ErrInvalid) {
+			t.Errorf("case %d: %v", i, err)
+		}
+	}
+	var c ServerConfig
+	c.EnsureDefaults()
+	if c.MaxInflightBytes != DefaultMaxInflightBytes || c.MaxConcurrentReads != DefaultMaxConcurrentReads {
+		t.Fatalf("defaults %+v", c)
+	}
+}

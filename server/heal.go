@@ -151,6 +151,9 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 	}
 	wg.Wait()
 	for _, d := range mine.Deletes {
+		if view.recent[d.Seg] {
+			continue
+		}
 		if err := s.store.Delete(ctx, d.Seg); err != nil {
 			errs = append(errs, err)
 			continue

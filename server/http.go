@@ -33,6 +33,9 @@ func newMetrics(s *Server) *metrics {
 		Name: "torus_store_capacity_bytes", Help: "Configured capacity (--size) of the local store.", ConstLabels: labels,
 	}, func() float64 { return float64(s.store.Usage().Capacity) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "torus_store_full_warning_percent", Help: "0, or 80 / 90 when the store crossed that share of its capacity.", ConstLabels: labels,
+	}, func() float64 { return float64(s.fullLevel.Load()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "torus_rebalance_pending_bytes", Help: "Bytes this daemon still has to copy to heal or rebalance.", ConstLabels: labels,
 	}, func() float64 { return float64(s.pending.Load()) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

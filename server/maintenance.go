@@ -40,6 +40,11 @@ type clusterView struct {
 	// authoritative length, or -1 when it is not known (an open segment,
 	// or a segment named only through a checkpoint).
 	live map[uint64]map[torus.SegmentID]int64
+	// recent holds the segments sealed since the last checkpoint of
+	// volumes that have a writer: the writer may still have to sync them
+	// on the replicas it wrote, so their surplus copies are kept until a
+	// checkpoint absorbs them (or the writer detaches).
+	recent map[torus.SegmentID]bool
 }
 
 // maintain runs one pass: GC of local segments that no head or snapshot
@@ -67,7 +72,8 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing volumes: %w", err)
 	}
-	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64)}
+	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64),
+		recent: make(map[torus.SegmentID]bool)}
 	for _, v := range vols {
 		view.volumes[v.ID] = v
 		live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, v.Name, &s.tables)
@@ -78,6 +84,13 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 			return nil, fmt.Errorf("live segments of %s: %w", v.Name, err)
 		}
 		view.live[v.ID] = live
+		if _, writing, err := s.meta.Writer(ctx, v.Name); err == nil && writing {
+			if head, err := s.meta.Head(ctx, v.Name); err == nil {
+				for _, r := range head.Sealed {
+					view.recent[r.ID] = true
+				}
+			}
+		}
 	}
 	return view, nil
 }

@@ -41,6 +41,7 @@ type Server struct {
 	downMu     sync.Mutex
 	downSince  map[string]time.Time
 	lastHealth map[string]torus.VolumeHealth
+	fullLevel  atomic.Int32 // 0, 80 or 90: the last fullness warning given
 	sessMu     sync.Mutex
 	session    torus.Session
 	cancel     context.CancelFunc
@@ -123,7 +124,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 	})
 
-	s.pool = peer.NewPool(s.resolvePeer, peer.ClientConfig{}, s.log)
+	s.pool = peer.NewPool(peer.NewResolver(s.meta, 0).Resolve, peer.ClientConfig{}, s.log)
 	s.metrics = newMetrics(s)
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
@@ -230,20 +231,6 @@ func (s *Server) refreshEpochs(ctx context.Context) error {
 	return nil
 }
 
-// resolvePeer maps a peer ID to its address through etcd.
-func (s *Server) resolvePeer(ctx context.Context, id string) (string, error) {
-	peers, err := s.meta.Peers(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, p := range peers {
-		if p.ID == id {
-			return p.Address, nil
-		}
-	}
-	return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
-}
-
 // heartbeat makes sure a liveness session exists and writes the liveness key.
 func (s *Server) heartbeat(ctx context.Context) error {
 	s.sessMu.Lock()
@@ -267,6 +254,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 		s.sessMu.Unlock()
 	}
 	u := s.store.Usage()
+	s.checkFullness(u)
 	if err := s.meta.Heartbeat(ctx, sess, s.id, u.Used, s.pending.Load()); err != nil {
 		return fmt.Errorf("server: heartbeat: %w", err)
 	}
@@ -344,5 +332,28 @@ func (s *Server) watchLoop(ctx context.Context) {
 			s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
 		}
 		cancel()
+	}
+}
+
+// checkFullness warns once when the store crosses 80 % and 90 % of its
+// capacity, and notes when it falls back below.
+func (s *Server) checkFullness(u torus.Usage) {
+	if u.Capacity <= 0 {
+		return
+	}
+	pct := u.Used * 100 / u.Capacity
+	level := int32(0)
+	switch {
+	case pct >= 90:
+		level = 90
+	case pct >= 80:
+		level = 80
+	}
+	old := s.fullLevel.Swap(level)
+	switch {
+	case level > old:
+		s.log.Warn("store filling up", "percent_used", pct, "used", u.Used, "capacity", u.Capacity)
+	case level < old:
+		s.log.Info("store below warning level", "percent_used", pct)
 	}
 }

@@ -155,3 +155,16 @@ func TestFencingFollowsEtcd(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestFullnessWarnings(t *testing.T) {
+	s := &Server{log: testutil.Logger(t)}
+	for _, c := range []struct {
+		used int64
+		want int32
+	}{{10, 0}, {79, 0}, {80, 80}, {85, 80}, {95, 90}, {50, 0}} {
+		s.checkFullness(torus.Usage{Used: c.used, Capacity: 100})
+		if got := s.fullLevel.Load(); got != c.want {
+			t.Errorf("at %d%%: level %d, want %d", c.used, got, c.want)
+		}
+	}
+}

@@ -18,7 +18,7 @@ func TestVolumeStatuses(t *testing.T) {
 	up := map[string]bool{"p1": true, "p2": true}
 	segs := []rebalance.Segment{
 		seg(1, 1, 100, h("p1", 100), h("p2", 100)),
-		seg(2, 1, 100, h("p1", 100), h("p2", 50)), // short copy: degraded
+		seg(2, 1, 100, h("p1", 100), h("p2", 50)),  // short copy: degraded
 		seg(2, 2, 100, h("p1", 100), h("p3", 100)), // p3 down: degraded
 		seg(3, 1, 100, h("p3", 100)),               // only on a down peer
 		seg(3, 2, 100, h("p1", 100), h("p2", 100)),

@@ -3,33 +3,16 @@ package tests
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
 
-	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
 	"github.com/torus-storage/torus/internal/testutil"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/volume"
 )
-
-func resolver(meta torus.Metadata) func(context.Context, string) (string, error) {
-	return func(ctx context.Context, id string) (string, error) {
-		peers, err := meta.Peers(ctx)
-		if err != nil {
-			return "", err
-		}
-		for _, p := range peers {
-			if p.ID == id {
-				return p.Address, nil
-			}
-		}
-		return "", fmt.Errorf("%w: peer %s", torus.ErrUnavailable, id)
-	}
-}
 
 // TestCrashDaemonMidWrite SIGKILLs a torusd process while a writer streams
 // writes and flushes, restarts it, and checks that every flushed write is
@@ -50,7 +33,7 @@ func TestCrashDaemonMidWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer meta.Close()
-	pool := peer.NewPool(resolver(meta), peer.ClientConfig{}, log)
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
 	defer pool.Close()
 	deps := volume.Deps{Meta: meta, Peers: pool, Logger: log}
 	v, err := volume.Open(ctx, deps, "crash", volume.Options{Owner: "crash-test"})

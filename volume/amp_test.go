@@ -22,7 +22,7 @@ func TestWriteAmplification(t *testing.T) {
 	defer v.Close(ctx)
 	r := rand.New(rand.NewPCG(41, 42))
 	buf := make([]byte, torus.BlockSize)
-	const writes, perFlush = 4000, 16
+	const writes, perFlush = 2500, 16
 	before := v.Stats()
 	for i := 0; i < writes; i++ {
 		for j := range buf {
@@ -58,11 +58,13 @@ func TestWriteAmplification(t *testing.T) {
 
 	// With small segments the seals show up: still at most one commit per
 	// flush on average (one per 1 MiB segment here, amortized).
-	c2 := newCluster(t, clusterOpts{replication: replication, segmentSize: 1 << 20, checkpointEvery: 8})
+	c2 := newCluster(t, clusterOpts{replication: replication, segmentSize: 1 << 20, checkpointEvery: 4})
 	c2.create("vol", size, 0)
 	v2 := c2.open("vol", Options{})
 	defer v2.Close(ctx)
 	before = v2.Stats()
+	var maxPerFlush int64
+	last := before.EtcdCommits
 	for i := 0; i < writes; i++ {
 		off := r.Int64N(size/torus.BlockSize) * torus.BlockSize
 		if err := v2.WriteAt(ctx, buf, off, false); err != nil {
@@ -72,7 +74,13 @@ func TestWriteAmplification(t *testing.T) {
 			if err := v2.Flush(ctx); err != nil {
 				t.Fatal(err)
 			}
+			now := v2.Stats().EtcdCommits
+			maxPerFlush = max(maxPerFlush, now-last)
+			last = now
 		}
+	}
+	if maxPerFlush > 1 {
+		t.Errorf("up to %d etcd commits between two flushes, want at most 1", maxPerFlush)
 	}
 	st = v2.Stats()
 	flushes, commits = st.Flushes-before.Flushes, st.EtcdCommits-before.EtcdCommits

@@ -3,10 +3,13 @@ package volume
 import (
 	"bytes"
 	"context"
+	"errors"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/torus-storage/torus"
 )
 
 // TestConcurrentPartialWrites: writers touching disjoint byte ranges of the
@@ -96,4 +99,44 @@ func TestNoGoroutineLeak(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestCloseDuringIO: Close while writers, flushers and readers run; each
+// call either succeeds or fails with ErrClosed, and nothing hangs.
+func TestCloseDuringIO(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2})
+	c.create("vol", 1<<20, 0)
+	v := c.open("vol", Options{})
+	var wg sync.WaitGroup
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := make([]byte, 3000)
+			for i := 0; ; i++ {
+				var err error
+				switch w % 3 {
+				case 0:
+					err = v.WriteAt(ctx, p, int64(i%200)*4000, false)
+				case 1:
+					err = v.Flush(ctx)
+				default:
+					err = v.ReadAt(ctx, p, int64(i%200)*4000)
+				}
+				if errors.Is(err, torus.ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := v.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
 }

@@ -4,7 +4,7 @@
 // The pure parts need no I/O and are tested and fuzzed on their own:
 //
 //   - record.go: the record format of data segments (AppendWriteRecord,
-//     AppendZeroRecord) and ScanRecords, which finds the valid prefix of a
+//     AppendZeroRecord, AppendMoveRecord) and ScanRecords, which finds the valid prefix of a
 //     segment's bytes.
 //   - index.go: Index, the block → {segment slot, data offset, CRC32C} map
 //     held in memory, in lazily allocated chunks of 256 blocks, with
@@ -22,6 +22,13 @@
 // every replica of every segment with unsynced appends and needs no etcd
 // request. Reads go to the first replica in ring order that returns data
 // matching the index's CRC.
+//
+// Compaction (compact.go) runs after each checkpoint: the live blocks of
+// sealed segments under 25 % live that no snapshot names are rewritten as
+// move records, which apply only to blocks still mapped to their source, so
+// a racing client write is never undone. Snapshot freezes the head
+// (checkpoint, no open segment); SnapshotClosed does it for a volume without
+// a writer; LiveSegments gives the daemons' GC sweep the set to keep.
 //
 // Errors wrap the torus sentinels: ErrOutOfRange for I/O outside the
 // volume, ErrReadOnly for writes to a read-only open, ErrFenced once a newer

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
 	"testing"
@@ -36,14 +37,14 @@ func openReplicas(v *Volume) []string {
 func TestWriterCrash(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, clusterOpts{replication: 2, checkpointEvery: 2})
-	const size = 4 << 20
+	const size = 2 << 20
 	c.create("vol", size, 0)
 	r := rand.New(rand.NewPCG(5, 6))
 	m := make(model, size)
 	for round := 0; round < 3; round++ {
 		v := c.open("vol", Options{Owner: "crashy"})
 		verify(t, ctx, v, m)
-		workload(t, ctx, v, m, r, 150)
+		workload(t, ctx, v, m, r, 100)
 		if err := v.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -404,4 +405,67 @@ func TestPeerDown(t *testing.T) {
 	}
 	verify(t, ctx, v, m)
 	v.Close(ctx)
+}
+
+// TestRecoveryQuorum: after a writer crash, the next writer needs answers
+// from enough ring members to be sure it sees every flushed byte.
+func TestRecoveryQuorum(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3})
+	c.create("vol", 1<<20, 0) // MinReplicas = 2: at most one member unheard
+	v := c.open("vol", Options{})
+	m := make(model, 1<<20)
+	r := rand.New(rand.NewPCG(61, 62))
+	workload(t, ctx, v, m, r, 60)
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.meta.ExpireSession(v.session.ID())
+	waitFenced(t, v)
+	v.Close(ctx)
+
+	reps := c.ids
+	c.setDown(reps[0], true)
+	c.setDown(reps[1], true)
+	_, err := Open(ctx, c.deps(), "vol", Options{})
+	if !errors.Is(err, torus.ErrUnavailable) {
+		t.Fatalf("open with two of three members down: %v, want ErrUnavailable", err)
+	}
+	// The failed open released the lock; one member down is tolerated.
+	c.setDown(reps[1], false)
+	v2 := c.open("vol", Options{})
+	verify(t, ctx, v2, m)
+	if err := v2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMetadataDown: with etcd unreachable, writes and flushes inside the
+// open segment go on (no etcd on that path); once the lease runs out the
+// writer is fenced.
+func TestMetadataDown(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2})
+	c.create("vol", 1<<20, 0)
+	v := c.open("vol", Options{LockTTL: time.Second})
+	defer v.Close(ctx)
+	c.meta.SetFailure(fmt.Errorf("test: etcd down: %w", torus.ErrUnavailable))
+	p := bytes.Repeat([]byte{3}, 8192)
+	if err := v.WriteAt(ctx, p, 4096, true); err != nil {
+		t.Fatalf("write+FUA with etcd down: %v", err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatalf("flush with etcd down: %v", err)
+	}
+	waitFenced(t, v)
+	if err := v.WriteAt(ctx, p, 0, false); !errors.Is(err, torus.ErrFenced) {
+		t.Fatalf("write after the lease ran out: %v", err)
+	}
+	c.meta.SetFailure(nil)
+	v2 := c.open("vol", Options{})
+	defer v2.Close(ctx)
+	got := make([]byte, 8192)
+	if err := v2.ReadAt(ctx, got, 4096); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("flushed write after takeover: %v", err)
+	}
 }

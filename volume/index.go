@@ -165,13 +165,39 @@ func (x *Index) Unmap(first, count uint64) {
 	}
 }
 
-// Apply replays one record stored in slot's segment.
-func (x *Index) Apply(slot uint32, r ScannedRecord) {
+// Move points each of len(crcs) blocks from first at consecutive data
+// from dataOff in slot, but only those blocks the index still maps to the
+// matching block of the source (srcSlot from srcOff): a compaction copy
+// never undoes a later write. It returns the blocks moved.
+func (x *Index) Move(first uint64, srcSlot uint32, srcOff int64, slot uint32, dataOff int64, crcs []uint32) int {
+	moved := 0
+	for i, c := range crcs {
+		b := first + uint64(i)
+		if b >= x.nblocks {
+			break
+		}
+		loc, ok := x.Lookup(b)
+		if !ok || loc.Slot != srcSlot || loc.Offset != srcOff+int64(i)*torus.BlockSize || loc.CRC != c {
+			continue
+		}
+		x.set(b, entry{slot: slot + 1, off: uint32(dataOff + int64(i)*torus.BlockSize), crc: c})
+		moved++
+	}
+	return moved
+}
+
+// Apply replays one record stored in slot's segment of volume.
+func (x *Index) Apply(volume uint64, slot uint32, r ScannedRecord) {
 	switch r.Type {
 	case RecordWrite:
 		x.Map(r.Block, slot, r.DataOffset, r.CRCs)
 	case RecordZero:
 		x.Unmap(r.Block, uint64(r.Count))
+	case RecordMove:
+		src := torus.SegmentID{Volume: volume, Epoch: r.Source.Epoch, Seq: r.Source.Seq, Kind: torus.KindData}
+		if s, ok := x.slotOf[src]; ok {
+			x.Move(r.Block, s, r.Source.Offset, slot, r.DataOffset, r.CRCs)
+		}
 	}
 }
 

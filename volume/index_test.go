@@ -230,3 +230,28 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+func TestIndexMove(t *testing.T) {
+	x := NewIndex(100)
+	src := x.AddSegment(torus.SegmentID{Volume: 1, Seq: 1})
+	dst := x.AddSegment(torus.SegmentID{Volume: 1, Seq: 2})
+	x.Map(10, src, 1000, []uint32{1, 2, 3, 4})
+	x.Map(12, dst, 0, []uint32{9}) // a later write of block 12
+	moved := x.Move(10, src, 1000, dst, 5000, []uint32{1, 2, 3, 4})
+	if moved != 3 {
+		t.Fatalf("moved %d, want 3", moved)
+	}
+	for b, want := range map[uint64]Location{
+		10: {dst, 5000, 1}, 11: {dst, 5000 + 4096, 2}, 12: {dst, 0, 9}, 13: {dst, 5000 + 3*4096, 4},
+	} {
+		if got, _ := x.Lookup(b); got != want {
+			t.Fatalf("block %d: %+v, want %+v", b, got, want)
+		}
+	}
+	if x.Slot(src).Live != 0 || x.Slot(dst).Live != 4 {
+		t.Fatalf("live %d/%d", x.Slot(src).Live, x.Slot(dst).Live)
+	}
+	if err := x.check(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -70,6 +70,7 @@ func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.Pe
 	}
 	cfg.EnsureDefaults()
 	v.cfg = cfg
+	v.id = info.ID
 	v.setInfo(info)
 	if err := v.refreshCluster(ctx); err != nil {
 		return nil, err
@@ -109,19 +110,8 @@ func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.Pe
 		set(ck.ID, ck.Length)
 		table, ok := cache.get(ck.ID)
 		if !ok {
-			_, err := v.readWhole(ctx, *ck, func(p []byte) bool {
-				if int64(len(p)) != ck.Length {
-					return false
-				}
-				c, err := DecodeCheckpoint(p, info.ID, uint64(info.Size/torus.BlockSize))
-				if err != nil {
-					return false
-				}
-				table = c.Segments
-				return true
-			})
-			if err != nil {
-				return nil, fmt.Errorf("volume %s: checkpoint %v: %w", volumeName, ck.ID, err)
+			if table, err = v.checkpointTable(ctx, *ck); err != nil {
+				return nil, err
 			}
 			cache.put(ck.ID, table)
 		}

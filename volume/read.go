@@ -31,7 +31,18 @@ type readRun struct {
 	crcs   []uint32
 }
 
+// read fills p from the index. If a run cannot be read anywhere it looks
+// the blocks up once more: compaction may have moved them and the GC removed
+// the old segment while the read was in flight.
 func (v *Volume) read(ctx context.Context, p []byte, off int64) error {
+	err := v.readOnce(ctx, p, off)
+	if err != nil && ctx.Err() == nil && errors.Is(err, torus.ErrUnavailable) {
+		err = v.readOnce(ctx, p, off)
+	}
+	return err
+}
+
+func (v *Volume) readOnce(ctx context.Context, p []byte, off int64) error {
 	if len(p) == 0 {
 		return nil
 	}
@@ -57,9 +68,10 @@ func (v *Volume) read(ctx context.Context, p []byte, off int64) error {
 		runs = append(runs, readRun{seg: seg, block: b, segOff: loc.Offset, crcs: []uint32{loc.CRC}})
 	}
 	v.mu.Unlock()
-	// Zero the whole request, then fill in the mapped runs.
+	// Zero the whole request, then fill in the mapped runs, up to
+	// readParallel at a time (runs cover disjoint parts of p).
 	clear(p)
-	for _, r := range runs {
+	one := func(r readRun) error {
 		buf := make([]byte, int64(len(r.crcs))*bs)
 		if err := v.fetch(ctx, r, buf); err != nil {
 			return err
@@ -68,9 +80,36 @@ func (v *Volume) read(ctx context.Context, p []byte, off int64) error {
 		rs := int64(r.block) * bs
 		lo, hi := max(rs, off), min(rs+int64(len(buf)), end)
 		copy(p[lo-off:hi-off], buf[lo-rs:hi-rs])
+		return nil
 	}
-	return nil
+	if len(runs) == 1 {
+		return one(runs[0])
+	}
+	work := make(chan readRun)
+	errs := make(chan error, len(runs))
+	workers := min(readParallel, len(runs))
+	for range workers {
+		go func() {
+			for r := range work {
+				errs <- one(r)
+			}
+		}()
+	}
+	for _, r := range runs {
+		work <- r
+	}
+	close(work)
+	var firstErr error
+	for range runs {
+		if err := <-errs; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
 }
+
+// readParallel bounds the runs one read fetches at once.
+const readParallel = 8
 
 // fetch reads one run into buf from the first candidate whose data matches
 // the index's CRCs.

@@ -26,7 +26,20 @@ const (
 	RecordWrite RecordType = 1
 	// RecordZero makes a block range read as zeros (trim, write-zeroes).
 	RecordZero RecordType = 2
+	// RecordMove carries block data copied by compaction from a source
+	// location; it applies only to blocks the index still maps there.
+	RecordMove RecordType = 3
 )
+
+// moveSourceSize is the size of a move record's source descriptor.
+const moveSourceSize = 24
+
+// MoveSource is where a move record's blocks were copied from: a data
+// segment of the same volume and the data offset of the first block.
+type MoveSource struct {
+	Epoch, Seq uint64
+	Offset     int64
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -43,8 +56,11 @@ type RecordHeader struct {
 
 // RecordSize is the encoded size of a record with header h.
 func RecordSize(h RecordHeader) int64 {
-	if h.Type == RecordWrite {
+	switch h.Type {
+	case RecordWrite:
 		return RecordHeaderSize + int64(h.Count)*(4+torus.BlockSize)
+	case RecordMove:
+		return RecordHeaderSize + moveSourceSize + int64(h.Count)*(4+torus.BlockSize)
 	}
 	return RecordHeaderSize
 }
@@ -53,13 +69,28 @@ func RecordSize(h RecordHeader) int64 {
 // BlockSize, at most MaxRecordBlocks blocks) at block to dst. crcs, when not
 // nil, must hold the data's per-block CRCs (saving their recomputation).
 func AppendWriteRecord(dst []byte, block, epoch uint64, data []byte, crcs []uint32) []byte {
+	return appendDataRecord(dst, RecordWrite, block, epoch, nil, data, crcs)
+}
+
+// AppendMoveRecord appends a move record (compaction) for data copied from
+// src to block. Arguments are as for AppendWriteRecord.
+func AppendMoveRecord(dst []byte, block, epoch uint64, src MoveSource, data []byte, crcs []uint32) []byte {
+	return appendDataRecord(dst, RecordMove, block, epoch, &src, data, crcs)
+}
+
+func appendDataRecord(dst []byte, t RecordType, block, epoch uint64, src *MoveSource, data []byte, crcs []uint32) []byte {
 	n := len(data) / torus.BlockSize
 	if n == 0 || n > MaxRecordBlocks || len(data)%torus.BlockSize != 0 {
-		panic(fmt.Sprintf("volume: bad write record of %d bytes", len(data)))
+		panic(fmt.Sprintf("volume: bad data record of %d bytes", len(data)))
 	}
 	start := len(dst)
-	dst = appendHeader(dst, RecordWrite, block, uint32(n), epoch)
+	dst = appendHeader(dst, t, block, uint32(n), epoch)
 	crcStart := len(dst)
+	if src != nil {
+		dst = binary.LittleEndian.AppendUint64(dst, src.Epoch)
+		dst = binary.LittleEndian.AppendUint64(dst, src.Seq)
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(src.Offset))
+	}
 	for i := 0; i < n; i++ {
 		var c uint32
 		if crcs != nil {
@@ -103,9 +134,10 @@ func sealHeader(h []byte, sum uint32) {
 // ScannedRecord is one valid record found by ScanRecords.
 type ScannedRecord struct {
 	RecordHeader
-	Offset     int64    // of the record in the segment
-	DataOffset int64    // of the first block's data (write records)
-	CRCs       []uint32 // per-block CRC32C (write records)
+	Offset     int64      // of the record in the segment
+	DataOffset int64      // of the first block's data (write and move records)
+	CRCs       []uint32   // per-block CRC32C (write and move records)
+	Source     MoveSource // move records
 }
 
 // decodeHeader validates the header at the start of p (len ≥ RecordHeaderSize).
@@ -125,7 +157,7 @@ func decodeHeader(p []byte) (RecordHeader, uint32, bool) {
 	if p[5]|p[6]|p[7] != 0 || binary.LittleEndian.Uint32(p[20:]) != 0 {
 		return RecordHeader{}, 0, false
 	}
-	if h.Type != RecordWrite && h.Type != RecordZero {
+	if h.Type != RecordWrite && h.Type != RecordZero && h.Type != RecordMove {
 		return RecordHeader{}, 0, false
 	}
 	if h.Count == 0 || h.Count > MaxRecordBlocks || h.Block+uint64(h.Count) < h.Block {
@@ -161,16 +193,31 @@ func ScanRecords(p []byte, base int64) (recs []ScannedRecord, valid int64) {
 			return recs, off
 		}
 		r := ScannedRecord{RecordHeader: h, Offset: base + off}
-		if h.Type == RecordWrite {
-			arr := rest[RecordHeaderSize : RecordHeaderSize+4*int(h.Count)]
-			if crc32.Checksum(arr, castagnoli) != sum {
+		if h.Type == RecordWrite || h.Type == RecordMove {
+			meta := 0
+			if h.Type == RecordMove {
+				meta = moveSourceSize
+			}
+			summed := rest[RecordHeaderSize : RecordHeaderSize+meta+4*int(h.Count)]
+			if crc32.Checksum(summed, castagnoli) != sum {
 				return recs, off
 			}
+			if h.Type == RecordMove {
+				r.Source = MoveSource{
+					Epoch:  binary.LittleEndian.Uint64(summed[0:]),
+					Seq:    binary.LittleEndian.Uint64(summed[8:]),
+					Offset: int64(binary.LittleEndian.Uint64(summed[16:])),
+				}
+				if r.Source.Offset < 0 {
+					return recs, off
+				}
+			}
+			arr := summed[meta:]
 			r.CRCs = make([]uint32, h.Count)
 			for i := range r.CRCs {
 				r.CRCs[i] = binary.LittleEndian.Uint32(arr[4*i:])
 			}
-			r.DataOffset = r.Offset + RecordHeaderSize + 4*int64(h.Count)
+			r.DataOffset = r.Offset + RecordHeaderSize + int64(meta) + 4*int64(h.Count)
 		}
 		recs = append(recs, r)
 		off += size

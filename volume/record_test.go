@@ -22,16 +22,17 @@ func sampleSegment() []byte {
 	seg = AppendWriteRecord(seg, 10, 7, blocks(1, 3), nil)
 	seg = AppendZeroRecord(seg, 11, 1, 7)
 	seg = AppendWriteRecord(seg, 0, 7, blocks(2, 1), nil)
+	seg = AppendMoveRecord(seg, 20, 7, MoveSource{Epoch: 3, Seq: 4, Offset: 4140}, blocks(3, 2), nil)
 	return seg
 }
 
 func TestRecordRoundTrip(t *testing.T) {
 	seg := sampleSegment()
 	recs, valid := ScanRecords(seg, 100)
-	if valid != int64(len(seg)) || len(recs) != 3 {
+	if valid != int64(len(seg)) || len(recs) != 4 {
 		t.Fatalf("valid %d of %d, %d records", valid, len(seg), len(recs))
 	}
-	if got, want := int64(len(seg)), RecordSize(recs[0].RecordHeader)+RecordSize(recs[1].RecordHeader)+RecordSize(recs[2].RecordHeader); got != want {
+	if got, want := int64(len(seg)), RecordSize(recs[0].RecordHeader)+RecordSize(recs[1].RecordHeader)+RecordSize(recs[2].RecordHeader)+RecordSize(recs[3].RecordHeader); got != want {
 		t.Fatalf("size %d, RecordSize sum %d", got, want)
 	}
 	r := recs[0]
@@ -55,6 +56,16 @@ func TestRecordRoundTrip(t *testing.T) {
 	if z := recs[1]; z.Type != RecordZero || z.Block != 11 || z.Count != 1 || z.CRCs != nil {
 		t.Fatalf("record 1: %+v", z)
 	}
+	mv := recs[3]
+	if mv.Type != RecordMove || mv.Block != 20 || mv.Count != 2 || mv.Source != (MoveSource{Epoch: 3, Seq: 4, Offset: 4140}) {
+		t.Fatalf("record 3: %+v", mv)
+	}
+	if mv.DataOffset != mv.Offset+RecordHeaderSize+moveSourceSize+8 || mv.CRCs[1] != BlockCRC(blocks(3, 2)[4096:]) {
+		t.Fatalf("move record layout: %+v", mv)
+	}
+	if !bytes.Equal(seg[mv.DataOffset-100:mv.DataOffset-100+8192], blocks(3, 2)) {
+		t.Fatal("move data not at its offset")
+	}
 	// 4 KiB write amplification as the design note states.
 	if got := RecordSize(RecordHeader{Type: RecordWrite, Count: 1}); got != 40+4+4096 {
 		t.Fatalf("4K record size %d", got)
@@ -65,8 +76,9 @@ func TestScanValidPrefix(t *testing.T) {
 	seg := sampleSegment()
 	first := RecordSize(RecordHeader{Type: RecordWrite, Count: 3})
 	second := first + RecordHeaderSize
+	third := second + RecordSize(RecordHeader{Type: RecordWrite, Count: 1})
 	// Truncation anywhere inside the third record leaves two.
-	for cut := second; cut < int64(len(seg)); cut += 97 {
+	for cut := second; cut < third; cut += 97 {
 		recs, valid := ScanRecords(seg[:cut], 0)
 		if len(recs) != 2 || valid != second {
 			t.Fatalf("cut %d: %d records, valid %d", cut, len(recs), valid)
@@ -84,12 +96,12 @@ func TestScanValidPrefix(t *testing.T) {
 	// A flipped bit in block data is not detected by the scan (lazy check).
 	bad := bytes.Clone(seg)
 	bad[first-1] ^= 1
-	if recs, _ := ScanRecords(bad, 0); len(recs) != 3 {
+	if recs, _ := ScanRecords(bad, 0); len(recs) != 4 {
 		t.Fatalf("data flip changed the scan: %d", len(recs))
 	}
 	// Garbage after valid records (a torn tail) is ignored.
 	tail := append(bytes.Clone(seg), make([]byte, 100)...)
-	if recs, valid := ScanRecords(tail, 0); len(recs) != 3 || valid != int64(len(seg)) {
+	if recs, valid := ScanRecords(tail, 0); len(recs) != 4 || valid != int64(len(seg)) {
 		t.Fatalf("zero tail: %d records valid %d", len(recs), valid)
 	}
 }
@@ -113,6 +125,9 @@ func FuzzScanRecords(f *testing.F) {
 			case RecordWrite:
 				data := p[r.DataOffset : r.DataOffset+int64(r.Count)*torus.BlockSize]
 				re = AppendWriteRecord(re, r.Block, r.Epoch, data, r.CRCs)
+			case RecordMove:
+				data := p[r.DataOffset : r.DataOffset+int64(r.Count)*torus.BlockSize]
+				re = AppendMoveRecord(re, r.Block, r.Epoch, r.Source, data, r.CRCs)
 			case RecordZero:
 				re = AppendZeroRecord(re, r.Block, r.Count, r.Epoch)
 			default:

@@ -146,7 +146,7 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 			if r.Offset+RecordSize(r.RecordHeader) > ref.Length {
 				break
 			}
-			idx.Apply(slot, r)
+			idx.Apply(id, slot, r)
 		}
 	}
 	if head.Open == nil {
@@ -161,7 +161,7 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 		slot := idx.AddSegment(seg)
 		idx.SetLength(slot, valid)
 		for _, r := range recs {
-			idx.Apply(slot, r)
+			idx.Apply(id, slot, r)
 		}
 	}
 	return idx, valid, nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/torus-storage/torus"
@@ -93,77 +92,36 @@ func SnapshotClosed(ctx context.Context, deps Deps, volume, name string) error {
 // segments of the volume that are not in the map. It fails (and the sweep
 // must delete nothing) when a checkpoint cannot be read.
 func LiveSegments(ctx context.Context, meta torus.Metadata, peers torus.PeerPool, volumeName string) (map[torus.SegmentID]bool, error) {
-	v := &Volume{
-		meta:  meta,
-		peers: peers,
-		log:   slog.New(slog.DiscardHandler),
-		name:  volumeName,
-		ro:    true,
-		segs:  make(map[torus.SegmentID]*segState),
-	}
-	info, err := meta.Volume(ctx, volumeName)
-	if err != nil {
-		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
-	}
-	cfg, err := meta.ClusterConfig(ctx)
+	lens, err := LiveSegmentLengths(ctx, meta, peers, volumeName, nil)
 	if err != nil {
 		return nil, err
 	}
-	cfg.EnsureDefaults()
-	v.cfg = cfg
-	v.id = info.ID
-	v.setInfo(info)
-	if err := v.refreshCluster(ctx); err != nil {
-		return nil, err
-	}
-	head, err := meta.Head(ctx, volumeName)
-	if err != nil {
-		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
-	}
-	snaps, err := meta.Snapshots(ctx, volumeName)
-	if err != nil {
-		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
-	}
-	live := make(map[torus.SegmentID]bool)
-	for _, k := range []torus.SegmentKind{torus.KindData, torus.KindCheckpoint} {
-		live[torus.SegmentID{Volume: info.ID, Epoch: head.Epoch, Seq: head.NextSeq, Kind: k}] = true
-	}
-	heads := []torus.Head{head}
-	for _, s := range snaps {
-		heads = append(heads, s.Head)
-	}
-	seen := make(map[torus.SegmentID]bool)
-	for _, h := range heads {
-		for _, s := range h.Sealed {
-			live[s.ID] = true
-		}
-		if h.Open != nil {
-			live[*h.Open] = true
-		}
-		ck := h.Checkpoint
-		if ck == nil || seen[ck.ID] {
-			continue
-		}
-		seen[ck.ID] = true
-		live[ck.ID] = true
-		var table []torus.SegmentRef
-		_, err := v.readWhole(ctx, *ck, func(p []byte) bool {
-			if int64(len(p)) != ck.Length {
-				return false
-			}
-			c, err := DecodeCheckpoint(p, info.ID, uint64(info.Size/torus.BlockSize))
-			if err != nil {
-				return false
-			}
-			table = c.Segments
-			return true
-		})
-		if err != nil {
-			return nil, fmt.Errorf("volume %s: checkpoint %v: %w", volumeName, ck.ID, err)
-		}
-		for _, s := range table {
-			live[s.ID] = true
-		}
+	live := make(map[torus.SegmentID]bool, len(lens))
+	for id := range lens {
+		live[id] = true
 	}
 	return live, nil
+}
+
+// checkpointTable reads a checkpoint and returns its segment table.
+func (v *Volume) checkpointTable(ctx context.Context, ck torus.SegmentRef) ([]torus.SegmentRef, error) {
+	v.mu.Lock()
+	nblocks := uint64(v.info.Size / torus.BlockSize)
+	v.mu.Unlock()
+	var table []torus.SegmentRef
+	_, err := v.readWhole(ctx, ck, func(p []byte) bool {
+		if int64(len(p)) != ck.Length {
+			return false
+		}
+		c, err := DecodeCheckpoint(p, v.id, nblocks)
+		if err != nil {
+			return false
+		}
+		table = c.Segments
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: checkpoint %v: %w", v.name, ck.ID, err)
+	}
+	return table, nil
 }

@@ -5,22 +5,24 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/storage"
 )
 
 func TestSnapshot(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, clusterOpts{replication: 2, checkpointEvery: 3})
-	const size = 4 << 20
+	const size = 2 << 20
 	c.create("vol", size, 0)
 	v := c.open("vol", Options{})
 	defer v.Close(ctx)
 	r := rand.New(rand.NewPCG(21, 22))
 	m := make(model, size)
-	workload(t, ctx, v, m, r, 300)
+	workload(t, ctx, v, m, r, 200)
 	if err := v.Snapshot(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +30,7 @@ func TestSnapshot(t *testing.T) {
 	if err := v.Snapshot(ctx, "s1"); !errors.Is(err, torus.ErrExist) {
 		t.Fatalf("duplicate snapshot: %v", err)
 	}
-	workload(t, ctx, v, m, r, 300)
+	workload(t, ctx, v, m, r, 200)
 	s := c.open("vol", Options{Snapshot: "s1"})
 	defer s.Close(ctx)
 	if !s.ReadOnly() || s.Size() != size {
@@ -69,17 +71,22 @@ func TestSnapshot(t *testing.T) {
 	s2.Close(ctx)
 
 	// Everything the snapshots and the head need is live; a GC keeping
-	// exactly the live set loses nothing.
-	live, err := LiveSegments(ctx, c.meta, c, "vol")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var deleted int
+	// exactly the live set loses nothing. Like the daemons' sweep, list
+	// first, then compute the live set (the writer may be rolling).
+	listed := make(map[*storage.Memory][]torus.SegmentInfo)
 	for _, st := range c.stores {
 		segs, err := st.List(ctx, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
+		listed[st] = segs
+	}
+	live, err := LiveSegments(ctx, c.meta, c, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deleted int
+	for st, segs := range listed {
 		for _, sg := range segs {
 			if !live[sg.ID] {
 				if err := st.Delete(ctx, sg.ID); err != nil {
@@ -154,4 +161,68 @@ func TestReadOnlyView(t *testing.T) {
 	old := bytes.Clone(m)
 	workload(t, ctx, v, m, r, 100)
 	verify(t, ctx, ro, old)
+}
+
+// TestLiveSegmentLengths: sealed segments carry their head lengths, the
+// open segment and the writer's reservations are Unknown, and the
+// checkpoint's table is included.
+func TestLiveSegmentLengths(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, checkpointEvery: 2})
+	c.create("vol", 4<<20, 0)
+	v := c.open("vol", Options{})
+	defer v.Close(ctx)
+	m := make(model, 4<<20)
+	workload(t, ctx, v, m, rand.New(rand.NewPCG(91, 92)), 300)
+	var cache TableCache
+	var lens map[torus.SegmentID]int64
+	var h torus.Head
+	var slots []SlotInfo
+	for try := 0; ; try++ {
+		// Compaction may roll segments meanwhile: take a stable view.
+		h = v.Info().Head
+		v.mu.Lock()
+		slots = v.idx.Slots()
+		v.mu.Unlock()
+		var err error
+		if lens, err = LiveSegmentLengths(ctx, c.meta, c, "vol", &cache); err != nil {
+			t.Fatal(err)
+		}
+		if reflect.DeepEqual(h, v.Info().Head) {
+			break
+		}
+		if try == 50 {
+			t.Fatal("head never stable")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h.Checkpoint == nil || h.Open == nil {
+		t.Fatalf("workload left no checkpoint or open segment: %+v", h)
+	}
+	if lens[h.Checkpoint.ID] != h.Checkpoint.Length {
+		t.Errorf("checkpoint length %d, want %d", lens[h.Checkpoint.ID], h.Checkpoint.Length)
+	}
+	for _, s := range h.Sealed {
+		if lens[s.ID] != s.Length {
+			t.Errorf("sealed %v length %d, want %d", s.ID, lens[s.ID], s.Length)
+		}
+	}
+	if n, ok := lens[*h.Open]; !ok || n != Unknown {
+		t.Errorf("open segment: %d %v", n, ok)
+	}
+	reserved := torus.SegmentID{Volume: v.Info().Volume.ID, Epoch: h.Epoch, Seq: h.NextSeq, Kind: torus.KindCheckpoint}
+	if n, ok := lens[reserved]; !ok || n != Unknown {
+		t.Errorf("reserved checkpoint %v: %d %v", reserved, n, ok)
+	}
+	// Every segment the index points into is live, with its length.
+	for _, s := range slots {
+		if s.Live > 0 && s.Ref.ID != *h.Open && lens[s.Ref.ID] != s.Ref.Length {
+			t.Errorf("indexed segment %v: length %d, want %d", s.Ref.ID, lens[s.Ref.ID], s.Ref.Length)
+		}
+	}
+	// A second call is served from the cache and agrees.
+	again, err := LiveSegmentLengths(ctx, c.meta, c, "vol", &cache)
+	if err != nil || len(again) != len(lens) {
+		t.Fatalf("cached call: %d entries, %v", len(again), err)
+	}
 }

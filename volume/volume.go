@@ -48,20 +48,22 @@ const badPeerTimeout = 30 * time.Second
 
 // Stats are a volume's counters since Open.
 type Stats struct {
-	BytesWritten    int64 // payload bytes of WriteAt and WriteZeroes/Trim requests
-	BlocksWritten   int64 // blocks of write records
-	Records         int64 // records appended
-	Batches         int64 // group commits (Append rounds)
-	BytesAppended   int64 // record bytes appended to data segments, counted once
-	ReplicaBytes    int64 // bytes sent in Appends, summed over replicas (data and checkpoints)
-	SegmentsSealed  int64
-	Checkpoints     int64
-	CheckpointBytes int64
-	EtcdCommits     int64 // CommitHead and CreateSnapshot requests
-	Flushes         int64 // Flush calls (including FUA)
-	Syncs           int64 // Sync requests sent
-	ReplicasDropped int64
-	ReadRetries     int64 // reads that moved on to another replica
+	BytesWritten      int64 // payload bytes of WriteAt and WriteZeroes/Trim requests
+	BlocksWritten     int64 // blocks of write records
+	Records           int64 // records appended
+	Batches           int64 // group commits (Append rounds)
+	BytesAppended     int64 // record bytes appended to data segments, counted once
+	ReplicaBytes      int64 // bytes sent in Appends, summed over replicas (data and checkpoints)
+	SegmentsSealed    int64
+	Checkpoints       int64
+	CheckpointBytes   int64
+	EtcdCommits       int64 // CommitHead and CreateSnapshot requests
+	Flushes           int64 // Flush calls (including FUA)
+	Syncs             int64 // Sync requests sent
+	ReplicasDropped   int64
+	BlocksMoved       int64 // blocks rewritten by compaction
+	SegmentsCompacted int64
+	ReadRetries       int64 // reads that moved on to another replica
 }
 
 // Info describes an open volume.
@@ -104,9 +106,11 @@ type Volume struct {
 	epoch   uint64
 	wg      sync.WaitGroup
 
-	reqs chan *writeReq
-	ctl  chan *ctlReq
-	stop chan struct{}
+	reqs        chan *writeReq
+	ctl         chan *ctlReq
+	stop        chan struct{}
+	compactKick chan struct{}                          // a checkpoint was written
+	ckTables    map[torus.SegmentID][]torus.SegmentRef // compactor-owned cache
 
 	locks [64]sync.Mutex // striped locks for edge read-modify-write
 
@@ -162,18 +166,20 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 		opt.Owner = "volume.Open"
 	}
 	v := &Volume{
-		meta:  deps.Meta,
-		peers: deps.Peers,
-		log:   log.With("volume", name),
-		name:  name,
-		snap:  opt.Snapshot,
-		ro:    opt.ReadOnly || opt.Snapshot != "",
-		owner: opt.Owner,
-		reqs:  make(chan *writeReq, 256),
-		ctl:   make(chan *ctlReq),
-		stop:  make(chan struct{}),
-		bad:   make(map[string]time.Time),
-		segs:  make(map[torus.SegmentID]*segState),
+		meta:        deps.Meta,
+		peers:       deps.Peers,
+		log:         log.With("volume", name),
+		name:        name,
+		snap:        opt.Snapshot,
+		ro:          opt.ReadOnly || opt.Snapshot != "",
+		owner:       opt.Owner,
+		reqs:        make(chan *writeReq, 256),
+		ctl:         make(chan *ctlReq),
+		compactKick: make(chan struct{}, 1),
+		ckTables:    make(map[torus.SegmentID][]torus.SegmentRef),
+		stop:        make(chan struct{}),
+		bad:         make(map[string]time.Time),
+		segs:        make(map[torus.SegmentID]*segState),
 	}
 	v.ctx, v.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := v.openVolume(ctx, opt); err != nil {
@@ -265,7 +271,8 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 		return fail(err)
 	}
 	v.log.Info("opened for writing", "owner", opt.Owner, "sealed", len(v.head.Sealed), "mapped", idx.Mapped())
-	v.wg.Add(3)
+	v.wg.Add(4)
+	go v.compactor()
 	go v.appender()
 	go v.watchLoop(watch)
 	go v.sessionLoop()
@@ -498,7 +505,9 @@ func (v *Volume) doClose(ctx context.Context) error {
 			err = v.flush(ctx)
 			if err == nil {
 				err = v.control(ctx, func(ctx context.Context) error {
-					return v.roll(ctx, ckptNever, false)
+					// Checkpoint when due, so short sessions (attach, a few
+					// writes, detach) do not grow the head's sealed list.
+					return v.roll(ctx, ckptIfDue, false)
 				})
 			}
 		} else {
@@ -535,12 +544,4 @@ func cloneHead(h torus.Head) torus.Head {
 		c.Open = &o
 	}
 	return c
-}
-
-// Index returns the volume's index for inspection in tests. The caller must
-// not use it while I/O is running.
-func (v *Volume) Index() *Index {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.idx
 }

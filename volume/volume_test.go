@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/metadata"
 )
 
 // model is a volume as a plain byte slice.
@@ -131,7 +132,7 @@ func TestModel(t *testing.T) {
 	verify(t, ctx, v, m)
 	workload(t, ctx, v, m, r, 200)
 	verify(t, ctx, v, m)
-	if err := v.Index().check(); err != nil {
+	if err := v.idx.check(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -237,4 +238,55 @@ func TestGrow(t *testing.T) {
 	if err := v2.ReadAt(ctx, got, 2<<20-4096); err != nil || !bytes.Equal(got, p) {
 		t.Fatalf("grown range after reopen: %v", err)
 	}
+}
+
+// TestNoPeers: a cluster without ring members opens volumes, reads zeros,
+// and fails writes with ErrUnavailable.
+func TestNoPeers(t *testing.T) {
+	ctx := context.Background()
+	full := newCluster(t, clusterOpts{replication: 2})
+	c := &cluster{t: t, meta: metadata.NewMemory(), locals: full.locals, stores: full.stores,
+		down: map[string]bool{}, corrupt: map[string]bool{}}
+	if err := c.meta.InitCluster(ctx, torus.ClusterConfig{Replication: 2, SegmentSize: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c.create("vol", 1<<20, 0)
+	v := c.open("vol", Options{})
+	defer v.Close(ctx)
+	if err := v.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(ctx, make([]byte, 4096), 0, false); !errors.Is(err, torus.ErrUnavailable) {
+		t.Fatalf("write without peers: %v", err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatalf("flush with nothing written: %v", err)
+	}
+}
+
+// TestShortSessions: many open/write/close cycles keep the head small
+// (checkpoints at Close when due) and the data intact.
+func TestShortSessions(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, checkpointEvery: 3})
+	c.create("vol", 1<<20, 0)
+	m := make(model, 1<<20)
+	r := rand.New(rand.NewPCG(81, 82))
+	for i := 0; i < 10; i++ {
+		v := c.open("vol", Options{})
+		workload(t, ctx, v, m, r, 5)
+		if err := v.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		h, err := c.meta.Head(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h.Sealed) >= 3 || h.Open != nil {
+			t.Fatalf("session %d: head has %d sealed segments, open %v", i, len(h.Sealed), h.Open)
+		}
+	}
+	v := c.open("vol", Options{ReadOnly: true})
+	verify(t, ctx, v, m)
+	v.Close(ctx)
 }

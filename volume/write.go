@@ -15,9 +15,12 @@ type writeReq struct {
 	typ   RecordType
 	block uint64
 	count uint32
-	data  []byte   // count blocks (write records)
+	data  []byte   // count blocks (write and move records)
 	crcs  []uint32 // their CRC32C
-	done  chan error
+	// move records: where the data was copied from
+	src     MoveSource
+	srcSlot uint32
+	done    chan error
 }
 
 func (r *writeReq) size() int64 { return RecordSize(RecordHeader{Type: r.typ, Count: r.count}) }
@@ -91,9 +94,12 @@ func (v *Volume) appendBatch(batch []*writeReq) error {
 	offs := make([]int64, len(batch))
 	for i, r := range batch {
 		offs[i] = int64(len(buf))
-		if r.typ == RecordWrite {
+		switch r.typ {
+		case RecordWrite:
 			buf = AppendWriteRecord(buf, r.block, v.epoch, r.data, r.crcs)
-		} else {
+		case RecordMove:
+			buf = AppendMoveRecord(buf, r.block, v.epoch, r.src, r.data, r.crcs)
+		default:
 			buf = AppendZeroRecord(buf, r.block, r.count, v.epoch)
 		}
 	}
@@ -124,6 +130,9 @@ func (v *Volume) appendBatch(batch []*writeReq) error {
 					v.stats.BlocksWritten += int64(r.count)
 				case RecordZero:
 					v.idx.Unmap(r.block, uint64(r.count))
+				case RecordMove:
+					dataOff := base + offs[i] + RecordHeaderSize + moveSourceSize + 4*int64(r.count)
+					v.stats.BlocksMoved += int64(v.idx.Move(r.block, r.srcSlot, r.src.Offset, open.slot, dataOff, r.crcs))
 				}
 			}
 			open.length += int64(len(buf))
@@ -284,6 +293,12 @@ func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
 		v.segs[next.id] = next
 	}
 	v.mu.Unlock()
+	if ck != nil {
+		select {
+		case v.compactKick <- struct{}{}:
+		default:
+		}
+	}
 	v.log.Debug("rolled", "sealed", old != nil && old.length > 0, "checkpoint", ck != nil, "open", nh.Open)
 	return placeErr
 }

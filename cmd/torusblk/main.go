@@ -80,18 +80,7 @@ func (g *globals) connect(ctx context.Context, log *slog.Logger) (*etcdmeta.Stor
 	if err != nil {
 		return nil, nil, err
 	}
-	pool := peer.NewPool(func(ctx context.Context, id string) (string, error) {
-		peers, err := meta.Peers(ctx)
-		if err != nil {
-			return "", err
-		}
-		for _, p := range peers {
-			if p.ID == id {
-				return p.Address, nil
-			}
-		}
-		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
-	}, peer.ClientConfig{}, log)
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
 	return meta, pool, nil
 }
 
@@ -136,6 +125,9 @@ func newNBDServe(g *globals) *cobra.Command {
 			select {
 			case <-ctx.Done():
 			case err := <-errc:
+				if errors.Is(err, nbd.ErrServerClosed) {
+					err = nil
+				}
 				return err
 			}
 			log.Info("shutting down: completing requests, flushing and releasing volumes")

@@ -32,6 +32,7 @@ type flags struct {
 	zone                            string
 	autoJoin, dev                   bool
 	nbdListen                       string
+	devEtcdClient, devEtcdPeer      string
 	rebalanceRate                   string
 	downGrace, heartbeatTTL         time.Duration
 	logLevel                        string
@@ -61,6 +62,8 @@ func parse(args []string) (*flags, error) {
 	fs.BoolVar(&f.autoJoin, "auto-join", false, "add this daemon to the ring at start")
 	fs.BoolVar(&f.dev, "dev", false, "one-machine mode: embedded etcd, auto-join, NBD server, volume \"demo\"")
 	fs.StringVar(&f.nbdListen, "nbd-listen", "127.0.0.1:10809", "with --dev: NBD server address")
+	fs.StringVar(&f.devEtcdClient, "dev-etcd-client-url", "http://127.0.0.1:2379", "with --dev: embedded etcd client URL")
+	fs.StringVar(&f.devEtcdPeer, "dev-etcd-peer-url", "http://127.0.0.1:2380", "with --dev: embedded etcd peer URL")
 	fs.StringVar(&f.rebalanceRate, "rebalance-rate", "0", "healing/rebalancing copy rate per second, e.g. 100MiB (0: unlimited)")
 	fs.DurationVar(&f.downGrace, "down-grace", 2*time.Minute, "how long a peer stays down before its data is re-replicated")
 	fs.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 5*time.Second, "liveness lease TTL: a dead daemon shows down within this")
@@ -113,8 +116,8 @@ func run(args []string) error {
 		if len(endpoints) == 0 {
 			embedded, err = etcdmeta.StartEmbedded(ctx, etcdmeta.EmbedConfig{
 				Dir:       filepath.Join(f.dataDir, "etcd"),
-				ClientURL: "http://127.0.0.1:2379",
-				PeerURL:   "http://127.0.0.1:2380",
+				ClientURL: f.devEtcdClient,
+				PeerURL:   f.devEtcdPeer,
 				Logger:    log,
 			})
 			if err != nil {
@@ -195,7 +198,7 @@ func devInit(ctx context.Context, meta torus.Metadata) error {
 	return nil
 }
 
-func devNBD(ctx context.Context, f *flags, meta torus.Metadata, srv *server.Server, log *slog.Logger) (*nbd.Server, error) {
+func devNBD(ctx context.Context, f *flags, meta *etcdmeta.Store, srv *server.Server, log *slog.Logger) (*nbd.Server, error) {
 	if _, err := meta.Volume(ctx, "demo"); errors.Is(err, torus.ErrNotExist) {
 		if _, err := meta.CreateVolume(ctx, torus.VolumeInfo{Name: "demo", Size: 1 << 30}); err != nil && !errors.Is(err, torus.ErrExist) {
 			return nil, fmt.Errorf("creating volume demo: %w", err)
@@ -210,38 +213,27 @@ func devNBD(ctx context.Context, f *flags, meta torus.Metadata, srv *server.Serv
 	if err != nil {
 		return nil, fmt.Errorf("nbd listen: %w", err)
 	}
-	pool := peer.NewPool(func(ctx context.Context, id string) (string, error) {
-		peers, err := meta.Peers(ctx)
-		if err != nil {
-			return "", err
-		}
-		for _, p := range peers {
-			if p.ID == id {
-				return p.Address, nil
-			}
-		}
-		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
-	}, peer.ClientConfig{}, log)
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("torusd --dev@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
 	nbdSrv := nbd.NewServer(nbd.Config{}, export.New(meta, pool, owner, log), log)
 	go func() {
-		if err := nbdSrv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+		if err := nbdSrv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, nbd.ErrServerClosed) {
 			log.Error("nbd server stopped", "err", err)
 		}
 	}()
 	addr := ln.Addr().String()
 	fmt.Printf(`
-Torus is running (one machine, embedded etcd at 127.0.0.1:2379, data in %s).
+Torus is running (one machine, etcd at %s, data in %s).
 Volume "demo" (1 GiB) is served over NBD at %s. Try:
 
   nbdinfo nbd://%s/demo
   qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' nbd://%s/demo
   qemu-img convert -n -O raw disk.img nbd://%s/demo
-  mkdir -p /tmp/demo && nbdfuse /tmp/demo/disk nbd://%s/demo &   # then: losetup -f --show /tmp/demo/disk
+  mkdir -p /tmp/demo && nbdfuse /tmp/demo nbd://%s/demo &   # a file /tmp/demo/nbd; then losetup -f --show /tmp/demo/nbd
   bin/torusctl volume list
 
 Metrics: http://%s/metrics   Stop with Ctrl-C (volumes are flushed and released).
-`, f.dataDir, addr, addr, addr, addr, addr, srv.HTTPAddr())
+`, strings.Join(meta.Endpoints(), ","), f.dataDir, addr, addr, addr, addr, addr, srv.HTTPAddr())
 	return nbdSrv, nil
 }

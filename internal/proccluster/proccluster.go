@@ -89,7 +89,7 @@ type Proc struct {
 	Args []string
 	Env  []string
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *lockedBuffer
 	mu   sync.Mutex
 	done chan struct{}
 }
@@ -105,17 +105,23 @@ func (w *lockedBuffer) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
+func (w *lockedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
 // Start starts (or restarts) the process.
 func (p *Proc) Start(t testing.TB) {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.log == nil {
-		p.log = &bytes.Buffer{}
+		p.log = &lockedBuffer{b: &bytes.Buffer{}}
 	}
 	cmd := exec.Command(p.Args[0], p.Args[1:]...)
 	cmd.Env = append(os.Environ(), p.Env...)
-	w := &lockedBuffer{b: p.log}
+	w := p.log
 	cmd.Stdout = w
 	cmd.Stderr = w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -194,11 +200,12 @@ func (p *Proc) Pid() int {
 // Output returns what the process printed so far.
 func (p *Proc) Output() string {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.log == nil {
+	log := p.log
+	p.mu.Unlock()
+	if log == nil {
 		return ""
 	}
-	return p.log.String()
+	return log.String()
 }
 
 // Cluster is etcd plus daemons, started by New.

@@ -5,7 +5,6 @@ package testcluster
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -71,7 +70,7 @@ func New(t testing.TB, o Options) *Cluster {
 	if err := meta.InitCluster(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	c.Pool = peer.NewPool(c.resolve, peer.ClientConfig{}, c.Log)
+	c.Pool = peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, c.Log)
 	t.Cleanup(func() { c.Pool.Close() })
 	for i := 0; i < o.Daemons; i++ {
 		sc := server.Config{
@@ -102,19 +101,6 @@ func New(t testing.TB, o Options) *Cluster {
 		}
 	})
 	return c
-}
-
-func (c *Cluster) resolve(ctx context.Context, id string) (string, error) {
-	peers, err := c.Meta.Peers(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, p := range peers {
-		if p.ID == id {
-			return p.Address, nil
-		}
-	}
-	return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
 }
 
 // Start (re)starts daemon i on its data directory. A restart keeps the
