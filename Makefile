@@ -26,9 +26,12 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-# Every test, with the race detector, against real etcd and real NBD clients.
+# Every test, with the race detector, against real etcd and real NBD clients,
+# then the benchmark harness in quick mode as a smoke test (its figures are
+# not judged here; results go to a scratch directory).
 test: deps build lint
 	TORUS_REQUIRE_TOOLS=1 TORUS_BIN=$(CURDIR)/$(BIN) $(GO) test -race -timeout 30m $(PKGS)
+	out=$$(mktemp -d) && $(GO) run ./bench -quick -strict -out $$out && rm -rf $$out
 
 unit:
 	$(GO) test -short $(PKGS)

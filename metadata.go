@@ -126,6 +126,14 @@ type Metadata interface {
 	DefaultExport(ctx context.Context) (string, error)
 	SetDefaultExport(ctx context.Context, volume string) error
 
+	// PutVolumeStatuses replaces the published health of every volume
+	// (written by the maintenance of one daemon). StatusesOf volumes that
+	// no longer exist are dropped.
+	PutVolumeStatuses(ctx context.Context, st []VolumeStatus) error
+	// VolumeStatuses reads what was last published, keyed by volume name;
+	// a volume never reported is absent.
+	VolumeStatuses(ctx context.Context) (map[string]VolumeStatus, error)
+
 	// Close releases the client. Idempotent.
 	Close() error
 }

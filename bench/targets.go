@@ -173,7 +173,7 @@ type TorusOptions struct {
 func DaemonExtraArgs(torusdHelp string, downGrace time.Duration, user string) []string {
 	args := strings.Fields(user)
 	userSet := slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--down-grace") })
-	if downGrace > 0 && !userSet && strings.Contains(torusdHelp, "--down-grace") {
+	if downGrace > 0 && !userSet && strings.Contains(torusdHelp, "down-grace") {
 		args = append(args, "--down-grace", downGrace.String())
 	}
 	return args

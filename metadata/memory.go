@@ -27,6 +27,7 @@ type Memory struct {
 	nextLease   int64
 	sessions    map[int64]*memSession
 	defExport   string
+	statuses    map[string]torus.VolumeStatus
 	watchers    map[chan struct{}]struct{}
 	done        chan struct{} // closed by Close; ends watch goroutines
 }
@@ -61,6 +62,7 @@ func NewMemory() *Memory {
 		volumes:  make(map[string]*memVolume),
 		sessions: make(map[int64]*memSession),
 		watchers: make(map[chan struct{}]struct{}),
+		statuses: make(map[string]torus.VolumeStatus),
 		done:     make(chan struct{}),
 	}
 }
@@ -521,6 +523,7 @@ func (m *Memory) DeleteVolume(ctx context.Context, name string) error {
 			&torus.LockedError{Volume: name, Holder: v.writer.Owner, Epoch: v.writer.Epoch, InUse: true})
 	}
 	delete(m.volumes, name)
+	delete(m.statuses, name)
 	if m.defExport == name {
 		m.defExport = ""
 	}
@@ -845,6 +848,45 @@ func (m *Memory) SetDefaultExport(ctx context.Context, volume string) error {
 	m.defExport = volume
 	m.notifyLocked()
 	return nil
+}
+
+// PutVolumeStatuses implements torus.Metadata. Statuses of volumes that do
+// not exist (or whose ID differs) are dropped, and so are stored statuses of
+// volumes that no longer exist; stored statuses of existing volumes missing
+// from st are kept. It does not signal watchers: statuses are refreshed
+// every few seconds and nobody reacts to them.
+func (m *Memory) PutVolumeStatuses(ctx context.Context, st []torus.VolumeStatus) error {
+	if err := rules.VolumeStatuses(st); err != nil {
+		return err
+	}
+	if err := m.enter(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	for _, s := range st {
+		if v, ok := m.volumes[s.Volume]; ok && rules.StatusMatches(s, v.info) {
+			m.statuses[s.Volume] = s
+		}
+	}
+	for name := range m.statuses {
+		if _, ok := m.volumes[name]; !ok {
+			delete(m.statuses, name)
+		}
+	}
+	return nil
+}
+
+// VolumeStatuses implements torus.Metadata.
+func (m *Memory) VolumeStatuses(ctx context.Context) (map[string]torus.VolumeStatus, error) {
+	if err := m.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	out := make(map[string]torus.VolumeStatus, len(m.statuses))
+	for name, s := range m.statuses {
+		out[name] = s
+	}
+	return out, nil
 }
 
 // Close ends every session, closes every watch channel and makes further

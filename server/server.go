@@ -291,6 +291,16 @@ func (s *Server) join(ctx context.Context) error {
 			s.inRing.Store(true)
 			return nil
 		}
+		if peers, err := s.meta.Peers(ctx); err == nil {
+			for _, p := range peers {
+				if p.ID == s.id && p.State == torus.PeerRemoved {
+					// An operator removed this daemon: --auto-join must
+					// not undo that. `torusctl peer add` brings it back.
+					s.log.Warn("not rejoining the ring: this peer was removed (torusctl peer add to bring it back)")
+					return nil
+				}
+			}
+		}
 		spec.Version++
 		spec.Members = append(spec.Members, torus.RingMember{ID: s.id, Zone: s.cfg.Zone, Weight: s.cfg.Capacity})
 		err = s.meta.SetRing(ctx, spec)

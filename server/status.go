@@ -66,17 +66,9 @@ func volumeStatuses(view *clusterView, replication int, segs []rebalance.Segment
 	return out
 }
 
-type statusPublisher interface {
-	PutVolumeStatuses(ctx context.Context, st []torus.VolumeStatus) error
-}
-
 // publishStatus publishes volume health when this daemon is the lowest up
 // peer ID (one reporter, no write amplification on etcd).
 func (s *Server) publishStatus(ctx context.Context, view *clusterView, replication int, segs []rebalance.Segment, live liveness, plan *rebalance.Plan) {
-	pub, ok := s.meta.(statusPublisher)
-	if !ok {
-		return
-	}
 	for id := range live.reallyUp {
 		if id < s.id {
 			return
@@ -103,7 +95,7 @@ func (s *Server) publishStatus(ctx context.Context, view *clusterView, replicati
 				"under_replicated", v.UnderReplicated, "unavailable", v.Unavailable, "pending_bytes", v.PendingBytes)
 		}
 	}
-	if err := pub.PutVolumeStatuses(ctx, st); err != nil {
+	if err := s.meta.PutVolumeStatuses(ctx, st); err != nil {
 		s.log.Warn("publishing volume status", "err", err)
 	}
 }

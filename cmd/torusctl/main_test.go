@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -13,14 +12,13 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/torus-storage/torus"
-	"github.com/torus-storage/torus/cmd/torusctl/internal/cli"
 	"github.com/torus-storage/torus/internal/etcdtest"
 	"github.com/torus-storage/torus/metadata/etcd"
 )
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"torusctl": func() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, cli.Deps{})) },
+		"torusctl": main,
 	})
 }
 
@@ -40,6 +38,7 @@ func TestScripts(t *testing.T) {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"fakepeer": cmdFakePeer,
 			"writer":   cmdWriter,
+			"publish":  cmdPublish,
 		},
 	})
 }
@@ -54,27 +53,88 @@ func openStore(ts *testscript.TestScript) *etcd.Store {
 	return s
 }
 
-// fakepeer ID up|down: registers a peer, adds it to the ring, and for "up"
-// keeps a heartbeat under a session until the script ends.
+// fakepeer ID up|down|new|drains [USED]: registers a peer (address
+// ID:4000, zone z1, capacity 1GiB). All but "new" add it to the ring. "up"
+// heartbeats once with USED (default 4096) bytes; "drains" heartbeats every
+// 100 ms until the script ends, reporting USED until it is marked draining
+// and 0 after, as a daemon that moves its data off would.
 func cmdFakePeer(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 2 {
-		ts.Fatalf("usage: fakepeer ID up|down")
+	if neg || len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: fakepeer ID up|down|new|drains [USED]")
 	}
 	ctx := context.Background()
 	s := openStore(ts)
-	id := args[0]
-	ts.Check(s.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":4000", Capacity: 1 << 30, Zone: "z1"}))
-	ring, err := s.Ring(ctx)
-	ts.Check(err)
-	ring.Version++
-	ring.Members = append(ring.Members, torus.RingMember{ID: id, Zone: "z1", Weight: 1 << 30})
-	ts.Check(s.SetRing(ctx, ring))
-	if args[1] == "up" {
-		ses, err := s.NewSession(ctx, 10*time.Second)
+	id, mode := args[0], args[1]
+	used := int64(4096)
+	if len(args) == 3 {
+		n, err := strconv.ParseInt(args[2], 10, 64)
 		ts.Check(err)
-		ts.Defer(func() { _ = ses.Close(context.Background()) })
-		ts.Check(s.Heartbeat(ctx, ses, id, 4096, 0))
+		used = n
 	}
+	ts.Check(s.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":4000", Capacity: 1 << 30, Zone: "z1"}))
+	if mode != "new" {
+		ring, err := s.Ring(ctx)
+		ts.Check(err)
+		ring.Version++
+		ring.Members = append(ring.Members, torus.RingMember{ID: id, Zone: "z1", Weight: 1 << 30})
+		ts.Check(s.SetRing(ctx, ring))
+	}
+	if mode == "down" {
+		return
+	}
+	ses, err := s.NewSession(ctx, 10*time.Second)
+	ts.Check(err)
+	ts.Check(s.Heartbeat(ctx, ses, id, used, 0))
+	if mode != "drains" {
+		ts.Defer(func() { _ = ses.Close(context.Background()) })
+		return
+	}
+	bctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-bctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			u := used
+			if peers, err := s.Peers(bctx); err == nil {
+				for _, p := range peers {
+					if p.ID == id && p.State == torus.PeerDraining {
+						u = 0
+					}
+				}
+			}
+			_ = s.Heartbeat(bctx, ses, id, u, 0)
+		}
+	}()
+	ts.Defer(func() {
+		cancel()
+		wg.Wait()
+		_ = ses.Close(context.Background())
+	})
+}
+
+// publish VOLUME HEALTH USED UNDER PENDING: publishes a volume status as
+// the daemons' maintenance would.
+func cmdPublish(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 5 {
+		ts.Fatalf("usage: publish VOLUME HEALTH USED UNDER PENDING")
+	}
+	var n [3]int64
+	for i, a := range args[2:] {
+		v, err := strconv.ParseInt(a, 10, 64)
+		ts.Check(err)
+		n[i] = v
+	}
+	s := openStore(ts)
+	ts.Check(s.PutVolumeStatuses(context.Background(), []torus.VolumeStatus{{
+		Volume: args[0], Health: torus.VolumeHealth(args[1]), Used: n[0], Stored: 2 * n[0],
+		UnderReplicated: int(n[1]), PendingBytes: n[2], Reporter: "script", Updated: time.Now().UTC(),
+	}}))
 }
 
 // writer VOLUME OWNER answer|fail|silent: locks the volume as a writer

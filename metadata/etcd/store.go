@@ -555,8 +555,8 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 					s.log.Debug("watch interrupted", "err", resp.Err())
 					continue
 				}
-				if len(resp.Events) == 0 {
-					continue // progress notification
+				if !s.signals(resp.Events) {
+					continue // progress notification or status refresh only
 				}
 				select {
 				case out <- struct{}{}:
@@ -576,6 +576,17 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 		}
 	}()
 	return out
+}
+
+// signals reports whether events should wake watchers: any event outside
+// status/, which daemons rewrite every few seconds and nobody reacts to.
+func (s *Store) signals(evs []*clientv3.Event) bool {
+	for _, ev := range evs {
+		if !strings.HasPrefix(string(ev.Kv.Key), s.k.status("")) {
+			return true
+		}
+	}
+	return false
 }
 
 // readVolume decodes one volume record.
@@ -715,6 +726,7 @@ func (s *Store) DeleteVolume(ctx context.Context, name string) error {
 			clientv3.OpDelete(s.k.volume(name)),
 			clientv3.OpDelete(s.k.epoch(name)),
 			clientv3.OpDelete(s.k.head(name)),
+			clientv3.OpDelete(s.k.status(name)),
 			clientv3.OpDelete(s.k.snapshot(name, ""), pfx),
 			clientv3.OpDelete(s.k.snapReq(name, ""), pfx),
 			clientv3.OpDelete(s.k.snapRes(name, ""), pfx),
@@ -1114,6 +1126,99 @@ func (s *Store) SetDefaultExport(ctx context.Context, volume string) error {
 		return errNoVolume(op, volume)
 	}
 	return nil
+}
+
+// statusBatch bounds the puts or deletes of one PutVolumeStatuses
+// transaction, below etcd's default limit of 128 operations per txn.
+const statusBatch = 100
+
+// PutVolumeStatuses implements torus.Metadata. It reads volumes/ and the
+// keys of status/, then writes status/<name> for every status matching an
+// existing volume and deletes status/<name> of volumes that no longer
+// exist: one transaction whose compares pin the create revision of each
+// written volume's record (so a status never outlives a concurrent
+// DeleteVolume), split every statusBatch volumes. A failed compare retries.
+func (s *Store) PutVolumeStatuses(ctx context.Context, st []torus.VolumeStatus) error {
+	const op = "put volume statuses"
+	if err := rules.VolumeStatuses(st); err != nil {
+		return err
+	}
+	for range maxRetries {
+		r, err := s.read(ctx, op,
+			clientv3.OpGet(s.k.volume(""), clientv3.WithPrefix()),
+			clientv3.OpGet(s.k.status(""), clientv3.WithPrefix(), clientv3.WithKeysOnly()))
+		if err != nil {
+			return err
+		}
+		vols := make(map[string]*mvccpb.KeyValue, len(r[0]))
+		infos := make(map[string]torus.VolumeInfo, len(r[0]))
+		for _, kv := range r[0] {
+			v, err := s.readVolume(kv, op)
+			if err != nil {
+				return err
+			}
+			vols[v.Name], infos[v.Name] = kv, v
+		}
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, kv := range r[1] {
+			name := strings.TrimPrefix(string(kv.Key), s.k.status(""))
+			if _, ok := vols[name]; !ok {
+				ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+			}
+		}
+		for _, x := range st {
+			v, ok := infos[x.Volume]
+			if !ok || !rules.StatusMatches(x, v) {
+				continue
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(s.k.volume(v.Name)), "=", vols[v.Name].CreateRevision))
+			ops = append(ops, clientv3.OpPut(s.k.status(v.Name), encode(x)))
+		}
+		ok := true
+		for len(ops) > 0 && ok {
+			n := min(len(ops), statusBatch)
+			// Compares belong to the puts, which follow the deletes.
+			nc := max(0, n-(len(ops)-len(cmps)))
+			resp, err := s.txn(ctx, op, cmps[:nc], ops[:n], nil)
+			if err != nil {
+				return err
+			}
+			ok = resp.Succeeded
+			ops, cmps = ops[n:], cmps[nc:]
+		}
+		if ok {
+			return nil
+		}
+		s.log.Debug("put volume statuses: volumes changed, retrying")
+	}
+	return errContended(op)
+}
+
+// VolumeStatuses implements torus.Metadata. It reads volumes/ and status/
+// in one transaction and returns the statuses of existing volumes.
+func (s *Store) VolumeStatuses(ctx context.Context) (map[string]torus.VolumeStatus, error) {
+	const op = "volume statuses"
+	r, err := s.read(ctx, op,
+		clientv3.OpGet(s.k.volume(""), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(s.k.status(""), clientv3.WithPrefix()))
+	if err != nil {
+		return nil, err
+	}
+	vols := suffixSet(r[0], s.k.volume(""))
+	out := make(map[string]torus.VolumeStatus, len(r[1]))
+	for _, kv := range r[1] {
+		name := strings.TrimPrefix(string(kv.Key), s.k.status(""))
+		if !vols[name] {
+			continue
+		}
+		var st torus.VolumeStatus
+		if err := decode(op, kv, &st); err != nil {
+			return nil, err
+		}
+		out[name] = st
+	}
+	return out, nil
 }
 
 // Close stops watches and session keepalives (their leases then expire

@@ -15,6 +15,7 @@ import (
 	"github.com/torus-storage/torus/internal/testutil"
 	"github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/metadata/metadatatest"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func newStore(t *testing.T, eps []string, prefix string) *etcd.Store {
@@ -162,5 +163,56 @@ func TestConfigValidate(t *testing.T) {
 	_, err := etcd.New(context.Background(), etcd.Config{Endpoints: []string{"http://127.0.0.1:1"}, CAFile: "/nonexistent"})
 	if !errors.Is(err, torus.ErrInvalid) {
 		t.Fatalf("New with a missing CA file: %v, want ErrInvalid", err)
+	}
+}
+
+// TestStaleStatusDeleted checks that PutVolumeStatuses deletes status keys
+// of volumes that no longer exist (left by an older version or a crash
+// between a delete and a publish) and that the status watch filter keeps
+// status refreshes from waking watchers.
+func TestStaleStatusDeleted(t *testing.T) {
+	eps := etcdtest.Start(t)
+	s := newStore(t, eps, "/stale/")
+	ctx := context.Background()
+	if err := s.InitCluster(ctx, torus.ClusterConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "/stale/status/gone", `{"volume":"gone","health":"healthy"}`); err != nil {
+		t.Fatal(err)
+	}
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := s.Watch(wctx)
+	// Let the watch start, then consume any initial signal.
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case <-w:
+	default:
+	}
+	st := torus.VolumeStatus{Volume: "v", ID: v.ID, Health: torus.VolumeHealthy, Used: 1}
+	if err := s.PutVolumeStatuses(ctx, []torus.VolumeStatus{st}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, "/stale/status/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Key) != "/stale/status/v" {
+		t.Fatalf("status keys after publish: %v, want only /stale/status/v", resp.Kvs)
+	}
+	select {
+	case <-w:
+		t.Fatal("a status refresh woke a watcher")
+	case <-time.After(500 * time.Millisecond):
 	}
 }

@@ -65,6 +65,8 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 		{"Snapshots", testSnapshots},
 		{"SnapshotRequests", testSnapshotRequests},
 		{"DefaultExport", testDefaultExport},
+		{"VolumeStatuses", testVolumeStatuses},
+		{"VolumeStatusesMany", testVolumeStatusesMany},
 		{"Watch", testWatch},
 		{"Close", testClose},
 	}
@@ -961,6 +963,108 @@ func testDefaultExport(t *testing.T, m torus.Metadata) {
 	if d != "" {
 		t.Fatalf("default export after clearing %q", d)
 	}
+}
+
+func sampleStatus(v torus.VolumeInfo, h torus.VolumeHealth, used int64) torus.VolumeStatus {
+	return torus.VolumeStatus{
+		Volume: v.Name, ID: v.ID, Health: h, Used: used, Stored: 2 * used,
+		UnderReplicated: 3, Unavailable: 1, PendingBytes: 4096, Reporter: "p1",
+		Updated: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC),
+	}
+}
+
+func wantStatuses(t *testing.T, m torus.Metadata, want map[string]torus.VolumeStatus, what string) {
+	t.Helper()
+	got, err := m.VolumeStatuses(ctxT(t))
+	must(t, err, what+": VolumeStatuses")
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d statuses %v, want %d %v", what, len(got), got, len(want), want)
+	}
+	for name, w := range want {
+		g, ok := got[name]
+		if !ok {
+			t.Fatalf("%s: no status of %q", what, name)
+		}
+		if !g.Updated.Equal(w.Updated) {
+			t.Fatalf("%s: %q updated %v, want %v", what, name, g.Updated, w.Updated)
+		}
+		g.Updated = w.Updated
+		if g != w {
+			t.Fatalf("%s: status of %q = %+v, want %+v", what, name, g, w)
+		}
+	}
+}
+
+func testVolumeStatuses(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	wantStatuses(t, m, nil, "empty store")
+	a := createVolume(t, m, "a", 1<<20)
+	b := createVolume(t, m, "b", 1<<20)
+	wantStatuses(t, m, nil, "never reported")
+
+	sa, sb := sampleStatus(a, torus.VolumeHealthy, 100), sampleStatus(b, torus.VolumeDegraded, 200)
+	ghost := sampleStatus(torus.VolumeInfo{Name: "ghost", ID: 99}, torus.VolumeHealthy, 1)
+	must(t, m.PutVolumeStatuses(ctx, []torus.VolumeStatus{sa, sb, ghost}), "PutVolumeStatuses")
+	wantStatuses(t, m, map[string]torus.VolumeStatus{"a": sa, "b": sb}, "after put (ghost dropped)")
+
+	for _, bad := range [][]torus.VolumeStatus{
+		{{Volume: "a", Health: "fine"}},
+		{{Volume: "", Health: torus.VolumeHealthy}},
+		{{Volume: "a/b", Health: torus.VolumeHealthy}},
+		{{Volume: "a", Health: torus.VolumeHealthy, Used: -1}},
+		{{Volume: "a", Health: torus.VolumeHealthy, PendingBytes: -1}},
+		{sa, sa},
+	} {
+		wantErr(t, m.PutVolumeStatuses(ctx, bad), torus.ErrInvalid, fmt.Sprintf("PutVolumeStatuses(%+v)", bad))
+	}
+	wantStatuses(t, m, map[string]torus.VolumeStatus{"a": sa, "b": sb}, "after refused puts")
+
+	// A partial report keeps the others; a status for another incarnation
+	// of a name (wrong ID) is dropped.
+	sa2 := sampleStatus(a, torus.VolumeUnavailable, 300)
+	wrong := sampleStatus(torus.VolumeInfo{Name: "b", ID: b.ID + 100}, torus.VolumeHealthy, 1)
+	must(t, m.PutVolumeStatuses(ctx, []torus.VolumeStatus{sa2, wrong}), "PutVolumeStatuses partial")
+	wantStatuses(t, m, map[string]torus.VolumeStatus{"a": sa2, "b": sb}, "after partial put")
+	must(t, m.PutVolumeStatuses(ctx, nil), "PutVolumeStatuses empty")
+	wantStatuses(t, m, map[string]torus.VolumeStatus{"a": sa2, "b": sb}, "after empty put")
+
+	// Deleting a volume drops its status; a new volume of that name starts
+	// unreported.
+	must(t, m.DeleteVolume(ctx, "b"), "DeleteVolume")
+	wantStatuses(t, m, map[string]torus.VolumeStatus{"a": sa2}, "after delete")
+	must(t, m.PutVolumeStatuses(ctx, []torus.VolumeStatus{sb}), "PutVolumeStatuses of a deleted volume")
+	b2 := createVolume(t, m, "b", 1<<20)
+	wantStatuses(t, m, map[string]torus.VolumeStatus{"a": sa2}, "recreated volume")
+	sb2 := sampleStatus(b2, torus.VolumeHealthy, 0)
+	sb2.ID = 0 // a status without an ID attaches by name
+	must(t, m.PutVolumeStatuses(ctx, []torus.VolumeStatus{sb2}), "PutVolumeStatuses without ID")
+	wantStatuses(t, m, map[string]torus.VolumeStatus{"a": sa2, "b": sb2}, "status without ID")
+}
+
+// testVolumeStatusesMany publishes more statuses than fit etcd's default
+// limit of operations per transaction.
+func testVolumeStatusesMany(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	const n = 140
+	var st []torus.VolumeStatus
+	want := make(map[string]torus.VolumeStatus)
+	for i := range n {
+		v := createVolume(t, m, fmt.Sprintf("v%03d", i), 4096)
+		s := sampleStatus(v, torus.VolumeHealthy, int64(i))
+		st = append(st, s)
+		want[v.Name] = s
+	}
+	must(t, m.PutVolumeStatuses(ctx, st), "PutVolumeStatuses")
+	wantStatuses(t, m, want, "many")
+	for i := range n / 2 {
+		name := fmt.Sprintf("v%03d", i)
+		must(t, m.DeleteVolume(ctx, name), "DeleteVolume")
+		delete(want, name)
+	}
+	must(t, m.PutVolumeStatuses(ctx, st), "PutVolumeStatuses after deletes")
+	wantStatuses(t, m, want, "many after deletes")
 }
 
 func drain(ch <-chan struct{}) {

@@ -164,3 +164,34 @@ func Members(spec torus.RingSpec) map[string]bool {
 	}
 	return m
 }
+
+// VolumeStatuses checks a PutVolumeStatuses request: every status names a
+// valid volume at most once, has a known health and no negative counts.
+func VolumeStatuses(st []torus.VolumeStatus) error {
+	seen := make(map[string]bool, len(st))
+	for _, s := range st {
+		if err := torus.ValidName(s.Volume); err != nil {
+			return fmt.Errorf("metadata: volume status: %w", err)
+		}
+		if seen[s.Volume] {
+			return fmt.Errorf("metadata: volume status: %w: volume %q listed twice", torus.ErrInvalid, s.Volume)
+		}
+		seen[s.Volume] = true
+		switch s.Health {
+		case torus.VolumeHealthy, torus.VolumeDegraded, torus.VolumeUnavailable:
+		default:
+			return fmt.Errorf("metadata: volume status %q: %w: health %q", s.Volume, torus.ErrInvalid, s.Health)
+		}
+		if s.Used < 0 || s.Stored < 0 || s.UnderReplicated < 0 || s.Unavailable < 0 || s.PendingBytes < 0 {
+			return fmt.Errorf("metadata: volume status %q: %w: negative count", s.Volume, torus.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// StatusMatches reports whether a status may be stored for volume v: it
+// names v and, when it carries an ID, v's ID (a status computed for a
+// deleted volume must not attach to a new volume of the same name).
+func StatusMatches(s torus.VolumeStatus, v torus.VolumeInfo) bool {
+	return s.Volume == v.Name && (s.ID == 0 || s.ID == v.ID)
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/metadata/etcd"
@@ -38,22 +39,36 @@ type Deps struct {
 	// Open connects to the cluster's metadata. Default: etcd.New.
 	Open func(ctx context.Context, g Global) (torus.Metadata, error)
 	// SnapshotClosedVolume snapshots a volume that has no writer (by
-	// opening it as writer briefly). Default: snapshotClosedVolume, which
-	// is not implemented yet.
+	// opening it as writer briefly). main wires volume.SnapshotClosed;
+	// the default (for tests of this package) fails with a hint.
 	SnapshotClosedVolume func(ctx context.Context, md torus.Metadata, volume, name string) error
 	// Getenv reads the environment (TORUS_ETCD, TORUS_ETCD_PREFIX).
 	Getenv func(string) string
 	// Now is the clock for "last seen" ages.
 	Now func() time.Time
+	// IsTerminal reports whether w is a terminal (progress bars are drawn
+	// only there). Default: IsTerminal.
+	IsTerminal func(w io.Writer) bool
+}
+
+// IsTerminal is the default Deps.IsTerminal: w is an *os.File whose
+// descriptor answers the terminal ioctl.
+func IsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // errNotImplemented is returned by the default SnapshotClosedVolume.
 var errNotImplemented = errors.New("not implemented yet")
 
 // snapshotClosedVolume is the hook for snapshots of volumes without a
-// writer. The volume package provides the real one (open as writer, flush,
-// seal, checkpoint, CreateSnapshot, close); until it is wired in through
-// Deps.SnapshotClosedVolume this returns an error.
+// writer when none is injected: it returns an error. main injects the real
+// one (volume.SnapshotClosed: open as writer, seal, checkpoint,
+// CreateSnapshot, close).
 func snapshotClosedVolume(ctx context.Context, md torus.Metadata, volume, name string) error {
 	return fmt.Errorf("snapshot of %q, which has no writer: %w (attach the volume, then retry: its writer takes the snapshot)", volume, errNotImplemented)
 }
@@ -88,6 +103,9 @@ func (d *Deps) ensureDefaults() {
 	}
 	if d.Now == nil {
 		d.Now = time.Now
+	}
+	if d.IsTerminal == nil {
+		d.IsTerminal = IsTerminal
 	}
 }
 

@@ -55,77 +55,9 @@ if the cluster is initialized already. Daemons (torusd) join the ring after.`,
 	return cmd
 }
 
-// statusJSON is the -o json form of status.
-type statusJSON struct {
-	Cluster       torus.ClusterConfig     `json:"cluster"`
-	RingVersion   uint64                  `json:"ring_version"`
-	Replication   int                     `json:"replication"`
-	RingMembers   int                     `json:"ring_members"`
-	Peers         map[torus.PeerState]int `json:"peers"`
-	Volumes       int                     `json:"volumes"`
-	OpenVolumes   int                     `json:"open_volumes"`
-	DefaultExport string                  `json:"default_export"`
-}
-
-func (a *app) statusCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "status",
-		Short: "Summarize the cluster: peers up and down, volumes, ring version",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
-				var st statusJSON
-				var err error
-				if st.Cluster, err = md.ClusterConfig(ctx); err != nil {
-					return err
-				}
-				ring, err := md.Ring(ctx)
-				if err != nil {
-					return err
-				}
-				st.RingVersion, st.Replication, st.RingMembers = ring.Version, ring.Replication, len(ring.Members)
-				peers, err := md.Peers(ctx)
-				if err != nil {
-					return err
-				}
-				st.Peers = map[torus.PeerState]int{}
-				for _, p := range peers {
-					st.Peers[p.State]++
-				}
-				vols, err := md.Volumes(ctx)
-				if err != nil {
-					return err
-				}
-				st.Volumes = len(vols)
-				for _, v := range vols {
-					_, ok, err := md.Writer(ctx, v.Name)
-					if err != nil && !errors.Is(err, torus.ErrNotExist) {
-						return err
-					}
-					if ok {
-						st.OpenVolumes++
-					}
-				}
-				if st.DefaultExport, err = md.DefaultExport(ctx); err != nil {
-					return err
-				}
-				return a.emit(st, func(w io.Writer) {
-					row(w, "ring:", fmt.Sprintf("version %d, replication %d, %d members", st.RingVersion, st.Replication, st.RingMembers))
-					row(w, "peers:", fmt.Sprintf("%d up, %d down, %d draining, %d new, %d removed",
-						st.Peers[torus.PeerUp], st.Peers[torus.PeerDown], st.Peers[torus.PeerDraining],
-						st.Peers[torus.PeerNew], st.Peers[torus.PeerRemoved]))
-					row(w, "volumes:", fmt.Sprintf("%d (%d open)", st.Volumes, st.OpenVolumes))
-					row(w, "default export:", dash(st.DefaultExport))
-					row(w, "settings:", fmt.Sprintf("segment size %s, %d virtual nodes, checkpoint every %d",
-						FormatSize(st.Cluster.SegmentSize), st.Cluster.VirtualNodes, st.Cluster.CheckpointEvery))
-				})
-			})
-		},
-	}
-}
-
 func (a *app) peerCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "peer", Short: "Inspect storage daemons"}
+	cmd := &cobra.Command{Use: "peer", Short: "List, add and remove storage daemons"}
+	cmd.AddCommand(a.peerAddCmd(), a.peerRemoveCmd())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List peers with their state (up, down, draining, new, removed) and usage",
@@ -144,8 +76,8 @@ func (a *app) peerCmd() *cobra.Command {
 						if !p.LastSeen.IsZero() {
 							seen = now.Sub(p.LastSeen).Round(time.Second).String() + " ago"
 						}
-						row(w, p.ID, dash(p.Address), dash(p.Zone), p.State, FormatSize(p.Used),
-							FormatSize(p.Capacity), FormatSize(p.Pending), seen)
+						row(w, p.ID, dash(p.Address), dash(p.Zone), p.State, HumanSize(p.Used),
+							HumanSize(p.Capacity), HumanSize(p.Pending), seen)
 					}
 				})
 			})

@@ -76,3 +76,20 @@ func FormatSize(n int64) string {
 	}
 	return strconv.FormatInt(n, 10) + units[i]
 }
+
+// HumanSize prints n for reading, not parsing: exactly when a binary unit
+// of at least n/1024 divides it (4KiB, 0B), else rounded to one decimal in
+// the largest unit not above n (5.0MiB, 1.5GiB, 1000B).
+func HumanSize(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	i := 0
+	f := float64(n)
+	for (f >= 1024 || f <= -1024) && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if f == float64(int64(f)) {
+		return strconv.FormatInt(int64(f), 10) + units[i]
+	}
+	return strconv.FormatFloat(f, 'f', 1, 64) + units[i]
+}

@@ -61,3 +61,16 @@ func FuzzParseSize(f *testing.F) {
 		}
 	})
 }
+
+func TestHumanSize(t *testing.T) {
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{
+		{0, "0B"}, {1000, "1000B"}, {4096, "4KiB"}, {5248040, "5.0MiB"}, {3 << 29, "1.5GiB"}, {1 << 30, "1GiB"}, {-2048, "-2KiB"},
+	} {
+		if got := HumanSize(tc.n); got != tc.want {
+			t.Errorf("HumanSize(%d) = %q, want %q", tc.n, got, tc.want)
+		}
+	}
+}

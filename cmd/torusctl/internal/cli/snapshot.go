@@ -36,8 +36,8 @@ func (a *app) snapshotCmd() *cobra.Command {
 		Short: "Take a snapshot (asks the volume's writer if it is open)",
 		Long: `create takes a snapshot. If the volume is open, its writer is asked to take
 it (flush, seal, checkpoint, record) and create waits for the answer up to
---timeout. If the volume has no writer, torusctl would open it briefly as
-writer to take the snapshot itself; that is not implemented yet.`,
+--timeout. If the volume has no writer, torusctl opens it briefly as writer
+(through the peers) and takes the snapshot itself.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			vol, name, err := splitSnap(args[0])

@@ -62,7 +62,8 @@ func (a *app) volumeCreateCmd() *cobra.Command {
 	return cmd
 }
 
-// volumeRow is one line of volume list; -o json prints these.
+// volumeRow is one line of volume list; -o json prints these. The status
+// fields are null for a volume the daemons have not reported yet.
 type volumeRow struct {
 	Name        string    `json:"name"`
 	ID          uint64    `json:"id"`
@@ -71,22 +72,30 @@ type volumeRow struct {
 	MinReplicas int       `json:"min_replicas"`
 	Writer      string    `json:"writer"` // "" when closed
 	Epoch       uint64    `json:"epoch,omitempty"`
-	// Used and Health are not computable from etcd alone yet: they need
-	// the peers' segment inventories. Printed as "-" / null.
-	Used   *int64  `json:"used"`
-	Health *string `json:"health"`
+	// From the published torus.VolumeStatus:
+	Used            *int64     `json:"used"`             // bytes of live segments, one copy
+	Health          *string    `json:"health"`           // healthy, degraded, unavailable
+	UnderReplicated *int       `json:"under_replicated"` // live segments with too few copies
+	Unavailable     *int       `json:"unavailable"`      // live segments with no up copy
+	PendingBytes    *int64     `json:"pending_bytes"`    // bytes healing still has to copy
+	StatusUpdated   *time.Time `json:"status_updated"`
 }
 
 func (a *app) volumeListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
-		Short: "List volumes with size, writer and write policy",
-		Long: `list shows each volume. USED and HEALTH are printed as "-": they need the
-peers' segment inventories, which torusctl does not collect yet.`,
+		Short: "List volumes with size, space used, writer, write policy and health",
+		Long: `list shows each volume. USED, HEALTH, UNDER-REPL (live segments with too
+few copies) and PENDING (bytes healing still has to copy) come from the
+status the daemons publish every few seconds; "-" means not reported yet.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
 				vols, err := md.Volumes(ctx)
+				if err != nil {
+					return err
+				}
+				statuses, err := md.VolumeStatuses(ctx)
 				if err != nil {
 					return err
 				}
@@ -103,10 +112,15 @@ peers' segment inventories, which torusctl does not collect yet.`,
 					if ok {
 						r.Writer, r.Epoch = w.Owner, w.Epoch
 					}
+					if s, ok := statuses[v.Name]; ok {
+						h := string(s.Health)
+						r.Used, r.Health, r.UnderReplicated, r.Unavailable, r.PendingBytes, r.StatusUpdated =
+							&s.Used, &h, &s.UnderReplicated, &s.Unavailable, &s.PendingBytes, &s.Updated
+					}
 					rows = append(rows, r)
 				}
 				return a.emit(rows, func(w io.Writer) {
-					row(w, "NAME", "SIZE", "USED", "WRITER", "MIN-REPLICAS", "HEALTH")
+					row(w, "NAME", "SIZE", "USED", "WRITER", "MIN-REPLICAS", "HEALTH", "UNDER-REPL", "PENDING")
 					for _, r := range rows {
 						writer := "-"
 						if r.Writer != "" {
@@ -116,7 +130,12 @@ peers' segment inventories, which torusctl does not collect yet.`,
 						if r.MinReplicas > 0 {
 							minr = strconv.Itoa(r.MinReplicas)
 						}
-						row(w, r.Name, FormatSize(r.Size), "-", writer, minr, "-")
+						used, health, under, pending := "-", "-", "-", "-"
+						if r.Health != nil {
+							used, health, pending = HumanSize(*r.Used), *r.Health, HumanSize(*r.PendingBytes)
+							under = strconv.Itoa(*r.UnderReplicated)
+						}
+						row(w, r.Name, FormatSize(r.Size), used, writer, minr, health, under, pending)
 					}
 				})
 			})
