@@ -10,6 +10,7 @@ package proccluster
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/torus-storage/torus/internal/netns"
 	"github.com/torus-storage/torus/internal/testutil"
 )
 
@@ -88,6 +90,9 @@ type Proc struct {
 	Name string
 	Args []string
 	Env  []string
+	// NS, when set, runs the process in that network namespace (see
+	// Cluster.NewHost).
+	NS   *netns.NS
 	cmd  *exec.Cmd
 	log  *lockedBuffer
 	mu   sync.Mutex
@@ -126,7 +131,11 @@ func (p *Proc) Start(t testing.TB) {
 	cmd.Stderr = w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	fmt.Fprintf(w, "=== start %s\n", strings.Join(p.Args, " "))
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if p.NS != nil {
+		start = func() error { return p.NS.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		t.Fatalf("starting %s: %v", p.Name, err)
 	}
 	p.cmd = cmd
@@ -216,6 +225,10 @@ type Cluster struct {
 	Etcd    *Proc
 	Daemons []*Daemon
 	NBD     []*Proc
+	// Opts are the options New was called with (defaults filled in).
+	Opts Options
+	// hosts are the network namespaces made by NewHost.
+	hosts []*Host
 }
 
 // Daemon is one torusd.
@@ -235,6 +248,9 @@ type Options struct {
 	DaemonArgs   []string
 	HeartbeatTTL string // e.g. "2s"
 	DownGrace    string // e.g. "3s"
+	// NoAutoJoin starts daemons without --auto-join: they register as
+	// "new" and join with `torusctl peer add`.
+	NoAutoJoin bool
 }
 
 // New starts etcd, `torusctl init`, and the daemons, and waits until every
@@ -249,7 +265,7 @@ func New(t testing.TB, o Options) *Cluster {
 	if o.Replication == 0 {
 		o.Replication = 2
 	}
-	c := &Cluster{t: t, Dir: t.TempDir()}
+	c := &Cluster{t: t, Dir: t.TempDir(), Opts: o}
 	cport, pport := FreePort(t, "127.0.0.1"), FreePort(t, "127.0.0.1")
 	c.EtcdURL = fmt.Sprintf("http://127.0.0.1:%d", cport)
 	c.Etcd = &Proc{Name: "etcd", Args: []string{etcdBin,
@@ -270,6 +286,9 @@ func New(t testing.TB, o Options) *Cluster {
 			d.Kill(t)
 		}
 		c.Etcd.Kill(t)
+		for _, h := range c.hosts {
+			h.close()
+		}
 	})
 	c.Etcd.Start(t)
 	c.WaitHTTP(c.EtcdURL+"/health", 30*time.Second)
@@ -297,7 +316,10 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 	d.PeerAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
 	d.HTTPAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
 	args := []string{Bin(t, "torusd"), "--etcd", c.EtcdURL, "--data-dir", d.DataDir, "--size", "4GiB",
-		"--peer-address", d.PeerAddr, "--http", d.HTTPAddr, "--auto-join", "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
+		"--peer-address", d.PeerAddr, "--http", d.HTTPAddr, "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
+	if !o.NoAutoJoin {
+		args = append(args, "--auto-join")
+	}
 	if o.HeartbeatTTL != "" {
 		args = append(args, "--heartbeat-ttl", o.HeartbeatTTL)
 	}
@@ -385,7 +407,9 @@ func (c *Cluster) WaitTCP(addr string, d time.Duration) {
 	}
 }
 
-// DumpLogs logs the tail of every process's output.
+// DumpLogs logs the tail of every process's output, Debug lines left out.
+// With TORUS_KEEP_LOGS=DIR the whole output of every process is also
+// written to DIR/TEST/PROCESS.log.
 func (c *Cluster) DumpLogs() {
 	procs := []*Proc{c.Etcd}
 	for _, d := range c.Daemons {
@@ -397,9 +421,45 @@ func (c *Cluster) DumpLogs() {
 			continue
 		}
 		out := p.Output()
+		if dir := os.Getenv("TORUS_KEEP_LOGS"); dir != "" {
+			d := filepath.Join(dir, strings.ReplaceAll(c.t.Name(), "/", "_"))
+			if err := os.MkdirAll(d, 0o755); err == nil {
+				os.WriteFile(filepath.Join(d, p.Name+".log"), []byte(out), 0o644)
+			}
+		}
+		var keep []string
+		dropped := 0
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "level=DEBUG") {
+				dropped++
+				continue
+			}
+			keep = append(keep, line)
+		}
+		out = strings.Join(keep, "\n")
+		if dropped > 0 {
+			out += fmt.Sprintf("\n(%d debug lines left out; TORUS_KEEP_LOGS=DIR keeps everything)", dropped)
+		}
 		if len(out) > 8000 {
 			out = "...\n" + out[len(out)-8000:]
 		}
 		c.t.Logf("--- %s output:\n%s", p.Name, out)
 	}
+}
+
+// CtlJSON runs `torusctl -o json ARGS...` and decodes its stdout into v.
+// Stderr (warnings) is kept out of the decoding and returned in the error.
+func (c *Cluster) CtlJSON(v any, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, Bin(c.t, "torusctl"), append([]string{"--etcd", c.EtcdURL, "-o", "json"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("torusctl %s: %v: %s%s", strings.Join(args, " "), err, stderr.String(), stdout.String())
+	}
+	if err := json.Unmarshal(stdout.Bytes(), v); err != nil {
+		return fmt.Errorf("torusctl %s: decoding %q: %v", strings.Join(args, " "), stdout.String(), err)
+	}
+	return nil
 }

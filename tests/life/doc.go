@@ -1,0 +1,14 @@
+// Package life holds Torus's process-level fault tests (issue "Cluster
+// life"): real etcd, torusd and torusblk processes (internal/proccluster),
+// driven through the NBD server by a small NBD client, with replicas,
+// writers and etcd killed, hosts partitioned (internal/netns), peers added
+// and removed, and a seeded randomized robustness run. Every flushed byte is
+// checked against a model (model_test.go) that says, for each 4 KiB block,
+// which writes may legitimately be there and, on a mismatch, exactly which
+// write was found instead.
+//
+// The package has only tests. Run with `go test ./tests/life` (part of
+// `make test`); `-short` skips it. The robustness test runs briefly by
+// default; TORUS_ROBUSTNESS=long (`make robustness`) runs it long, and
+// TORUS_SEED=N replays a run.
+package life

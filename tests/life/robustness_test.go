@@ -1,0 +1,397 @@
+package life
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torus-storage/torus/internal/proccluster"
+)
+
+// robustnessDuration is how long the fault loop runs: short in `make
+// test`, long under TORUS_ROBUSTNESS=long (`make robustness`);
+// TORUS_ROBUSTNESS_DURATION overrides both.
+func robustnessDuration(t *testing.T) time.Duration {
+	if s := os.Getenv("TORUS_ROBUSTNESS_DURATION"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("TORUS_ROBUSTNESS_DURATION=%q: %v", s, err)
+		}
+		return d
+	}
+	if os.Getenv("TORUS_ROBUSTNESS") == "long" {
+		return 10 * time.Minute
+	}
+	return 30 * time.Second
+}
+
+// robust is the state of one robustness run.
+type robust struct {
+	t      *testing.T
+	c      *proccluster.Cluster
+	rng    *rand.Rand
+	m      *model
+	w      *workload
+	host   *proccluster.Host // nil when network namespaces are unavailable
+	writer *proccluster.Proc
+	addr   string
+	nc     *nbdClient
+	vol    string
+	blocks int64
+	trace  []string
+	start  time.Time
+	counts map[string]int
+	etcdUp bool
+	cut    bool
+	repl   int
+}
+
+func (r *robust) logf(format string, args ...any) {
+	s := fmt.Sprintf("%8.3fs ", time.Since(r.start).Seconds()) + fmt.Sprintf(format, args...)
+	r.trace = append(r.trace, s)
+	if testing.Verbose() {
+		r.t.Log(s)
+	}
+}
+
+func (r *robust) fatalf(format string, args ...any) {
+	r.t.Helper()
+	tail := r.trace
+	if len(tail) > 60 {
+		tail = tail[len(tail)-60:]
+	}
+	r.t.Fatalf("%s\nlast operations:\n%s", fmt.Sprintf(format, args...), strings.Join(tail, "\n"))
+}
+
+func (r *robust) dial() func(string) (net.Conn, error) {
+	if r.host == nil {
+		return nil
+	}
+	return r.host.Dial
+}
+
+// newWriter starts a fresh torusblk (on the writer's host) and attaches,
+// forcing the previous lock away; it then verifies everything and takes
+// the recovered contents as the new truth.
+func (r *robust) newWriter(why string) {
+	r.t.Helper()
+	if r.nc != nil {
+		r.nc.Abort()
+	}
+	if r.writer != nil {
+		r.writer.Kill(r.t)
+	}
+	if out, err := r.c.CtlErr("volume", "unlock", r.vol, "--force"); err != nil {
+		r.logf("unlock --force: %v: %s", err, strings.TrimSpace(out))
+	}
+	if r.host != nil {
+		r.writer, r.addr = r.c.StartNBDOn(r.host)
+	} else {
+		r.writer, r.addr = r.c.StartNBD()
+	}
+	deadline := time.Now().Add(writerLeaseTTL + 30*time.Second)
+	began := time.Now()
+	for {
+		nc, err := tryAttach(r.dial(), r.addr, r.vol)
+		if err == nil {
+			r.nc = nc
+			if d := time.Since(began); d > 5*time.Second {
+				r.logf("attaching took %v", d.Round(time.Millisecond))
+			}
+			break
+		}
+		if time.Since(began) > 5*time.Second && r.counts["attach retries logged"] < 20 {
+			r.counts["attach retries logged"]++
+			r.logf("attach: %v", err)
+		}
+		if time.Now().After(deadline) {
+			r.fatalf("new writer (%s) cannot attach: %v", why, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	ids, err := verify(r.nc, r.m)
+	if err != nil {
+		r.fatalf("after new writer (%s): %v", why, err)
+	}
+	r.counts["full verify"]++
+	r.m.settle(0, ids)
+	r.logf("new writer %s attached and verified (%s)", r.writer.Name, why)
+}
+
+// healFaults ends the partition, starts etcd and every daemon, and waits
+// until they are ready.
+func (r *robust) healFaults() {
+	r.t.Helper()
+	if r.cut {
+		r.host.Heal()
+		r.cut = false
+		r.logf("heal partition")
+	}
+	if !r.etcdUp {
+		r.c.Etcd.Start(r.t)
+		r.etcdUp = true
+		r.logf("start etcd")
+	}
+	for i, d := range r.c.Daemons {
+		if !d.Running() {
+			d.Start(r.t)
+			r.logf("restart daemon %d", i)
+		}
+	}
+	r.c.WaitHTTP(r.c.EtcdURL+"/health", 30*time.Second)
+	for i, d := range r.c.Daemons {
+		// Not ready is a liveness bug, reported without stopping the run:
+		// the data checks go on.
+		if took, ok, last := poll(30*time.Second, 200*time.Millisecond, func() (bool, string) { return ready(d.HTTPAddr) }); !ok {
+			r.counts["daemon not ready after healing"]++
+			r.logf("daemon %d not ready %v after every fault healed: %s", i, took.Round(time.Millisecond), last)
+			r.t.Errorf("daemon %d not ready %v after every fault healed (readyz: %s)", i, took.Round(time.Millisecond), last)
+		}
+	}
+}
+
+// recover heals every fault and requires a write and a flush to succeed
+// within 60 s, replacing the writer if its connection is gone or it stays
+// fenced.
+func (r *robust) recover() {
+	r.t.Helper()
+	r.healFaults()
+	deadline := time.Now().Add(60 * time.Second)
+	replaced := false
+	for {
+		if r.nc.broken != nil && !replaced {
+			r.newWriter("connection broken: " + r.nc.broken.Error())
+			replaced = true
+		}
+		err := r.w.step(r.nc)
+		if err == nil {
+			err = r.w.doFlush(r.nc)
+		}
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.fatalf("no successful write+flush within 60 s after healing every fault: %v", err)
+		}
+		if !replaced && time.Until(deadline) < 40*time.Second {
+			// A liveness problem, not a safety one: logged and counted
+			// (TestEtcdRestart asserts the writer recovers by itself).
+			r.counts["writer stuck, replaced"]++
+			r.newWriter("writes keep failing 20 s after every fault healed: " + err.Error())
+			replaced = true
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// TestRobustness runs random writes, flushes, partial reads and faults
+// (replica SIGKILL and restart, writer SIGKILL and takeover, etcd restart,
+// short partitions of the writer's host, ring changes: a daemon joining,
+// the replication factor toggling between 2 and 3) against a 3-daemon cluster,
+// checking every read against the model. TORUS_SEED replays the sequence of
+// operations (timing still varies).
+func TestRobustness(t *testing.T) {
+	sd := seed(t)
+	dur := robustnessDuration(t)
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2})
+	r := &robust{t: t, c: c, rng: rand.New(rand.NewPCG(uint64(sd), 7)), vol: "rb", blocks: 4096,
+		start: time.Now(), counts: map[string]int{}, etcdUp: true, repl: 2}
+	createVolume(t, c, r.vol, "16MiB", 1)
+	r.m = newModel(sd, r.blocks)
+	r.w = newWorkload(r.m, uint64(sd), "robustness")
+	r.w.maxN = 32
+	if h, err := c.TryNewHost(); err == nil {
+		r.host = h
+	} else {
+		t.Logf("partitions disabled: %v", err)
+	}
+	r.newWriter("first")
+	t.Logf("robustness run of %v (seed %d)", dur, sd)
+	end := time.Now().Add(dur)
+	ops := 0
+	// Faults come every 1.5-4 s; each is undone after a random while
+	// (undo), unless recover() heals everything first.
+	nextFault := time.Now().Add(time.Second)
+	type undo struct {
+		at   time.Time
+		what string
+		do   func()
+	}
+	var undos []undo
+	lastErr, repeats := "", 0
+	ioErr := func(err error) {
+		msg := reqPrefix.ReplaceAllString(err.Error(), "")
+		if msg == lastErr {
+			repeats++
+			return
+		}
+		if repeats > 0 {
+			r.logf("(%d more: %s)", repeats, lastErr)
+		}
+		lastErr, repeats = msg, 0
+		r.logf("I/O: %v", err)
+		time.Sleep(20 * time.Millisecond)
+	}
+	runUndos := func() {
+		now := time.Now()
+		for i := 0; i < len(undos); i++ {
+			if now.After(undos[i].at) {
+				r.logf("%s", undos[i].what)
+				undos[i].do()
+				undos = append(undos[:i], undos[i+1:]...)
+				i--
+			}
+		}
+	}
+	// runIO runs one request in a goroutine while this goroutine keeps
+	// undoing faults on time (a write stuck in a partition must not
+	// stretch the partition). io must not touch t.
+	runIO := func(io func() error) error {
+		done := make(chan error, 1)
+		go func() { done <- io() }()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case err := <-done:
+				return err
+			case <-tick.C:
+				runUndos()
+			}
+		}
+	}
+	for time.Now().Before(end) {
+		ops++
+		now := time.Now()
+		runUndos()
+		if now.After(nextFault) {
+			nextFault = now.Add(1500*time.Millisecond + time.Duration(r.rng.Int64N(int64(2500*time.Millisecond))))
+			hold := time.Second + time.Duration(r.rng.Int64N(int64(4*time.Second)))
+			switch x := r.rng.IntN(100); {
+			case x < 40:
+				i := r.rng.IntN(len(c.Daemons))
+				d := c.Daemons[i]
+				running := 0
+				for _, d := range c.Daemons {
+					if d.Running() {
+						running++
+					}
+				}
+				if d.Running() && running == len(c.Daemons) {
+					r.counts["kill daemon"]++
+					r.logf("SIGKILL daemon %d (restart in %v)", i, hold.Round(time.Millisecond))
+					d.Kill(t)
+					undos = append(undos, undo{now.Add(hold), fmt.Sprintf("restart daemon %d", i), func() {
+						if !d.Running() {
+							d.Start(t)
+						}
+					}})
+				}
+			case x < 55:
+				r.counts["kill writer"]++
+				r.logf("SIGKILL writer %s", r.writer.Name)
+				r.writer.Kill(t)
+				r.healFaults()
+				undos = nil
+				r.newWriter("after writer SIGKILL")
+			case x < 70:
+				if r.etcdUp {
+					r.counts["etcd restart"]++
+					r.logf("SIGKILL etcd (restart in %v)", hold.Round(time.Millisecond))
+					c.Etcd.Kill(t)
+					r.etcdUp = false
+					undos = append(undos, undo{now.Add(hold), "start etcd", func() {
+						if !r.etcdUp {
+							c.Etcd.Start(t)
+							r.etcdUp = true
+						}
+					}})
+				}
+			case x < 78:
+				// Ring change: a fourth daemon joins, then the replication
+				// factor toggles between 2 and 3.
+				if len(c.Daemons) == 3 {
+					r.counts["ring: add daemon"]++
+					d := c.AddDaemon(c.Opts)
+					if r.host != nil {
+						r.host.Link(t, d.PeerAddr)
+					}
+					r.logf("ring change: daemon %d (%s) joins", len(c.Daemons)-1, d.PeerAddr)
+				} else {
+					n := "3"
+					if r.repl == 3 {
+						n = "2"
+					}
+					out, err := c.CtlErr("ring", "set-replication", n)
+					if err == nil {
+						r.repl = int(n[0] - '0')
+						r.counts["ring: set replication"]++
+					}
+					r.logf("ring change: replication %s: %v %s", n, err, strings.TrimSpace(out))
+				}
+			case x < 85:
+				if r.host != nil && !r.cut {
+					r.counts["partition"]++
+					r.logf("cut the writer's host off (heal in %v)", hold.Round(time.Millisecond))
+					r.host.Cut()
+					r.cut = true
+					undos = append(undos, undo{now.Add(hold), "heal partition", func() {
+						if r.cut {
+							r.host.Heal()
+							r.cut = false
+						}
+					}})
+				}
+			default:
+				r.counts["recover"]++
+				r.recover()
+				undos = nil
+				r.logf("recovered: all faults healed, write+flush ok")
+			}
+			continue
+		}
+		switch x := r.rng.IntN(100); {
+		case x < 80:
+			r.counts["write"]++
+			if err := runIO(func() error { return r.w.step(r.nc) }); err != nil {
+				ioErr(err)
+			}
+		case x < 90:
+			r.counts["flush"]++
+			if err := runIO(func() error { return r.w.doFlush(r.nc) }); err != nil {
+				ioErr(err)
+			}
+		default:
+			r.counts["read"]++
+			n := 1 + r.rng.Int64N(64)
+			first := r.rng.Int64N(r.blocks - n + 1)
+			p := make([]byte, n*blockSize)
+			if err := runIO(func() error { return r.nc.ReadAt(p, first*blockSize) }); err != nil {
+				ioErr(err)
+				break
+			}
+			if _, bad := r.m.check(first, p); len(bad) > 0 {
+				r.fatalf("read of blocks [%d,%d) differs from the model:\n%s", first, first+n, formatMismatches(bad, 20))
+			}
+		}
+		if r.nc.broken != nil {
+			r.logf("writer connection broken (%v): recovering", r.nc.broken)
+			r.recover()
+			undos = nil
+		}
+	}
+	// Final: everything healed, every daemon back, full verification
+	// through the writer and through a fresh one.
+	r.recover()
+	if _, err := verify(r.nc, r.m); err != nil {
+		r.fatalf("final verification: %v", err)
+	}
+	r.newWriter("final check")
+	d, u, f, _ := r.m.stats()
+	t.Logf("FIGURE robustness run: %v of faults, %d operations (%v); workload %s; model: %d writes flushed, %d unflushed, %d failed; verified in full %d times",
+		dur, ops, r.counts, r.w.summary(), d, u, f, r.counts["full verify"])
+}
