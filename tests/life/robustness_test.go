@@ -181,6 +181,7 @@ func (r *robust) recover() {
 			// A liveness problem, not a safety one: logged and counted
 			// (TestEtcdRestart asserts the writer recovers by itself).
 			r.counts["writer stuck, replaced"]++
+			r.logf("stuck writer's last warnings:\n%s", lastWarnings(r.writer.Output(), 6))
 			r.newWriter("writes keep failing 20 s after every fault healed: " + err.Error())
 			replaced = true
 		}
@@ -394,4 +395,21 @@ func TestRobustness(t *testing.T) {
 	d, u, f, _ := r.m.stats()
 	t.Logf("FIGURE robustness run: %v of faults, %d operations (%v); workload %s; model: %d writes flushed, %d unflushed, %d failed; verified in full %d times",
 		dur, ops, r.counts, r.w.summary(), d, u, f, r.counts["full verify"])
+}
+
+// lastWarnings returns the last n Warn or Error lines of a process log.
+func lastWarnings(out string, n int) string {
+	var keep []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			if len(line) > 400 {
+				line = line[:400] + "..."
+			}
+			keep = append(keep, "    "+line)
+		}
+	}
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, "\n")
 }
