@@ -16,6 +16,7 @@ import (
 	"github.com/torus-storage/torus/internal/proccluster"
 	metaetcd "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/peer"
+	"github.com/torus-storage/torus/ring"
 	"github.com/torus-storage/torus/volume"
 )
 
@@ -37,6 +38,7 @@ type census struct {
 
 type holder struct {
 	daemon int // index in Cluster.Daemons
+	id     string
 	addr   string
 	length int64
 }
@@ -51,12 +53,14 @@ func takeCensus(ctx context.Context, c *proccluster.Cluster, md *metaetcd.Store,
 		return nil, err
 	}
 	addrOf := map[string]string{}
+	idOf := map[string]string{}
 	peers, err := md.Peers(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for _, p := range peers {
 		addrOf[p.ID] = p.Address
+		idOf[p.Address] = p.ID
 	}
 	pool := peer.NewPool(func(ctx context.Context, id string) (string, error) {
 		if a, ok := addrOf[id]; ok {
@@ -97,7 +101,7 @@ func takeCensus(ctx context.Context, c *proccluster.Cluster, md *metaetcd.Store,
 			return nil, fmt.Errorf("daemon %d (%s): list: %w", i, d.PeerAddr, err)
 		}
 		for _, si := range infos {
-			cs.holders[si.ID] = append(cs.holders[si.ID], holder{daemon: i, addr: d.PeerAddr, length: si.Length})
+			cs.holders[si.ID] = append(cs.holders[si.ID], holder{daemon: i, id: idOf[d.PeerAddr], addr: d.PeerAddr, length: si.Length})
 		}
 	}
 	for id := range live {
@@ -227,4 +231,30 @@ func segmentHash(ctx context.Context, addr string, id torus.SegmentID, n int64) 
 		}
 	}
 	return h.Sum(nil), nil
+}
+
+// misplaced lists live segments (not the writer's speculative ones) that
+// lack a full copy on a peer the ring places them on: the first repl
+// members of the segment's ring order that are up.
+func (cs *census) misplaced(r *ring.Ring, up map[string]bool) []string {
+	var out []string
+	for _, id := range cs.sortedLive() {
+		if cs.speculative[id] {
+			continue
+		}
+		want := r.Lookup(id.Key(), r.Replication(), func(p string) bool { return !up[p] })
+		for _, p := range want {
+			ok := false
+			for _, h := range cs.holders[id] {
+				if h.id == p && h.length >= cs.required[id] {
+					ok = true
+				}
+			}
+			if !ok {
+				out = append(out, fmt.Sprintf("no full copy on %s: %s", short(p), cs.describe(id)))
+				break
+			}
+		}
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
 	metaetcd "github.com/torus-storage/torus/metadata/etcd"
+	"github.com/torus-storage/torus/ring"
 )
 
 // TestAddRemovePeer: under a write+flush workload a fourth daemon is
@@ -179,6 +180,24 @@ func waitBalanced(t *testing.T, c *proccluster.Cluster, md *metaetcd.Store, vol 
 			if p.Pending > 0 {
 				return false, "pending: " + peerStates(ps)
 			}
+		}
+		// Data sits where the current ring places it.
+		spec, err := md.Ring(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		r, err := ring.New(spec)
+		if err != nil {
+			return false, err.Error()
+		}
+		up := map[string]bool{}
+		for _, p := range ps {
+			if p.State == torus.PeerUp {
+				up[p.ID] = true
+			}
+		}
+		if mp := cs.misplaced(r, up); len(mp) > 0 {
+			return false, fmt.Sprintf("%d segments not yet where ring version %d places them, e.g. %s", len(mp), spec.Version, strings.Join(mp[:min(3, len(mp))], "; "))
 		}
 		return true, ""
 	})
