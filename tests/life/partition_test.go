@@ -2,6 +2,7 @@ package life
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -145,4 +146,77 @@ func summarize(ss []string) string {
 		out = append(out, fmt.Sprintf("%s ×%d", s, counts[s]))
 	}
 	return strings.Join(out, "; ")
+}
+
+// TestWriterCutFromEtcd: the writer's host loses only etcd; the daemons
+// stay reachable, so the old writer can keep sending appends and syncs
+// while its lease runs out and after a new writer took over. Writes and
+// flushes it makes before the takeover may count; after it, its flushes
+// fail and nothing it writes is visible, while etcd is still cut and after
+// the link heals.
+func TestWriterCutFromEtcd(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2})
+	const vol, blocks = "we", 4096
+	createVolume(t, c, vol, "16MiB", 0)
+	m := newModel(seed(t), blocks)
+	host := c.NewHost()
+	u, err := url.Parse(c.EtcdURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdLink := host.Proxy(u.Host)
+	_, addr1 := c.StartNBDOn(host)
+	old := attach(t, host.Dial, addr1, vol, blocks*blockSize)
+	w := newWorkload(m, uint64(m.seed), "old writer")
+	stop := w.background(old)
+	time.Sleep(2 * time.Second)
+	t.Logf("cutting the writer's host off etcd only (%s)", w.summary())
+	cut := time.Now()
+	etcdLink.Blackhole()
+
+	_, addr2 := c.StartNBD()
+	nw := reattach(t, c, nil, addr2, vol, blocks*blockSize, writerLeaseTTL+30*time.Second)
+	t.Logf("new writer attached %v after the cut; old writer meanwhile: %s", time.Since(cut).Round(time.Millisecond), w.summary())
+	stop()
+	ids := mustVerify(t, nw, m, "new writer after takeover")
+	m.settle(0, ids)
+
+	oldAttempts := func(phase string) int {
+		ok := 0
+		for i := 0; i < 10; i++ {
+			id, p := m.newWrite(int64(i)*16, 16, "old writer after the takeover, "+phase, true)
+			err := old.WriteAt(p, int64(i)*16*blockSize, false)
+			m.done(id, err)
+			if err != nil && old.broken != nil {
+				break
+			}
+			if i%3 == 2 && old.Flush() == nil {
+				ok++
+			}
+		}
+		return ok
+	}
+	if n := oldAttempts("etcd still cut"); n > 0 {
+		t.Errorf("the fenced old writer's FLUSH succeeded %d times after a new writer took over (etcd cut, daemons reachable)", n)
+	}
+	mustVerify(t, nw, m, "new writer after the old writer's attempts (etcd cut)")
+	etcdLink.Heal()
+	time.Sleep(time.Second)
+	if n := oldAttempts("etcd link healed"); n > 0 {
+		t.Errorf("the fenced old writer's FLUSH succeeded %d times after its etcd link healed", n)
+	}
+	w2 := newWorkload(m, uint64(m.seed)+1, "new writer")
+	for i := 0; i < 100; i++ {
+		if err := w2.step(nw); err != nil {
+			t.Fatalf("new writer: %v", err)
+		}
+	}
+	if err := w2.doFlush(nw); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, nw, m, "new writer after its own writes")
+	nw.Close()
+	_, addr3 := c.StartNBD()
+	n3 := reattach(t, c, nil, addr3, vol, blocks*blockSize, 15*time.Second)
+	mustVerify(t, n3, m, "third writer")
 }
