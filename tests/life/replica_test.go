@@ -114,11 +114,16 @@ func TestReplicaKill(t *testing.T) {
 		t.Logf("FIGURE healing throughput: %.1f MiB/s (%d bytes in %v, including the maintenance interval)", float64(copied)/(1<<20)/span.Seconds(), copied, span.Round(time.Millisecond))
 	}
 	_ = healTime
-	if r, err := volumeInfo(c, vol); err != nil {
-		t.Errorf("volume list: %v", err)
-	} else if h := healthOf(r); h != "healthy" {
-		t.Errorf("volume %s health %q after healing, want \"healthy\"", vol, h)
-	}
+	// Health is published by one daemon once per maintenance pass: it
+	// follows the census within a few seconds.
+	eventually(t, 15*time.Second, 500*time.Millisecond, "volume list to show the healed volume healthy", func() (bool, string) {
+		r, err := volumeInfo(c, vol)
+		if err != nil {
+			return false, err.Error()
+		}
+		h := healthOf(r)
+		return h == "healthy", fmt.Sprintf("health %q", h)
+	})
 
 	// The workload went on the whole time.
 	time.Sleep(time.Second)
