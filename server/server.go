@@ -37,6 +37,8 @@ type Server struct {
 	ready      atomic.Bool
 	inRing     atomic.Bool
 	pending    atomic.Int64
+	life       context.Context // ends at Close; owns the liveness session
+	endLife    context.CancelFunc
 	tables     volume.TableCache
 	downMu     sync.Mutex
 	downSince  map[string]time.Time
@@ -60,7 +62,8 @@ func New(cfg Config, meta torus.Metadata, logger *slog.Logger) (*Server, error) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, meta: meta, log: logger}, nil
+	life, endLife := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, meta: meta, log: logger, life: life, endLife: endLife}, nil
 }
 
 // ID is the daemon's stable peer ID (valid after Start).
@@ -204,6 +207,7 @@ func (s *Server) Close() error {
 		cancel()
 	}
 	s.wg.Wait()
+	s.endLife()
 	if s.pool != nil {
 		errs = append(errs, ignoreClosed(s.pool.Close()))
 	}
@@ -245,7 +249,9 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	}
 	if sess == nil {
 		var err error
-		sess, err = s.meta.NewSession(ctx, s.cfg.HeartbeatTTL)
+		// The lease lives until Close, not until this call's deadline:
+		// a session ends when the context it was created with ends.
+		sess, err = s.meta.NewSession(s.life, s.cfg.HeartbeatTTL)
 		if err != nil {
 			return fmt.Errorf("server: liveness lease: %w", err)
 		}
