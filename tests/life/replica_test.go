@@ -247,14 +247,21 @@ func reattach(t *testing.T, c *proccluster.Cluster, h *proccluster.Host, addr, v
 		dial = h.Dial
 	}
 	var nc *nbdClient
-	eventually(t, d, 200*time.Millisecond, "attaching "+vol+" at "+addr, func() (bool, string) {
+	var seen []string
+	took := eventually(t, d, 200*time.Millisecond, "attaching "+vol+" at "+addr, func() (bool, string) {
 		var err error
 		nc, err = tryAttach(dial, addr, vol)
 		if err != nil {
+			if len(seen) == 0 || seen[len(seen)-1] != err.Error() {
+				seen = append(seen, err.Error())
+			}
 			return false, err.Error()
 		}
 		return true, ""
 	})
+	if took > 5*time.Second && len(seen) > 0 {
+		t.Logf("attaching took %v; refusals seen (in order): %s", took.Round(time.Millisecond), strings.Join(seen[max(0, len(seen)-4):], " | "))
+	}
 	if nc.size != size {
 		t.Fatalf("export %s has size %d, want %d", vol, nc.size, size)
 	}

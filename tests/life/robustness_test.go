@@ -401,7 +401,7 @@ func TestRobustness(t *testing.T) {
 func lastWarnings(out string, n int) string {
 	var keep []string
 	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") || strings.Contains(line, "request failed") {
 			if len(line) > 400 {
 				line = line[:400] + "..."
 			}
