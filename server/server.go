@@ -142,8 +142,22 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.meta.PutPeer(ctx, info); err != nil {
 		return fmt.Errorf("server: registering peer: %w", err)
 	}
-	if err := s.heartbeat(ctx); err != nil {
-		return err
+	// The first heartbeat may race its lease (etcd just restarted, or
+	// slow): retry with a fresh session before giving up.
+	for attempt := 1; ; attempt++ {
+		err := s.heartbeat(ctx)
+		if err == nil {
+			break
+		}
+		if attempt == 5 || ctx.Err() != nil {
+			return err
+		}
+		s.log.Warn("first heartbeat failed; retrying", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+		}
 	}
 	if s.cfg.AutoJoin {
 		if err := s.join(ctx); err != nil {
@@ -262,6 +276,15 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	u := s.store.Usage()
 	s.checkFullness(u)
 	if err := s.meta.Heartbeat(ctx, sess, s.id, u.Used, s.pending.Load()); err != nil {
+		if errors.Is(err, torus.ErrClosed) {
+			// The lease was lost (expired while etcd was slow or
+			// away): the next heartbeat starts a new session.
+			s.sessMu.Lock()
+			if s.session == sess {
+				s.session = nil
+			}
+			s.sessMu.Unlock()
+		}
 		return fmt.Errorf("server: heartbeat: %w", err)
 	}
 	return nil

@@ -168,3 +168,32 @@ func TestFullnessWarnings(t *testing.T) {
 		}
 	}
 }
+
+// TestHeartbeatRecoversLostLease: a daemon whose liveness lease expires
+// behind its back gets a new one at the next heartbeat and shows up again.
+func TestHeartbeatRecoversLostLease(t *testing.T) {
+	meta := initMeta(t).(*metadata.Memory)
+	s := startTestServer(t, meta)
+	ctx := context.Background()
+	s.sessMu.Lock()
+	old := s.session
+	s.sessMu.Unlock()
+	meta.ExpireSession(old.ID())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		peers, err := meta.Peers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.sessMu.Lock()
+		cur := s.session
+		s.sessMu.Unlock()
+		if len(peers) == 1 && peers[0].State == torus.PeerUp && cur != nil && cur.ID() != old.ID() && s.isReady() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not come back up after its lease expired: %+v", peers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

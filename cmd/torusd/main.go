@@ -35,6 +35,7 @@ type flags struct {
 	devEtcdClient, devEtcdPeer      string
 	rebalanceRate                   string
 	downGrace, heartbeatTTL         time.Duration
+	gcInterval                      time.Duration
 	logLevel                        string
 }
 
@@ -67,6 +68,7 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.rebalanceRate, "rebalance-rate", "0", "healing/rebalancing copy rate per second, e.g. 100MiB (0: unlimited)")
 	fs.DurationVar(&f.downGrace, "down-grace", 2*time.Minute, "how long a peer stays down before its data is re-replicated")
 	fs.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 5*time.Second, "liveness lease TTL: a dead daemon shows down within this")
+	fs.DurationVar(&f.gcInterval, "gc-interval", 30*time.Second, "how often unreferenced segments are swept")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -145,7 +147,7 @@ func run(args []string) error {
 		DataDir: f.dataDir, Capacity: capacity,
 		PeerListen: f.peerAddr, PeerAdvertise: f.advertise, HTTPListen: f.httpAddr,
 		Zone: f.zone, AutoJoin: f.autoJoin, RebalanceRate: rate,
-		DownGrace: f.downGrace, HeartbeatTTL: f.heartbeatTTL,
+		DownGrace: f.downGrace, HeartbeatTTL: f.heartbeatTTL, GCInterval: f.gcInterval,
 	}, meta, log)
 	if err != nil {
 		return err
