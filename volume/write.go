@@ -90,7 +90,15 @@ func (v *Volume) appendBatch(batch []*writeReq) error {
 	if err := v.fencedErr(); err != nil {
 		return err
 	}
-	var buf []byte
+	var total int64
+	for _, r := range batch {
+		total += r.size()
+	}
+	// One buffer, reused batch after batch: appends do not retain it.
+	if int64(cap(v.batchBuf)) < total {
+		v.batchBuf = make([]byte, 0, max(total, 2*maxBatch))
+	}
+	buf := v.batchBuf[:0]
 	offs := make([]int64, len(batch))
 	for i, r := range batch {
 		offs[i] = int64(len(buf))
@@ -152,6 +160,7 @@ func (v *Volume) appendBatch(batch []*writeReq) error {
 			open.replicas = slices.DeleteFunc(open.replicas, func(r string) bool { return r == id })
 			v.stats.ReplicasDropped++
 		}
+		v.forgetCandidates()
 		v.mu.Unlock()
 		v.log.Warn("replicas dropped from open segment; rolling", "segment", open.id, "failed", failed)
 		needRoll = true
@@ -291,6 +300,7 @@ func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
 	if next != nil {
 		next.slot = v.idx.AddSegment(next.id)
 		v.segs[next.id] = next
+		v.forgetCandidates()
 	}
 	v.mu.Unlock()
 	if ck != nil {
