@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -466,8 +467,9 @@ func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []
 // readLoop delivers responses to pending calls until the connection fails.
 func (cc *clientConn) readLoop() error {
 	hdr := make([]byte, HeaderSize)
+	r := bufio.NewReaderSize(cc.c, readBufferSize)
 	for {
-		h, body, err := cc.readFrame(hdr)
+		h, body, err := cc.readFrame(r, hdr)
 		cc.lastRecv.Store(time.Now().UnixNano())
 		if err == nil && !h.Response() {
 			err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
@@ -496,8 +498,8 @@ func (cc *clientConn) readLoop() error {
 }
 
 // readFrame reads one frame into a body buffer from the client's pool.
-func (cc *clientConn) readFrame(hdr []byte) (Header, *[]byte, error) {
-	if _, err := io.ReadFull(cc.c, hdr[:HeaderSize]); err != nil {
+func (cc *clientConn) readFrame(r io.Reader, hdr []byte) (Header, *[]byte, error) {
+	if _, err := io.ReadFull(r, hdr[:HeaderSize]); err != nil {
 		return Header{}, nil, err
 	}
 	h, err := ParseHeader(hdr, MaxBody)
@@ -505,7 +507,7 @@ func (cc *clientConn) readFrame(hdr []byte) (Header, *[]byte, error) {
 		return h, nil, err
 	}
 	buf := cc.bufs.get(int(h.Length))
-	crc, err := readBody(cc.c, *buf)
+	crc, err := readBody(r, *buf)
 	if err == nil && crc != h.CRC {
 		err = errBadCRC
 	}
