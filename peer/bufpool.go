@@ -14,6 +14,11 @@ const (
 	maxPooledShift = 24
 )
 
+// readBufferSize is the read buffer of each connection, client and server:
+// a frame header and a small body, or several small frames, in one read
+// syscall.
+const readBufferSize = 64 << 10
+
 // bufPool recycles large frame bodies so that a stream of big appends or
 // reads does not allocate (and clear) a fresh buffer per request.
 type bufPool struct {

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -235,35 +236,60 @@ func (c *Client) ctxError(ctx context.Context, op string) error {
 func (c *Client) call(ctx context.Context, op Op, fixed, data, dst []byte) (Response, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	defer cancel()
+	pc, err := c.start(ctx, op, fixed, data)
+	if err != nil {
+		return Response{}, err
+	}
+	return c.wait(ctx, pc, dst)
+}
+
+// sentCall is a request written to a connection whose answer is awaited.
+type sentCall struct {
+	op   Op
+	id   uint64
+	cc   *clientConn
+	ch   chan result
+	sent int64 // unix nanoseconds
+}
+
+// start sends one request (fixed then data) and returns without waiting
+// for its answer. Requests started one after another by one goroutine
+// reach the server in that order. data is not retained once start returns.
+func (c *Client) start(ctx context.Context, op Op, fixed, data []byte) (*sentCall, error) {
 	if ctx.Err() != nil {
-		return Response{}, c.ctxError(ctx, op.String())
+		return nil, c.ctxError(ctx, op.String())
 	}
 	cc, err := c.conn(ctx)
 	if err != nil {
-		return Response{}, err
+		return nil, err
 	}
 	id := c.nextID.Add(1)
 	ch := make(chan result, 1)
 	if err := cc.register(id, op, ch); err != nil {
-		return Response{}, err
+		return nil, err
 	}
 	if err := cc.send(ctx, op, id, fixed, data); err != nil {
 		if errors.Is(err, errNotSent) {
 			cc.unregister(id)
-			return Response{}, c.ctxError(ctx, op.String())
+			return nil, c.ctxError(ctx, op.String())
 		}
 		cc.fail(fmt.Errorf("peer %s: connection lost: %w: send: %v", c.addr, torus.ErrUnavailable, err))
 		r := <-ch // fail delivered the error
-		return Response{}, r.err
+		return nil, r.err
 	}
-	sent := time.Now().UnixNano()
+	return &sentCall{op: op, id: id, cc: cc, ch: ch, sent: time.Now().UnixNano()}, nil
+}
+
+// wait waits for the answer to a started request, within ctx.
+func (c *Client) wait(ctx context.Context, pc *sentCall, dst []byte) (Response, error) {
+	op, cc := pc.op, pc.cc
 	var r result
 	select {
-	case r = <-ch:
+	case r = <-pc.ch:
 	case <-ctx.Done():
-		cc.unregister(id)
+		cc.unregister(pc.id)
 		err := c.ctxError(ctx, op.String())
-		if errors.Is(context.Cause(ctx), errRequestTimeout) && cc.lastRecv.Load() < sent {
+		if errors.Is(context.Cause(ctx), errRequestTimeout) && cc.lastRecv.Load() < pc.sent {
 			// Not one frame arrived since this request was sent: the
 			// peer is silent, not merely slow on one request. Drop the
 			// connection so that the next call redials (and fails fast
@@ -312,6 +338,36 @@ func (c *Client) Append(ctx context.Context, epoch uint64, seg torus.SegmentID, 
 	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
 	_, err := c.call(ctx, OpAppend, fixed, p, nil)
 	return err
+}
+
+// AppendAsync sends an Append like Append but returns once the request is
+// written, before its answer: wait returns the answer (the error Append
+// would return) and must be called exactly once. Appends started one after
+// another by one goroutine reach the server in that order, and the server
+// runs a connection's appends in order, so a writer may keep several
+// appends of one segment in flight. p is not retained once AppendAsync
+// returns. ctx bounds both the send and the wait.
+func (c *Client) AppendAsync(ctx context.Context, epoch uint64, seg torus.SegmentID, off int64, p []byte) (wait func() error) {
+	if len(p) > MaxData {
+		err := c.invalid(OpAppend, "%d bytes exceed the limit of %d", len(p), MaxData)
+		return func() error { return err }
+	}
+	if off < 0 {
+		err := c.invalid(OpAppend, "negative offset %d", off)
+		return func() error { return err }
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
+	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
+	pc, err := c.start(ctx, OpAppend, fixed, p)
+	if err != nil {
+		cancel()
+		return func() error { return err }
+	}
+	return func() error {
+		defer cancel()
+		_, err := c.wait(ctx, pc, nil)
+		return err
+	}
 }
 
 // Sync implements torus.PeerService.
@@ -466,8 +522,9 @@ func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []
 // readLoop delivers responses to pending calls until the connection fails.
 func (cc *clientConn) readLoop() error {
 	hdr := make([]byte, HeaderSize)
+	r := bufio.NewReaderSize(cc.c, readBufferSize)
 	for {
-		h, body, err := cc.readFrame(hdr)
+		h, body, err := cc.readFrame(r, hdr)
 		cc.lastRecv.Store(time.Now().UnixNano())
 		if err == nil && !h.Response() {
 			err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
@@ -496,8 +553,8 @@ func (cc *clientConn) readLoop() error {
 }
 
 // readFrame reads one frame into a body buffer from the client's pool.
-func (cc *clientConn) readFrame(hdr []byte) (Header, *[]byte, error) {
-	if _, err := io.ReadFull(cc.c, hdr[:HeaderSize]); err != nil {
+func (cc *clientConn) readFrame(r io.Reader, hdr []byte) (Header, *[]byte, error) {
+	if _, err := io.ReadFull(r, hdr[:HeaderSize]); err != nil {
 		return Header{}, nil, err
 	}
 	h, err := ParseHeader(hdr, MaxBody)
@@ -505,7 +562,7 @@ func (cc *clientConn) readFrame(hdr []byte) (Header, *[]byte, error) {
 		return h, nil, err
 	}
 	buf := cc.bufs.get(int(h.Length))
-	crc, err := readBody(cc.c, *buf)
+	crc, err := readBody(r, *buf)
 	if err == nil && crc != h.CRC {
 		err = errBadCRC
 	}

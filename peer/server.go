@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -316,8 +317,12 @@ func (sc *serverConn) run() {
 // malformed, dispatching each to the ordered queue or a read goroutine.
 func (sc *serverConn) readLoop() error {
 	hdr := make([]byte, HeaderSize)
+	// Buffered: a header and a small body (or several small requests)
+	// cost one read syscall instead of two per request. Large bodies are
+	// read straight into their buffers (bufio bypasses its buffer then).
+	r := bufio.NewReaderSize(sc.c, readBufferSize)
 	for {
-		if _, err := io.ReadFull(sc.c, hdr); err != nil {
+		if _, err := io.ReadFull(r, hdr); err != nil {
 			return err
 		}
 		h, err := ParseHeader(hdr, MaxBody)
@@ -338,7 +343,7 @@ func (sc *serverConn) readLoop() error {
 			return sc.ctx.Err()
 		}
 		buf := sc.s.bufs.get(int(h.Length))
-		crc, err := readBody(sc.c, *buf)
+		crc, err := readBody(r, *buf)
 		if err != nil {
 			sc.release(cost)
 			sc.s.bufs.put(buf)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/torus-storage/torus"
@@ -29,7 +31,15 @@ type Options struct {
 	Owner string
 	// LockTTL is the writer lease TTL; default DefaultLockTTL.
 	LockTTL time.Duration
+	// RefreshInterval is the least time between two reloads of the ring,
+	// live peers and volume record prompted by metadata changes (which
+	// happen at every daemon heartbeat); default DefaultRefreshInterval.
+	// Changes within it are picked up at its end.
+	RefreshInterval time.Duration
 }
+
+// DefaultRefreshInterval is Options.RefreshInterval when zero.
+const DefaultRefreshInterval = time.Second
 
 // DefaultLockTTL is the writer lease TTL when Options.LockTTL is zero.
 const DefaultLockTTL = 10 * time.Second
@@ -111,8 +121,12 @@ type Volume struct {
 	stop        chan struct{}
 	compactKick chan struct{}                          // a checkpoint was written
 	ckTables    map[torus.SegmentID][]torus.SegmentRef // compactor-owned cache
+	batchBuf    []byte                                 // appender-owned record buffer
 
 	locks [64]sync.Mutex // striped locks for edge read-modify-write
+
+	refreshEvery time.Duration // least time between watch-driven refreshes
+	refreshes    atomic.Int64  // watch-driven refreshes done (for tests)
 
 	mu      sync.Mutex
 	ops     sync.WaitGroup // in-flight I/O, waited for by Close
@@ -129,6 +143,7 @@ type Volume struct {
 	head    torus.Head
 	open    *segState // appender-owned, read under mu
 	segs    map[torus.SegmentID]*segState
+	cands   map[torus.SegmentID][]string // read candidates; see candidates
 	stats   Stats
 
 	closeOnce sync.Once
@@ -162,6 +177,9 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 	if opt.LockTTL < time.Second {
 		return nil, fmt.Errorf("volume: %w: lock TTL %v under 1s", torus.ErrInvalid, opt.LockTTL)
 	}
+	if opt.RefreshInterval <= 0 {
+		opt.RefreshInterval = DefaultRefreshInterval
+	}
 	if opt.Owner == "" {
 		opt.Owner = "volume.Open"
 	}
@@ -180,6 +198,8 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 		stop:        make(chan struct{}),
 		bad:         make(map[string]time.Time),
 		segs:        make(map[torus.SegmentID]*segState),
+
+		refreshEvery: opt.RefreshInterval,
 	}
 	v.ctx, v.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := v.openVolume(ctx, opt); err != nil {
@@ -317,6 +337,10 @@ func (v *Volume) refreshCluster(ctx context.Context) error {
 			return fmt.Errorf("volume %s: ring: %w", v.name, err)
 		}
 		v.place, v.ringVer = pl, spec.Version
+		v.forgetCandidates()
+	}
+	if !maps.Equal(up, v.up) {
+		v.forgetCandidates()
 	}
 	v.up = up
 	return nil
@@ -461,6 +485,7 @@ func (v *Volume) watchLoop(ch <-chan struct{}) {
 		v.answerSnapshotRequests(ctx)
 		cancel()
 	}
+	var last time.Time
 	for {
 		select {
 		case <-v.stop:
@@ -470,6 +495,25 @@ func (v *Volume) watchLoop(ch <-chan struct{}) {
 				return
 			}
 		}
+		// At most one refresh per refreshEvery: every daemon's heartbeat
+		// changes a key, so without a limit a writer in a cluster of N
+		// daemons would read etcd ~N/2 times a second for nothing. Signals
+		// arriving meanwhile coalesce into one refresh after the wait.
+		if wait := v.refreshEvery - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-v.stop:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			select { // the wait's signals are covered by this refresh
+			case <-ch:
+			default:
+			}
+		}
+		last = time.Now()
+		v.refreshes.Add(1)
 		ctx, cancel := context.WithTimeout(v.ctx, 10*time.Second)
 		if err := v.refreshCluster(ctx); err != nil {
 			v.log.Warn("refresh", "err", err)

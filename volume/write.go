@@ -44,53 +44,10 @@ func (v *Volume) control(ctx context.Context, fn func(ctx context.Context) error
 	return <-r.done
 }
 
-// appender is the single goroutine that appends to the open segment. It
-// gathers every waiting record into one batch (group commit, up to
-// maxBatch bytes) and sends it to all replicas in parallel.
-func (v *Volume) appender() {
-	defer v.wg.Done()
-	for {
-		select {
-		case <-v.stop:
-			for {
-				select {
-				case r := <-v.reqs:
-					r.done <- fmt.Errorf("volume %s: %w", v.name, torus.ErrClosed)
-				default:
-					return
-				}
-			}
-		case c := <-v.ctl:
-			c.done <- c.fn(v.ctx)
-		case r := <-v.reqs:
-			batch := []*writeReq{r}
-			size := r.size()
-		gather:
-			for size < maxBatch {
-				select {
-				case r := <-v.reqs:
-					batch = append(batch, r)
-					size += r.size()
-				default:
-					break gather
-				}
-			}
-			err := v.appendBatch(batch)
-			for _, r := range batch {
-				r.done <- err
-			}
-		}
-	}
-}
-
-// appendBatch appends one batch to the open segment and, once every
-// replica acknowledged it, updates the index. A replica that fails is
-// dropped: the segment is sealed and the batch retried on a new one.
-func (v *Volume) appendBatch(batch []*writeReq) error {
-	if err := v.fencedErr(); err != nil {
-		return err
-	}
-	var buf []byte
+// encodeBatch encodes batch's records into buf (reset) and returns it with
+// each record's offset in it.
+func (v *Volume) encodeBatch(batch []*writeReq, buf []byte) ([]byte, []int64) {
+	buf = buf[:0]
 	offs := make([]int64, len(batch))
 	for i, r := range batch {
 		offs[i] = int64(len(buf))
@@ -103,7 +60,73 @@ func (v *Volume) appendBatch(batch []*writeReq) error {
 			buf = AppendZeroRecord(buf, r.block, r.count, v.epoch)
 		}
 	}
-	needRoll, noSpace := false, false
+	return buf, offs
+}
+
+// batchSize is the encoded size of batch.
+func batchSize(batch []*writeReq) int64 {
+	var n int64
+	for _, r := range batch {
+		n += r.size()
+	}
+	return n
+}
+
+// commitBatch records a batch that every replica of open acknowledged at
+// open's length: the index maps its blocks and the length grows.
+func (v *Volume) commitBatch(open *segState, batch []*writeReq, offs []int64, n int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	base := open.length
+	for i, r := range batch {
+		switch r.typ {
+		case RecordWrite:
+			v.idx.Map(r.block, open.slot, base+offs[i]+RecordHeaderSize+4*int64(r.count), r.crcs)
+			v.stats.BlocksWritten += int64(r.count)
+		case RecordZero:
+			v.idx.Unmap(r.block, uint64(r.count))
+		case RecordMove:
+			dataOff := base + offs[i] + RecordHeaderSize + moveSourceSize + 4*int64(r.count)
+			v.stats.BlocksMoved += int64(v.idx.Move(r.block, r.srcSlot, r.src.Offset, open.slot, dataOff, r.crcs))
+		}
+	}
+	open.length += int64(n)
+	v.idx.SetLength(open.slot, open.length)
+	v.stats.Records += int64(len(batch))
+	v.stats.Batches++
+	v.stats.BytesAppended += int64(n)
+	v.stats.ReplicaBytes += int64(n) * int64(len(open.replicas))
+}
+
+// dropReplicas removes failed replicas from open and keeps them out of new
+// segments for badPeerTimeout.
+func (v *Volume) dropReplicas(open *segState, failed []string) {
+	v.mu.Lock()
+	now := time.Now()
+	for _, id := range failed {
+		v.bad[id] = now
+		open.replicas = slices.DeleteFunc(open.replicas, func(r string) bool { return r == id })
+		v.stats.ReplicasDropped++
+	}
+	v.forgetCandidates()
+	v.mu.Unlock()
+	v.log.Warn("replicas dropped from open segment; rolling", "segment", open.id, "failed", failed)
+}
+
+// appendBatch appends one batch to the open segment, waiting for it, and,
+// once every replica acknowledged it, updates the index. A replica that
+// fails is dropped: the segment is sealed and the batch retried on a new
+// one. With needRoll the open segment is sealed first (a replica failed an
+// earlier batch); noSpace says that failure was a full store.
+func (v *Volume) appendBatch(batch []*writeReq, needRoll, noSpace bool) error {
+	if err := v.fencedErr(); err != nil {
+		return err
+	}
+	// One buffer, reused batch after batch: appends do not retain it.
+	if total := batchSize(batch); int64(cap(v.batchBuf)) < total {
+		v.batchBuf = make([]byte, 0, max(total, 2*maxBatch))
+	}
+	buf, offs := v.encodeBatch(batch, v.batchBuf)
 	for attempt := 0; attempt < 4; attempt++ {
 		open := v.open
 		if open == nil || needRoll || (open.length > 0 && open.length+int64(len(buf)) > v.cfg.SegmentSize) {
@@ -121,39 +144,11 @@ func (v *Volume) appendBatch(batch []*writeReq) error {
 			return err
 		}
 		if len(failed) == 0 {
-			v.mu.Lock()
-			base := open.length
-			for i, r := range batch {
-				switch r.typ {
-				case RecordWrite:
-					v.idx.Map(r.block, open.slot, base+offs[i]+RecordHeaderSize+4*int64(r.count), r.crcs)
-					v.stats.BlocksWritten += int64(r.count)
-				case RecordZero:
-					v.idx.Unmap(r.block, uint64(r.count))
-				case RecordMove:
-					dataOff := base + offs[i] + RecordHeaderSize + moveSourceSize + 4*int64(r.count)
-					v.stats.BlocksMoved += int64(v.idx.Move(r.block, r.srcSlot, r.src.Offset, open.slot, dataOff, r.crcs))
-				}
-			}
-			open.length += int64(len(buf))
-			v.idx.SetLength(open.slot, open.length)
-			v.stats.Records += int64(len(batch))
-			v.stats.Batches++
-			v.stats.BytesAppended += int64(len(buf))
-			v.stats.ReplicaBytes += int64(len(buf)) * int64(len(open.replicas))
-			v.mu.Unlock()
+			v.commitBatch(open, batch, offs, len(buf))
 			return nil
 		}
 		noSpace = noSpace || nsp
-		v.mu.Lock()
-		now := time.Now()
-		for _, id := range failed {
-			v.bad[id] = now
-			open.replicas = slices.DeleteFunc(open.replicas, func(r string) bool { return r == id })
-			v.stats.ReplicasDropped++
-		}
-		v.mu.Unlock()
-		v.log.Warn("replicas dropped from open segment; rolling", "segment", open.id, "failed", failed)
+		v.dropReplicas(open, failed)
 		needRoll = true
 	}
 	return fmt.Errorf("volume %s: appends keep failing: %w", v.name, torus.ErrUnavailable)
@@ -291,6 +286,7 @@ func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
 	if next != nil {
 		next.slot = v.idx.AddSegment(next.id)
 		v.segs[next.id] = next
+		v.forgetCandidates()
 	}
 	v.mu.Unlock()
 	if ck != nil {

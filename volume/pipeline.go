@@ -1,0 +1,346 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/torus-storage/torus"
+)
+
+// maxInflight is how many batches the appender keeps in flight to the
+// replicas of the open segment. Each replica receives them in order on one
+// connection, and the peer server runs a connection's appends in order, so
+// batch k+1 travels and is written while batch k is being acknowledged: the
+// write rate is no longer one batch per round trip.
+const maxInflight = 4
+
+// asyncAppender is implemented by peer.Client: an Append whose request is
+// sent before the call returns and whose answer is awaited with wait.
+type asyncAppender interface {
+	AppendAsync(ctx context.Context, epoch uint64, seg torus.SegmentID, off int64, p []byte) (wait func() error)
+}
+
+// flight is one batch sent to the replicas of the open segment and not yet
+// landed (acknowledged by all and committed, or failed).
+type flight struct {
+	batch []*writeReq
+	buf   []byte  // the encoded records; the appender's until landed
+	offs  []int64 // each record's offset in buf
+	seg   *segState
+	off   int64 // the segment offset buf was sent at
+	n     int   // replicas sent to
+	res   chan replicaResult
+
+	got     int
+	failed  []string
+	errs    []error // of the failed replicas, in the same order
+	noSpace bool
+	fenced  error
+}
+
+type replicaResult struct {
+	id  string
+	err error
+}
+
+func (f *flight) record(r replicaResult) {
+	f.got++
+	if r.err == nil {
+		return
+	}
+	if errors.Is(r.err, torus.ErrFenced) {
+		f.fenced = r.err
+	}
+	if errors.Is(r.err, torus.ErrNoSpace) {
+		f.noSpace = true
+	}
+	f.failed = append(f.failed, r.id)
+	f.errs = append(f.errs, r.err)
+}
+
+// appendJob asks a replica worker to append f.buf at f.off.
+type appendJob struct {
+	f  *flight
+	id string
+}
+
+// pipeline is the appender goroutine's state.
+type pipeline struct {
+	v       *Volume
+	q       []*flight // in send order; q[0] lands first
+	tail    int64     // open segment length once every flight landed
+	free    [][]byte  // encode buffers not in flight
+	workers map[string]*replicaWorker
+	wg      sync.WaitGroup // workers and their answer waiters
+}
+
+// replicaWorker sends one replica's appends in order.
+type replicaWorker struct {
+	jobs    chan appendJob
+	pending atomic.Int32 // jobs queued and not yet sent
+}
+
+// directLimit: a batch this small is sent by the appender itself when the
+// replica's worker is idle (one goroutine hand-off less on the latency
+// path of small writes); larger ones are sent by the workers, in parallel
+// to the replicas.
+const directLimit = 256 << 10
+
+// appender is the single goroutine that appends to the open segment. It
+// gathers every waiting record into one batch (group commit, up to
+// maxBatch bytes) and sends it to all replicas, keeping up to maxInflight
+// batches in flight. Batches land (index updated, writes completed) in
+// order. Control functions run with nothing in flight.
+func (v *Volume) appender() {
+	defer v.wg.Done()
+	p := &pipeline{v: v, workers: make(map[string]*replicaWorker)}
+	defer p.stopWorkers()
+	for {
+		var oldest chan replicaResult
+		if len(p.q) > 0 {
+			oldest = p.q[0].res
+		}
+		reqs := v.reqs
+		if len(p.q) >= maxInflight {
+			reqs = nil
+		}
+		select {
+		case <-v.stop:
+			p.drain()
+			for {
+				select {
+				case r := <-v.reqs:
+					r.done <- fmt.Errorf("volume %s: %w", v.name, torus.ErrClosed)
+				default:
+					return
+				}
+			}
+		case c := <-v.ctl:
+			p.drain()
+			c.done <- c.fn(v.ctx)
+		case r := <-oldest:
+			f := p.q[0]
+			f.record(r)
+			if f.got == f.n {
+				p.land()
+			}
+		case r := <-reqs:
+			batch := []*writeReq{r}
+			size := r.size()
+		gather:
+			for size < maxBatch {
+				select {
+				case r := <-v.reqs:
+					batch = append(batch, r)
+					size += r.size()
+				default:
+					break gather
+				}
+			}
+			p.launch(batch, size)
+		}
+	}
+}
+
+// launch sends batch to the open segment's replicas, or, when the segment
+// must roll first, lands everything in flight and appends it synchronously.
+func (p *pipeline) launch(batch []*writeReq, size int64) {
+	v := p.v
+	if err := v.fencedErr(); err != nil {
+		complete(batch, err)
+		return
+	}
+	open := v.open
+	if len(p.q) == 0 && open != nil {
+		p.tail = open.length
+	}
+	if open == nil || (p.tail > 0 && p.tail+size > v.cfg.SegmentSize) {
+		p.drain()
+		complete(batch, v.appendBatch(batch, false, false))
+		return
+	}
+	var buf []byte
+	if k := len(p.free); k > 0 {
+		buf, p.free = p.free[k-1], p.free[:k-1]
+	}
+	if int64(cap(buf)) < size {
+		buf = make([]byte, 0, max(size, 2*maxBatch))
+	}
+	buf, offs := v.encodeBatch(batch, buf)
+	v.mu.Lock()
+	replicas := slices.Clone(open.replicas)
+	v.mu.Unlock()
+	f := &flight{batch: batch, buf: buf, offs: offs, seg: open, off: p.tail, n: len(replicas),
+		res: make(chan replicaResult, len(replicas))}
+	p.tail += int64(len(buf))
+	p.q = append(p.q, f)
+	for _, id := range replicas {
+		w := p.worker(id)
+		if len(buf) <= directLimit && w.pending.Load() == 0 && p.sendDirect(f, id) {
+			continue
+		}
+		w.pending.Add(1)
+		w.jobs <- appendJob{f: f, id: id}
+	}
+	if f.n == 0 { // cannot happen: a segment without replicas is rolled
+		p.land()
+	}
+}
+
+// land finishes q[0], whose every answer is in. On success the batch is
+// committed; on failure everything still in flight is awaited and the
+// failed batch and those after it are appended again, synchronously, on a
+// new segment.
+func (p *pipeline) land() {
+	v := p.v
+	f := p.q[0]
+	p.q = p.q[1:]
+	if f.fenced != nil {
+		err := v.fence(f.fenced)
+		p.recycle(f)
+		complete(f.batch, err)
+		for _, g := range p.awaitAll() {
+			complete(g.batch, err)
+		}
+		return
+	}
+	if len(f.failed) == 0 && v.open == f.seg && f.off == f.seg.length {
+		v.commitBatch(f.seg, f.batch, f.offs, len(f.buf))
+		p.recycle(f)
+		complete(f.batch, nil)
+		return
+	}
+	for i, id := range f.failed {
+		v.log.Warn("append failed", "segment", f.seg.id, "peer", id, "err", f.errs[i])
+	}
+	rest := p.awaitAll()
+	if len(f.failed) > 0 {
+		v.dropReplicas(f.seg, f.failed)
+	}
+	p.recycle(f)
+	complete(f.batch, v.appendBatch(f.batch, true, f.noSpace))
+	for _, g := range rest {
+		complete(g.batch, v.appendBatch(g.batch, false, false))
+	}
+}
+
+// awaitAll waits for every answer of every flight still in flight (their
+// outcome no longer matters: they are appended again) and returns them.
+func (p *pipeline) awaitAll() []*flight {
+	rest := p.q
+	p.q = nil
+	for _, g := range rest {
+		for g.got < g.n {
+			g.record(<-g.res)
+		}
+		p.recycle(g)
+	}
+	return rest
+}
+
+// drain lands every flight.
+func (p *pipeline) drain() {
+	for len(p.q) > 0 {
+		f := p.q[0]
+		for f.got < f.n {
+			f.record(<-f.res)
+		}
+		p.land()
+	}
+}
+
+func (p *pipeline) recycle(f *flight) {
+	if f.buf != nil {
+		p.free = append(p.free, f.buf[:0])
+		f.buf = nil
+	}
+}
+
+func complete(batch []*writeReq, err error) {
+	for _, r := range batch {
+		r.done <- err
+	}
+}
+
+// sendDirect sends f to replica id from the appender goroutine if the peer
+// offers AppendAsync, and reports whether it did.
+func (p *pipeline) sendDirect(f *flight, id string) bool {
+	v := p.v
+	ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
+	ps, err := v.peers.Peer(ctx, id)
+	if err != nil {
+		cancel()
+		f.res <- replicaResult{id, err}
+		return true
+	}
+	a, ok := ps.(asyncAppender)
+	if !ok {
+		cancel()
+		return false
+	}
+	p.await(a.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf), cancel, f, id)
+	return true
+}
+
+// await delivers the answer of a started append to f, from a goroutine.
+func (p *pipeline) await(wait func() error, cancel context.CancelFunc, f *flight, id string) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		err := wait()
+		cancel()
+		f.res <- replicaResult{id, err}
+	}()
+}
+
+// worker returns replica id's worker, starting it. A worker sends one
+// replica's appends in order: through AppendAsync when the peer offers it
+// (the answer is awaited by a goroutine of its own, so the next batch is
+// sent at once), otherwise with a blocking Append.
+func (p *pipeline) worker(id string) *replicaWorker {
+	if w, ok := p.workers[id]; ok {
+		return w
+	}
+	v := p.v
+	w := &replicaWorker{jobs: make(chan appendJob, maxInflight)}
+	p.workers[id] = w
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for j := range w.jobs {
+			f := j.f
+			ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
+			ps, err := v.peers.Peer(ctx, j.id)
+			if err != nil {
+				cancel()
+				w.pending.Add(-1)
+				f.res <- replicaResult{j.id, err}
+				continue
+			}
+			if a, ok := ps.(asyncAppender); ok {
+				wait := a.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf)
+				w.pending.Add(-1)
+				p.await(wait, cancel, f, j.id)
+				continue
+			}
+			err = ps.Append(ctx, v.epoch, f.seg.id, f.off, f.buf)
+			cancel()
+			w.pending.Add(-1)
+			f.res <- replicaResult{j.id, err}
+		}
+	}()
+	return w
+}
+
+// stopWorkers ends the workers once nothing is in flight.
+func (p *pipeline) stopWorkers() {
+	for id, w := range p.workers {
+		close(w.jobs)
+		delete(p.workers, id)
+	}
+	p.wg.Wait()
+}
