@@ -22,6 +22,7 @@ type Pool struct {
 	mu     sync.Mutex
 	closed bool
 	peers  map[string]*poolEntry
+	local  map[string]torus.PeerService // reached in-process; see SetLocal
 }
 
 type poolEntry struct {
@@ -47,6 +48,12 @@ func NewPool(resolve func(ctx context.Context, id string) (addr string, err erro
 // dialed (and wrapping the resolver's error too), and with torus.ErrClosed
 // after Close.
 func (p *Pool) Peer(ctx context.Context, id string) (torus.PeerService, error) {
+	p.mu.Lock()
+	if svc, ok := p.local[id]; ok && !p.closed {
+		p.mu.Unlock()
+		return svc, nil
+	}
+	p.mu.Unlock()
 	addr, err := p.resolve(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("peer pool: resolve %q: %w: %w", id, torus.ErrUnavailable, err)
@@ -86,6 +93,26 @@ func (p *Pool) Peer(ctx context.Context, id string) (torus.PeerService, error) {
 	}
 	e.c, e.addr = c, addr
 	return c, nil
+}
+
+// SetLocal makes Peer return svc for id, without resolving or dialing: a
+// process that runs the daemon id itself (torusd --dev serving NBD) reaches
+// its own store in-process, as a writer on another machine would over TCP,
+// but without two socket round trips, two frame checksums and four
+// goroutine hand-offs per request. svc must be the daemon's fencing
+// service (its *Local), so that epochs are checked as for remote callers.
+// A nil svc removes the entry. After Close, Peer fails as for any peer.
+func (p *Pool) SetLocal(id string, svc torus.PeerService) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if svc == nil {
+		delete(p.local, id)
+		return
+	}
+	if p.local == nil {
+		p.local = make(map[string]torus.PeerService)
+	}
+	p.local[id] = svc
 }
 
 // Close closes every cached Client. Idempotent.

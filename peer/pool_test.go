@@ -104,3 +104,32 @@ func TestPool(t *testing.T) {
 		t.Fatal("second Close")
 	}
 }
+
+// TestPoolSetLocal: a local peer is returned without resolving or dialing;
+// removing it goes back to the network; Close ends it too.
+func TestPoolSetLocal(t *testing.T) {
+	ctx := context.Background()
+	resolved := 0
+	p := NewPool(func(ctx context.Context, id string) (string, error) {
+		resolved++
+		return "", fmt.Errorf("%w: no such peer", torus.ErrUnavailable)
+	}, ClientConfig{}, testutil.Logger(t))
+	local := NewLocal(newFakeStore(1<<20), testutil.Logger(t))
+	p.SetLocal("me", local)
+	got, err := p.Peer(ctx, "me")
+	if err != nil || got != torus.PeerService(local) {
+		t.Fatalf("Peer(me) = %v, %v; want the local service", got, err)
+	}
+	if resolved != 0 {
+		t.Fatalf("resolved %d times for a local peer", resolved)
+	}
+	p.SetLocal("me", nil)
+	if _, err := p.Peer(ctx, "me"); !errors.Is(err, torus.ErrUnavailable) || resolved != 1 {
+		t.Fatalf("after removal: %v (resolved %d), want a resolve and ErrUnavailable", err, resolved)
+	}
+	p.SetLocal("me", local)
+	p.Close()
+	if _, err := p.Peer(ctx, "me"); err == nil {
+		t.Fatal("Peer after Close succeeded")
+	}
+}

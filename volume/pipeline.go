@@ -99,17 +99,30 @@ func (v *Volume) appender() {
 	defer v.wg.Done()
 	p := &pipeline{v: v, workers: make(map[string]*replicaWorker)}
 	defer p.stopWorkers()
+	// held is a small batch kept back while others are in flight: small
+	// writes gain nothing from a deeper pipeline and lose group commit
+	// (more, smaller appends cost CPU per write), so a batch under
+	// minPipelined waits for the oldest flight to land, gathering more.
+	var held []*writeReq
+	var heldSize int64
+	release := func() {
+		if len(held) > 0 {
+			p.launch(held, heldSize)
+			held, heldSize = nil, 0
+		}
+	}
 	for {
 		var oldest chan replicaResult
 		if len(p.q) > 0 {
 			oldest = p.q[0].res
 		}
 		reqs := v.reqs
-		if len(p.q) >= maxInflight {
+		if len(p.q) >= maxInflight || heldSize >= maxBatch {
 			reqs = nil
 		}
 		select {
 		case <-v.stop:
+			release()
 			p.drain()
 			for {
 				select {
@@ -120,6 +133,7 @@ func (v *Volume) appender() {
 				}
 			}
 		case c := <-v.ctl:
+			release()
 			p.drain()
 			c.done <- c.fn(v.ctx)
 		case r := <-oldest:
@@ -129,22 +143,27 @@ func (v *Volume) appender() {
 				p.land()
 			}
 		case r := <-reqs:
-			batch := []*writeReq{r}
-			size := r.size()
+			held = append(held, r)
+			heldSize += r.size()
 		gather:
-			for size < maxBatch {
+			for heldSize < maxBatch {
 				select {
 				case r := <-v.reqs:
-					batch = append(batch, r)
-					size += r.size()
+					held = append(held, r)
+					heldSize += r.size()
 				default:
 					break gather
 				}
 			}
-			p.launch(batch, size)
+		}
+		if len(held) > 0 && len(p.q) < maxInflight && (len(p.q) == 0 || heldSize >= minPipelined) {
+			release()
 		}
 	}
 }
+
+// minPipelined is the least batch launched while others are in flight.
+const minPipelined = 512 << 10
 
 // launch sends batch to the open segment's replicas, or, when the segment
 // must roll first, lands everything in flight and appends it synchronously.

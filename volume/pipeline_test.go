@@ -86,8 +86,8 @@ func (p *asyncPeer) AppendAsync(ctx context.Context, epoch uint64, seg torus.Seg
 // back, before and after a reopen, and the failed replica left the segment.
 func TestPipelinedAppends(t *testing.T) {
 	ctx := context.Background()
-	c := newCluster(t, clusterOpts{replication: 2, peers: 3})
-	const size = 8 << 20
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 8 << 20})
+	const size = 32 << 20
 	c.create("vol", size, 1)
 	pool := &asyncPool{c: c, peers: map[string]*asyncPeer{}}
 	defer pool.close()
@@ -109,7 +109,8 @@ func TestPipelinedAppends(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(w), 9))
-			// Each writer owns every 16th 64 KiB stripe: no overlaps.
+			// Each writer owns every 16th 256 KiB stripe: no overlaps.
+			// Writes are large enough (up to 256 KiB) to be pipelined.
 			for i := range perWriter {
 				if w == 0 && i == perWriter/2 && faulted.CompareAndSwap(false, true) {
 					victim := openReplicas(v)[0]
@@ -120,8 +121,8 @@ func TestPipelinedAppends(t *testing.T) {
 						return nil
 					})
 				}
-				stripe := int64(r.IntN(size/(64<<10)/writers)*writers+w) * (64 << 10)
-				p := randBytes(r, (1+r.IntN(16))*torus.BlockSize)
+				stripe := int64(r.IntN(size/(256<<10)/writers)*writers+w) * (256 << 10)
+				p := randBytes(r, (1+r.IntN(64))*torus.BlockSize)
 				if err := v.WriteAt(ctx, p, stripe, false); err != nil {
 					failedWrites.Add(1)
 					continue

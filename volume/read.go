@@ -72,12 +72,17 @@ func (v *Volume) readOnce(ctx context.Context, p []byte, off int64) error {
 	// readParallel at a time (runs cover disjoint parts of p).
 	clear(p)
 	one := func(r readRun) error {
-		buf := make([]byte, int64(len(r.crcs))*bs)
+		rs, n := int64(r.block)*bs, int64(len(r.crcs))*bs
+		if rs >= off && rs+n <= end {
+			// Whole blocks inside the request: read in place (on
+			// failure the next candidate overwrites them).
+			return v.fetch(ctx, r, p[rs-off:rs-off+n])
+		}
+		buf := make([]byte, n)
 		if err := v.fetch(ctx, r, buf); err != nil {
 			return err
 		}
 		// Copy the overlap of [r.block*bs, +len(buf)) and [off, end).
-		rs := int64(r.block) * bs
 		lo, hi := max(rs, off), min(rs+int64(len(buf)), end)
 		copy(p[lo-off:hi-off], buf[lo-rs:hi-rs])
 		return nil
