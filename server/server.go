@@ -80,6 +80,10 @@ func (s *Server) HTTPAddr() string {
 	return s.httpLn.Addr().String()
 }
 
+// Local is the daemon's own fenced peer service, for in-process callers
+// (torusd --dev's NBD server reaches its own store without TCP).
+func (s *Server) Local() torus.PeerService { return s.local }
+
 // Store exposes the local store (tests and tools).
 func (s *Server) Store() torus.Store { return s.store }
 

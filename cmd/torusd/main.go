@@ -55,7 +55,7 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.etcdKey, "etcd-key", "", "client key for etcd TLS")
 	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA bundle for etcd TLS")
 	fs.StringVar(&f.dataDir, "data-dir", "torus-data", "directory for this daemon's data")
-	fs.StringVar(&f.size, "size", "1GiB", "most bytes to store: 10GiB, 500MiB, or N% of the filesystem")
+	fs.StringVar(&f.size, "size", "", "most bytes to store: 10GiB, 500MiB, or N% of the filesystem (default 1GiB; 4GiB with --dev)")
 	fs.StringVar(&f.peerAddr, "peer-address", "127.0.0.1:40000", "address:port for the peer protocol")
 	fs.StringVar(&f.advertise, "advertise-address", "", "address others use to reach the peer port (default --peer-address)")
 	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:4321", "address:port for /metrics, /healthz, /readyz, /debug/pprof (empty: off)")
@@ -100,6 +100,14 @@ func run(args []string) error {
 
 	if err := os.MkdirAll(f.dataDir, 0o755); err != nil {
 		return err
+	}
+	if f.size == "" {
+		f.size = "1GiB"
+		if f.dev {
+			// Room for the 1 GiB demo volume to be rewritten several
+			// times before garbage collection catches up.
+			f.size = "4GiB"
+		}
 	}
 	capacity, err := storage.ParseSize(f.size, f.dataDir)
 	if err != nil {
@@ -216,6 +224,7 @@ func devNBD(ctx context.Context, f *flags, meta *etcdmeta.Store, srv *server.Ser
 		return nil, fmt.Errorf("nbd listen: %w", err)
 	}
 	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
+	pool.SetLocal(srv.ID(), srv.Local())
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("torusd --dev@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
 	nbdSrv := nbd.NewServer(nbd.Config{}, export.New(meta, pool, owner, log), log)
