@@ -138,6 +138,7 @@ type Volume struct {
 	ringVer uint64
 	place   placement
 	up      map[string]bool      // ring members whose liveness key exists
+	full    map[string]bool      // peers at or above fullThreshold of their capacity
 	bad     map[string]time.Time // peers that failed this writer
 	idx     *Index
 	head    torus.Head
@@ -324,9 +325,13 @@ func (v *Volume) refreshCluster(ctx context.Context) error {
 		return fmt.Errorf("volume %s: peers: %w", v.name, err)
 	}
 	up := make(map[string]bool, len(peers))
+	full := make(map[string]bool)
 	for _, p := range peers {
 		if p.State == torus.PeerUp {
 			up[p.ID] = true
+		}
+		if p.Capacity > 0 && float64(p.Used) >= fullThreshold*float64(p.Capacity) {
+			full[p.ID] = true
 		}
 	}
 	v.mu.Lock()
@@ -343,8 +348,13 @@ func (v *Volume) refreshCluster(ctx context.Context) error {
 		v.forgetCandidates()
 	}
 	v.up = up
+	v.full = full
 	return nil
 }
+
+// fullThreshold is the share of its capacity at which a peer (as its
+// heartbeat reports) gets new segments only when no other peer can.
+const fullThreshold = 0.95
 
 // fenceAll sends Fence(epoch) to every ring member in parallel and returns
 // the members that accepted it.

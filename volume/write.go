@@ -217,12 +217,22 @@ func (v *Volume) pick(seg torus.SegmentID) []string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	now := time.Now()
-	return v.place.Lookup(seg.Key(), v.cfg.Replication, func(id string) bool {
+	bad := func(id string) bool {
 		if t, ok := v.bad[id]; ok && now.Sub(t) < badPeerTimeout {
 			return true
 		}
 		return !v.up[id]
-	})
+	}
+	ids := v.place.Lookup(seg.Key(), v.cfg.Replication, func(id string) bool { return bad(id) || v.full[id] })
+	if len(ids) < v.cfg.Replication {
+		// Nearly full peers only as a last resort.
+		for _, id := range v.place.Lookup(seg.Key(), v.cfg.Replication, bad) {
+			if len(ids) < v.cfg.Replication && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
 }
 
 // roll seals the open segment at its acknowledged length, writes a
