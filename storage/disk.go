@@ -494,37 +494,37 @@ func (d *Disk) readFile(seg torus.SegmentID, p []byte, off int64) (int, error) {
 // Sync implements torus.Store: fdatasync of the segment's file, and fsync of
 // its directory the first time after the file was created. Appends to the
 // segment may run meanwhile; Synced then covers the length at the start of
-// the Sync. After a failed fdatasync the segment's unsynced bytes are in an
+// the Sync, and that durable length is what it returns. After a failed fdatasync the segment's unsynced bytes are in an
 // unknown state: every further Sync or Append of it fails (the writer moves
 // to a new segment).
-func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
+func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) (int64, error) {
 	if err := d.begin(ctx, OpSync, seg); err != nil {
-		return err
+		return 0, err
 	}
 	defer d.inflight.Done()
 	s := d.lookup(seg, false)
 	if s == nil {
-		return fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
 	}
 	s.mu.Lock()
 	length := s.length.Load()
 	if s.gone.Load() || length == 0 {
 		s.mu.Unlock()
-		return fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
 	}
 	if s.failed != nil {
 		s.mu.Unlock()
-		return fmt.Errorf("storage: sync %s: %w", seg, s.failed)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, s.failed)
 	}
 	dirDirty := s.dirDirty
-	if s.synced.Load() >= length && !dirDirty {
+	if synced := s.synced.Load(); synced >= length && !dirDirty {
 		s.mu.Unlock()
-		return nil
+		return synced, nil
 	}
 	e, err := d.openCached(seg)
 	s.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("storage: sync %s: %w", seg, err)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, err)
 	}
 	defer d.fds.release(e)
 
@@ -540,7 +540,7 @@ func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
 			s.failed = fmt.Errorf("an earlier sync failed (%v): %w", err, torus.ErrCorrupt)
 		}
 		d.log.Error("sync failed; unsynced bytes of the segment may be lost", "segment", seg, "err", err)
-		return fmt.Errorf("storage: sync %s: %w", seg, err)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, err)
 	}
 	if s.synced.Load() < length {
 		s.synced.Store(length)
@@ -548,7 +548,7 @@ func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
 	if dirDirty {
 		s.dirDirty = false
 	}
-	return nil
+	return s.synced.Load(), nil
 }
 
 // ReadAt implements torus.Store, with pread; it may run concurrently with

@@ -125,13 +125,13 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 		}
 	}
 	fail = true
-	if err := d.Sync(ctx, id); !errors.Is(err, syscall.EIO) {
+	if _, err := d.Sync(ctx, id); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("Sync with EIO: %v", err)
 	}
 	// Linux reports a writeback error once; the store must keep failing
 	// the segment rather than report a later Sync as success.
 	fail = false
-	if err := d.Sync(ctx, id); !errors.Is(err, torus.ErrCorrupt) {
+	if _, err := d.Sync(ctx, id); !errors.Is(err, torus.ErrCorrupt) {
 		t.Fatalf("Sync after a failed sync: %v; want ErrCorrupt", err)
 	}
 	if err := d.Append(ctx, id, 4, []byte("e")); !errors.Is(err, torus.ErrCorrupt) {
@@ -141,7 +141,7 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 		t.Fatalf("Stat after a failed sync = %+v, %v; want Synced 0", info, err)
 	}
 	// Other segments are unaffected, and the failed one can be deleted.
-	if err := d.Sync(ctx, other); err != nil {
+	if _, err := d.Sync(ctx, other); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Delete(ctx, id); err != nil {
@@ -150,7 +150,7 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 	if err := d.Append(ctx, id, 0, []byte("fresh")); err != nil {
 		t.Fatalf("Append to a recreated segment: %v", err)
 	}
-	if err := d.Sync(ctx, id); err != nil {
+	if _, err := d.Sync(ctx, id); err != nil {
 		t.Fatal(err)
 	}
 }

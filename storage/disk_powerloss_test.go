@@ -62,7 +62,7 @@ func powerLossRun(t *testing.T, seed uint64) {
 			m.content = append(m.content, p...)
 			m.deleted = false
 		case r < 80:
-			err := d.Sync(ctx, id)
+			_, err := d.Sync(ctx, id)
 			if len(m.content) == 0 {
 				if !errors.Is(err, torus.ErrNotExist) {
 					t.Fatalf("seed %d step %d: Sync of missing %s: %v", seed, step, id, err)

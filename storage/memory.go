@@ -169,18 +169,18 @@ func noSpace(seg torus.SegmentID, n int, used, capacity int64) error {
 }
 
 // Sync implements torus.Store.
-func (m *Memory) Sync(ctx context.Context, seg torus.SegmentID) error {
+func (m *Memory) Sync(ctx context.Context, seg torus.SegmentID) (int64, error) {
 	if err := m.check(ctx, OpSync, seg); err != nil {
-		return err
+		return 0, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.segs[seg]
 	if s == nil {
-		return fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
 	}
 	s.synced = int64(len(s.data))
-	return nil
+	return s.synced, nil
 }
 
 // ReadAt implements torus.Store.

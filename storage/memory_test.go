@@ -43,9 +43,11 @@ func TestMemoryCrash(t *testing.T) {
 		}
 	}
 	must(m.Append(ctx, synced, 0, []byte("durable")))
-	must(m.Sync(ctx, synced))
+	_, err := m.Sync(ctx, synced)
+	must(err)
 	must(m.Append(ctx, partly, 0, []byte("kept")))
-	must(m.Sync(ctx, partly))
+	_, err = m.Sync(ctx, partly)
+	must(err)
 	must(m.Append(ctx, partly, 4, []byte("-lost")))
 	must(m.Append(ctx, never, 0, []byte("gone")))
 	if u := m.Usage(); u.Used != 7+9+4 {
@@ -142,7 +144,7 @@ func TestMemoryFault(t *testing.T) {
 		var err error
 		switch op {
 		case storage.OpSync:
-			err = m.Sync(ctx, other)
+			_, err = m.Sync(ctx, other)
 		case storage.OpRead:
 			_, err = m.ReadAt(ctx, other, make([]byte, 3), 0)
 		case storage.OpStat:

@@ -226,7 +226,7 @@ func (v *Volume) readOpen(ctx context.Context, seg torus.SegmentID, fenced map[s
 		if fenced != nil {
 			// What the old writer appended may be unsynced: make it
 			// durable before the new head seals it.
-			if err := p.Sync(ctx, v.epoch, seg); err != nil {
+			if _, err := p.Sync(ctx, v.epoch, seg); err != nil {
 				v.log.Warn("open segment sync failed", "segment", seg, "peer", id, "err", err)
 			}
 		}

@@ -390,7 +390,7 @@ func (v *Volume) writeWhole(ctx context.Context, peerID string, id torus.Segment
 			return fmt.Errorf("peer %s: %w", peerID, err)
 		}
 	}
-	if err := ps.Sync(ctx, v.epoch, id); err != nil {
+	if _, err := ps.Sync(ctx, v.epoch, id); err != nil {
 		return fmt.Errorf("peer %s: %w", peerID, err)
 	}
 	return nil
@@ -436,7 +436,7 @@ func (v *Volume) flush(ctx context.Context) error {
 			go func() {
 				p, err := v.peers.Peer(ctx, id)
 				if err == nil {
-					err = p.Sync(ctx, v.epoch, j.s.id)
+					_, err = p.Sync(ctx, v.epoch, j.s.id)
 				}
 				ch <- res{ji, id, err}
 			}()
