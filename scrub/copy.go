@@ -184,14 +184,7 @@ func Copy(ctx context.Context, src, dst torus.PeerService, seg torus.SegmentID, 
 
 // syncedLength syncs dst's copy of seg and returns its durable length.
 func syncedLength(ctx context.Context, dst torus.PeerService, seg torus.SegmentID) (int64, error) {
-	if err := dst.Sync(ctx, torus.RepairEpoch, seg); err != nil {
-		return 0, err
-	}
-	info, err := dst.Stat(ctx, seg)
-	if err != nil {
-		return 0, err
-	}
-	return info.Synced, nil
+	return dst.Sync(ctx, torus.RepairEpoch, seg)
 }
 
 // send streams src's copy from 0, verifying, and appends the verified
