@@ -348,6 +348,14 @@ type VolumeStatus struct {
 	UnderReplicated int          `json:"under_replicated"` // live segments with too few copies
 	Unavailable     int          `json:"unavailable"`      // live segments with no up copy
 	PendingBytes    int64        `json:"pending_bytes"`    // bytes healing still has to copy
-	Reporter        string       `json:"reporter"`         // peer ID that computed it
-	Updated         time.Time    `json:"updated"`
+	// UnrepairableBlocks counts volume blocks in segments that scrub found
+	// no good copy of (the volume is then unavailable; `torusctl volume
+	// scrub` names them).
+	UnrepairableBlocks int `json:"unrepairable_blocks,omitempty"`
+	// Problem says why the volume could not be looked at whole (its live
+	// segments could not be read: a checkpoint with no good copy); GC and
+	// healing skip it meanwhile. "" when all is well.
+	Problem  string    `json:"problem,omitempty"`
+	Reporter string    `json:"reporter"` // peer ID that computed it
+	Updated  time.Time `json:"updated"`
 }

@@ -108,6 +108,8 @@ type CopyOptions struct {
 	// Copied, if set, is told of every n bytes sent (for metrics and
 	// throttling of the writes).
 	Copied func(n int64)
+	// Send paces the appends to the destination.
+	Send *Limiter
 	// Replace deletes the destination's copy first and sends everything.
 	Replace bool
 }
@@ -201,6 +203,9 @@ func send(ctx context.Context, src, dst torus.PeerService, seg torus.SegmentID, 
 			n := min(upTo-pendOff, chunk)
 			if pendOff+n > start {
 				from := max(start-pendOff, 0)
+				if err := o.Send.Wait(ctx, n-from); err != nil {
+					return err
+				}
 				if err := dst.Append(ctx, torus.RepairEpoch, seg, pendOff+from, pend[from:n]); err != nil {
 					return fmt.Errorf("scrub: copying %s at %d: %w", seg, pendOff+from, err)
 				}
