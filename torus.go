@@ -124,7 +124,12 @@ type Head struct {
 	Checkpoint *SegmentRef  `json:"checkpoint,omitempty"`
 	Sealed     []SegmentRef `json:"sealed,omitempty"`
 	Open       *SegmentID   `json:"open,omitempty"`
-	NextSeq    uint64       `json:"next_seq"`
+	// OpenReplicas are the peers the writer placed Open on. Recovery
+	// consults exactly these (a peer force-removed from the ring since is
+	// still counted), falling back to the ring order when it is empty
+	// (heads written before it existed).
+	OpenReplicas []string `json:"open_replicas,omitempty"`
+	NextSeq      uint64   `json:"next_seq"`
 }
 
 // Snapshot is a named, frozen head. Its Head has no Open segment.
