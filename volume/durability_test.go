@@ -13,6 +13,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/metadata"
+	"github.com/torus-storage/torus/storage"
 )
 
 // The tests of this file are the durability cases of issue 8, each a
@@ -374,4 +375,49 @@ func TestRecoveryCountsRemovedReplica(t *testing.T) {
 	v3 := c.open("vol", Options{Owner: "w3"})
 	defer v3.Close(ctx)
 	verify(t, ctx, v3, m)
+}
+
+// TestSealedListBounded: when every checkpoint fails, the head's sealed
+// list must not grow without bound (etcd's request limit would then stop
+// every commit): writes fail with ErrUnavailable past the limit, and work
+// again once checkpoints do.
+func TestSealedListBounded(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20, checkpointEvery: 2})
+	const size = 32 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(ctx)
+	v.maxSealed = 6
+	noCheckpoints := func(op string, seg torus.SegmentID) error {
+		if seg.Kind == torus.KindCheckpoint && op == storage.OpAppend {
+			return errors.New("checkpoint disk on fire")
+		}
+		return nil
+	}
+	for _, st := range c.stores {
+		st.SetFault(noCheckpoints)
+	}
+	r := rand.New(rand.NewPCG(31, 32))
+	var err error
+	for off := int64(0); off < size && err == nil; off += 512 << 10 {
+		err = v.WriteAt(ctx, randBytes(r, 512<<10), off, false)
+	}
+	if !errors.Is(err, torus.ErrUnavailable) {
+		t.Fatalf("writing 32 MiB with every checkpoint failing: %v, want ErrUnavailable", err)
+	}
+	if n := len(v.Info().Head.Sealed); n > v.maxSealed {
+		t.Fatalf("head has %d sealed segments, limit %d", n, v.maxSealed)
+	}
+	for _, st := range c.stores {
+		st.SetFault(nil)
+	}
+	for off := int64(0); off < 2<<20; off += 512 << 10 { // at least one seal
+		if err := v.WriteAt(ctx, randBytes(r, 512<<10), off, false); err != nil {
+			t.Fatalf("write once checkpoints work again: %v", err)
+		}
+	}
+	if ck := v.Info().Head.Checkpoint; ck == nil {
+		t.Fatal("no checkpoint after the fault cleared")
+	}
 }

@@ -300,6 +300,14 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) erro
 			nh.NextSeq++
 		}
 	}
+	if ck == nil && len(nh.Sealed) > v.maxSealed {
+		// Checkpoints keep failing: a longer head would soon pass etcd's
+		// request limit and no commit would go through at all.
+		err := fmt.Errorf("volume %s: %d sealed segments since the last checkpoint (limit %d): checkpoints keep failing: %w",
+			v.name, len(nh.Sealed), v.maxSealed, torus.ErrUnavailable)
+		v.log.Error("writes refused until a checkpoint succeeds", "err", err)
+		return err
+	}
 
 	var next *segState
 	var placeErr error

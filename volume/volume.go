@@ -39,6 +39,12 @@ type Options struct {
 	RefreshInterval time.Duration
 }
 
+// maxSealedSegments bounds the head's sealed list: past it (checkpoints
+// failing seal after seal) rolls, and so writes, fail with ErrUnavailable
+// rather than grow the head towards etcd's request size limit (1.5 MiB;
+// a sealed entry is ~90 bytes of JSON).
+const maxSealedSegments = 4096
+
 // DefaultRefreshInterval is Options.RefreshInterval when zero.
 const DefaultRefreshInterval = time.Second
 
@@ -128,6 +134,7 @@ type Volume struct {
 	ckTables    map[torus.SegmentID][]torus.SegmentRef // compactor-owned cache
 	batchBuf    []byte                                 // appender-owned record buffer
 	carry       *carry                                 // appender-owned; see carry.go
+	maxSealed   int                                    // head's sealed list limit; see maxSealedSegments
 
 	locks [64]sync.RWMutex // striped block locks; see lockBlocks
 
@@ -205,6 +212,7 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 		stop:        make(chan struct{}),
 		bad:         make(map[string]time.Time),
 		segs:        make(map[torus.SegmentID]*segState),
+		maxSealed:   maxSealedSegments,
 
 		refreshEvery: opt.RefreshInterval,
 	}
