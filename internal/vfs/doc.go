@@ -3,6 +3,6 @@
 // only what was synced survives) or fails on demand (Inject).
 //
 // The interface holds exactly what storage.Disk needs: files written with
-// pwrite and read with pread, fdatasync, directory fsync, syncfs, and an
+// pwrite and read with pread, fdatasync, rename, directory fsync, syncfs, and an
 // exclusive lock file. OS is the real one.
 package vfs

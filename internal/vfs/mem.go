@@ -128,6 +128,37 @@ func (m *MemFS) Remove(name string) error {
 	return nil
 }
 
+// Rename implements FS. The old and the new entry are two directory
+// changes, each durable only after a SyncDir of its directory; a crash in
+// between may keep either, both or (with an rng) neither.
+func (m *MemFS) Rename(oldname, newname string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	od, obase, err := m.lookupDir("rename", oldname)
+	if err != nil {
+		return err
+	}
+	n := od.entries[obase]
+	if n == nil {
+		return &fs.PathError{Op: "rename", Path: oldname, Err: fs.ErrNotExist}
+	}
+	nd, nbase, err := m.lookupDir("rename", newname)
+	if err != nil {
+		return err
+	}
+	if old := nd.entries[nbase]; old != nil {
+		if old == n {
+			return nil
+		}
+		if old.dir != n.dir || (old.dir && len(old.entries) > 0) {
+			return &fs.PathError{Op: "rename", Path: newname, Err: fs.ErrExist}
+		}
+	}
+	delete(od.entries, obase)
+	nd.entries[nbase] = n
+	return nil
+}
+
 // Mkdir implements FS.
 func (m *MemFS) Mkdir(name string) error {
 	m.mu.Lock()

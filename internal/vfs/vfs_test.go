@@ -85,6 +85,41 @@ func testFS(t *testing.T, fsys vfs.FS, root string) {
 	}
 	must(f.Close())
 
+	// Rename moves a file to another directory, replacing a file there.
+	other := filepath.Join(root, "other")
+	must(fsys.MkdirAll(other))
+	src := filepath.Join(dir, "src")
+	g, err := fsys.OpenFile(src, os.O_RDWR|os.O_CREATE)
+	must(err)
+	_, err = g.WriteAt([]byte("moved"), 0)
+	must(err)
+	dst := filepath.Join(other, "dst")
+	h, err := fsys.OpenFile(dst, os.O_RDWR|os.O_CREATE)
+	must(err)
+	_, err = h.WriteAt([]byte("replaced"), 0)
+	must(err)
+	must(fsys.Rename(src, dst))
+	if _, err := fsys.OpenFile(src, os.O_RDWR); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("old name after Rename: %v; want ErrNotExist", err)
+	}
+	k, err := fsys.OpenFile(dst, os.O_RDWR)
+	must(err)
+	if n, err := k.ReadAt(p[:8], 0); n != 5 || string(p[:n]) != "moved" {
+		t.Fatalf("new name after Rename = %q, %v; want %q", p[:n], err, "moved")
+	}
+	// The handle opened before the move writes to the moved file.
+	_, err = g.WriteAt([]byte("!"), 5)
+	must(err)
+	if size, _ := k.Size(); size != 6 {
+		t.Fatalf("size through a handle of the new name = %d; want 6", size)
+	}
+	if err := fsys.Rename(src, dst); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Rename of a missing file: %v; want ErrNotExist", err)
+	}
+	for _, c := range []vfs.File{g, h, k} {
+		must(c.Close())
+	}
+
 	lockName := filepath.Join(root, "LOCK")
 	l, err := fsys.Lock(lockName, "pid 1")
 	must(err)
@@ -164,6 +199,45 @@ func TestMemFSCrashStrict(t *testing.T) {
 	}
 }
 
+// TestMemFSCrashRename: a rename is durable once both directories are
+// fsynced; before that, a strict crash keeps the old name only.
+func TestMemFSCrashRename(t *testing.T) {
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := vfs.NewMemFS()
+	must(m.MkdirAll("/a"))
+	must(m.MkdirAll("/b"))
+	must(m.SyncDir("/"))
+	f, err := m.OpenFile("/a/f", os.O_RDWR|os.O_CREATE)
+	must(err)
+	_, err = f.WriteAt([]byte("data"), 0)
+	must(err)
+	must(f.Datasync())
+	must(m.SyncDir("/a"))
+	exists := func(name string) bool {
+		_, err := m.OpenFile(name, os.O_RDWR)
+		return err == nil
+	}
+
+	must(m.Rename("/a/f", "/b/g"))
+	m.Crash(nil)
+	if !exists("/a/f") || exists("/b/g") {
+		t.Fatalf("unsynced rename after a crash: /a/f %v, /b/g %v; want only /a/f", exists("/a/f"), exists("/b/g"))
+	}
+
+	must(m.Rename("/a/f", "/b/g"))
+	must(m.SyncDir("/b"))
+	must(m.SyncDir("/a"))
+	m.Crash(nil)
+	if exists("/a/f") || !exists("/b/g") {
+		t.Fatalf("synced rename after a crash: /a/f %v, /b/g %v; want only /b/g", exists("/a/f"), exists("/b/g"))
+	}
+}
+
 func TestMemFSCrashRandomKeepsSynced(t *testing.T) {
 	for seed := range uint64(50) {
 		m := vfs.NewMemFS()
@@ -233,5 +307,13 @@ func TestInject(t *testing.T) {
 	fail = ""
 	if _, err := fsys.OpenFile("/g", os.O_RDWR); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("a failed open created the file: %v", err)
+	}
+	fail = vfs.OpRename
+	if err := fsys.Rename("/f", "/h"); !errors.Is(err, boom) {
+		t.Fatalf("rename: %v", err)
+	}
+	fail = ""
+	if _, err := fsys.OpenFile("/f", os.O_RDWR); err != nil {
+		t.Fatalf("a failed rename moved the file: %v", err)
 	}
 }
