@@ -120,13 +120,15 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 	id := torus.SegmentID{Volume: 1, Seq: 1}
 	other := torus.SegmentID{Volume: 1, Seq: 2}
 	fail := false
-	d := openDiskFS(t, vfs.Inject(vfs.OS, func(op, path string) error {
+	fsys := vfs.Inject(vfs.OS, func(op, path string) error {
 		if fail && op == vfs.OpDatasync && filepath.Base(path) == id.String() {
 			return fmt.Errorf("fdatasync: %w", syscall.EIO)
 		}
 		return nil
-	}), t.TempDir(), 1<<20)
-	defer d.Close()
+	})
+	dir := t.TempDir()
+	d := openDiskFS(t, fsys, dir, 1<<20)
+	defer func() { _ = d.Close() }()
 	for _, s := range []torus.SegmentID{id, other} {
 		if err := d.Append(ctx, s, 0, []byte("abcd")); err != nil {
 			t.Fatal(err)
@@ -160,6 +162,15 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 	}
 	if _, err := d.Sync(ctx, id); err != nil {
 		t.Fatal(err)
+	}
+	// Delete removed the failure mark with the file: the new copy is
+	// served after a restart.
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d = openDiskFS(t, fsys, dir, 1<<20)
+	if info, err := d.Stat(ctx, id); err != nil || info.Length != 5 {
+		t.Fatalf("recreated segment after a restart = %+v, %v; want Length 5", info, err)
 	}
 }
 
