@@ -10,7 +10,9 @@
 //
 // NewMemory returns a store that keeps segments in memory, for unit tests of
 // other packages. SetFault injects errors into any operation; Crash
-// simulates a power loss, after which only synced bytes survive.
+// simulates a power loss, after which only synced bytes survive (a clean
+// cut); CrashTorn(seed) one that also leaves torn tails past the synced
+// bytes (part of them, zeros or garbage), as real disks do.
 //
 // # Disk
 //
