@@ -96,8 +96,9 @@
 // All file access goes through internal/vfs. The tests run the store on
 // vfs.MemFS and cut the power at random points (MemFS.Crash keeps only
 // synced file contents and fsynced directory entries, optionally with torn
-// tails), checking the guarantees above; a SIGKILL test does the same with a
-// real process on a real filesystem.
+// tails; MemFS.CrashTorn also zeroes tails or fills them with garbage),
+// checking the guarantees above; a SIGKILL test does the same with a real
+// process on a real filesystem.
 //
 // A data dir is used by one process at a time: OpenDisk fails with a
 // *DirLockedError (matching torus.ErrLocked) naming the dir and the holder
