@@ -609,13 +609,7 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 	if _, err := e.f.WriteAt(p, off); err != nil {
 		// Cut away whatever part was written, so the file is again the
 		// segment's length.
-		if terr := e.f.Truncate(off); terr != nil {
-			// The file now ends in a torn tail that a restart would
-			// count as segment bytes: stop using the segment.
-			d.log.Error("cannot truncate a failed append; the segment file has a torn tail",
-				"segment", seg, "length", off, "err", terr)
-			d.fail(seg, s, fmt.Errorf("an append failed and could not be cut away (%v): %w", terr, torus.ErrCorrupt))
-		}
+		terr := e.f.Truncate(off)
 		if created {
 			d.fds.forget(seg)
 			if rerr := d.fs.Remove(d.path(seg)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
@@ -623,6 +617,16 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 			} else {
 				s.file, s.dirDirty = false, false
 			}
+		}
+		if terr != nil && s.file {
+			// The file now ends in a torn tail that a restart would
+			// count as segment bytes: stop using the segment, and mark
+			// it so the next open quarantines the file. (A new segment's
+			// placeholder is dropped; its marked file then blocks the
+			// name until that open.)
+			d.log.Error("cannot truncate a failed append; the segment file has a torn tail",
+				"segment", seg, "length", off, "err", terr)
+			d.fail(seg, s, fmt.Errorf("an append failed and could not be cut away (%v): %w", terr, torus.ErrCorrupt))
 		}
 		return fmt.Errorf("storage: append %s at %d (%d bytes): %w", seg, off, len(p), classify(err))
 	}

@@ -175,18 +175,21 @@ func TestDiskSyncFailureSticks(t *testing.T) {
 }
 
 // TestDiskTruncateFailure: when a failed append cannot be cut away, the
-// segment is retired (its file has a torn tail), other segments go on.
+// segment is retired (its file has a torn tail), other segments go on; at
+// the next open the torn copy is quarantined, not served.
 func TestDiskTruncateFailure(t *testing.T) {
 	ctx := context.Background()
 	id := torus.SegmentID{Volume: 1, Seq: 1}
 	broken := false
-	d := openDiskFS(t, vfs.Inject(vfs.OS, func(op, path string) error {
+	fsys := vfs.Inject(vfs.OS, func(op, path string) error {
 		if broken && (op == vfs.OpWrite || op == vfs.OpTruncate) {
 			return &os.PathError{Op: op, Path: path, Err: syscall.EIO}
 		}
 		return nil
-	}), t.TempDir(), 1<<20)
-	defer d.Close()
+	})
+	dir := t.TempDir()
+	d := openDiskFS(t, fsys, dir, 1<<20)
+	defer func() { _ = d.Close() }()
 	if err := d.Append(ctx, id, 0, []byte("abcd")); err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +206,16 @@ func TestDiskTruncateFailure(t *testing.T) {
 	}
 	if err := d.Append(ctx, torus.SegmentID{Volume: 1, Seq: 2}, 0, []byte("ok")); err != nil {
 		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d = openDiskFS(t, fsys, dir, 1<<20)
+	if info, err := d.Stat(ctx, id); !errors.Is(err, torus.ErrNotExist) {
+		t.Fatalf("Stat of the torn copy after a restart = %+v, %v; want ErrNotExist", info, err)
+	}
+	if size := fileSize(t, filepath.Join(dir, "quarantine", id.String()+".1")); size != 6 {
+		t.Fatalf("quarantined copy holds %d bytes; want 6 (4, and half of the failed append)", size)
 	}
 }
 
