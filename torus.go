@@ -124,7 +124,12 @@ type Head struct {
 	Checkpoint *SegmentRef  `json:"checkpoint,omitempty"`
 	Sealed     []SegmentRef `json:"sealed,omitempty"`
 	Open       *SegmentID   `json:"open,omitempty"`
-	NextSeq    uint64       `json:"next_seq"`
+	// OpenReplicas are the peers the writer placed Open on. Recovery
+	// consults exactly these (a peer force-removed from the ring since is
+	// still counted), falling back to the ring order when it is empty
+	// (heads written before it existed).
+	OpenReplicas []string `json:"open_replicas,omitempty"`
+	NextSeq      uint64   `json:"next_seq"`
 }
 
 // Snapshot is a named, frozen head. Its Head has no Open segment.
@@ -269,6 +274,14 @@ const RepairEpoch = 0
 // volume (from Fence calls or from etcd), except for RepairEpoch.
 type PeerService interface {
 	Append(ctx context.Context, epoch uint64, seg SegmentID, off int64, p []byte) error
+	// AppendAsync is Append, started: it returns once the append is on its
+	// way (a remote peer: the request is written), and wait returns what
+	// Append would; wait must be called exactly once. Appends started one
+	// after another by one goroutine are applied in that order, so a writer
+	// may keep several appends of one segment in flight. p is not retained
+	// once AppendAsync returns. ctx bounds both the start and the wait. An
+	// in-process service may do the whole append before it returns.
+	AppendAsync(ctx context.Context, epoch uint64, seg SegmentID, off int64, p []byte) (wait func() error)
 	// Sync is Store.Sync, fenced: it returns the segment's durable length.
 	Sync(ctx context.Context, epoch uint64, seg SegmentID) (int64, error)
 	ReadAt(ctx context.Context, seg SegmentID, p []byte, off int64) (int, error)
