@@ -564,3 +564,44 @@ func TestSnapshotWithCarry(t *testing.T) {
 	defer s.Close(ctx)
 	verify(t, ctx, s, m)
 }
+
+// TestCarrySkipsCorruptCopy: the unflushed tail to carry is read back from
+// a replica whose copy verifies: a survivor returning flipped bits is
+// passed over for another copy, and nothing corrupt is carried.
+func TestCarrySkipsCorruptCopy(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3})
+	const size = 2 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(ctx)
+	r := rand.New(rand.NewPCG(39, 40))
+	m := make(model, size)
+	workload(t, ctx, v, m, r, 30)
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	workload(t, ctx, v, m, r, 30) // unflushed
+	reps := openReplicas(v)
+	victim, survivor := reps[0], reps[1]
+	// The victim can no longer write or sync but still reads; the
+	// survivor's reads come back with a flipped bit.
+	c.stores[victim].SetFault(func(op string, _ torus.SegmentID) error {
+		if op == storage.OpSync || op == storage.OpAppend {
+			return errors.New("disk on fire")
+		}
+		return nil
+	})
+	c.setCorrupt(survivor, true)
+	if err := v.Flush(ctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if v.Stats().CarriedBytes == 0 {
+		t.Fatal("nothing carried: the test proves nothing")
+	}
+	c.setCorrupt(survivor, false)
+	verify(t, ctx, v, m)
+	v2 := crashWriter(t, c, v)
+	defer v2.Close(ctx)
+	verify(t, ctx, v2, m)
+}
