@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/torus-storage/torus"
@@ -19,8 +20,9 @@ var ErrTimeout = errors.New("the volume's writer did not answer the snapshot req
 // Take takes snapshot volume@name. If the volume has a writer it
 // files a request and waits up to timeout for the writer's answer (woken
 // by Watch, polling once a second as a fallback); a failure reported by
-// the writer is returned as an error. If the volume has no writer it calls
-// closed.
+// the writer is returned as an error. A request of that name already
+// pending (a retry after ErrTimeout) is waited for, not filed again. If the
+// volume has no writer it calls closed. ErrExist if the snapshot exists.
 func Take(ctx context.Context, md torus.Metadata, volume, name string, timeout time.Duration,
 	closed func(ctx context.Context, md torus.Metadata, volume, name string) error) error {
 	if _, err := md.Snapshot(ctx, volume, name); err == nil {
@@ -36,7 +38,20 @@ func Take(ctx context.Context, md torus.Metadata, volume, name string, timeout t
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	changes := md.Watch(wctx)
-	if err := md.RequestSnapshot(ctx, volume, name); err != nil {
+	if err := md.RequestSnapshot(ctx, volume, name); errors.Is(err, torus.ErrExist) {
+		// Either the snapshot was taken meanwhile or a request of that
+		// name is pending (an earlier call timed out): wait for it.
+		if _, serr := md.Snapshot(ctx, volume, name); serr == nil {
+			return err
+		}
+		pending, lerr := md.SnapshotRequests(ctx, volume)
+		if lerr != nil {
+			return lerr
+		}
+		if !slices.Contains(pending, name) {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	tick := time.NewTicker(time.Second)
