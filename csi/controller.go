@@ -219,7 +219,7 @@ func (c *controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeRe
 		return nil, err
 	}
 	tname := TorusName(name)
-	release, err := c.d.acquire(tname)
+	release, err := c.d.acquire("volume " + tname)
 	if err != nil {
 		return nil, err
 	}
@@ -309,7 +309,7 @@ func (c *controller) DeleteVolume(ctx context.Context, req *csipb.DeleteVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	release, err := c.d.acquire(id)
+	release, err := c.d.acquire("volume " + id)
 	if err != nil {
 		return nil, err
 	}
@@ -514,7 +514,7 @@ func (c *controller) ControllerExpandVolume(ctx context.Context, req *csipb.Cont
 	if cr.GetRequiredBytes() < 0 || cr.GetLimitBytes() < 0 || (cr.GetLimitBytes() > 0 && cr.GetRequiredBytes() > cr.GetLimitBytes()) {
 		return nil, invalid("bad capacity range [%d, %d]", cr.GetRequiredBytes(), cr.GetLimitBytes())
 	}
-	release, err := c.d.acquire(id)
+	release, err := c.d.acquire("volume " + id)
 	if err != nil {
 		return nil, err
 	}
@@ -583,7 +583,7 @@ func (c *controller) CreateSnapshot(ctx context.Context, req *csipb.CreateSnapsh
 		return nil, invalid("snapshot parameters are not supported (got %d)", len(req.GetParameters()))
 	}
 	tname := TorusName(name)
-	release, err := c.d.acquire(tname)
+	release, err := c.d.acquire("snapshot " + tname)
 	if err != nil {
 		return nil, err
 	}
@@ -624,7 +624,7 @@ func (c *controller) DeleteSnapshot(ctx context.Context, req *csipb.DeleteSnapsh
 	if !ok {
 		return &csipb.DeleteSnapshotResponse{}, nil
 	}
-	release, err := c.d.acquire(snap)
+	release, err := c.d.acquire("snapshot " + snap)
 	if err != nil {
 		return nil, err
 	}

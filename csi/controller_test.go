@@ -531,3 +531,28 @@ func TestVolumeHealth(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestBusy: a second call on a volume while one is in flight is Aborted;
+// a volume and a snapshot of the same CSI name do not block each other.
+func TestBusy(t *testing.T) {
+	f := newFixture(t)
+	release, err := f.c.d.acquire("volume " + TorusName("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.create("v", 4096, 0, nil)
+	wantCode(t, err, codes.Aborted, "create while busy")
+	release()
+	v, err := f.create("v", 4096, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err = f.c.d.acquire("volume " + TorusName("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if _, err := f.c.CreateSnapshot(f.ctx, &csipb.CreateSnapshotRequest{Name: "v", SourceVolumeId: v.VolumeId}); err != nil {
+		t.Fatalf("snapshot named like a busy volume: %v", err)
+	}
+}
