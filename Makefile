@@ -15,7 +15,7 @@ deps:
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/torusd ./cmd/torusctl ./cmd/torusblk
+	$(GO) build -o $(BIN)/ ./cmd/torusd ./cmd/torusctl ./cmd/torusblk ./cmd/torus-csi
 
 # The main job: embedded etcd, one daemon, a 1 GiB volume "demo" on NBD at
 # 127.0.0.1:10809. Data stays in $(DATA) across restarts.

@@ -61,16 +61,25 @@ type Metadata interface {
 	// may stand for many changes. The channel closes when ctx ends.
 	Watch(ctx context.Context) <-chan struct{}
 
-	// CreateVolume assigns an ID and stores the volume with an empty head.
-	// ErrExist if the name is taken; ErrInvalid for a bad name or size.
+	// CreateVolume assigns an ID and stores the volume with an empty head
+	// and its labels. ErrExist if the name is taken; ErrInvalid for a bad
+	// name, size or label (torus.ValidLabels).
 	CreateVolume(ctx context.Context, v VolumeInfo) (VolumeInfo, error)
 	// Volume reads one volume. ErrNotExist.
 	Volume(ctx context.Context, name string) (VolumeInfo, error)
 	// Volumes lists all volumes sorted by name.
 	Volumes(ctx context.Context) ([]VolumeInfo, error)
 	// UpdateVolume stores changed Size or MinReplicas of an existing
-	// volume (matched by name). Size may only grow (ErrInvalid).
+	// volume (matched by name). Size may only grow (ErrInvalid). Labels
+	// are not changed (SetVolumeLabels changes them).
 	UpdateVolume(ctx context.Context, v VolumeInfo) error
+	// SetVolumeLabels changes a volume's labels in one atomic step: every
+	// key of set is added or replaced, then every key of remove is deleted
+	// (a key that is absent is ignored). It returns the volume as stored
+	// afterwards. ErrNotExist for a missing volume; ErrInvalid, with
+	// nothing changed, when a key or value of set is invalid or the result
+	// would exceed the bounds of torus.ValidLabels.
+	SetVolumeLabels(ctx context.Context, volume string, set map[string]string, remove []string) (VolumeInfo, error)
 	// DeleteVolume deletes a volume with its head and snapshots. It fails
 	// with a *LockedError matching ErrInUse when the volume has a writer.
 	DeleteVolume(ctx context.Context, name string) error

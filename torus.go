@@ -13,7 +13,11 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"sort"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // BlockSize is the granularity of the volume index and of per-block
@@ -104,6 +108,93 @@ type VolumeInfo struct {
 	// is fsynced on at least this many replicas. 0 means the cluster's
 	// replication factor.
 	MinReplicas int `json:"min_replicas,omitempty"`
+	// Labels are key/value pairs kept with the volume (ValidLabels): the
+	// CSI driver keeps a volume's CSI name and parameters here. Set at
+	// CreateVolume, changed with Metadata.SetVolumeLabels; UpdateVolume
+	// leaves them as they are. nil when there are none.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Bounds on VolumeInfo.Labels.
+const (
+	MaxLabels         = 64       // labels per volume
+	MaxLabelValueLen  = 1024     // bytes per value
+	MaxLabelsSize     = 16 << 10 // bytes of all keys and values together
+	maxLabelPrefixLen = 253      // a DNS subdomain
+	maxLabelNameLen   = 63
+)
+
+var (
+	labelNameRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`)
+	labelPrefixRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+)
+
+// ValidLabelKey checks a label key as Kubernetes checks one: an optional
+// prefix, a DNS subdomain of at most 253 characters followed by "/", then a
+// name of 1..63 characters of [A-Za-z0-9._-] that starts and ends with a
+// letter or digit. Examples: "team", "app.kubernetes.io/name",
+// "csi.torus.io/name".
+func ValidLabelKey(key string) error {
+	prefix, name, hasPrefix := strings.Cut(key, "/")
+	if !hasPrefix {
+		prefix, name = "", key
+	}
+	switch {
+	case hasPrefix && (prefix == "" || len(prefix) > maxLabelPrefixLen || !labelPrefixRE.MatchString(prefix)):
+		return fmt.Errorf("%w: label key %q: prefix must be a DNS subdomain (lowercase, at most %d characters)",
+			ErrInvalid, key, maxLabelPrefixLen)
+	case len(name) == 0 || len(name) > maxLabelNameLen || !labelNameRE.MatchString(name):
+		return fmt.Errorf("%w: label key %q: name must be 1..%d characters of [A-Za-z0-9._-], starting and ending with a letter or digit",
+			ErrInvalid, key, maxLabelNameLen)
+	}
+	return nil
+}
+
+// ValidLabelValue checks a label value: valid UTF-8 without control
+// characters, at most MaxLabelValueLen bytes, possibly empty. Values are
+// freer than Kubernetes label values (63 characters of [A-Za-z0-9._-]),
+// because they must hold a CSI name (up to 128 characters, any case) and
+// parameter values.
+func ValidLabelValue(value string) error {
+	if len(value) > MaxLabelValueLen {
+		return fmt.Errorf("%w: label value of %d bytes exceeds %d", ErrInvalid, len(value), MaxLabelValueLen)
+	}
+	if !utf8.ValidString(value) {
+		return fmt.Errorf("%w: label value %q is not valid UTF-8", ErrInvalid, value)
+	}
+	if strings.IndexFunc(value, unicode.IsControl) >= 0 {
+		return fmt.Errorf("%w: label value %q contains a control character", ErrInvalid, value)
+	}
+	return nil
+}
+
+// ValidLabels checks a volume's labels: every key (ValidLabelKey) and value
+// (ValidLabelValue), at most MaxLabels of them and MaxLabelsSize bytes of
+// keys and values in all. The error names the first bad key in sorted
+// order.
+func ValidLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return fmt.Errorf("%w: %d labels exceed the limit of %d", ErrInvalid, len(labels), MaxLabels)
+	}
+	keys := make([]string, 0, len(labels))
+	size := 0
+	for k, v := range labels {
+		keys = append(keys, k)
+		size += len(k) + len(v)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := ValidLabelKey(k); err != nil {
+			return err
+		}
+		if err := ValidLabelValue(labels[k]); err != nil {
+			return fmt.Errorf("label %q: %w", k, err)
+		}
+	}
+	if size > MaxLabelsSize {
+		return fmt.Errorf("%w: labels take %d bytes, more than %d", ErrInvalid, size, MaxLabelsSize)
+	}
+	return nil
 }
 
 // WriterInfo names the current writer of a volume.

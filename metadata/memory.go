@@ -451,6 +451,7 @@ func (m *Memory) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vo
 	if v.Created.IsZero() {
 		v.Created = time.Now().UTC()
 	}
+	v.Labels = rules.CloneLabels(v.Labels)
 	m.volumes[v.Name] = &memVolume{
 		info:      v,
 		snapshots: make(map[string]torus.Snapshot),
@@ -458,7 +459,15 @@ func (m *Memory) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vo
 		results:   make(map[string]string),
 	}
 	m.notifyLocked()
+	v.Labels = rules.CloneLabels(v.Labels)
 	return v, nil
+}
+
+// infoCopy returns a copy of the volume record that shares no map with m.
+func (v *memVolume) infoCopy() torus.VolumeInfo {
+	info := v.info
+	info.Labels = rules.CloneLabels(info.Labels)
+	return info
 }
 
 // Volume implements torus.Metadata.
@@ -471,7 +480,7 @@ func (m *Memory) Volume(ctx context.Context, name string) (torus.VolumeInfo, err
 	if err != nil {
 		return torus.VolumeInfo{}, err
 	}
-	return v.info, nil
+	return v.infoCopy(), nil
 }
 
 // Volumes implements torus.Metadata.
@@ -482,7 +491,7 @@ func (m *Memory) Volumes(ctx context.Context) ([]torus.VolumeInfo, error) {
 	defer m.mu.Unlock()
 	out := make([]torus.VolumeInfo, 0, len(m.volumes))
 	for _, v := range m.volumes {
-		out = append(out, v.info)
+		out = append(out, v.infoCopy())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -505,6 +514,25 @@ func (m *Memory) UpdateVolume(ctx context.Context, upd torus.VolumeInfo) error {
 	v.info = info
 	m.notifyLocked()
 	return nil
+}
+
+// SetVolumeLabels implements torus.Metadata.
+func (m *Memory) SetVolumeLabels(ctx context.Context, volume string, set map[string]string, remove []string) (torus.VolumeInfo, error) {
+	if err := m.enter(ctx); err != nil {
+		return torus.VolumeInfo{}, err
+	}
+	defer m.mu.Unlock()
+	v, err := m.volumeLocked("set labels", volume)
+	if err != nil {
+		return torus.VolumeInfo{}, err
+	}
+	labels, err := rules.Labels(volume, v.info.Labels, set, remove)
+	if err != nil {
+		return torus.VolumeInfo{}, err
+	}
+	v.info.Labels = labels
+	m.notifyLocked()
+	return v.infoCopy(), nil
 }
 
 // DeleteVolume implements torus.Metadata. It also clears the default export

@@ -606,6 +606,7 @@ func (s *Store) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vol
 	if v.Created.IsZero() {
 		v.Created = time.Now().UTC()
 	}
+	v.Labels = rules.CloneLabels(v.Labels)
 	for range maxRetries {
 		r, err := s.read(ctx, op, clientv3.OpGet(s.k.nextID()))
 		if err != nil {
@@ -712,6 +713,38 @@ func (s *Store) UpdateVolume(ctx context.Context, upd torus.VolumeInfo) error {
 		}
 	}
 	return errContended(op)
+}
+
+// SetVolumeLabels implements torus.Metadata. Transaction: volume record
+// unchanged since read → put the record with the new labels.
+func (s *Store) SetVolumeLabels(ctx context.Context, volume string, set map[string]string, remove []string) (torus.VolumeInfo, error) {
+	const op = "set volume labels"
+	for range maxRetries {
+		r, err := s.read(ctx, op, clientv3.OpGet(s.k.volume(volume)))
+		if err != nil {
+			return torus.VolumeInfo{}, err
+		}
+		if len(r[0]) == 0 {
+			return torus.VolumeInfo{}, errNoVolume(op, volume)
+		}
+		v, err := s.readVolume(r[0][0], op)
+		if err != nil {
+			return torus.VolumeInfo{}, err
+		}
+		if v.Labels, err = rules.Labels(volume, v.Labels, set, remove); err != nil {
+			return torus.VolumeInfo{}, err
+		}
+		resp, err := s.txn(ctx, op, []clientv3.Cmp{modRev(s.k.volume(volume), r[0][0].ModRevision)},
+			[]clientv3.Op{clientv3.OpPut(s.k.volume(volume), encode(v))}, nil)
+		if err != nil {
+			return torus.VolumeInfo{}, err
+		}
+		if resp.Succeeded {
+			return v, nil
+		}
+		s.log.Debug("set volume labels: record changed, retrying", "volume", volume)
+	}
+	return torus.VolumeInfo{}, errContended(op)
 }
 
 // DeleteVolume implements torus.Metadata. Transaction: volume exists, lock

@@ -56,6 +56,9 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 		{"Volumes", testVolumes},
 		{"VolumeValidation", testVolumeValidation},
 		{"UpdateVolume", testUpdateVolume},
+		{"Labels", testLabels},
+		{"LabelValidation", testLabelValidation},
+		{"LabelsRace", testLabelsRace},
 		{"Lock", testLock},
 		{"LockRace", testLockRace},
 		{"CreateVolumeRace", testCreateVolumeRace},
@@ -526,6 +529,168 @@ func testUpdateVolume(t *testing.T, m torus.Metadata) {
 	must(t, err, "Volume")
 	if got2.Size != got.Size || got2.MinReplicas != got.MinReplicas {
 		t.Fatalf("rejected updates changed the volume to %+v", got2)
+	}
+}
+
+// testLabels: labels given at create are stored and listed; SetVolumeLabels
+// adds, replaces and removes keys atomically and returns the result;
+// UpdateVolume leaves labels alone; returned maps are copies.
+func testLabels(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	in := map[string]string{"csi.torus.io/name": "PVC-Upper/Case name", "team": "", "app.kubernetes.io/part-of": "db"}
+	v, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: 4096, Labels: in})
+	must(t, err, "CreateVolume with labels")
+	if !reflect.DeepEqual(v.Labels, in) {
+		t.Fatalf("CreateVolume returned labels %v, want %v", v.Labels, in)
+	}
+	in["team"] = "changed by the caller"
+	v.Labels["team"] = "changed by the caller"
+	got, err := m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if got.Labels["team"] != "" || len(got.Labels) != 3 {
+		t.Fatalf("stored labels %v share a map with the caller", got.Labels)
+	}
+	got.Labels["x"] = "y"
+	plain := createVolume(t, m, "w", 4096)
+	if plain.Labels != nil {
+		t.Fatalf("a volume created without labels has labels %v", plain.Labels)
+	}
+	vs, err := m.Volumes(ctx)
+	must(t, err, "Volumes")
+	if len(vs) != 2 || len(vs[0].Labels) != 3 || vs[0].Labels["csi.torus.io/name"] != "PVC-Upper/Case name" || vs[1].Labels != nil {
+		t.Fatalf("Volumes = %+v, want v with its 3 labels and w with none", vs)
+	}
+
+	res, err := m.SetVolumeLabels(ctx, "v", map[string]string{"team": "storage", "tier": "gold"}, []string{"app.kubernetes.io/part-of", "absent"})
+	must(t, err, "SetVolumeLabels")
+	want := map[string]string{"csi.torus.io/name": "PVC-Upper/Case name", "team": "storage", "tier": "gold"}
+	if !reflect.DeepEqual(res.Labels, want) || res.ID != v.ID || res.Size != 4096 {
+		t.Fatalf("SetVolumeLabels returned %+v, want labels %v", res, want)
+	}
+	got, err = m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if !reflect.DeepEqual(got.Labels, want) {
+		t.Fatalf("after SetVolumeLabels Volume has labels %v, want %v", got.Labels, want)
+	}
+	// Set then remove the same key in one call: removed.
+	res, err = m.SetVolumeLabels(ctx, "v", map[string]string{"tier": "silver"}, []string{"tier"})
+	must(t, err, "SetVolumeLabels set+remove")
+	if _, ok := res.Labels["tier"]; ok {
+		t.Fatalf("a key both set and removed is still there: %v", res.Labels)
+	}
+
+	grow := got
+	grow.Size = 8192
+	grow.Labels = nil
+	must(t, m.UpdateVolume(ctx, grow), "UpdateVolume")
+	got, err = m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if got.Size != 8192 || len(got.Labels) != 2 || got.Labels["team"] != "storage" {
+		t.Fatalf("UpdateVolume changed labels: %+v", got)
+	}
+
+	res, err = m.SetVolumeLabels(ctx, "v", nil, []string{"team", "csi.torus.io/name"})
+	must(t, err, "SetVolumeLabels remove all")
+	if res.Labels != nil {
+		t.Fatalf("after removing every label: %v, want nil", res.Labels)
+	}
+	got, err = m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if got.Labels != nil {
+		t.Fatalf("after removing every label Volume has %v, want nil", got.Labels)
+	}
+	_, err = m.SetVolumeLabels(ctx, "nope", map[string]string{"a": "b"}, nil)
+	wantErr(t, err, torus.ErrNotExist, "SetVolumeLabels of a missing volume")
+}
+
+// testLabelValidation: bad keys, values, counts and sizes are ErrInvalid at
+// create and at SetVolumeLabels, and change nothing.
+func testLabelValidation(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	many := make(map[string]string)
+	for i := range torus.MaxLabels + 1 {
+		many[fmt.Sprintf("k%d", i)] = "v"
+	}
+	big := make(map[string]string)
+	for i := range torus.MaxLabelsSize/torus.MaxLabelValueLen + 1 {
+		big[fmt.Sprintf("k%d", i)] = strings.Repeat("x", torus.MaxLabelValueLen)
+	}
+	bad := []map[string]string{
+		{"": "v"},
+		{"-a": "v"},
+		{"a-": "v"},
+		{"a b": "v"},
+		{strings.Repeat("a", 64): "v"},
+		{"/a": "v"},
+		{"Upper.example/a": "v"},
+		{"a/b/c": "v"},
+		{"ex_ample.com/a": "v"},
+		{strings.Repeat("a", 254) + "/a": "v"},
+		{"a": "line\nbreak"},
+		{"a": "\xff"},
+		{"a": strings.Repeat("x", torus.MaxLabelValueLen+1)},
+		many,
+		big,
+	}
+	for i, l := range bad {
+		_, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: 4096, Labels: l})
+		wantErr(t, err, torus.ErrInvalid, fmt.Sprintf("CreateVolume with bad labels #%d", i))
+	}
+	if vs, err := m.Volumes(ctx); err != nil || len(vs) != 0 {
+		t.Fatalf("rejected creates left volumes: %+v, %v", vs, err)
+	}
+	good := map[string]string{
+		"a": "", "A.b_c-9": "Any text, even / and = and ünïcode", strings.Repeat("a", 63): "x",
+		strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "/n": strings.Repeat("x", torus.MaxLabelValueLen),
+		"k8s.io/x": "y", "csi.torus.io/parameters": `{"fsType":"ext4"}`,
+	}
+	_, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: 4096, Labels: good})
+	must(t, err, "CreateVolume with good labels")
+	for i, l := range bad {
+		_, err := m.SetVolumeLabels(ctx, "v", l, nil)
+		wantErr(t, err, torus.ErrInvalid, fmt.Sprintf("SetVolumeLabels with bad labels #%d", i))
+	}
+	// 6 labels stored; adding 59 more exceeds MaxLabels.
+	more := make(map[string]string)
+	for i := range torus.MaxLabels - len(good) + 1 {
+		more[fmt.Sprintf("m%d", i)] = ""
+	}
+	_, err = m.SetVolumeLabels(ctx, "v", more, nil)
+	wantErr(t, err, torus.ErrInvalid, "SetVolumeLabels past MaxLabels")
+	got, err := m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if !reflect.DeepEqual(got.Labels, good) {
+		t.Fatalf("rejected label changes changed the labels to %v", got.Labels)
+	}
+}
+
+// testLabelsRace: concurrent SetVolumeLabels of distinct keys all land.
+func testLabelsRace(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 4096)
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := m.SetVolumeLabels(ctx, "v", map[string]string{fmt.Sprintf("k%d", i): "v"}, nil)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		must(t, err, "concurrent SetVolumeLabels")
+	}
+	got, err := m.Volume(ctx, "v")
+	must(t, err, "Volume")
+	if len(got.Labels) != n {
+		t.Fatalf("after %d concurrent label sets: %v", n, got.Labels)
 	}
 }
 

@@ -48,7 +48,46 @@ func Volume(v torus.VolumeInfo) error {
 	if err := Size(v.Size); err != nil {
 		return fmt.Errorf("metadata: volume %q: %w", v.Name, err)
 	}
+	if err := torus.ValidLabels(v.Labels); err != nil {
+		return fmt.Errorf("metadata: volume %q: %w", v.Name, err)
+	}
 	return MinReplicas(v)
+}
+
+// Labels applies a SetVolumeLabels request to the stored labels and
+// returns the labels to store (a new map; nil when none are left), checked
+// with torus.ValidLabels. old is not modified.
+func Labels(volume string, old, set map[string]string, remove []string) (map[string]string, error) {
+	out := make(map[string]string, len(old)+len(set))
+	for k, v := range old {
+		out[k] = v
+	}
+	for k, v := range set {
+		out[k] = v
+	}
+	for _, k := range remove {
+		delete(out, k)
+	}
+	if err := torus.ValidLabels(out); err != nil {
+		return nil, fmt.Errorf("metadata: volume %q: %w", volume, err)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// CloneLabels copies a label map, so a stored record never shares its map
+// with a caller. An empty map becomes nil, as it reads back from JSON.
+func CloneLabels(l map[string]string) map[string]string {
+	if len(l) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(l))
+	for k, v := range l {
+		out[k] = v
+	}
+	return out
 }
 
 // MinReplicas checks v.MinReplicas.

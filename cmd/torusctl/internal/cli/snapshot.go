@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/snapshots"
 )
 
 // splitSnap parses VOLUME@NAME.
@@ -107,55 +107,11 @@ it (flush, seal, checkpoint, record) and create waits for the answer up to
 }
 
 // ErrSnapshotTimeout is returned by CreateSnapshot when the writer did not
-// answer in time. The request stays pending; the writer may still take the
-// snapshot later.
-var ErrSnapshotTimeout = errors.New("the volume's writer did not answer the snapshot request in time")
+// answer in time (snapshots.ErrTimeout).
+var ErrSnapshotTimeout = snapshots.ErrTimeout
 
-// CreateSnapshot takes snapshot volume@name. If the volume has a writer it
-// files a request and waits up to timeout for the writer's answer (woken
-// by Watch, polling once a second as a fallback); a failure reported by
-// the writer is returned as an error. If the volume has no writer it calls
-// closed.
+// CreateSnapshot takes snapshot volume@name: snapshots.Take.
 func CreateSnapshot(ctx context.Context, md torus.Metadata, volume, name string, timeout time.Duration,
 	closed func(ctx context.Context, md torus.Metadata, volume, name string) error) error {
-	if _, err := md.Snapshot(ctx, volume, name); err == nil {
-		return fmt.Errorf("snapshot %s@%s: %w", volume, name, torus.ErrExist)
-	}
-	w, ok, err := md.Writer(ctx, volume)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return closed(ctx, md, volume, name)
-	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	changes := md.Watch(wctx)
-	if err := md.RequestSnapshot(ctx, volume, name); err != nil {
-		return err
-	}
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		done, failure, err := md.SnapshotRequestResult(ctx, volume, name)
-		if err != nil {
-			return err
-		}
-		if done {
-			if failure != "" {
-				return fmt.Errorf("writer %s failed to take snapshot %s@%s: %s", w.Owner, volume, name, failure)
-			}
-			return nil
-		}
-		select {
-		case <-changes:
-		case <-tick.C:
-		case <-wctx.Done():
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("snapshot %s@%s: %w (writer %s, waited %v); the request stays pending",
-				volume, name, ErrSnapshotTimeout, w.Owner, timeout)
-		}
-	}
+	return snapshots.Take(ctx, md, volume, name, timeout, closed)
 }

@@ -28,10 +28,27 @@ func checkName(what, name string) error {
 	return nil
 }
 
+// ParseLabel parses one --label argument, KEY=VALUE (VALUE may be empty),
+// and checks it with torus.ValidLabelKey and torus.ValidLabelValue.
+func ParseLabel(kv string) (key, value string, err error) {
+	key, value, ok := strings.Cut(kv, "=")
+	if !ok {
+		return "", "", fmt.Errorf("%w: label %q is not KEY=VALUE", torus.ErrInvalid, kv)
+	}
+	if err := torus.ValidLabelKey(key); err != nil {
+		return "", "", err
+	}
+	if err := torus.ValidLabelValue(value); err != nil {
+		return "", "", fmt.Errorf("label %q: %w", key, err)
+	}
+	return key, value, nil
+}
+
 func (a *app) volumeCreateCmd() *cobra.Command {
 	var minReplicas int
+	var labelArgs []string
 	cmd := &cobra.Command{
-		Use:   "create NAME SIZE",
+		Use:   "create NAME SIZE [--label KEY=VALUE]...",
 		Short: "Create a volume (SIZE like 4096, 512MiB, 1GiB; a multiple of 4KiB)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -46,8 +63,22 @@ func (a *app) volumeCreateCmd() *cobra.Command {
 			if minReplicas < 0 {
 				return fmt.Errorf("--min-replicas: %w: %d is negative", torus.ErrInvalid, minReplicas)
 			}
+			var labels map[string]string
+			for _, kv := range labelArgs {
+				k, v, err := ParseLabel(kv)
+				if err != nil {
+					return fmt.Errorf("--label: %w", err)
+				}
+				if labels == nil {
+					labels = make(map[string]string)
+				}
+				labels[k] = v
+			}
+			if err := torus.ValidLabels(labels); err != nil {
+				return fmt.Errorf("--label: %w", err)
+			}
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
-				v, err := md.CreateVolume(ctx, torus.VolumeInfo{Name: name, Size: size, MinReplicas: minReplicas})
+				v, err := md.CreateVolume(ctx, torus.VolumeInfo{Name: name, Size: size, MinReplicas: minReplicas, Labels: labels})
 				if errors.Is(err, torus.ErrExist) {
 					return fmt.Errorf("volume %q already exists: %w", name, err)
 				}
@@ -59,6 +90,7 @@ func (a *app) volumeCreateCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&minReplicas, "min-replicas", 0, "replicas a FLUSH needs (0: the replication factor)")
+	cmd.Flags().StringArrayVar(&labelArgs, "label", nil, "a label KEY=VALUE kept with the volume (repeatable)")
 	return cmd
 }
 
@@ -70,8 +102,10 @@ type volumeRow struct {
 	Size        int64     `json:"size"`
 	Created     time.Time `json:"created"`
 	MinReplicas int       `json:"min_replicas"`
-	Writer      string    `json:"writer"` // "" when closed
-	Epoch       uint64    `json:"epoch,omitempty"`
+	// Labels are the volume's labels ({} when none).
+	Labels map[string]string `json:"labels"`
+	Writer string            `json:"writer"` // "" when closed
+	Epoch  uint64            `json:"epoch,omitempty"`
 	// From the published torus.VolumeStatus:
 	Used            *int64     `json:"used"`             // bytes of live segments, one copy
 	Health          *string    `json:"health"`           // healthy, degraded, unavailable
@@ -104,7 +138,10 @@ status the daemons publish every few seconds; "-" means not reported yet.`,
 				}
 				rows := make([]volumeRow, 0, len(vols))
 				for _, v := range vols {
-					r := volumeRow{Name: v.Name, ID: v.ID, Size: v.Size, Created: v.Created, MinReplicas: v.MinReplicas}
+					r := volumeRow{Name: v.Name, ID: v.ID, Size: v.Size, Created: v.Created, MinReplicas: v.MinReplicas, Labels: v.Labels}
+					if r.Labels == nil {
+						r.Labels = map[string]string{}
+					}
 					w, ok, err := md.Writer(ctx, v.Name)
 					if errors.Is(err, torus.ErrNotExist) {
 						continue // deleted meanwhile
@@ -206,44 +243,91 @@ func (a *app) volumeResizeCmd() *cobra.Command {
 	}
 }
 
+// VolumeSettings is what one `volume set` changes.
+type VolumeSettings struct {
+	MinReplicas  int               // -1: unchanged
+	SetLabels    map[string]string // label.KEY=VALUE
+	RemoveLabels []string          // label.KEY-
+}
+
+// ParseVolumeSettings parses the KEY=VALUE arguments of `volume set`:
+// min-replicas=N, label.KEY=VALUE (add or replace a label; VALUE may be
+// empty) and label.KEY- (remove a label, as kubectl label does).
+func ParseVolumeSettings(args []string) (VolumeSettings, error) {
+	st := VolumeSettings{MinReplicas: -1}
+	for _, kv := range args {
+		if key, ok := strings.CutPrefix(kv, "label."); ok && !strings.Contains(kv, "=") && strings.HasSuffix(key, "-") {
+			key = strings.TrimSuffix(key, "-")
+			if err := torus.ValidLabelKey(key); err != nil {
+				return st, err
+			}
+			st.RemoveLabels = append(st.RemoveLabels, key)
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return st, fmt.Errorf("%w: setting %q is not KEY=VALUE (or label.KEY- to remove a label)", torus.ErrInvalid, kv)
+		}
+		if lk, ok := strings.CutPrefix(k, "label."); ok {
+			lk, lv, err := ParseLabel(lk + "=" + v)
+			if err != nil {
+				return st, err
+			}
+			if st.SetLabels == nil {
+				st.SetLabels = make(map[string]string)
+			}
+			st.SetLabels[lk] = lv
+			continue
+		}
+		switch k {
+		case "min-replicas":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return st, fmt.Errorf("%w: min-replicas %q must be an integer ≥ 0", torus.ErrInvalid, v)
+			}
+			st.MinReplicas = n
+		default:
+			return st, fmt.Errorf("%w: unknown setting %q (supported: min-replicas, label.KEY)", torus.ErrInvalid, k)
+		}
+	}
+	return st, nil
+}
+
 func (a *app) volumeSetCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "set NAME KEY=VALUE...",
-		Short: "Change a volume setting (min-replicas=N; 0 means the replication factor)",
+		Short: "Change volume settings: min-replicas=N (0: the replication factor), label.KEY=VALUE, label.KEY- (remove)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			minr := -1
-			for _, kv := range args[1:] {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					return fmt.Errorf("%w: setting %q is not KEY=VALUE", torus.ErrInvalid, kv)
-				}
-				switch k {
-				case "min-replicas":
-					n, err := strconv.Atoi(v)
-					if err != nil || n < 0 {
-						return fmt.Errorf("%w: min-replicas %q must be an integer ≥ 0", torus.ErrInvalid, v)
-					}
-					minr = n
-				default:
-					return fmt.Errorf("%w: unknown setting %q (supported: min-replicas)", torus.ErrInvalid, k)
-				}
+			st, err := ParseVolumeSettings(args[1:])
+			if err != nil {
+				return err
 			}
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
 				vol, err := md.Volume(ctx, name)
 				if err != nil {
 					return err
 				}
-				if ring, err := md.Ring(ctx); err == nil && minr > ring.Replication {
-					return fmt.Errorf("%w: min-replicas %d exceeds the ring's replication %d: every FLUSH would fail",
-						torus.ErrInvalid, minr, ring.Replication)
+				var done []string
+				if st.MinReplicas >= 0 {
+					if ring, err := md.Ring(ctx); err == nil && st.MinReplicas > ring.Replication {
+						return fmt.Errorf("%w: min-replicas %d exceeds the ring's replication %d: every FLUSH would fail",
+							torus.ErrInvalid, st.MinReplicas, ring.Replication)
+					}
+					vol.MinReplicas = st.MinReplicas
+					if err := md.UpdateVolume(ctx, vol); err != nil {
+						return err
+					}
+					done = append(done, fmt.Sprintf("min-replicas=%d", st.MinReplicas))
 				}
-				vol.MinReplicas = minr
-				if err := md.UpdateVolume(ctx, vol); err != nil {
-					return err
+				if len(st.SetLabels) > 0 || len(st.RemoveLabels) > 0 {
+					if vol, err = md.SetVolumeLabels(ctx, name, st.SetLabels, st.RemoveLabels); err != nil {
+						return err
+					}
+					done = append(done, fmt.Sprintf("%d labels", len(vol.Labels)))
 				}
-				return a.say(vol, "volume %s: min-replicas=%d", name, minr)
+				return a.say(vol, "volume %s: %s", name, strings.Join(done, ", "))
 			})
 		},
 	}

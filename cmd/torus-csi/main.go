@@ -1,0 +1,127 @@
+// Command torus-csi is Torus's CSI driver: the csi package served on a unix
+// socket, with etcd and the peers wired in. See docs/kubernetes.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/csi"
+	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
+	"github.com/torus-storage/torus/peer"
+	"github.com/torus-storage/torus/volume"
+)
+
+// version is set with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "torus-csi: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	csi                       csi.Config
+	mode                      string
+	etcd, prefix              string
+	etcdCert, etcdKey, etcdCA string
+	logLevel                  string
+}
+
+// parse reads the flags; defaults come from the environment as for
+// torusctl and torusd (TORUS_ETCD, TORUS_ETCD_PREFIX; CSI_ENDPOINT and
+// NODE_ID as CSI sidecars' manifests usually set them).
+func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, error) {
+	var f flags
+	fs := flag.NewFlagSet("torus-csi", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	def := func(env, d string) string {
+		if v := getenv(env); v != "" {
+			return v
+		}
+		return d
+	}
+	fs.StringVar(&f.csi.Endpoint, "endpoint", def("CSI_ENDPOINT", "unix:///csi/csi.sock"), "CSI endpoint, unix:///PATH (env CSI_ENDPOINT)")
+	fs.StringVar(&f.mode, "mode", "all", "services to serve: controller, node or all")
+	fs.StringVar(&f.csi.NodeID, "node-id", getenv("NODE_ID"), "this node's ID, required for node and all (env NODE_ID)")
+	fs.StringVar(&f.csi.DriverName, "driver-name", csi.DefaultDriverName, "CSI driver name (the StorageClass provisioner)")
+	fs.DurationVar(&f.csi.SnapshotTimeout, "snapshot-timeout", csi.DefaultSnapshotTimeout, "how long CreateSnapshot waits for an attached volume's writer")
+	fs.StringVar(&f.etcd, "etcd", def("TORUS_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env TORUS_ETCD)")
+	fs.StringVar(&f.prefix, "etcd-prefix", def("TORUS_ETCD_PREFIX", etcdmeta.DefaultPrefix), "key prefix of the cluster in etcd (env TORUS_ETCD_PREFIX)")
+	fs.StringVar(&f.etcdCert, "etcd-cert", "", "TLS client certificate for etcd")
+	fs.StringVar(&f.etcdKey, "etcd-key", "", "TLS client key for etcd")
+	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA certificate that signed etcd's certificate")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	f.csi.Mode = csi.Mode(f.mode)
+	f.csi.Version = version
+	f.csi.EnsureDefaults()
+	if err := f.csi.Validate(); err != nil {
+		return f, err
+	}
+	return f, nil
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	f, err := parse(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	var endpoints []string
+	for _, e := range strings.Split(f.etcd, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			endpoints = append(endpoints, e)
+		}
+	}
+	meta, err := etcdmeta.New(ctx, etcdmeta.Config{
+		Endpoints: endpoints, Prefix: f.prefix, CertFile: f.etcdCert, KeyFile: f.etcdKey, CAFile: f.etcdCA, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("cannot reach etcd at %s (set --etcd or TORUS_ETCD): %w", f.etcd, err)
+	}
+	defer meta.Close()
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
+	defer pool.Close()
+	d, err := csi.New(f.csi, csi.Deps{
+		Meta: meta,
+		SnapshotClosed: func(ctx context.Context, md torus.Metadata, vol, name string) error {
+			return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, vol, name)
+		},
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("torus-csi: stopping")
+	return d.Close()
+}

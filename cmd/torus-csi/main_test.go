@@ -1,0 +1,40 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/torus-storage/torus/csi"
+)
+
+// TestFlags: defaults come from TORUS_ETCD, TORUS_ETCD_PREFIX,
+// CSI_ENDPOINT and NODE_ID; bad endpoints and modes, and node mode
+// without a node ID, are refused before anything connects.
+func TestFlags(t *testing.T) {
+	env := map[string]string{"TORUS_ETCD": "http://e1:2379,http://e2:2379", "TORUS_ETCD_PREFIX": "/k8s/", "CSI_ENDPOINT": "unix:///run/csi/s.sock", "NODE_ID": "n1"}
+	f, err := parse(nil, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.etcd != env["TORUS_ETCD"] || f.prefix != "/k8s/" || f.csi.Endpoint != env["CSI_ENDPOINT"] || f.csi.NodeID != "n1" ||
+		f.csi.Mode != csi.ModeAll || f.csi.DriverName != csi.DefaultDriverName {
+		t.Fatalf("parsed %+v", f)
+	}
+	f, err = parse([]string{"--mode", "controller", "--endpoint", "unix:///tmp/c.sock", "--etcd", "http://x:2379", "--etcd-cert", "c", "--etcd-key", "k", "--etcd-ca", "ca"},
+		func(string) string { return "" }, io.Discard)
+	if err != nil || f.csi.Mode != csi.ModeController || f.etcd != "http://x:2379" || f.etcdCA != "ca" {
+		t.Fatalf("parsed %+v, %v", f, err)
+	}
+	for _, args := range [][]string{
+		{"--mode", "node", "--endpoint", "unix:///tmp/n.sock"},
+		{"--mode", "sideways", "--node-id", "n"},
+		{"--endpoint", "tcp://0.0.0.0:1", "--node-id", "n"},
+		{"--endpoint", "unix://relative/path", "--node-id", "n"},
+		{"--node-id", "n", "extra"},
+	} {
+		if _, err := parse(args, func(string) string { return "" }, io.Discard); err == nil {
+			t.Errorf("parse(%s) accepted", strings.Join(args, " "))
+		}
+	}
+}
