@@ -223,12 +223,23 @@ func TestFioRollingRestart(t *testing.T) {
 	took := time.Since(start)
 	t.Logf("fio exited after %v (rolling restart over at %v): %v", took.Round(time.Millisecond), restartDone.Round(time.Millisecond), err)
 	if err != nil {
-		t.Errorf("fio --verify=crc32c --fsync=32 failed during the rolling restart: %v\n%s", err, tail(out.String(), 40))
+		t.Errorf("fio --verify=crc32c --fsync=32 failed during the rolling restart: %v\n%s\n...\n%s", err, errLines(out.String(), 10), tail(out.String(), 15))
 	} else if took < restartDone {
 		t.Errorf("fio ended before the rolling restart did")
 	} else {
 		t.Logf("fio:\n%s", tail(out.String(), 12))
 	}
+}
+
+// errLines returns the first n lines of s that mention an error.
+func errLines(s string, n int) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if low := strings.ToLower(l); strings.Contains(low, "err") && len(keep) < n {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 // tail returns the last n lines of s.
