@@ -85,14 +85,15 @@ func powerLoss(t *testing.T, d *proccluster.Daemon, vol uint64, flushed map[stri
 // openReader replaces the writer of vol: the old torusblk is killed, the
 // lock forced away, and a new torusblk attached as a writer; when no
 // writer can open (too few daemons up to place a new segment), a
-// read-only torusblk is used instead. It returns the client and what it is.
-func openReader(t *testing.T, c *proccluster.Cluster, old *proccluster.Proc, vol string, size int64) (*nbdClient, string) {
+// read-only torusblk is used instead. It returns the client, its torusblk
+// and what it is.
+func openReader(t *testing.T, c *proccluster.Cluster, old *proccluster.Proc, vol string, size int64) (*nbdClient, *proccluster.Proc, string) {
 	t.Helper()
 	if old != nil {
 		old.Kill(t)
 	}
 	c.Ctl("volume", "unlock", vol, "--force")
-	_, addr := c.StartNBD()
+	p, addr := c.StartNBD()
 	var nc *nbdClient
 	took, ok, last := poll(20*time.Second, 300*time.Millisecond, func() (bool, string) {
 		var err error
@@ -105,12 +106,13 @@ func openReader(t *testing.T, c *proccluster.Cluster, old *proccluster.Proc, vol
 	if ok {
 		t.Cleanup(func() { nc.Abort() })
 		t.Logf("a new writer attached after %v", took.Round(time.Millisecond))
-		return nc, "a new writer"
+		return nc, p, "a new writer"
 	}
 	t.Logf("no new writer could attach within %v (%s); reading through a read-only torusblk", took.Round(time.Millisecond), last)
-	_, roAddr := c.StartNBD("--read-only")
+	p.Kill(t)
+	ro, roAddr := c.StartNBD("--read-only")
 	nc = reattach(t, c, nil, roAddr, vol, size, 20*time.Second)
-	return nc, "a read-only reader"
+	return nc, ro, "a read-only reader"
 }
 
 // TestPowerLossReplica (issue 8, second case, end to end): replication 2
@@ -168,7 +170,7 @@ func TestPowerLossReplica(t *testing.T) {
 
 	other.Kill(t)
 	nc.Abort()
-	nc2, what := openReader(t, c, nbdProc, vol, blocks*blockSize)
+	nc2, _, what := openReader(t, c, nbdProc, vol, blocks*blockSize)
 	if _, err := verify(nc2, m); err != nil {
 		if ferr == nil {
 			t.Fatalf("acknowledged FLUSH lost: through %s with daemon 1 dead: %v", what, err)
