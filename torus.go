@@ -124,7 +124,12 @@ type Head struct {
 	Checkpoint *SegmentRef  `json:"checkpoint,omitempty"`
 	Sealed     []SegmentRef `json:"sealed,omitempty"`
 	Open       *SegmentID   `json:"open,omitempty"`
-	NextSeq    uint64       `json:"next_seq"`
+	// OpenReplicas are the peers the writer placed Open on. Recovery
+	// consults exactly these (a peer force-removed from the ring since is
+	// still counted), falling back to the ring order when it is empty
+	// (heads written before it existed).
+	OpenReplicas []string `json:"open_replicas,omitempty"`
+	NextSeq      uint64   `json:"next_seq"`
 }
 
 // Snapshot is a named, frozen head. Its Head has no Open segment.
@@ -234,9 +239,13 @@ type Store interface {
 	// exactly p: a retried append succeeds). ErrNoSpace when the store
 	// would exceed its capacity; nothing is written then.
 	Append(ctx context.Context, seg SegmentID, off int64, p []byte) error
-	// Sync makes everything appended to seg durable. ErrNotExist if seg
-	// does not exist.
-	Sync(ctx context.Context, seg SegmentID) error
+	// Sync makes everything appended to seg durable and returns the
+	// segment's durable length: every byte below it is on stable storage.
+	// That length is what the caller may count on, never the length it
+	// appended: a store restarted after a power loss holds only what was
+	// synced before, so a writer compares the returned length with what it
+	// needs. ErrNotExist if seg does not exist.
+	Sync(ctx context.Context, seg SegmentID) (int64, error)
 	// ReadAt reads len(p) bytes at off. It returns io.EOF with n < len(p)
 	// when the segment is shorter, ErrNotExist if it does not exist.
 	ReadAt(ctx context.Context, seg SegmentID, p []byte, off int64) (int, error)
@@ -265,7 +274,8 @@ const RepairEpoch = 0
 // volume (from Fence calls or from etcd), except for RepairEpoch.
 type PeerService interface {
 	Append(ctx context.Context, epoch uint64, seg SegmentID, off int64, p []byte) error
-	Sync(ctx context.Context, epoch uint64, seg SegmentID) error
+	// Sync is Store.Sync, fenced: it returns the segment's durable length.
+	Sync(ctx context.Context, epoch uint64, seg SegmentID) (int64, error)
 	ReadAt(ctx context.Context, seg SegmentID, p []byte, off int64) (int, error)
 	Stat(ctx context.Context, seg SegmentID) (SegmentInfo, error)
 	List(ctx context.Context, volume uint64) ([]SegmentInfo, error)

@@ -919,6 +919,7 @@ func cloneHead(h torus.Head) torus.Head {
 		h.Open = &o
 	}
 	h.Sealed = slices.Clone(h.Sealed)
+	h.OpenReplicas = slices.Clone(h.OpenReplicas)
 	return h
 }
 

@@ -370,10 +370,11 @@ func (c *Client) AppendAsync(ctx context.Context, epoch uint64, seg torus.Segmen
 	}
 }
 
-// Sync implements torus.PeerService.
-func (c *Client) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) error {
-	_, err := c.call(ctx, OpSync, EncodeRequest(Request{Op: OpSync, Epoch: epoch, Seg: seg}), nil, nil)
-	return err
+// Sync implements torus.PeerService: it returns the segment's durable
+// length as the daemon reports it.
+func (c *Client) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) (int64, error) {
+	resp, err := c.call(ctx, OpSync, EncodeRequest(Request{Op: OpSync, Epoch: epoch, Seg: seg}), nil, nil)
+	return resp.Synced, err
 }
 
 // ReadAt implements torus.PeerService: it fills p, in several requests when

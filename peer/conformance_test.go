@@ -26,7 +26,7 @@ type wireStore struct {
 func (w *wireStore) Append(ctx context.Context, seg torus.SegmentID, off int64, p []byte) error {
 	return w.c.Append(ctx, torus.RepairEpoch, seg, off, p)
 }
-func (w *wireStore) Sync(ctx context.Context, seg torus.SegmentID) error {
+func (w *wireStore) Sync(ctx context.Context, seg torus.SegmentID) (int64, error) {
 	return w.c.Sync(ctx, torus.RepairEpoch, seg)
 }
 func (w *wireStore) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off int64) (int, error) {

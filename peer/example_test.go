@@ -32,7 +32,7 @@ func Example() {
 
 	seg := torus.SegmentID{Volume: 1, Epoch: 3, Seq: 1}
 	fmt.Println(c.Append(ctx, 3, seg, 0, []byte("hello")))
-	fmt.Println(c.Sync(ctx, 3, seg))
+	fmt.Println(c.Sync(ctx, 3, seg)) // the durable length
 
 	p := make([]byte, 10)
 	n, err := c.ReadAt(ctx, seg, p, 0)
@@ -44,7 +44,7 @@ func Example() {
 	fmt.Println(errors.Is(err, torus.ErrFenced))
 	// Output:
 	// <nil>
-	// <nil>
+	// 5 <nil>
 	// "hello" EOF
 	// <nil>
 	// true

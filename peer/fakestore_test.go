@@ -82,18 +82,18 @@ func (s *fakeStore) Append(ctx context.Context, seg torus.SegmentID, off int64, 
 	return nil
 }
 
-func (s *fakeStore) Sync(ctx context.Context, seg torus.SegmentID) error {
+func (s *fakeStore) Sync(ctx context.Context, seg torus.SegmentID) (int64, error) {
 	if err := s.check(ctx, "sync", seg); err != nil {
-		return err
+		return 0, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sg := s.segs[seg]
 	if sg == nil {
-		return fmt.Errorf("fake store: sync %s: %w", seg, torus.ErrNotExist)
+		return 0, fmt.Errorf("fake store: sync %s: %w", seg, torus.ErrNotExist)
 	}
 	sg.synced = int64(len(sg.data))
-	return nil
+	return sg.synced, nil
 }
 
 func (s *fakeStore) ReadAt(ctx context.Context, seg torus.SegmentID, p []byte, off int64) (int, error) {

@@ -311,7 +311,7 @@ func TestContextCancelAndTimeout(t *testing.T) {
 		t.Fatalf("cancel took %v", d)
 	}
 	// Already cancelled: fails at once.
-	if err := c.Sync(ctx, 1, s); !errors.Is(err, context.Canceled) {
+	if _, err := c.Sync(ctx, 1, s); !errors.Is(err, context.Canceled) {
 		t.Fatalf("pre-cancelled: %v", err)
 	}
 
@@ -470,7 +470,10 @@ func TestClientClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- c.Sync(context.Background(), 1, seg(1, 1, 1)) }()
+	go func() {
+		_, err := c.Sync(context.Background(), 1, seg(1, 1, 1))
+		errc <- err
+	}()
 	waitFor(t, "sync to block", func() bool { return blocked.Load() == 1 })
 	c.Close()
 	if err := <-errc; !errors.Is(err, torus.ErrClosed) {

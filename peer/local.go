@@ -117,10 +117,10 @@ func (l *Local) Append(ctx context.Context, epoch uint64, seg torus.SegmentID, o
 }
 
 // Sync implements torus.PeerService: fenced, then the store's Sync.
-func (l *Local) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) error {
+func (l *Local) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) (int64, error) {
 	done, err := l.admit("sync of", epoch, seg, false)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer done()
 	return l.store.Sync(ctx, seg)

@@ -33,7 +33,7 @@ func TestLocalFencing(t *testing.T) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
 	}
-	if err := l.Sync(ctx, 4, s(5, 1)); !errors.Is(err, torus.ErrFenced) {
+	if _, err := l.Sync(ctx, 4, s(5, 1)); !errors.Is(err, torus.ErrFenced) {
 		t.Fatalf("sync at 4: %v", err)
 	}
 	if _, err := l.Stat(ctx, s(4, 1)); !errors.Is(err, torus.ErrNotExist) {
@@ -41,20 +41,20 @@ func TestLocalFencing(t *testing.T) {
 	}
 	// The current epoch works; repair is never fenced; other volumes are
 	// not affected.
-	if err := l.Sync(ctx, 5, s(5, 1)); err != nil {
+	if _, err := l.Sync(ctx, 5, s(5, 1)); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Append(ctx, torus.RepairEpoch, s(2, 9), 0, []byte("r")); err != nil {
 		t.Fatalf("repair append: %v", err)
 	}
-	if err := l.Sync(ctx, torus.RepairEpoch, s(2, 9)); err != nil {
+	if _, err := l.Sync(ctx, torus.RepairEpoch, s(2, 9)); err != nil {
 		t.Fatalf("repair sync: %v", err)
 	}
 	if err := l.Append(ctx, 1, seg(4, 1, 1), 0, []byte("o")); err != nil {
 		t.Fatalf("other volume: %v", err)
 	}
 	// A sync does not raise the minimum.
-	if err := l.Sync(ctx, 6, s(5, 1)); err != nil {
+	if _, err := l.Sync(ctx, 6, s(5, 1)); err != nil {
 		t.Fatal(err)
 	}
 	if got := l.MinEpoch(3); got != 5 {

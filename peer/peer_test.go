@@ -75,7 +75,7 @@ func TestRoundTripAllOps(t *testing.T) {
 	if err := c.Append(ctx, 5, s, 5, data[5:20]); err != nil {
 		t.Fatalf("retried append: %v", err)
 	}
-	if err := c.Sync(ctx, 5, s); err != nil {
+	if _, err := c.Sync(ctx, 5, s); err != nil {
 		t.Fatal(err)
 	}
 	p := make([]byte, 100)
@@ -155,9 +155,9 @@ func (e *errService) Append(context.Context, uint64, torus.SegmentID, int64, []b
 	err, _ := e.get()
 	return err
 }
-func (e *errService) Sync(context.Context, uint64, torus.SegmentID) error {
+func (e *errService) Sync(context.Context, uint64, torus.SegmentID) (int64, error) {
 	err, _ := e.get()
-	return err
+	return 0, err
 }
 func (e *errService) ReadAt(_ context.Context, _ torus.SegmentID, p []byte, _ int64) (int, error) {
 	err, n := e.get()
@@ -209,7 +209,6 @@ func TestErrorClassesCrossTheWire(t *testing.T) {
 		}
 		calls := map[string]error{
 			"append": c.Append(ctx, 1, s, 0, []byte("x")),
-			"sync":   c.Sync(ctx, 1, s),
 			"delete": c.Delete(ctx, s),
 			"fence":  c.Fence(ctx, 1, 1),
 		}
@@ -217,6 +216,7 @@ func TestErrorClassesCrossTheWire(t *testing.T) {
 		_, calls["stat"] = c.Stat(ctx, s)
 		_, calls["list"] = c.List(ctx, 1)
 		_, calls["usage"] = c.Usage(ctx)
+		_, calls["sync"] = c.Sync(ctx, 1, s)
 		for op, err := range calls {
 			if !errors.Is(err, want) {
 				t.Errorf("%s with %v: client got %v", op, class, err)
@@ -278,7 +278,7 @@ func TestConcurrentCalls(t *testing.T) {
 					return
 				}
 				if i%10 == 0 {
-					if err := c.Sync(ctx, 1, s); err != nil {
+					if _, err := c.Sync(ctx, 1, s); err != nil {
 						errs <- err
 						return
 					}
@@ -324,9 +324,9 @@ func (o *orderService) Append(_ context.Context, _ uint64, _ torus.SegmentID, of
 	o.record(uint64(off))
 	return nil
 }
-func (o *orderService) Sync(_ context.Context, e uint64, _ torus.SegmentID) error {
+func (o *orderService) Sync(_ context.Context, e uint64, _ torus.SegmentID) (int64, error) {
 	o.record(e)
-	return nil
+	return 0, nil
 }
 func (o *orderService) ReadAt(ctx context.Context, _ torus.SegmentID, p []byte, _ int64) (int, error) {
 	o.reading <- struct{}{}

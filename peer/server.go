@@ -440,7 +440,7 @@ func (sc *serverConn) serve(j *job) {
 	case OpAppend:
 		err = svc.Append(ctx, r.Epoch, r.Seg, r.Off, r.Data)
 	case OpSync:
-		err = svc.Sync(ctx, r.Epoch, r.Seg)
+		resp.Synced, err = svc.Sync(ctx, r.Epoch, r.Seg)
 	case OpReadAt:
 		rbuf := sc.s.bufs.get(int(r.Length))
 		defer sc.s.bufs.put(rbuf) // after the response is sent

@@ -15,8 +15,9 @@ import (
 const (
 	// Magic opens every frame: "TRSP" read as a little-endian u32.
 	Magic uint32 = 0x50535254
-	// Version is the protocol version this package speaks.
-	Version uint8 = 1
+	// Version is the protocol version this package speaks. Version 2:
+	// a Sync response carries the segment's durable length.
+	Version uint8 = 2
 	// HeaderSize is the size of a frame header in bytes.
 	HeaderSize = 24
 	// MaxData is the largest Append payload or ReadAt length.
@@ -415,6 +416,7 @@ type Response struct {
 	Info   torus.SegmentInfo   // Stat
 	List   []torus.SegmentInfo // List
 	Usage  torus.Usage         // Usage
+	Synced int64               // Sync: the segment's durable length
 }
 
 // AppendResponse appends the body of r, the response to an op, to b.
@@ -443,6 +445,8 @@ func AppendResponse(b []byte, op Op, r Response) []byte {
 	case OpUsage:
 		b = binary.LittleEndian.AppendUint64(b, uint64(r.Usage.Used))
 		b = binary.LittleEndian.AppendUint64(b, uint64(r.Usage.Capacity))
+	case OpSync:
+		b = binary.LittleEndian.AppendUint64(b, uint64(r.Synced))
 	}
 	return b
 }
@@ -477,6 +481,8 @@ func DecodeResponse(op Op, body []byte) (Response, error) {
 			want = segInfoSize
 		case OpUsage:
 			want = 16
+		case OpSync:
+			want = 8
 		case OpList:
 			if len(p) < 4 {
 				return Response{}, malformed(op, "short list payload")
@@ -503,6 +509,11 @@ func DecodeResponse(op Op, body []byte) (Response, error) {
 		r.Usage = torus.Usage{
 			Used:     int64(binary.LittleEndian.Uint64(p)),
 			Capacity: int64(binary.LittleEndian.Uint64(p[8:])),
+		}
+	case op == OpSync:
+		r.Synced = int64(binary.LittleEndian.Uint64(p))
+		if r.Synced < 0 {
+			return Response{}, malformed(op, "negative durable length %d", r.Synced)
 		}
 	}
 	return r, nil

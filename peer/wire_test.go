@@ -3,8 +3,11 @@ package peer
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"reflect"
 	"testing"
@@ -63,6 +66,7 @@ func TestResponseRoundTrip(t *testing.T) {
 		{OpAppend, Response{}},
 		{OpAppend, Response{Status: StatusFenced, Msg: "fenced at 9"}},
 		{OpSync, Response{Status: StatusNotExist, Msg: "no"}},
+		{OpSync, Response{Synced: 1 << 33}},
 		{OpReadAt, Response{Data: []byte("abc")}},
 		{OpReadAt, Response{Status: StatusEOF, Msg: "EOF", Data: []byte("ab")}},
 		{OpStat, Response{Info: info}},
@@ -86,6 +90,29 @@ func TestResponseRoundTrip(t *testing.T) {
 				t.Fatalf("got %+v, want %+v", got, c.r)
 			}
 		})
+	}
+}
+
+// TestSyncGolden pins the version-2 Sync frames byte for byte: the request
+// and the response carrying the durable length.
+func TestSyncGolden(t *testing.T) {
+	seg := torus.SegmentID{Volume: 1, Epoch: 2, Seq: 3, Kind: torus.KindData}
+	req := EncodeRequest(Request{Op: OpSync, Epoch: 2, Seg: seg})
+	resp := AppendResponse(nil, OpSync, Response{Synced: 0x0102030405})
+	frame := frame(OpSync, FlagResponse, 7, resp)
+	for _, c := range []struct{ name, got, want string }{
+		{"request", hex.EncodeToString(req),
+			"0200000000000000" + "0100000000000000" + "0200000000000000" + "0300000000000000" + "00"},
+		{"response", hex.EncodeToString(resp), "000000" + "0504030201000000"},
+		{"frame header", hex.EncodeToString(frame[:HeaderSize]),
+			"54525350" + "02" + "02" + "0100" + "0700000000000000" + "0b000000" + hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, crc32.Checksum(resp, castagnoli)))},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %s, want %s", c.name, c.got, c.want)
+		}
+	}
+	if _, err := DecodeResponse(OpSync, resp[:len(resp)-1]); !errors.Is(err, torus.ErrInvalid) {
+		t.Errorf("short Sync response: %v, want ErrInvalid", err)
 	}
 }
 
@@ -150,7 +177,7 @@ func TestParseHeaderErrors(t *testing.T) {
 		{"short", good[:10], false, torus.ErrInvalid},
 		{"magic", mut(func(b []byte) { b[0] ^= 1 }), true, torus.ErrInvalid},
 		{"flags", mut(func(b []byte) { b[7] = 0x80 }), true, torus.ErrInvalid},
-		{"version", mut(func(b []byte) { b[4] = 2 }), false, torus.ErrInvalid},
+		{"version-1", mut(func(b []byte) { b[4] = 1 }), false, torus.ErrInvalid},
 		{"op", mut(func(b []byte) { b[5] = 0 }), false, torus.ErrInvalid},
 		{"op-high", mut(func(b []byte) { b[5] = 9 }), false, torus.ErrInvalid},
 		{"length", mut(func(b []byte) { b[19] = 0xff }), false, torus.ErrInvalid},

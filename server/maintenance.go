@@ -168,8 +168,12 @@ func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string
 			return err
 		}
 	}
-	if err := dst.Sync(ctx, torus.RepairEpoch, seg); err != nil {
+	synced, err := dst.Sync(ctx, torus.RepairEpoch, seg)
+	if err != nil {
 		return fmt.Errorf("syncing %s on %s: %w", seg, to, err)
+	}
+	if synced < length {
+		return fmt.Errorf("syncing %s on %s: durable length %d below %d: %w", seg, to, synced, length, torus.ErrUnavailable)
 	}
 	return nil
 }

@@ -99,7 +99,7 @@ func BenchmarkAppendSync4K(b *testing.B) {
 			if err := p.d.Append(ctx, id, off, buf); err != nil {
 				b.Fatal(err)
 			}
-			if err := p.d.Sync(ctx, id); err != nil {
+			if _, err := p.d.Sync(ctx, id); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -154,7 +154,7 @@ func BenchmarkAppend1M(b *testing.B) {
 			b.StopTimer()
 			if seq > 0 {
 				prev := torus.SegmentID{Volume: 1, Epoch: 1, Seq: seq - 1}
-				_ = p.d.Sync(ctx, prev)
+				_, _ = p.d.Sync(ctx, prev)
 				_ = p.d.Delete(ctx, prev)
 			}
 			roll(i)

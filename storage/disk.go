@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,15 +27,18 @@ const DefaultMaxOpenFiles = 256
 type DiskConfig struct {
 	// Dir is the data directory. It is created if missing. Segments live
 	// in Dir/segments/v<volume>/<SegmentID.String()>; Dir/LOCK is held
-	// with an exclusive flock while the store is open.
+	// with an exclusive flock while the store is open; copies the store
+	// stopped trusting are moved to Dir/quarantine at open (see the
+	// package doc).
 	Dir string
 	// Capacity is the most bytes the store holds (the sum of its segments'
 	// lengths). Required, > 0. See ParseSize.
 	Capacity int64
 	// Logger receives the store's log. Nil discards it. Levels: Debug for
 	// segment creation and deletion, Info for opening and closing, Warn
-	// for unexpected files in the data dir, Error for a failed fsync or a
-	// failed cleanup that may leave a segment inconsistent.
+	// for unexpected files in the data dir, Error for a failed fsync, a
+	// failed cleanup that may leave a segment inconsistent, a failure mark
+	// that cannot be written, and a copy quarantined at open.
 	Logger *slog.Logger
 	// FS is the filesystem; nil means the real one (vfs.OS). Tests pass
 	// one that loses power (vfs.MemFS) or fails on demand (vfs.Inject).
@@ -131,7 +135,28 @@ type diskSegment struct {
 	file     bool  // the file exists
 	dirDirty bool  // the file was created and its directory not yet fsynced
 	failed   error // a sync failed: the file's contents are unknown
+	// The failure mark (a file named <segment>.failed next to the
+	// segment's) may exist (marker) or is known to be durable (marked).
+	// A failed segment whose mark is not durable would be served as good
+	// after a restart, so every refused Append or Sync, and Close, try to
+	// write it again.
+	marker, marked bool
 }
+
+// markerSuffix ends the name of a segment's failure mark: the file
+// <segment>.failed in the segment's directory says that the store stopped
+// trusting the segment's file (an fdatasync of it failed, or a failed append
+// could not be cut away). It holds a few lines of text for the operator;
+// only its existence counts.
+const markerSuffix = ".failed"
+
+// quarantineName is the directory under Dir that receives, at open, the files
+// of segments marked failed: <segment>.<n> (the bytes, as found) and
+// <segment>.<n>.reason (the mark), n = 1, 2, ... per segment ID.
+const quarantineName = "quarantine"
+
+// reasonSuffix ends the name of a quarantined copy's reason file.
+const reasonSuffix = ".reason"
 
 var _ torus.Store = (*Disk)(nil)
 
@@ -215,10 +240,34 @@ func (d *Disk) scan(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("storage: reading %s: %w", vdir, err)
 		}
+		// Failure marks first: a marked copy is quarantined, not served.
+		marks := map[torus.SegmentID]bool{}
+		copies := map[torus.SegmentID]bool{} // marked copies quarantined
 		for _, f := range files {
+			name, ok := strings.CutSuffix(f.Name, markerSuffix)
+			if !ok || !f.Regular {
+				continue
+			}
+			if id, err := torus.ParseSegmentID(name); err == nil && id.Volume == vol {
+				marks[id] = true
+			}
+		}
+		for _, f := range files {
+			if name, ok := strings.CutSuffix(f.Name, markerSuffix); ok && f.Regular {
+				if id, err := torus.ParseSegmentID(name); err == nil && marks[id] {
+					continue
+				}
+			}
 			id, err := torus.ParseSegmentID(f.Name)
 			if err != nil || id.Volume != vol || !f.Regular {
 				d.log.Warn("ignoring unexpected file in volume dir", "dir", vdir, "name", f.Name)
+				continue
+			}
+			if marks[id] {
+				if err := d.quarantine(id, true, f.Size); err != nil {
+					return err
+				}
+				copies[id] = true
 				continue
 			}
 			if f.Size == 0 {
@@ -235,6 +284,17 @@ func (d *Disk) scan(ctx context.Context) error {
 			s.synced.Store(f.Size)
 			d.segs[id] = s
 			d.used += f.Size
+		}
+		// Marks left without a segment file: a crash came after the copy
+		// was moved (or deleted) and before its mark was; finish the job
+		// before a new copy can be created under the same name.
+		for id := range marks {
+			if copies[id] {
+				continue
+			}
+			if err := d.quarantine(id, false, 0); err != nil {
+				return err
+			}
 		}
 	}
 	// After a process crash, the bytes found may still be only in the page
@@ -263,6 +323,168 @@ func (d *Disk) volumeDir(vol uint64) string {
 
 func (d *Disk) path(seg torus.SegmentID) string {
 	return filepath.Join(d.volumeDir(seg.Volume), seg.String())
+}
+
+func (d *Disk) markerPath(seg torus.SegmentID) string {
+	return d.path(seg) + markerSuffix
+}
+
+// quarantine takes a marked copy out of service at open: the segment's file
+// (when hasFile) moves to Dir/quarantine/<segment>.<n>, then its mark to
+// <segment>.<n>.reason, each move made durable before the next, so a crash
+// at any point leaves either the mark in place (and the next open goes on)
+// or the copy out of the segment dir.
+func (d *Disk) quarantine(seg torus.SegmentID, hasFile bool, size int64) error {
+	qdir := filepath.Join(d.dir, quarantineName)
+	wrap := func(err error) error {
+		return fmt.Errorf("storage: quarantining %s (marked failed before the restart): %w", seg, err)
+	}
+	if err := d.fs.MkdirAll(qdir); err != nil {
+		return wrap(err)
+	}
+	if err := d.syncDir(d.dir); err != nil {
+		return wrap(err)
+	}
+	ents, err := d.fs.ReadDir(qdir)
+	if err != nil {
+		return wrap(err)
+	}
+	n := quarantineSlot(seg, ents, hasFile)
+	mark := d.readMarker(seg)
+	vdir := d.volumeDir(seg.Volume)
+	data := filepath.Join(qdir, seg.String()+"."+strconv.Itoa(n))
+	if hasFile {
+		if err := d.fs.Rename(d.path(seg), data); err != nil {
+			return wrap(err)
+		}
+		if err := d.syncDir(qdir); err != nil {
+			return wrap(err)
+		}
+		if err := d.syncDir(vdir); err != nil {
+			return wrap(err)
+		}
+	}
+	if err := d.fs.Rename(d.markerPath(seg), data+reasonSuffix); err != nil {
+		return wrap(err)
+	}
+	if err := d.syncDir(qdir); err != nil {
+		return wrap(err)
+	}
+	if err := d.syncDir(vdir); err != nil {
+		return wrap(err)
+	}
+	if hasFile {
+		d.log.Error("segment copy quarantined: the store stopped trusting it before the restart (an fsync failed, or a failed append could not be cut away); it is not served, so healing copies it again from a good replica",
+			"segment", seg, "bytes", size, "moved_to", data, "reason", data+reasonSuffix, "mark", mark)
+	} else {
+		d.log.Warn("failure mark of a segment already quarantined or deleted moved to the quarantine dir",
+			"segment", seg, "reason", data+reasonSuffix)
+	}
+	return nil
+}
+
+// quarantineSlot picks n for a segment's quarantine files: a new number for
+// a copy; for a lone mark, the number of a copy that has no reason yet (the
+// crash came between the two moves), else a new one.
+func quarantineSlot(seg torus.SegmentID, ents []vfs.DirEntry, hasFile bool) int {
+	data, reason := map[int]bool{}, map[int]bool{}
+	top := 0
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name, seg.String()+".")
+		if !ok {
+			continue
+		}
+		isReason := false
+		if r, ok := strings.CutSuffix(rest, reasonSuffix); ok {
+			rest, isReason = r, true
+		}
+		n, err := strconv.Atoi(rest)
+		if err != nil || n <= 0 {
+			continue
+		}
+		if isReason {
+			reason[n] = true
+		} else {
+			data[n] = true
+		}
+		top = max(top, n)
+	}
+	if !hasFile {
+		best := 0
+		for n := range data {
+			if !reason[n] {
+				best = max(best, n)
+			}
+		}
+		if best > 0 {
+			return best
+		}
+	}
+	return top + 1
+}
+
+// fail stops trusting s's file: every further Append and Sync of seg fails
+// with an error wrapping cause, and the failure is marked on disk so a
+// restart does not serve the copy as good. Called with s.mu held.
+func (d *Disk) fail(seg torus.SegmentID, s *diskSegment, cause error) {
+	if s.failed == nil {
+		s.failed = cause
+	}
+	d.mark(seg, s)
+}
+
+// mark writes s's failure mark, durably (file contents and directory
+// entry), unless it already is. When it cannot, the failure is logged at
+// Error and tried again by the next refused Append or Sync, and by Close.
+// Called with s.mu held.
+func (d *Disk) mark(seg torus.SegmentID, s *diskSegment) {
+	if s.marked || s.gone.Load() {
+		return
+	}
+	s.marker = true
+	if err := d.writeMarker(seg, s); err != nil {
+		d.log.Error("cannot write the failure mark of a segment: after a restart its copy would be served as good; appends and syncs of it stay refused and the mark is retried",
+			"segment", seg, "marker", d.markerPath(seg), "err", err)
+		return
+	}
+	s.marked = true
+}
+
+// readMarker returns the text of seg's failure mark, for the log (at most
+// 1 KiB; empty if unreadable).
+func (d *Disk) readMarker(seg torus.SegmentID) string {
+	f, err := d.fs.OpenFile(d.markerPath(seg), os.O_RDWR)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	p := make([]byte, 1024)
+	n, _ := f.ReadAt(p, 0)
+	return strings.TrimSpace(string(p[:n]))
+}
+
+func (d *Disk) writeMarker(seg torus.SegmentID, s *diskSegment) error {
+	name := d.markerPath(seg)
+	f, err := d.fs.OpenFile(name, os.O_RDWR|os.O_CREATE)
+	if err != nil {
+		return classify(err)
+	}
+	text := fmt.Sprintf("segment %s\nlength %d\nsynced %d\nerror %v\n",
+		seg, s.length.Load(), s.synced.Load(), s.failed)
+	err = f.Truncate(0)
+	if err == nil {
+		_, err = f.WriteAt([]byte(text), 0)
+	}
+	if err == nil {
+		err = f.Datasync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = d.syncDir(d.volumeDir(seg.Volume))
+	}
+	return classify(err)
 }
 
 // begin starts an operation: it fails once the store is closed, and Close
@@ -335,6 +557,7 @@ func (d *Disk) Append(ctx context.Context, seg torus.SegmentID, off int64, p []b
 
 func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []byte) error {
 	if s.failed != nil {
+		d.mark(seg, s)
 		return fmt.Errorf("storage: append %s: %w", seg, s.failed)
 	}
 	length := s.length.Load()
@@ -386,13 +609,7 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 	if _, err := e.f.WriteAt(p, off); err != nil {
 		// Cut away whatever part was written, so the file is again the
 		// segment's length.
-		if terr := e.f.Truncate(off); terr != nil {
-			// The file now ends in a torn tail that a restart would
-			// count as segment bytes: stop using the segment.
-			d.log.Error("cannot truncate a failed append; the segment file has a torn tail",
-				"segment", seg, "length", off, "err", terr)
-			s.failed = fmt.Errorf("an append failed and could not be cut away (%v): %w", terr, torus.ErrCorrupt)
-		}
+		terr := e.f.Truncate(off)
 		if created {
 			d.fds.forget(seg)
 			if rerr := d.fs.Remove(d.path(seg)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
@@ -400,6 +617,16 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 			} else {
 				s.file, s.dirDirty = false, false
 			}
+		}
+		if terr != nil && s.file {
+			// The file now ends in a torn tail that a restart would
+			// count as segment bytes: stop using the segment, and mark
+			// it so the next open quarantines the file. (A new segment's
+			// placeholder is dropped; its marked file then blocks the
+			// name until that open.)
+			d.log.Error("cannot truncate a failed append; the segment file has a torn tail",
+				"segment", seg, "length", off, "err", terr)
+			d.fail(seg, s, fmt.Errorf("an append failed and could not be cut away (%v): %w", terr, torus.ErrCorrupt))
 		}
 		return fmt.Errorf("storage: append %s at %d (%d bytes): %w", seg, off, len(p), classify(err))
 	}
@@ -494,37 +721,38 @@ func (d *Disk) readFile(seg torus.SegmentID, p []byte, off int64) (int, error) {
 // Sync implements torus.Store: fdatasync of the segment's file, and fsync of
 // its directory the first time after the file was created. Appends to the
 // segment may run meanwhile; Synced then covers the length at the start of
-// the Sync. After a failed fdatasync the segment's unsynced bytes are in an
+// the Sync, and that durable length is what it returns. After a failed fdatasync the segment's unsynced bytes are in an
 // unknown state: every further Sync or Append of it fails (the writer moves
 // to a new segment).
-func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
+func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) (int64, error) {
 	if err := d.begin(ctx, OpSync, seg); err != nil {
-		return err
+		return 0, err
 	}
 	defer d.inflight.Done()
 	s := d.lookup(seg, false)
 	if s == nil {
-		return fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
 	}
 	s.mu.Lock()
 	length := s.length.Load()
 	if s.gone.Load() || length == 0 {
 		s.mu.Unlock()
-		return fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
 	}
 	if s.failed != nil {
+		d.mark(seg, s)
 		s.mu.Unlock()
-		return fmt.Errorf("storage: sync %s: %w", seg, s.failed)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, s.failed)
 	}
 	dirDirty := s.dirDirty
-	if s.synced.Load() >= length && !dirDirty {
+	if synced := s.synced.Load(); synced >= length && !dirDirty {
 		s.mu.Unlock()
-		return nil
+		return synced, nil
 	}
 	e, err := d.openCached(seg)
 	s.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("storage: sync %s: %w", seg, err)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, err)
 	}
 	defer d.fds.release(e)
 
@@ -536,11 +764,11 @@ func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
 	defer s.mu.Unlock()
 	if err != nil {
 		err = classify(err)
-		if s.failed == nil && !s.gone.Load() {
-			s.failed = fmt.Errorf("an earlier sync failed (%v): %w", err, torus.ErrCorrupt)
-		}
 		d.log.Error("sync failed; unsynced bytes of the segment may be lost", "segment", seg, "err", err)
-		return fmt.Errorf("storage: sync %s: %w", seg, err)
+		if !s.gone.Load() {
+			d.fail(seg, s, fmt.Errorf("an earlier sync failed (%v): %w", err, torus.ErrCorrupt))
+		}
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, err)
 	}
 	if s.synced.Load() < length {
 		s.synced.Store(length)
@@ -548,7 +776,7 @@ func (d *Disk) Sync(ctx context.Context, seg torus.SegmentID) error {
 	if dirDirty {
 		s.dirDirty = false
 	}
-	return nil
+	return s.synced.Load(), nil
 }
 
 // ReadAt implements torus.Store, with pread; it may run concurrently with
@@ -656,6 +884,17 @@ func (d *Disk) Delete(ctx context.Context, seg torus.SegmentID) error {
 			}
 			s.file = false
 		}
+		if s.marker {
+			// The file's removal must be durable before the mark's: a
+			// crash must not keep the file and lose the mark.
+			if err := d.syncDir(d.volumeDir(seg.Volume)); err != nil {
+				return fmt.Errorf("storage: delete %s: %w", seg, err)
+			}
+			if err := d.fs.Remove(d.markerPath(seg)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("storage: delete %s: removing its failure mark: %w", seg, err)
+			}
+			s.marker, s.marked = false, false
+		}
 		length := s.length.Load()
 		d.drop(seg, s)
 		d.log.Debug("segment deleted", "segment", seg, "length", length)
@@ -689,11 +928,45 @@ func (d *Disk) Close() error {
 	d.closed = true
 	d.mu.Unlock()
 	d.inflight.Wait()
+	unmarked := d.markAll()
 	d.fds.closeAll()
 	err := d.lockFile.Close()
 	d.log.Info("store closed")
 	if err != nil {
 		return fmt.Errorf("storage: close %s: %w", d.dir, err)
 	}
+	if len(unmarked) > 0 {
+		return fmt.Errorf("storage: close %s: the failure marks of %v could not be written; after a restart their copies would be served as good: %w",
+			d.dir, unmarked, torus.ErrCorrupt)
+	}
 	return nil
+}
+
+// markAll tries once more to write the failure marks not yet durable, and
+// returns the segments still without one. Called by Close, when no
+// operation runs.
+func (d *Disk) markAll() []torus.SegmentID {
+	d.mu.Lock()
+	type entry struct {
+		id torus.SegmentID
+		s  *diskSegment
+	}
+	var failed []entry
+	for id, s := range d.segs {
+		failed = append(failed, entry{id, s})
+	}
+	d.mu.Unlock()
+	var unmarked []torus.SegmentID
+	for _, e := range failed {
+		e.s.mu.Lock()
+		if e.s.failed != nil && !e.s.gone.Load() {
+			d.mark(e.id, e.s)
+			if !e.s.marked {
+				unmarked = append(unmarked, e.id)
+			}
+		}
+		e.s.mu.Unlock()
+	}
+	slices.SortFunc(unmarked, func(a, b torus.SegmentID) int { return strings.Compare(a.String(), b.String()) })
+	return unmarked
 }

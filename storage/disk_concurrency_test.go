@@ -68,7 +68,7 @@ func TestDiskPerSegmentLocking(t *testing.T) {
 		return err
 	})
 	done(t, "Append to another segment", func() error { return d.Append(ctx, other, 10, []byte("x")) })
-	done(t, "Sync of another segment", func() error { return d.Sync(ctx, other) })
+	done(t, "Sync of another segment", func() error { _, err := d.Sync(ctx, other); return err })
 	done(t, "Append to a new segment", func() error { return d.Append(ctx, torus.SegmentID{Volume: 2}, 0, []byte("x")) })
 	done(t, "Delete of another segment", func() error { return d.Delete(ctx, other) })
 	done(t, "List", func() error { _, err := d.List(ctx, 0); return err })
@@ -96,7 +96,7 @@ func TestDiskSyncDoesNotBlockAppends(t *testing.T) {
 	}
 	on.Store(true)
 	syncErr := make(chan error, 1)
-	go func() { syncErr <- d.Sync(ctx, id) }()
+	go func() { _, err := d.Sync(ctx, id); syncErr <- err }()
 	<-entered
 	done(t, "Append during a Sync of the same segment", func() error { return d.Append(ctx, id, 10, []byte("abc")) })
 	close(release)

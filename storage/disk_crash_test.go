@@ -62,7 +62,7 @@ func TestDiskCrashChild(t *testing.T) {
 		if rng.IntN(4) == 0 {
 			continue // leave some appends unsynced
 		}
-		if err := d.Sync(ctx, id); err != nil {
+		if _, err := d.Sync(ctx, id); err != nil {
 			fmt.Println("error", err)
 			os.Exit(2)
 		}

@@ -94,7 +94,7 @@ func TestDiskLayoutAndReopen(t *testing.T) {
 	if err := d.Append(ctx, b, 0, pb); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Sync(ctx, a); err != nil {
+	if _, err := d.Sync(ctx, a); err != nil {
 		t.Fatal(err)
 	}
 	// One file per segment, named by SegmentID.String(), under v<volume>.
@@ -216,7 +216,7 @@ func TestDiskManySegmentsSmallCache(t *testing.T) {
 			if err := d.Append(ctx, id, off, storagetest.Pattern(uint64(i), off, 100)); err != nil {
 				t.Fatal(err)
 			}
-			if err := d.Sync(ctx, id); err != nil {
+			if _, err := d.Sync(ctx, id); err != nil {
 				t.Fatal(err)
 			}
 		}

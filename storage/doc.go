@@ -10,7 +10,9 @@
 //
 // NewMemory returns a store that keeps segments in memory, for unit tests of
 // other packages. SetFault injects errors into any operation; Crash
-// simulates a power loss, after which only synced bytes survive.
+// simulates a power loss, after which only synced bytes survive (a clean
+// cut); CrashTorn(seed) one that also leaves torn tails past the synced
+// bytes (part of them, zeros or garbage), as real disks do.
 //
 // # Disk
 //
@@ -19,6 +21,9 @@
 //	<Dir>/LOCK                               exclusive flock while open ("pid N")
 //	<Dir>/peer-id                            the daemon's ID (LoadOrCreateID)
 //	<Dir>/segments/v<volume>/<SegmentID>     one file per segment, e.g. v7-e2-s3-k0
+//	<Dir>/segments/v<volume>/<SegmentID>.failed   failure mark: the store stopped trusting that file
+//	<Dir>/quarantine/<SegmentID>.<n>         a marked copy taken out of service at open (n = 1, 2, ...)
+//	<Dir>/quarantine/<SegmentID>.<n>.reason  its failure mark (the error, length and synced length)
 //
 // A segment file holds exactly the bytes appended to the segment, nothing
 // else: no header, no checksum, no padding. Append is a pwrite at the end
@@ -59,15 +64,41 @@
 // by everyone.
 //
 // A failed fdatasync leaves the unsynced bytes of a segment in an unknown
-// state (Linux reports a writeback error once, then forgets it), so the
-// store fails every further Sync and Append of that segment with an error
-// wrapping torus.ErrCorrupt; the writer seals it and moves to a new one.
+// state (Linux reports a writeback error once, to the descriptors open at
+// the time, then forgets it), so the store fails every further Sync and
+// Append of that segment with an error wrapping torus.ErrCorrupt; the writer
+// seals it and moves to a new one. (So does an append that failed and could
+// not be truncated away.) The store also writes the failure mark
+// <SegmentID>.failed next to the file, and makes it durable (fdatasync of
+// the mark, fsync of the directory) before the failed Sync returns. Reads of
+// the segment go on until the store is closed; the volume layer's CRCs judge
+// the bytes.
+//
+// At the next open, a file with a mark is not trusted: after a restart a
+// fresh descriptor reports no error and the size looks right, but the
+// bytes on disk may be stale, zeros or short. The copy is treated as lost:
+// the file moves to <Dir>/quarantine/<SegmentID>.<n> and the mark beside it
+// as <SegmentID>.<n>.reason (each move durable before the next, so a crash
+// during the open leaves the mark in place or the file out of the segment
+// dir), and the open logs it at Error. Stat, ReadAt and List then report the
+// segment missing (ErrNotExist), so healing copies it again from a good
+// replica under the same name. Quarantined bytes do not count in Usage and
+// are never deleted by the store: an operator inspects and removes them.
+//
+// If the mark itself cannot be written (EIO, a full filesystem), the store
+// logs at Error, keeps refusing Append and Sync of the segment, writes the
+// mark again on each refused call, and Close tries once more and fails with
+// an error wrapping torus.ErrCorrupt that names the segments still without a
+// mark: after a restart their copies would be served as good. Deleting the
+// segment (the writer or the GC) ends the matter; its mark is removed after
+// its file, durably in that order.
 //
 // All file access goes through internal/vfs. The tests run the store on
 // vfs.MemFS and cut the power at random points (MemFS.Crash keeps only
 // synced file contents and fsynced directory entries, optionally with torn
-// tails), checking the guarantees above; a SIGKILL test does the same with a
-// real process on a real filesystem.
+// tails; MemFS.CrashTorn also zeroes tails or fills them with garbage),
+// checking the guarantees above; a SIGKILL test does the same with a real
+// process on a real filesystem.
 //
 // A data dir is used by one process at a time: OpenDisk fails with a
 // *DirLockedError (matching torus.ErrLocked) naming the dir and the holder

@@ -35,7 +35,7 @@ func ExampleOpenDisk() {
 	if err := d.Append(ctx, seg, 7, []byte("world")); err != nil {
 		log.Fatal(err)
 	}
-	if err := d.Sync(ctx, seg); err != nil { // durable from here on
+	if _, err := d.Sync(ctx, seg); err != nil { // durable from here on
 		log.Fatal(err)
 	}
 	p := make([]byte, 16) // more than there is: io.EOF
@@ -53,7 +53,7 @@ func ExampleMemory_Crash() {
 	m := storage.NewMemory(1 << 20)
 	seg := torus.SegmentID{Volume: 1, Epoch: 1, Seq: 1}
 	_ = m.Append(ctx, seg, 0, []byte("synced"))
-	_ = m.Sync(ctx, seg)
+	_, _ = m.Sync(ctx, seg)
 	_ = m.Append(ctx, seg, 6, []byte(" lost"))
 	m.Crash()
 	info, _ := m.Stat(ctx, seg)

@@ -2,13 +2,18 @@ package storage
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"math/rand/v2"
+	"slices"
 	"sync"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/vfs"
 )
 
 // Operation names passed to a Memory fault hook (see SetFault).
@@ -78,6 +83,39 @@ func (m *Memory) Crash() {
 		// Copy so a later append cannot resurrect the cut bytes through
 		// the old backing array.
 		s.data = append([]byte(nil), s.data[:s.synced]...)
+	}
+}
+
+// CrashTorn simulates a power loss that tears what was not synced, decided
+// by seed alone: every segment keeps the bytes of its last successful Sync,
+// and its unsynced tail is dropped, kept in part, or cut at a random length
+// and filled past a random real prefix with zeros or random garbage
+// (vfs.TornTail). So it is never longer than before, and whatever differs
+// from what was appended lies past the synced length. A segment left
+// with no bytes disappears. Afterwards Synced = Length for every segment, as
+// for a Disk reopened after a power loss (the reopened store makes what it
+// found durable). Unlike Crash, the bytes past the synced length may be
+// garbage: the volume layer's record CRCs must reject them. The store stays
+// open.
+func (m *Memory) CrashTorn(seed uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rng := rand.New(rand.NewPCG(seed, 0x746f726e))
+	ids := slices.SortedFunc(maps.Keys(m.segs), func(a, b torus.SegmentID) int {
+		return cmp.Or(cmp.Compare(a.Volume, b.Volume), cmp.Compare(a.Epoch, b.Epoch),
+			cmp.Compare(a.Seq, b.Seq), cmp.Compare(a.Kind, b.Kind))
+	})
+	for _, id := range ids {
+		s := m.segs[id]
+		tail, _ := vfs.TornTail(rng, s.data[s.synced:])
+		data := append(append([]byte(nil), s.data[:s.synced]...), tail...)
+		m.used += int64(len(data)) - int64(len(s.data))
+		if len(data) == 0 {
+			delete(m.segs, id)
+			continue
+		}
+		s.data = data
+		s.synced = int64(len(data))
 	}
 }
 
@@ -169,18 +207,18 @@ func noSpace(seg torus.SegmentID, n int, used, capacity int64) error {
 }
 
 // Sync implements torus.Store.
-func (m *Memory) Sync(ctx context.Context, seg torus.SegmentID) error {
+func (m *Memory) Sync(ctx context.Context, seg torus.SegmentID) (int64, error) {
 	if err := m.check(ctx, OpSync, seg); err != nil {
-		return err
+		return 0, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.segs[seg]
 	if s == nil {
-		return fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
+		return 0, fmt.Errorf("storage: sync %s: %w", seg, torus.ErrNotExist)
 	}
 	s.synced = int64(len(s.data))
-	return nil
+	return s.synced, nil
 }
 
 // ReadAt implements torus.Store.

@@ -109,8 +109,10 @@ func TestReplicaFault(t *testing.T) {
 		// Rolls to the two healthy replicas; the sealed segment's
 		// unflushed tail is synced on the two that remain.
 		{"r3m2", 3, 3, 2, true, false, true},
-		// Unflushed bytes of the sealed segment are on one replica only.
-		{"r2m2-dirty", 3, 2, 0, true, false, false},
+		// Unflushed bytes of the sealed segment are on one replica only:
+		// they are carried to the new segment on two healthy peers, and
+		// FLUSH succeeds (it failed for good before the carry).
+		{"r2m2-dirty", 3, 2, 0, true, false, true},
 		// Everything was flushed: the roll to two healthy peers is enough.
 		{"r2m2-clean", 3, 2, 0, false, false, true},
 		// Two peers: no new segment can get two replicas.

@@ -177,9 +177,9 @@ func (p *pipeline) launch(batch []*writeReq, size int64) {
 	if len(p.q) == 0 && open != nil {
 		p.tail = open.length
 	}
-	if open == nil || (p.tail > 0 && p.tail+size > v.cfg.SegmentSize) {
+	if open == nil || v.needsRoll(0) || (p.tail > 0 && p.tail+size > v.cfg.SegmentSize) {
 		p.drain()
-		complete(batch, v.appendBatch(batch, false, false))
+		complete(batch, v.appendBatch(batch, false))
 		return
 	}
 	var buf []byte
@@ -241,9 +241,16 @@ func (p *pipeline) land() {
 		v.dropReplicas(f.seg, f.failed)
 	}
 	p.recycle(f)
-	complete(f.batch, v.appendBatch(f.batch, true, f.noSpace))
+	if len(f.failed) == 0 {
+		// Nothing failed but the segment moved on under the flight
+		// (rolled after a FLUSH dropped a replica): send it again.
+		v.mu.Lock()
+		f.seg.broken = f.seg.broken || v.open == f.seg
+		v.mu.Unlock()
+	}
+	complete(f.batch, v.appendBatch(f.batch, f.noSpace))
 	for _, g := range rest {
-		complete(g.batch, v.appendBatch(g.batch, false, false))
+		complete(g.batch, v.appendBatch(g.batch, false))
 	}
 }
 

@@ -80,10 +80,17 @@ const maxCachedCandidates = 4096
 func (v *Volume) forgetCandidates() { v.cands = nil }
 
 // readWhole reads a sealed segment (or checkpoint) from the first candidate
-// that has at least want bytes, falling back to the longest copy found.
-// accept, if non-nil, judges a copy (e.g. a checkpoint that must decode).
-func (v *Volume) readWhole(ctx context.Context, ref torus.SegmentRef, accept func([]byte) bool) ([]byte, error) {
+// whose copy is whole: usable (nil: every byte) says how many of a copy's
+// bytes can be used, -1 to reject it (a checkpoint that does not decode),
+// and a copy is whole when that reaches ref.Length. When none is, it
+// returns the copy with the most usable bytes: a replica with a corrupt
+// record or a lost tail never hides a good copy on another.
+func (v *Volume) readWhole(ctx context.Context, ref torus.SegmentRef, usable func([]byte) int64) ([]byte, error) {
+	if usable == nil {
+		usable = func(p []byte) int64 { return int64(len(p)) }
+	}
 	var best []byte
+	bestN := int64(-1)
 	var lastErr error
 	for _, id := range v.candidates(ref.ID) {
 		p, err := v.peers.Peer(ctx, id)
@@ -99,15 +106,18 @@ func (v *Volume) readWhole(ctx context.Context, ref torus.SegmentRef, accept fun
 			lastErr = err
 			continue
 		}
-		if accept != nil && !accept(data) {
+		n := usable(data)
+		if n < 0 {
 			lastErr = fmt.Errorf("%w: segment %v on %s", torus.ErrCorrupt, ref.ID, id)
 			continue
 		}
-		if int64(len(data)) >= ref.Length {
+		if n >= ref.Length {
 			return data, nil
 		}
-		if best == nil || len(data) > len(best) {
-			best = data
+		v.log.Warn("segment copy short or corrupt; trying another replica", "segment", ref.ID, "peer", id,
+			"usable", n, "length", ref.Length)
+		if n > bestN {
+			best, bestN = data, n
 		}
 	}
 	if best != nil {
@@ -117,6 +127,35 @@ func (v *Volume) readWhole(ctx context.Context, ref torus.SegmentRef, accept fun
 		lastErr = torus.ErrUnavailable
 	}
 	return nil, fmt.Errorf("volume %s: segment %v: no replica: %w", v.name, ref.ID, errors.Join(torus.ErrUnavailable, lastErr))
+}
+
+// readCheckpoint reads and decodes checkpoint ck from the first replica
+// whose copy is whole and decodes.
+func (v *Volume) readCheckpoint(ctx context.Context, ck torus.SegmentRef) (*Checkpoint, error) {
+	v.mu.Lock()
+	nblocks := uint64(v.info.Size / torus.BlockSize)
+	v.mu.Unlock()
+	var decoded *Checkpoint
+	_, err := v.readWhole(ctx, ck, func(p []byte) int64 {
+		if int64(len(p)) != ck.Length {
+			return -1
+		}
+		c, err := DecodeCheckpoint(p, v.id, nblocks)
+		if err != nil {
+			v.log.Warn("checkpoint does not decode", "segment", ck.ID, "err", err)
+			return -1
+		}
+		decoded = c
+		return int64(len(p))
+	})
+	return decoded, err
+}
+
+// validRecords is readWhole's measure of a data segment copy: its valid
+// record prefix.
+func validRecords(p []byte) int64 {
+	_, valid := ScanRecords(p, 0)
+	return valid
 }
 
 // rebuild builds the index a head describes: checkpoint, sealed segments up
@@ -131,26 +170,14 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 	v.mu.Unlock()
 	idx := NewIndex(nblocks)
 	if ck := head.Checkpoint; ck != nil {
-		var decoded *Checkpoint
-		_, err := v.readWhole(ctx, *ck, func(p []byte) bool {
-			if int64(len(p)) != ck.Length {
-				return false
-			}
-			c, err := DecodeCheckpoint(p, id, nblocks)
-			if err != nil {
-				v.log.Warn("checkpoint does not decode", "segment", ck.ID, "err", err)
-				return false
-			}
-			decoded = c
-			return true
-		})
+		decoded, err := v.readCheckpoint(ctx, *ck)
 		if err != nil {
 			return nil, 0, fmt.Errorf("volume %s: checkpoint: %w", v.name, err)
 		}
 		idx = decoded.Index
 	}
 	for _, ref := range head.Sealed {
-		data, err := v.readWhole(ctx, ref, nil)
+		data, err := v.readWhole(ctx, ref, validRecords)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -172,7 +199,7 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 		return idx, 0, nil
 	}
 	seg := *head.Open
-	recs, valid, err := v.readOpen(ctx, seg, fenced)
+	recs, valid, err := v.readOpen(ctx, seg, head.OpenReplicas, fenced)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -192,11 +219,16 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 // might hold the segment, a flushed byte could be missed, so it fails with
 // ErrUnavailable. Flushed bytes are on at least MinReplicas peers, so with at
 // most MinReplicas-1 unheard at least one copy was read.
-func (v *Volume) readOpen(ctx context.Context, seg torus.SegmentID, fenced map[string]bool) ([]ScannedRecord, int64, error) {
+func (v *Volume) readOpen(ctx context.Context, seg torus.SegmentID, replicas []string, fenced map[string]bool) ([]ScannedRecord, int64, error) {
 	v.mu.Lock()
 	order := v.place.Order(seg.Key())
 	rep, minRep := v.cfg.Replication, v.minRep
 	v.mu.Unlock()
+	if len(replicas) > 0 {
+		// The head names the replicas: consult exactly those, so a
+		// member removed from the ring since is counted as unheard.
+		order, rep = replicas, len(replicas)
+	}
 	var best []ScannedRecord
 	var bestValid int64
 	holders, unheard := 0, 0
@@ -222,15 +254,27 @@ func (v *Volume) readOpen(ctx context.Context, seg torus.SegmentID, fenced map[s
 			unheard++
 			continue
 		}
-		holders++
+		recs, valid := ScanRecords(data, 0)
 		if fenced != nil {
-			// What the old writer appended may be unsynced: make it
-			// durable before the new head seals it.
-			if err := p.Sync(ctx, v.epoch, seg); err != nil {
-				v.log.Warn("open segment sync failed", "segment", seg, "peer", id, "err", err)
+			// What the old writer appended may be unsynced: the new head
+			// seals only what this copy holds durably. A copy that cannot
+			// be synced is not counted: its bytes may vanish.
+			durable, err := p.Sync(ctx, v.epoch, seg)
+			if err != nil {
+				v.log.Warn("open segment sync failed; copy not counted", "segment", seg, "peer", id, "err", err)
+				unheard++
+				continue
+			}
+			for len(recs) > 0 && recs[len(recs)-1].Offset+RecordSize(recs[len(recs)-1].RecordHeader) > durable {
+				recs = recs[:len(recs)-1]
+			}
+			if n := len(recs); n == 0 {
+				valid = 0
+			} else {
+				valid = recs[n-1].Offset + RecordSize(recs[n-1].RecordHeader)
 			}
 		}
-		recs, valid := ScanRecords(data, 0)
+		holders++
 		if valid > bestValid {
 			best, bestValid = recs, valid
 		}

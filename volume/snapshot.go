@@ -105,23 +105,9 @@ func LiveSegments(ctx context.Context, meta torus.Metadata, peers torus.PeerPool
 
 // checkpointTable reads a checkpoint and returns its segment table.
 func (v *Volume) checkpointTable(ctx context.Context, ck torus.SegmentRef) ([]torus.SegmentRef, error) {
-	v.mu.Lock()
-	nblocks := uint64(v.info.Size / torus.BlockSize)
-	v.mu.Unlock()
-	var table []torus.SegmentRef
-	_, err := v.readWhole(ctx, ck, func(p []byte) bool {
-		if int64(len(p)) != ck.Length {
-			return false
-		}
-		c, err := DecodeCheckpoint(p, v.id, nblocks)
-		if err != nil {
-			return false
-		}
-		table = c.Segments
-		return true
-	})
+	c, err := v.readCheckpoint(ctx, ck)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: checkpoint %v: %w", v.name, ck.ID, err)
 	}
-	return table, nil
+	return c.Segments, nil
 }

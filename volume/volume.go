@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,12 @@ type Options struct {
 	// Changes within it are picked up at its end.
 	RefreshInterval time.Duration
 }
+
+// maxSealedSegments bounds the head's sealed list: past it (checkpoints
+// failing seal after seal) rolls, and so writes, fail with ErrUnavailable
+// rather than grow the head towards etcd's request size limit (1.5 MiB;
+// a sealed entry is ~90 bytes of JSON).
+const maxSealedSegments = 4096
 
 // DefaultRefreshInterval is Options.RefreshInterval when zero.
 const DefaultRefreshInterval = time.Second
@@ -74,6 +81,7 @@ type Stats struct {
 	BlocksMoved       int64 // blocks rewritten by compaction
 	SegmentsCompacted int64
 	ReadRetries       int64 // reads that moved on to another replica
+	CarriedBytes      int64 // unflushed record bytes appended again after a replica dropped out
 }
 
 // Info describes an open volume.
@@ -95,6 +103,9 @@ type segState struct {
 	replicas []string // replicas holding every byte up to length
 	length   int64    // bytes appended and acknowledged by every replica
 	synced   int64    // bytes known durable on MinReplicas replicas
+	// broken: a replica was dropped (or there are too few): nothing more
+	// is appended; the segment is sealed at the next batch or FLUSH.
+	broken bool
 }
 
 // Volume is an open volume: a torus.Device. Open a writer, a read-only view
@@ -122,8 +133,10 @@ type Volume struct {
 	compactKick chan struct{}                          // a checkpoint was written
 	ckTables    map[torus.SegmentID][]torus.SegmentRef // compactor-owned cache
 	batchBuf    []byte                                 // appender-owned record buffer
+	carry       *carry                                 // appender-owned; see carry.go
+	maxSealed   int                                    // head's sealed list limit; see maxSealedSegments
 
-	locks [64]sync.Mutex // striped locks for edge read-modify-write
+	locks [64]sync.RWMutex // striped block locks; see lockBlocks
 
 	refreshEvery time.Duration // least time between watch-driven refreshes
 	refreshes    atomic.Int64  // watch-driven refreshes done (for tests)
@@ -199,6 +212,7 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 		stop:        make(chan struct{}),
 		bad:         make(map[string]time.Time),
 		segs:        make(map[torus.SegmentID]*segState),
+		maxSealed:   maxSealedSegments,
 
 		refreshEvery: opt.RefreshInterval,
 	}
@@ -265,11 +279,13 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 		_ = s.Close(c)
 		return err
 	}
-	fenced := v.fenceAll(ctx)
+	// The head is final once the lock is ours: the old writer's commits
+	// compare the epoch, which Lock raised.
 	head, err := v.meta.Head(ctx, v.name)
 	if err != nil {
 		return fail(fmt.Errorf("volume %s: %w", v.name, err))
 	}
+	fenced := v.fenceAll(ctx, head.OpenReplicas)
 	idx, openLen, err := v.rebuild(ctx, head, fenced)
 	if err != nil {
 		return fail(err)
@@ -278,7 +294,7 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 	nh := cloneHead(head)
 	nh.Epoch = epoch
 	if head.Open != nil {
-		nh.Open = nil
+		nh.Open, nh.OpenReplicas = nil, nil
 		if openLen > 0 {
 			nh.Sealed = append(nh.Sealed, torus.SegmentRef{ID: *head.Open, Length: openLen})
 		}
@@ -356,35 +372,27 @@ func (v *Volume) refreshCluster(ctx context.Context) error {
 // heartbeat reports) gets new segments only when no other peer can.
 const fullThreshold = 0.95
 
-// fenceAll sends Fence(epoch) to every ring member in parallel and returns
-// the members that accepted it.
-func (v *Volume) fenceAll(ctx context.Context) map[string]bool {
+// fenceAll sends Fence(epoch) to every ring member and every peer in extra
+// (the old open segment's replicas, which may have left the ring) in
+// parallel and returns the peers that accepted it.
+func (v *Volume) fenceAll(ctx context.Context, extra []string) map[string]bool {
 	v.mu.Lock()
 	members := v.place.Order(nil)
 	v.mu.Unlock()
-	type res struct {
-		id string
-		ok bool
-	}
-	ch := make(chan res, len(members))
-	for _, id := range members {
-		go func() {
-			p, err := v.peers.Peer(ctx, id)
-			if err == nil {
-				err = p.Fence(ctx, v.id, v.epoch)
-			}
-			if err != nil {
-				v.log.Warn("fence failed", "peer", id, "err", err)
-			}
-			ch <- res{id, err == nil}
-		}()
-	}
-	ok := make(map[string]bool, len(members))
-	for range members {
-		r := <-ch
-		if r.ok {
-			ok[r.id] = true
+	for _, id := range extra {
+		if !slices.Contains(members, id) {
+			members = append(members, id)
 		}
+	}
+	o := tally(members, v.fanout(ctx, members, func(ctx context.Context, _ int, p torus.PeerService) error {
+		return p.Fence(ctx, v.id, v.epoch)
+	}))
+	for _, err := range o.errs {
+		v.log.Warn("fence failed", "err", err)
+	}
+	ok := make(map[string]bool, len(o.ok))
+	for _, id := range o.ok {
+		ok[id] = true
 	}
 	return ok
 }
@@ -589,6 +597,7 @@ func (v *Volume) doClose(ctx context.Context) error {
 func cloneHead(h torus.Head) torus.Head {
 	c := h
 	c.Sealed = append([]torus.SegmentRef(nil), h.Sealed...)
+	c.OpenReplicas = append([]string(nil), h.OpenReplicas...)
 	if h.Checkpoint != nil {
 		ck := *h.Checkpoint
 		c.Checkpoint = &ck

@@ -2,10 +2,7 @@ package volume
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"slices"
-	"time"
 
 	"github.com/torus-storage/torus"
 )
@@ -98,422 +95,49 @@ func (v *Volume) commitBatch(open *segState, batch []*writeReq, offs []int64, n 
 	v.stats.ReplicaBytes += int64(n) * int64(len(open.replicas))
 }
 
-// dropReplicas removes failed replicas from open and keeps them out of new
-// segments for badPeerTimeout.
-func (v *Volume) dropReplicas(open *segState, failed []string) {
-	v.mu.Lock()
-	now := time.Now()
-	for _, id := range failed {
-		v.bad[id] = now
-		open.replicas = slices.DeleteFunc(open.replicas, func(r string) bool { return r == id })
-		v.stats.ReplicasDropped++
-	}
-	v.forgetCandidates()
-	v.mu.Unlock()
-	v.log.Warn("replicas dropped from open segment; rolling", "segment", open.id, "failed", failed)
-}
-
-// appendBatch appends one batch to the open segment, waiting for it, and,
-// once every replica acknowledged it, updates the index. A replica that
-// fails is dropped: the segment is sealed and the batch retried on a new
-// one. With needRoll the open segment is sealed first (a replica failed an
-// earlier batch); noSpace says that failure was a full store.
-func (v *Volume) appendBatch(batch []*writeReq, needRoll, noSpace bool) error {
-	if err := v.fencedErr(); err != nil {
-		return err
-	}
-	// One buffer, reused batch after batch: appends do not retain it.
-	if total := batchSize(batch); int64(cap(v.batchBuf)) < total {
-		v.batchBuf = make([]byte, 0, max(total, 2*maxBatch))
-	}
-	buf, offs := v.encodeBatch(batch, v.batchBuf)
-	for attempt := 0; attempt < 4; attempt++ {
-		open := v.open
-		if open == nil || needRoll || (open.length > 0 && open.length+int64(len(buf)) > v.cfg.SegmentSize) {
-			if err := v.roll(v.ctx, ckptIfDue, true); err != nil {
-				if noSpace && errors.Is(err, torus.ErrUnavailable) {
-					return fmt.Errorf("volume %s: %w (%v)", v.name, torus.ErrNoSpace, err)
-				}
-				return err
-			}
-			needRoll = false
-			open = v.open
-		}
-		failed, nsp, err := v.appendReplicas(open, buf)
-		if err != nil {
-			return err
-		}
-		if len(failed) == 0 {
-			v.commitBatch(open, batch, offs, len(buf))
-			return nil
-		}
-		noSpace = noSpace || nsp
-		v.dropReplicas(open, failed)
-		needRoll = true
-	}
-	return fmt.Errorf("volume %s: appends keep failing: %w", v.name, torus.ErrUnavailable)
-}
-
-// appendReplicas sends buf at the open segment's length to each of its
-// replicas in parallel. It returns the replicas that failed, whether one was
-// out of space, and ErrFenced (fencing the volume) if a replica refused the
-// epoch.
-func (v *Volume) appendReplicas(s *segState, buf []byte) (failed []string, noSpace bool, err error) {
-	v.mu.Lock()
-	replicas := slices.Clone(s.replicas)
-	v.mu.Unlock()
-	type res struct {
-		id  string
-		err error
-	}
-	ch := make(chan res, len(replicas))
-	ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
-	defer cancel()
-	for _, id := range replicas {
-		go func() {
-			p, err := v.peers.Peer(ctx, id)
-			if err == nil {
-				err = p.Append(ctx, v.epoch, s.id, s.length, buf)
-			}
-			ch <- res{id, err}
-		}()
-	}
-	var fencedErr error
-	for range replicas {
-		r := <-ch
-		if r.err == nil {
-			continue
-		}
-		if errors.Is(r.err, torus.ErrFenced) {
-			fencedErr = r.err
-		}
-		if errors.Is(r.err, torus.ErrNoSpace) {
-			noSpace = true
-		}
-		v.log.Warn("append failed", "segment", s.id, "peer", r.id, "err", r.err)
-		failed = append(failed, r.id)
-	}
-	if fencedErr != nil {
-		return nil, false, v.fence(fencedErr)
-	}
-	return failed, noSpace, nil
-}
-
-// errNoOpen is returned by roll when it committed the seal but could not
-// place a new open segment. It matches torus.ErrUnavailable.
-var errNoOpen = fmt.Errorf("no open segment: %w", torus.ErrUnavailable)
-
-type ckptMode int
-
-const (
-	ckptNever ckptMode = iota
-	ckptIfDue
-	ckptForce
-)
-
-// pick chooses the replicas of a new segment: the first Replication ring
-// members clockwise from its key that are up and have not failed lately.
-func (v *Volume) pick(seg torus.SegmentID) []string {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	now := time.Now()
-	bad := func(id string) bool {
-		if t, ok := v.bad[id]; ok && now.Sub(t) < badPeerTimeout {
-			return true
-		}
-		return !v.up[id]
-	}
-	ids := v.place.Lookup(seg.Key(), v.cfg.Replication, func(id string) bool { return bad(id) || v.full[id] })
-	if len(ids) < v.cfg.Replication {
-		// Nearly full peers only as a last resort.
-		for _, id := range v.place.Lookup(seg.Key(), v.cfg.Replication, bad) {
-			if len(ids) < v.cfg.Replication && !slices.Contains(ids, id) {
-				ids = append(ids, id)
-			}
-		}
-	}
-	return ids
-}
-
-// roll seals the open segment at its acknowledged length, writes a
-// checkpoint when due (or forced), names a new open segment when openNew,
-// and commits the head with one CommitHead. It runs on the appender
-// goroutine (or in Open before the appender starts). When no new segment
-// can be placed on MinReplicas live peers, the seal is committed alone and
-// ErrUnavailable returned.
-func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
-	v.mu.Lock()
-	nh := cloneHead(v.head)
-	old := v.open
-	if old != nil {
-		nh.Open = nil
-		if old.length > 0 {
-			nh.Sealed = append(nh.Sealed, torus.SegmentRef{ID: old.id, Length: old.length})
-			v.idx.SetLength(old.slot, old.length)
-		}
-	}
-	v.mu.Unlock()
-
-	var ck *torus.SegmentRef
-	if mode == ckptForce || mode == ckptIfDue && len(nh.Sealed) >= v.cfg.CheckpointEvery {
-		ref, err := v.writeCheckpoint(ctx, nh.NextSeq)
-		if err != nil {
-			if mode == ckptForce {
-				return err
-			}
-			v.log.Warn("checkpoint skipped", "err", err)
-		} else {
-			ck = &ref
-			nh.Checkpoint = ck
-			nh.Sealed = nil
-			nh.NextSeq++
-		}
-	}
-
-	var next *segState
-	var placeErr error
-	if openNew {
-		id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: nh.NextSeq, Kind: torus.KindData}
-		replicas := v.pick(id)
-		if minRep := v.minReplicas(); len(replicas) < minRep {
-			placeErr = fmt.Errorf("volume %s: %d live peers for a new segment, need %d: %w",
-				v.name, len(replicas), minRep, errNoOpen)
-		} else {
-			nh.NextSeq++
-			nh.Open = &id
-			next = &segState{id: id, replicas: replicas}
-		}
-	}
-	if err := v.commit(ctx, nh); err != nil {
-		return err
-	}
-	v.mu.Lock()
-	v.head = nh
-	if old != nil && old.length > 0 {
-		v.stats.SegmentsSealed++
-	}
-	v.open = next
-	if next != nil {
-		next.slot = v.idx.AddSegment(next.id)
-		v.segs[next.id] = next
-		v.forgetCandidates()
-	}
-	v.mu.Unlock()
-	if ck != nil {
-		select {
-		case v.compactKick <- struct{}{}:
-		default:
-		}
-	}
-	v.log.Debug("rolled", "sealed", old != nil && old.length > 0, "checkpoint", ck != nil, "open", nh.Open)
-	return placeErr
-}
-
-// commit stores the head (one etcd transaction), fenced by the epoch.
-func (v *Volume) commit(ctx context.Context, h torus.Head) error {
-	v.mu.Lock()
-	v.stats.EtcdCommits++
-	v.mu.Unlock()
-	err := v.meta.CommitHead(ctx, v.name, v.epoch, h)
-	if errors.Is(err, torus.ErrFenced) {
-		return v.fence(err)
-	}
-	if err != nil {
-		return fmt.Errorf("volume %s: commit head: %w", v.name, err)
-	}
-	return nil
-}
-
-// writeCheckpoint flushes, then writes the index as checkpoint segment seq
-// on Replication replicas and syncs it. The segment is not yet in the head:
-// LiveSegments protects {epoch, NextSeq, checkpoint} from the GC sweep.
-func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.SegmentRef, error) {
-	if err := v.flush(ctx); err != nil {
-		return torus.SegmentRef{}, err
-	}
-	v.mu.Lock()
-	p := EncodeCheckpoint(v.id, int64(v.idx.Blocks())*torus.BlockSize, v.idx)
-	v.mu.Unlock()
-	id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: seq, Kind: torus.KindCheckpoint}
-	replicas := v.pick(id)
-	minRep := v.minReplicas()
-	if len(replicas) < minRep {
-		return torus.SegmentRef{}, fmt.Errorf("volume %s: %d live peers for a checkpoint, need %d: %w",
-			v.name, len(replicas), minRep, torus.ErrUnavailable)
-	}
-	ch := make(chan error, len(replicas))
-	for _, rid := range replicas {
-		go func() {
-			ch <- v.writeWhole(ctx, rid, id, p)
-		}()
-	}
-	ok := 0
-	var errs []error
-	for range replicas {
-		if err := <-ch; err != nil {
-			errs = append(errs, err)
-		} else {
-			ok++
-		}
-	}
-	v.mu.Lock()
-	v.stats.Syncs += int64(len(replicas))
-	v.stats.ReplicaBytes += int64(len(p)) * int64(ok)
-	v.mu.Unlock()
-	for _, err := range errs {
-		if errors.Is(err, torus.ErrFenced) {
-			return torus.SegmentRef{}, v.fence(err)
-		}
-	}
-	if ok < minRep {
-		return torus.SegmentRef{}, fmt.Errorf("volume %s: checkpoint on %d replicas, need %d: %w",
-			v.name, ok, minRep, errors.Join(append(errs, torus.ErrUnavailable)...))
-	}
-	v.mu.Lock()
-	v.stats.Checkpoints++
-	v.stats.CheckpointBytes += int64(len(p))
-	v.mu.Unlock()
-	v.log.Debug("checkpoint written", "segment", id, "bytes", len(p), "replicas", ok)
-	return torus.SegmentRef{ID: id, Length: int64(len(p))}, nil
-}
-
-// writeWhole appends p to a new segment on one peer in maxBatch pieces and
-// syncs it.
-func (v *Volume) writeWhole(ctx context.Context, peerID string, id torus.SegmentID, p []byte) error {
-	ps, err := v.peers.Peer(ctx, peerID)
-	if err != nil {
-		return err
-	}
-	for off := 0; off < len(p); off += maxBatch {
-		end := min(off+maxBatch, len(p))
-		if err := ps.Append(ctx, v.epoch, id, int64(off), p[off:end]); err != nil {
-			return fmt.Errorf("peer %s: %w", peerID, err)
-		}
-	}
-	if err := ps.Sync(ctx, v.epoch, id); err != nil {
-		return fmt.Errorf("peer %s: %w", peerID, err)
-	}
-	return nil
-}
-
-// flush syncs every replica of every segment with unsynced appends, in
-// parallel. Each segment needs MinReplicas successful syncs.
-func (v *Volume) flush(ctx context.Context) error {
-	type job struct {
-		s        *segState
-		length   int64
-		replicas []string
-	}
-	v.mu.Lock()
-	if v.fenced != nil {
-		defer v.mu.Unlock()
-		return v.fenced
-	}
-	var jobs []job
-	for _, s := range v.segs {
-		if s.length > s.synced {
-			jobs = append(jobs, job{s, s.length, slices.Clone(s.replicas)})
-		}
-	}
-	v.stats.Flushes++
-	minRep := v.minRep
-	v.mu.Unlock()
-
-	type res struct {
-		j   int
-		id  string
-		err error
-	}
-	n := 0
-	for _, j := range jobs {
-		n += len(j.replicas)
-	}
-	ch := make(chan res, n)
-	ctx, cancel := context.WithTimeout(ctx, peerTimeout)
-	defer cancel()
-	for ji, j := range jobs {
-		for _, id := range j.replicas {
-			go func() {
-				p, err := v.peers.Peer(ctx, id)
-				if err == nil {
-					err = p.Sync(ctx, v.epoch, j.s.id)
-				}
-				ch <- res{ji, id, err}
-			}()
-		}
-	}
-	ok := make([]int, len(jobs))
-	var errs []error
-	var fencedErr error
-	for range n {
-		r := <-ch
-		if r.err == nil {
-			ok[r.j]++
-			continue
-		}
-		if errors.Is(r.err, torus.ErrFenced) {
-			fencedErr = r.err
-		}
-		v.log.Warn("sync failed", "segment", jobs[r.j].s.id, "peer", r.id, "err", r.err)
-		errs = append(errs, fmt.Errorf("peer %s: %w", r.id, r.err))
-	}
-	v.mu.Lock()
-	v.stats.Syncs += int64(n)
-	v.mu.Unlock()
-	if fencedErr != nil {
-		return v.fence(fencedErr)
-	}
-	var short []string
-	v.mu.Lock()
-	for ji, j := range jobs {
-		if ok[ji] >= minRep {
-			j.s.synced = max(j.s.synced, j.length)
-		} else {
-			short = append(short, fmt.Sprintf("%v on %d/%d", j.s.id, ok[ji], minRep))
-		}
-	}
-	v.mu.Unlock()
-	if len(short) > 0 {
-		return fmt.Errorf("volume %s: flush: segments synced on too few replicas (%v): %w",
-			v.name, short, errors.Join(append(errs, torus.ErrUnavailable)...))
-	}
-	return nil
-}
-
-// Flush makes every write completed before it durable on MinReplicas
-// replicas (ErrUnavailable otherwise). It sends no etcd request.
-func (v *Volume) Flush(ctx context.Context) error {
-	if err := v.begin(false); err != nil {
-		return err
-	}
-	defer v.end()
-	if v.ro {
-		return nil
-	}
-	return v.flush(ctx)
-}
-
 // stripe returns the index of block b's edge lock.
 func (v *Volume) stripe(b uint64) int { return int(b % uint64(len(v.locks))) }
 
-// lockEdges locks the partially written edge blocks of a write, in stripe
-// order, and returns the unlock function.
-func (v *Volume) lockEdges(first, last uint64, headPartial, tailPartial bool) func() {
-	var s []int
+// lockBlocks locks the stripes of blocks [first, last] for a write, in
+// stripe order, and returns the unlock function. The partially written
+// edge blocks (read-modify-write) are locked exclusively; every other block
+// is locked shared. So a read-modify-write of a block excludes any other
+// write of it, whole or partial, from its read until its record is
+// acknowledged, and whole-block writes still run side by side.
+func (v *Volume) lockBlocks(first, last uint64, headPartial, tailPartial bool) func() {
+	const n = uint64(len(v.locks))
+	var mode [n]uint8 // 0 none, 1 shared, 2 exclusive
+	if last-first+1 >= n {
+		for i := range mode {
+			mode[i] = 1
+		}
+	} else {
+		for b := first; b <= last; b++ {
+			mode[v.stripe(b)] = 1
+		}
+	}
 	if headPartial {
-		s = append(s, v.stripe(first))
+		mode[v.stripe(first)] = 2
 	}
 	if tailPartial {
-		s = append(s, v.stripe(last))
+		mode[v.stripe(last)] = 2
 	}
-	slices.Sort(s)
-	s = slices.Compact(s)
-	for _, i := range s {
-		v.locks[i].Lock()
+	for i, m := range mode {
+		switch m {
+		case 1:
+			v.locks[i].RLock()
+		case 2:
+			v.locks[i].Lock()
+		}
 	}
 	return func() {
-		for _, i := range s {
-			v.locks[i].Unlock()
+		for i, m := range mode {
+			switch m {
+			case 1:
+				v.locks[i].RUnlock()
+			case 2:
+				v.locks[i].Unlock()
+			}
 		}
 	}
 }
@@ -546,7 +170,7 @@ func (v *Volume) writeAt(ctx context.Context, p []byte, off int64) error {
 	first, last := uint64(off/bs), uint64((end-1)/bs)
 	headPartial := off%bs != 0 || end < int64(first+1)*bs
 	tailPartial := end%bs != 0
-	unlock := v.lockEdges(first, last, headPartial, tailPartial)
+	unlock := v.lockBlocks(first, last, headPartial, tailPartial)
 	defer unlock()
 	data := p
 	if headPartial || tailPartial {
@@ -652,7 +276,10 @@ func (v *Volume) zero(ctx context.Context, off, length int64) error {
 		reqs = append(reqs, &writeReq{typ: RecordZero, block: blk, count: uint32(n), done: make(chan error, 1)})
 		blk += n
 	}
-	if err := v.submit(reqs); err != nil {
+	unlock := v.lockBlocks(uint64(a/bs), uint64(b/bs)-1, false, false)
+	err := v.submit(reqs)
+	unlock()
+	if err != nil {
 		return err
 	}
 	v.mu.Lock()

@@ -13,6 +13,7 @@ const (
 	OpTruncate = "truncate"
 	OpDatasync = "datasync"
 	OpRemove   = "remove"
+	OpRename   = "rename"
 	OpMkdir    = "mkdir"
 	OpReadDir  = "readdir"
 	OpSyncDir  = "syncdir"
@@ -54,6 +55,14 @@ func (i *injectFS) Remove(name string) error {
 		return err
 	}
 	return i.fs.Remove(name)
+}
+
+// Rename calls the hook with OpRename and the old name.
+func (i *injectFS) Rename(oldname, newname string) error {
+	if err := i.hook(OpRename, oldname); err != nil {
+		return err
+	}
+	return i.fs.Rename(oldname, newname)
 }
 
 func (i *injectFS) Mkdir(name string) error {

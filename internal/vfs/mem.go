@@ -128,6 +128,37 @@ func (m *MemFS) Remove(name string) error {
 	return nil
 }
 
+// Rename implements FS. The old and the new entry are two directory
+// changes, each durable only after a SyncDir of its directory; a crash in
+// between may keep either, both or (with an rng) neither.
+func (m *MemFS) Rename(oldname, newname string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	od, obase, err := m.lookupDir("rename", oldname)
+	if err != nil {
+		return err
+	}
+	n := od.entries[obase]
+	if n == nil {
+		return &fs.PathError{Op: "rename", Path: oldname, Err: fs.ErrNotExist}
+	}
+	nd, nbase, err := m.lookupDir("rename", newname)
+	if err != nil {
+		return err
+	}
+	if old := nd.entries[nbase]; old != nil {
+		if old == n {
+			return nil
+		}
+		if old.dir != n.dir || (old.dir && len(old.entries) > 0) {
+			return &fs.PathError{Op: "rename", Path: newname, Err: fs.ErrExist}
+		}
+	}
+	delete(od.entries, obase)
+	nd.entries[nbase] = n
+	return nil
+}
+
 // Mkdir implements FS.
 func (m *MemFS) Mkdir(name string) error {
 	m.mu.Lock()
@@ -258,50 +289,110 @@ func (l *memLock) Close() error {
 // also keeps some of what was not synced, as real disks do: each unsynced
 // directory change (a created or removed entry) is kept or lost at random,
 // and a file that grew past its synced contents keeps a random part of its
-// unsynced tail, sometimes with a garbled byte in it (a torn write).
+// unsynced tail, sometimes with a garbled byte in it (a torn write). The
+// outcome depends only on the FS's history and the rng's state.
 func (m *MemFS) Crash(rng *rand.Rand) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.root = crashDir(m.root, rng)
+	m.root = crashDir(m.root, rng, false)
 	m.locks = map[string]bool{}
 }
 
-func crashDir(d *memNode, rng *rand.Rand) *memNode {
+// CrashTorn simulates a power loss that tears unsynced tails, decided by
+// seed alone (the same history and seed give the same outcome). Directories
+// change as with Crash(rng). Every file keeps its synced contents; a file
+// that grew past them ends in what TornTail makes of its unsynced tail:
+// dropped, kept in part, or cut at a random length and filled, after a
+// random prefix of the real bytes, with zeros (the size reached the disk,
+// the data did not) or random garbage (stale blocks). A file whose
+// unsynced change was not an append (an overwrite or a truncation) goes
+// back to its synced contents.
+func (m *MemFS) CrashTorn(seed uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.root = crashDir(m.root, rand.New(rand.NewPCG(seed, 0x746f726e)), true)
+	m.locks = map[string]bool{}
+}
+
+// Outcomes of TornTail, in the order it draws them.
+const (
+	TailDropped = iota // nothing of the tail survives
+	TailPartial        // a prefix of the real bytes survives
+	TailZeros          // a real prefix, then zeros, up to a random length
+	TailGarbage        // a real prefix, then random bytes, up to a random length
+	numTailOutcomes
+)
+
+// TornTail returns what a power loss leaves of tail, the unsynced bytes
+// appended to a file, and which outcome (TailDropped, ...) it drew. The
+// result is never longer than tail; it may share no memory with it.
+func TornTail(rng *rand.Rand, tail []byte) ([]byte, int) {
+	if len(tail) == 0 {
+		return nil, TailDropped
+	}
+	outcome := rng.IntN(numTailOutcomes)
+	switch outcome {
+	case TailDropped:
+		return nil, outcome
+	case TailPartial:
+		return bytes.Clone(tail[:rng.IntN(len(tail)+1)]), outcome
+	}
+	n := 1 + rng.IntN(len(tail))
+	good := rng.IntN(n) // at least one byte is made up
+	out := make([]byte, n)
+	copy(out, tail[:good])
+	if outcome == TailGarbage {
+		for i := good; i < n; i++ {
+			out[i] = byte(rng.Uint32())
+		}
+	}
+	return out, outcome
+}
+
+func crashDir(d *memNode, rng *rand.Rand, torn bool) *memNode {
 	kept := maps.Clone(d.durable)
 	if rng != nil {
-		for k, n := range d.entries {
-			if kept[k] != n && rng.IntN(2) == 0 {
+		// Sorted, so the outcome depends on the rng alone.
+		for _, k := range slices.Sorted(maps.Keys(d.entries)) {
+			if n := d.entries[k]; kept[k] != n && rng.IntN(2) == 0 {
 				kept[k] = n // a created (or replaced) entry that made it
 			}
 		}
-		for k := range d.durable {
+		for _, k := range slices.Sorted(maps.Keys(d.durable)) {
 			if d.entries[k] == nil && rng.IntN(2) == 0 {
 				delete(kept, k) // a removal that made it
 			}
 		}
 	}
 	out := newDirNode()
-	for k, n := range kept {
+	for _, k := range slices.Sorted(maps.Keys(kept)) {
+		n := kept[k]
 		if n.dir {
-			out.entries[k] = crashDir(n, rng)
+			out.entries[k] = crashDir(n, rng, torn)
 		} else {
-			out.entries[k] = crashFile(n, rng)
+			out.entries[k] = crashFile(n, rng, torn)
 		}
 	}
 	out.durable = maps.Clone(out.entries)
 	return out
 }
 
-func crashFile(f *memNode, rng *rand.Rand) *memNode {
+func crashFile(f *memNode, rng *rand.Rand, torn bool) *memNode {
 	data := bytes.Clone(f.synced)
 	if data == nil {
 		data = []byte{}
 	}
 	if rng != nil && len(f.data) > len(f.synced) && bytes.HasPrefix(f.data, f.synced) {
-		extra := f.data[len(f.synced):][:rng.IntN(len(f.data)-len(f.synced)+1)]
-		data = append(data, extra...)
-		if len(extra) > 0 && rng.IntN(4) == 0 {
-			data[len(f.synced)+rng.IntN(len(extra))] ^= 0xff
+		tail := f.data[len(f.synced):]
+		if torn {
+			kept, _ := TornTail(rng, tail)
+			data = append(data, kept...)
+		} else {
+			extra := tail[:rng.IntN(len(tail)+1)]
+			data = append(data, extra...)
+			if len(extra) > 0 && rng.IntN(4) == 0 {
+				data[len(f.synced)+rng.IntN(len(extra))] ^= 0xff
+			}
 		}
 	}
 	return &memNode{data: data, synced: bytes.Clone(data)}

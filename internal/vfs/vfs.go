@@ -42,6 +42,10 @@ type FS interface {
 	// optionally with os.O_CREATE and os.O_EXCL.
 	OpenFile(name string, flag int) (File, error)
 	Remove(name string) error
+	// Rename moves oldname to newname, replacing a file there (rename(2)).
+	// Like a created or removed entry, the move is durable only once both
+	// directories are fsynced (SyncDir).
+	Rename(oldname, newname string) error
 	// Mkdir creates one directory; fs.ErrExist if it exists.
 	Mkdir(name string) error
 	MkdirAll(name string) error
@@ -103,9 +107,10 @@ func (osFS) OpenFile(name string, flag int) (File, error) {
 	return osFile{f}, nil
 }
 
-func (osFS) Remove(name string) error   { return os.Remove(name) }
-func (osFS) Mkdir(name string) error    { return os.Mkdir(name, 0o755) }
-func (osFS) MkdirAll(name string) error { return os.MkdirAll(name, 0o755) }
+func (osFS) Remove(name string) error             { return os.Remove(name) }
+func (osFS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
+func (osFS) Mkdir(name string) error              { return os.Mkdir(name, 0o755) }
+func (osFS) MkdirAll(name string) error           { return os.MkdirAll(name, 0o755) }
 
 func (osFS) ReadDir(name string) ([]DirEntry, error) {
 	ents, err := os.ReadDir(name)

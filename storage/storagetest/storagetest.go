@@ -337,7 +337,7 @@ func testMissingSegment(t *testing.T, newStore NewStore) {
 		if _, err := s.Stat(ctx, id); !errors.Is(err, torus.ErrNotExist) {
 			t.Errorf("Stat(%s): %v; want ErrNotExist", id, err)
 		}
-		if err := s.Sync(ctx, id); !errors.Is(err, torus.ErrNotExist) {
+		if _, err := s.Sync(ctx, id); !errors.Is(err, torus.ErrNotExist) {
 			t.Errorf("Sync(%s): %v; want ErrNotExist", id, err)
 		}
 	}
@@ -355,8 +355,8 @@ func testSync(t *testing.T, newStore NewStore) {
 	if info.Synced < 0 || info.Synced > info.Length {
 		t.Fatalf("Stat before Sync = %+v; want 0 <= Synced <= Length", info)
 	}
-	if err := s.Sync(ctx, id); err != nil {
-		t.Fatalf("Sync: %v", err)
+	if n, err := s.Sync(ctx, id); err != nil || n != 1000 {
+		t.Fatalf("Sync = %d, %v; want the durable length 1000", n, err)
 	}
 	if info, err := s.Stat(ctx, id); err != nil || info.Synced != 1000 || info.Length != 1000 {
 		t.Fatalf("Stat after Sync = %+v, %v; want Length = Synced = 1000", info, err)
@@ -367,8 +367,8 @@ func testSync(t *testing.T, newStore NewStore) {
 	}
 	// Sync twice is fine.
 	for range 2 {
-		if err := s.Sync(ctx, id); err != nil {
-			t.Fatalf("Sync: %v", err)
+		if n, err := s.Sync(ctx, id); err != nil || n != 1500 {
+			t.Fatalf("Sync = %d, %v; want the durable length 1500", n, err)
 		}
 	}
 	if info, err := s.Stat(ctx, id); err != nil || info.Synced != 1500 {
@@ -452,7 +452,7 @@ func testDelete(t *testing.T, newStore NewStore) {
 	a, b := seg(1, 1), seg(1, 2)
 	mustAppend(t, s, a, 0, Pattern(1, 0, 3000))
 	mustAppend(t, s, b, 0, Pattern(2, 0, 1000))
-	if err := s.Sync(ctx, a); err != nil {
+	if _, err := s.Sync(ctx, a); err != nil {
 		t.Fatal(err)
 	}
 	wantUsed(t, s, 4000)
@@ -556,10 +556,10 @@ func testClose(t *testing.T, newStore NewStore) {
 	}
 	checks := map[string]error{
 		"Append": s.Append(ctx, id, 3, []byte("d")),
-		"Sync":   s.Sync(ctx, id),
 		"Delete": s.Delete(ctx, id),
 		"Close":  s.Close(),
 	}
+	_, checks["Sync"] = s.Sync(ctx, id)
 	_, checks["ReadAt"] = s.ReadAt(ctx, id, make([]byte, 3), 0)
 	_, checks["Stat"] = s.Stat(ctx, id)
 	_, checks["List"] = s.List(ctx, 0)
@@ -642,7 +642,7 @@ func testConcurrent(t *testing.T, newStore NewStore) {
 					return
 				}
 				if i%10 == 9 {
-					if err := s.Sync(ctx, id); err != nil {
+					if _, err := s.Sync(ctx, id); err != nil {
 						errc <- fmt.Errorf("writer %d: Sync: %w", w, err)
 						return
 					}
@@ -798,7 +798,7 @@ func testConcurrentDeletes(t *testing.T, newStore NewStore) {
 						err = nil
 					}
 				case 3:
-					err = s.Sync(ctx, id)
+					_, err = s.Sync(ctx, id)
 				case 4:
 					if k%3 == 0 {
 						err = s.Delete(ctx, id)

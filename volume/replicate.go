@@ -1,0 +1,636 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/torus-storage/torus"
+)
+
+// This file is the writer's side of replication: the one fan-out to a
+// segment's replicas, the rules that count their answers, sealing a segment
+// (roll), committing the head, and FLUSH. docs/design/data-path.md states
+// the rules; in short:
+//
+//   - A batch is acknowledged only when every replica of the segment it was
+//     sent to stored it, and a segment always has at least MinReplicas
+//     replicas: one that fails is dropped, the segment is marked broken and
+//     never appended to again.
+//   - A replica counts for FLUSH only when its Sync reports a durable length
+//     covering what the writer needs.
+//   - A segment is sealed only once its acknowledged bytes are durable on
+//     MinReplicas replicas. When too few replicas can make them durable, the
+//     unflushed tail is read back from a replica that holds it and appended
+//     again, as the first bytes of the next segment (the carry), so FLUSH
+//     succeeds again as soon as the new segment is synced.
+//   - A head commit whose outcome is unknown is settled by reading the head
+//     back before anything else is written.
+
+// fanout calls fn on every replica in ids at once and returns each one's
+// error, in the order of ids. It is the one place the writer talks to
+// several replicas in parallel; the callers count the answers with tally.
+func (v *Volume) fanout(ctx context.Context, ids []string, fn func(ctx context.Context, i int, p torus.PeerService) error) []error {
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := v.peers.Peer(ctx, id)
+			if err == nil {
+				err = fn(ctx, i, p)
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("peer %s: %w", id, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// outcome counts a fan-out's answers.
+type outcome struct {
+	ok      []string // replicas that succeeded
+	failed  []string // replicas that failed
+	errs    []error  // their errors, in the order of failed
+	fenced  error    // non-nil when a replica refused the writer's epoch
+	noSpace bool     // a replica's store is full
+}
+
+func tally(ids []string, errs []error) outcome {
+	var o outcome
+	for i, err := range errs {
+		if err == nil {
+			o.ok = append(o.ok, ids[i])
+			continue
+		}
+		if errors.Is(err, torus.ErrFenced) {
+			o.fenced = err
+		}
+		if errors.Is(err, torus.ErrNoSpace) {
+			o.noSpace = true
+		}
+		o.failed = append(o.failed, ids[i])
+		o.errs = append(o.errs, err)
+	}
+	return o
+}
+
+// errBroken: the open segment lost a replica (or never had MinReplicas):
+// it must be sealed and the batch sent to a new one.
+var errBroken = errors.New("open segment is broken")
+
+// dropReplicas removes failed replicas from s, marks it broken (no more
+// appends: it is sealed at the next batch) and keeps the failed peers out
+// of new segments for badPeerTimeout while others can take them.
+func (v *Volume) dropReplicas(s *segState, failed []string) {
+	v.mu.Lock()
+	now := time.Now()
+	for _, id := range failed {
+		if !slices.Contains(s.replicas, id) {
+			continue
+		}
+		v.bad[id] = now
+		s.replicas = slices.DeleteFunc(s.replicas, func(r string) bool { return r == id })
+		v.stats.ReplicasDropped++
+	}
+	s.broken = true
+	v.forgetCandidates()
+	v.mu.Unlock()
+	v.log.Warn("replicas dropped from segment; rolling", "segment", s.id, "failed", failed)
+}
+
+// needsRoll reports whether the next batch of size bytes must go to a new
+// segment.
+func (v *Volume) needsRoll(size int64) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	o := v.open
+	return o == nil || o.broken || v.carry != nil || (o.length > 0 && o.length+size > v.cfg.SegmentSize)
+}
+
+// appendBatch appends one batch to the open segment, waiting for it, and,
+// once every replica acknowledged it, updates the index. A replica that
+// fails is dropped: the segment is sealed (its unflushed tail carried to the
+// next one) and the batch retried on a new segment. noSpace says an earlier
+// failure was a full store. It runs on the appender goroutine; the pipeline
+// falls back to it whenever a segment must roll.
+func (v *Volume) appendBatch(batch []*writeReq, noSpace bool) error {
+	if err := v.fencedErr(); err != nil {
+		return err
+	}
+	// One buffer, reused batch after batch: appends do not retain it.
+	if total := batchSize(batch); int64(cap(v.batchBuf)) < total {
+		v.batchBuf = make([]byte, 0, max(total, 2*maxBatch))
+	}
+	buf, offs := v.encodeBatch(batch, v.batchBuf)
+	for attempt := 0; attempt < 4; attempt++ {
+		if v.needsRoll(int64(len(buf))) {
+			if err := v.roll(v.ctx, ckptIfDue, true); err != nil {
+				if noSpace && errors.Is(err, torus.ErrUnavailable) {
+					return fmt.Errorf("volume %s: %w (%v)", v.name, torus.ErrNoSpace, err)
+				}
+				return err
+			}
+		}
+		open := v.open
+		o, err := v.appendReplicas(open, buf)
+		if errors.Is(err, errBroken) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if len(o.failed) == 0 {
+			v.commitBatch(open, batch, offs, len(buf))
+			return nil
+		}
+		noSpace = noSpace || o.noSpace
+		v.dropReplicas(open, o.failed)
+	}
+	if noSpace {
+		return fmt.Errorf("volume %s: appends keep failing: %w", v.name, torus.ErrNoSpace)
+	}
+	return fmt.Errorf("volume %s: appends keep failing: %w", v.name, torus.ErrUnavailable)
+}
+
+// appendReplicas sends buf at s's length to each of its replicas. It fences
+// the volume if a replica refused the epoch, and returns errBroken without
+// sending anything when s has fewer than MinReplicas replicas.
+func (v *Volume) appendReplicas(s *segState, buf []byte) (outcome, error) {
+	v.mu.Lock()
+	replicas := slices.Clone(s.replicas)
+	off, minRep := s.length, v.minRep
+	if len(replicas) < minRep || len(replicas) == 0 {
+		s.broken = true
+	}
+	broken := s.broken
+	v.mu.Unlock()
+	if broken {
+		return outcome{}, errBroken
+	}
+	ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
+	defer cancel()
+	o := tally(replicas, v.fanout(ctx, replicas, func(ctx context.Context, _ int, p torus.PeerService) error {
+		return p.Append(ctx, v.epoch, s.id, off, buf)
+	}))
+	for _, err := range o.errs {
+		v.log.Warn("append failed", "segment", s.id, "err", err)
+	}
+	if o.fenced != nil {
+		return outcome{}, v.fence(o.fenced)
+	}
+	return o, nil
+}
+
+// errNoOpen is returned by roll when it committed the seal but could not
+// place a new open segment. It matches torus.ErrUnavailable.
+var errNoOpen = fmt.Errorf("no open segment: %w", torus.ErrUnavailable)
+
+type ckptMode int
+
+const (
+	ckptNever ckptMode = iota
+	ckptIfDue
+	ckptForce
+)
+
+// pick chooses the replicas of a new segment: the first Replication ring
+// members clockwise from its key that are up and have not failed lately,
+// preferring peers that are not nearly full. Peers that failed lately (a
+// daemon restarted in a rolling upgrade is one) are taken only to reach
+// MinReplicas: a segment on fewer healthy peers is degraded but writable.
+func (v *Volume) pick(seg torus.SegmentID) []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := time.Now()
+	down := func(id string) bool { return !v.up[id] }
+	bad := func(id string) bool {
+		t, ok := v.bad[id]
+		return down(id) || ok && now.Sub(t) < badPeerTimeout
+	}
+	ids := v.place.Lookup(seg.Key(), v.cfg.Replication, func(id string) bool { return bad(id) || v.full[id] })
+	fill := func(n int, skip func(string) bool) {
+		for _, id := range v.place.Lookup(seg.Key(), v.cfg.Replication, skip) {
+			if len(ids) < n && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	fill(v.cfg.Replication, bad) // nearly full peers
+	fill(v.minRep, down)         // peers that failed lately
+	return ids
+}
+
+// roll seals the open segment, writes a checkpoint when due (or forced),
+// names a new open segment when openNew, and commits the head with one
+// CommitHead; then it appends the carry, if any, to the new segment. It
+// runs on the appender goroutine (or in Open before the appender starts).
+// When no new segment can be placed on MinReplicas live peers, the seal is
+// committed alone and ErrUnavailable returned.
+func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
+	for attempt := 0; ; attempt++ {
+		m := mode
+		if v.carry != nil {
+			// The carry lands first; a checkpoint must not name the
+			// carried blocks' old places.
+			m, openNew = ckptNever, true
+		}
+		if err := v.rollOnce(ctx, m, openNew); err != nil {
+			return err
+		}
+		if v.carry == nil {
+			if m == mode {
+				return nil
+			}
+			continue // the carry landed: now the checkpoint asked for
+		}
+		err := v.landCarry(ctx)
+		if err == nil && m == mode {
+			return nil
+		}
+		if err != nil && (!errors.Is(err, errBroken) || attempt >= 3) {
+			return err
+		}
+	}
+}
+
+// rollOnce is one seal-and-commit of roll.
+func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) error {
+	old := v.open
+	if old != nil {
+		if err := v.secure(ctx, old); err != nil {
+			return err
+		}
+	}
+	v.mu.Lock()
+	nh := cloneHead(v.head)
+	if old != nil {
+		nh.Open, nh.OpenReplicas = nil, nil
+		seal := old.length
+		if v.carry != nil && v.carry.src == old {
+			seal = v.carry.base // the rest lives on in the carry
+		}
+		if seal > 0 {
+			nh.Sealed = append(nh.Sealed, torus.SegmentRef{ID: old.id, Length: seal})
+			v.idx.SetLength(old.slot, seal)
+		}
+	}
+	v.mu.Unlock()
+
+	var ck *torus.SegmentRef
+	if mode == ckptForce || mode == ckptIfDue && len(nh.Sealed) >= v.cfg.CheckpointEvery {
+		ref, err := v.writeCheckpoint(ctx, nh.NextSeq)
+		if err != nil {
+			if mode == ckptForce {
+				return err
+			}
+			v.log.Warn("checkpoint skipped", "err", err)
+		} else {
+			ck = &ref
+			nh.Checkpoint = ck
+			nh.Sealed = nil
+			nh.NextSeq++
+		}
+	}
+	if ck == nil && len(nh.Sealed) > v.maxSealed {
+		// Checkpoints keep failing: a longer head would soon pass etcd's
+		// request limit and no commit would go through at all.
+		err := fmt.Errorf("volume %s: %d sealed segments since the last checkpoint (limit %d): checkpoints keep failing: %w",
+			v.name, len(nh.Sealed), v.maxSealed, torus.ErrUnavailable)
+		v.log.Error("writes refused until a checkpoint succeeds", "err", err)
+		return err
+	}
+
+	var next *segState
+	var placeErr error
+	if openNew {
+		id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: nh.NextSeq, Kind: torus.KindData}
+		replicas := v.pick(id)
+		if minRep := v.minReplicas(); len(replicas) < minRep {
+			placeErr = fmt.Errorf("volume %s: %d live peers for a new segment, need %d: %w",
+				v.name, len(replicas), minRep, errNoOpen)
+		} else {
+			nh.NextSeq++
+			nh.Open, nh.OpenReplicas = &id, slices.Clone(replicas)
+			next = &segState{id: id, replicas: replicas}
+		}
+	}
+	if err := v.commit(ctx, nh); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.head = nh
+	if old != nil && old.length > 0 {
+		v.stats.SegmentsSealed++
+	}
+	v.open = next
+	if next != nil {
+		next.slot = v.idx.AddSegment(next.id)
+		v.segs[next.id] = next
+		v.forgetCandidates()
+	}
+	v.mu.Unlock()
+	if ck != nil {
+		select {
+		case v.compactKick <- struct{}{}:
+		default:
+		}
+	}
+	v.log.Debug("rolled", "sealed", old != nil && old.length > 0, "checkpoint", ck != nil, "open", nh.Open)
+	return placeErr
+}
+
+// commitResolveTimeout bounds how long a writer tries to learn the outcome
+// of a head commit whose reply was lost before it fences itself. The
+// writer's lease (DefaultLockTTL) expires sooner when etcd is unreachable.
+const commitResolveTimeout = 30 * time.Second
+
+// commit stores the head (one etcd transaction), fenced by the epoch. A
+// commit whose outcome is unknown (a timeout, a lost connection: etcd may
+// have applied it) is settled by reading the head back: the writer never
+// goes on believing a commit failed that etcd holds, nor the reverse.
+func (v *Volume) commit(ctx context.Context, h torus.Head) error {
+	v.mu.Lock()
+	v.stats.EtcdCommits++
+	prev := cloneHead(v.head)
+	v.mu.Unlock()
+	err := v.meta.CommitHead(ctx, v.name, v.epoch, h)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, torus.ErrFenced):
+		return v.fence(err)
+	case definite(err):
+		return fmt.Errorf("volume %s: commit head: %w", v.name, err)
+	}
+	return v.resolveCommit(ctx, prev, h, err)
+}
+
+// definite reports whether a CommitHead error means it was not applied.
+func definite(err error) bool {
+	return errors.Is(err, torus.ErrNotExist) || errors.Is(err, torus.ErrInvalid) ||
+		errors.Is(err, torus.ErrConflict) || errors.Is(err, torus.ErrNotInitialized)
+}
+
+// resolveCommit reads the head back until it can tell what became of the
+// commit of h: etcd holds h (applied: success), or still prev (not
+// applied: the same h is committed again), or anything else (another
+// writer: fenced). When it cannot tell within commitResolveTimeout the
+// writer fences itself: going on could append past what etcd has sealed.
+func (v *Volume) resolveCommit(ctx context.Context, prev, h torus.Head, cause error) error {
+	v.log.Warn("head commit outcome unknown; reading the head back", "err", cause)
+	deadline := time.Now().Add(commitResolveTimeout)
+	wait := 50 * time.Millisecond
+	for {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		got, err := v.meta.Head(rctx, v.name)
+		cancel()
+		if err == nil {
+			switch {
+			case sameHead(got, h):
+				v.log.Info("head commit was applied though its answer was lost")
+				return nil
+			case !sameHead(got, prev):
+				return v.fence(fmt.Errorf("head changed under the writer (epoch %d in etcd)", got.Epoch))
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err = v.meta.CommitHead(rctx, v.name, v.epoch, h)
+			cancel()
+			switch {
+			case err == nil:
+				return nil
+			case errors.Is(err, torus.ErrFenced):
+				return v.fence(err)
+			case definite(err):
+				return fmt.Errorf("volume %s: commit head: %w", v.name, err)
+			}
+		}
+		cause = err
+		if time.Now().After(deadline) {
+			return v.fence(fmt.Errorf("outcome of a head commit unknown for %v: %w", commitResolveTimeout, cause))
+		}
+		select {
+		case <-time.After(wait):
+		case <-v.stop:
+			return fmt.Errorf("volume %s: commit head: %w (%v)", v.name, torus.ErrClosed, cause)
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// sameHead compares heads by their stored form.
+func sameHead(a, b torus.Head) bool {
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
+}
+
+// writeCheckpoint writes the index as checkpoint segment seq on Replication
+// replicas and syncs it. Every segment the index names must be durable
+// already (roll secures the open one first). The segment is not yet in the
+// head: LiveSegments protects {epoch, NextSeq, checkpoint} from the GC
+// sweep.
+func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.SegmentRef, error) {
+	v.mu.Lock()
+	for _, s := range v.segs {
+		if s.length > s.synced {
+			v.mu.Unlock()
+			return torus.SegmentRef{}, fmt.Errorf("volume %s: checkpoint: segment %v not durable (%d of %d bytes): %w",
+				v.name, s.id, s.synced, s.length, torus.ErrUnavailable)
+		}
+	}
+	ckpt := EncodeCheckpoint(v.id, int64(v.idx.Blocks())*torus.BlockSize, v.idx)
+	v.mu.Unlock()
+	id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: seq, Kind: torus.KindCheckpoint}
+	replicas := v.pick(id)
+	minRep := v.minReplicas()
+	if len(replicas) < minRep {
+		return torus.SegmentRef{}, fmt.Errorf("volume %s: %d live peers for a checkpoint, need %d: %w",
+			v.name, len(replicas), minRep, torus.ErrUnavailable)
+	}
+	o := tally(replicas, v.fanout(ctx, replicas, func(ctx context.Context, _ int, p torus.PeerService) error {
+		return v.writeWhole(ctx, p, id, ckpt)
+	}))
+	v.mu.Lock()
+	v.stats.Syncs += int64(len(replicas))
+	v.stats.ReplicaBytes += int64(len(ckpt)) * int64(len(o.ok))
+	v.mu.Unlock()
+	if o.fenced != nil {
+		return torus.SegmentRef{}, v.fence(o.fenced)
+	}
+	if len(o.ok) < minRep {
+		return torus.SegmentRef{}, fmt.Errorf("volume %s: checkpoint on %d replicas, need %d: %w",
+			v.name, len(o.ok), minRep, errors.Join(append(o.errs, torus.ErrUnavailable)...))
+	}
+	v.mu.Lock()
+	v.stats.Checkpoints++
+	v.stats.CheckpointBytes += int64(len(ckpt))
+	v.mu.Unlock()
+	v.log.Debug("checkpoint written", "segment", id, "bytes", len(ckpt), "replicas", len(o.ok))
+	return torus.SegmentRef{ID: id, Length: int64(len(ckpt))}, nil
+}
+
+// writeWhole appends b to a new segment on one peer in maxBatch pieces and
+// syncs it; the copy counts only when its durable length covers b.
+func (v *Volume) writeWhole(ctx context.Context, p torus.PeerService, id torus.SegmentID, b []byte) error {
+	for off := 0; off < len(b); off += maxBatch {
+		end := min(off+maxBatch, len(b))
+		if err := p.Append(ctx, v.epoch, id, int64(off), b[off:end]); err != nil {
+			return err
+		}
+	}
+	n, err := p.Sync(ctx, v.epoch, id)
+	if err == nil && n < int64(len(b)) {
+		err = fmt.Errorf("segment %v durable to %d of %d bytes: %w", id, n, len(b), torus.ErrUnavailable)
+	}
+	return err
+}
+
+// syncJob is one segment FLUSH must make durable up to length.
+type syncJob struct {
+	s        *segState
+	length   int64
+	replicas []string
+}
+
+// syncSegments syncs every replica of every job at once. A replica counts
+// for a job when its Sync succeeded and its durable length covers the job;
+// one that does not is dropped from the segment (its copy of the unflushed
+// range is in doubt), which marks the segment broken. A job with
+// MinReplicas counted replicas moves its segment's synced mark. It returns
+// the jobs that fell short, described, and the errors seen.
+func (v *Volume) syncSegments(ctx context.Context, jobs []syncJob) (short []string, errs []error, err error) {
+	var ids []string
+	var owner []int
+	for ji, j := range jobs {
+		for _, id := range j.replicas {
+			ids = append(ids, id)
+			owner = append(owner, ji)
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, peerTimeout)
+	defer cancel()
+	results := v.fanout(sctx, ids, func(ctx context.Context, i int, p torus.PeerService) error {
+		j := jobs[owner[i]]
+		n, err := p.Sync(ctx, v.epoch, j.s.id)
+		if err == nil && n < j.length {
+			err = fmt.Errorf("segment %v durable to %d, need %d (the replica lost unsynced bytes): %w",
+				j.s.id, n, j.length, torus.ErrUnavailable)
+		}
+		return err
+	})
+	if err := ctx.Err(); err != nil {
+		// The caller gave up: the answers say nothing about the replicas.
+		return nil, nil, err
+	}
+	v.mu.Lock()
+	v.stats.Syncs += int64(len(ids))
+	v.mu.Unlock()
+	o := tally(ids, results)
+	if o.fenced != nil {
+		return nil, nil, v.fence(o.fenced)
+	}
+	ok := make([]int, len(jobs))
+	failed := make([][]string, len(jobs))
+	for i, id := range ids {
+		if results[i] == nil {
+			ok[owner[i]]++
+		} else {
+			v.log.Warn("sync failed", "segment", jobs[owner[i]].s.id, "err", results[i])
+			failed[owner[i]] = append(failed[owner[i]], id)
+		}
+	}
+	minRep := v.minReplicas()
+	for ji, j := range jobs {
+		if len(failed[ji]) > 0 {
+			v.dropReplicas(j.s, failed[ji])
+		}
+		v.mu.Lock()
+		if ok[ji] >= minRep {
+			j.s.synced = max(j.s.synced, j.length)
+		} else if j.s.synced < j.length {
+			short = append(short, fmt.Sprintf("%v on %d/%d", j.s.id, ok[ji], minRep))
+		}
+		v.mu.Unlock()
+	}
+	return short, o.errs, nil
+}
+
+// flushJobs lists the segments with acknowledged bytes not yet durable.
+func (v *Volume) flushJobs() ([]syncJob, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.fenced != nil {
+		return nil, v.fenced
+	}
+	var jobs []syncJob
+	for _, s := range v.segs {
+		if s.length > s.synced {
+			jobs = append(jobs, syncJob{s, s.length, slices.Clone(s.replicas)})
+		}
+	}
+	return jobs, nil
+}
+
+// flush makes every acknowledged write durable on MinReplicas replicas.
+// When a segment falls short (a replica failed or lost unsynced bytes), the
+// appender seals it and carries its unflushed tail to a new segment on
+// healthy peers; the flush then syncs that one. It must not run on the
+// appender goroutine.
+func (v *Volume) flush(ctx context.Context) error {
+	v.mu.Lock()
+	v.stats.Flushes++
+	v.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		jobs, err := v.flushJobs()
+		if err != nil || len(jobs) == 0 {
+			return err
+		}
+		short, errs, err := v.syncSegments(ctx, jobs)
+		if err != nil || len(short) == 0 {
+			return err
+		}
+		if attempt == 3 || ctx.Err() != nil {
+			return fmt.Errorf("volume %s: flush: segments synced on too few replicas (%v): %w",
+				v.name, short, errors.Join(append(errs, torus.ErrUnavailable)...))
+		}
+		if err := v.control(ctx, v.restore); err != nil {
+			return fmt.Errorf("volume %s: flush: restoring redundancy: %w", v.name, err)
+		}
+	}
+}
+
+// restore runs on the appender: it seals a broken open segment, carrying
+// its unflushed tail to a new one.
+func (v *Volume) restore(ctx context.Context) error {
+	v.mu.Lock()
+	o := v.open
+	need := o != nil && (o.broken || o.length > o.synced && len(o.replicas) < v.minRep) || v.carry != nil
+	v.mu.Unlock()
+	if !need {
+		return nil
+	}
+	return v.roll(ctx, ckptNever, true)
+}
+
+// Flush makes every write completed before it durable on MinReplicas
+// replicas (ErrUnavailable otherwise). It sends no etcd request unless a
+// replica failed and the open segment had to be sealed.
+func (v *Volume) Flush(ctx context.Context) error {
+	if err := v.begin(false); err != nil {
+		return err
+	}
+	defer v.end()
+	if v.ro {
+		return nil
+	}
+	return v.flush(ctx)
+}
