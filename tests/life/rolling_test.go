@@ -195,7 +195,7 @@ func TestFioRollingRestart(t *testing.T) {
 	const vol = "fio"
 	createVolume(t, c, vol, "64MiB", 0)
 	_, addr := c.StartNBD()
-	const runtime = 40 * time.Second
+	const runtime = 20 * time.Second
 	args := []string{"--name=rolling", "--ioengine=nbd", "--uri=nbd://" + addr + "/" + vol,
 		"--rw=randwrite", "--bs=64k", "--size=32M", "--loops=100000", fmt.Sprintf("--runtime=%d", int(runtime.Seconds())),
 		"--iodepth=4", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--fsync=32", "--randrepeat=0"}
