@@ -274,6 +274,14 @@ const RepairEpoch = 0
 // volume (from Fence calls or from etcd), except for RepairEpoch.
 type PeerService interface {
 	Append(ctx context.Context, epoch uint64, seg SegmentID, off int64, p []byte) error
+	// AppendAsync is Append, started: it returns once the append is on its
+	// way (a remote peer: the request is written), and wait returns what
+	// Append would; wait must be called exactly once. Appends started one
+	// after another by one goroutine are applied in that order, so a writer
+	// may keep several appends of one segment in flight. p is not retained
+	// once AppendAsync returns. ctx bounds both the start and the wait. An
+	// in-process service may do the whole append before it returns.
+	AppendAsync(ctx context.Context, epoch uint64, seg SegmentID, off int64, p []byte) (wait func() error)
 	// Sync is Store.Sync, fenced: it returns the segment's durable length.
 	Sync(ctx context.Context, epoch uint64, seg SegmentID) (int64, error)
 	ReadAt(ctx context.Context, seg SegmentID, p []byte, off int64) (int, error)
@@ -353,6 +361,14 @@ type VolumeStatus struct {
 	UnderReplicated int          `json:"under_replicated"` // live segments with too few copies
 	Unavailable     int          `json:"unavailable"`      // live segments with no up copy
 	PendingBytes    int64        `json:"pending_bytes"`    // bytes healing still has to copy
-	Reporter        string       `json:"reporter"`         // peer ID that computed it
-	Updated         time.Time    `json:"updated"`
+	// UnrepairableBlocks counts volume blocks in segments that scrub found
+	// no good copy of (the volume is then unavailable; `torusctl volume
+	// scrub` names them).
+	UnrepairableBlocks int `json:"unrepairable_blocks,omitempty"`
+	// Problem says why the volume could not be looked at whole (its live
+	// segments could not be read: a checkpoint with no good copy); GC and
+	// healing skip it meanwhile. "" when all is well.
+	Problem  string    `json:"problem,omitempty"`
+	Reporter string    `json:"reporter"` // peer ID that computed it
+	Updated  time.Time `json:"updated"`
 }

@@ -93,6 +93,7 @@ type Client struct {
 	dialing   chan struct{} // closed when a dial in progress ends
 	wg        sync.WaitGroup
 	bufs      bufPool
+	listPage  uint32 // entries asked per List page; 0: the daemon's maximum
 }
 
 var _ torus.PeerService = (*Client)(nil)
@@ -413,12 +414,25 @@ func (c *Client) Stat(ctx context.Context, seg torus.SegmentID) (torus.SegmentIn
 }
 
 // List implements torus.PeerService.
+//
+// The daemon answers in pages of at most MaxListPage entries; List fetches
+// them all, so a daemon's segment count is not bounded by a frame's size.
+// Pages are not one snapshot: a segment created meanwhile may be missed and
+// one deleted meanwhile may be listed (GC and healing tolerate both).
 func (c *Client) List(ctx context.Context, volume uint64) ([]torus.SegmentInfo, error) {
-	resp, err := c.call(ctx, OpList, EncodeRequest(Request{Op: OpList, Volume: volume}), nil, nil)
-	if err != nil {
-		return nil, err
+	var out []torus.SegmentInfo
+	var after torus.SegmentID
+	for {
+		resp, err := c.call(ctx, OpList, EncodeRequest(Request{Op: OpList, Volume: volume, After: after, Limit: c.listPage}), nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, resp.List...)
+		if !resp.More || len(resp.List) == 0 {
+			return out, nil
+		}
+		after = resp.List[len(resp.List)-1].ID
 	}
-	return resp.List, nil
 }
 
 // Delete implements torus.PeerService.

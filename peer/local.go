@@ -116,6 +116,13 @@ func (l *Local) Append(ctx context.Context, epoch uint64, seg torus.SegmentID, o
 	return l.store.Append(ctx, seg, off, p)
 }
 
+// AppendAsync implements torus.PeerService: in process, the append is done
+// before it returns, so order is kept trivially.
+func (l *Local) AppendAsync(ctx context.Context, epoch uint64, seg torus.SegmentID, off int64, p []byte) (wait func() error) {
+	err := l.Append(ctx, epoch, seg, off, p)
+	return func() error { return err }
+}
+
 // Sync implements torus.PeerService: fenced, then the store's Sync.
 func (l *Local) Sync(ctx context.Context, epoch uint64, seg torus.SegmentID) (int64, error) {
 	done, err := l.admit("sync of", epoch, seg, false)

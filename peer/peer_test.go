@@ -155,6 +155,10 @@ func (e *errService) Append(context.Context, uint64, torus.SegmentID, int64, []b
 	err, _ := e.get()
 	return err
 }
+func (e *errService) AppendAsync(ctx context.Context, epoch uint64, seg torus.SegmentID, off int64, p []byte) func() error {
+	err := e.Append(ctx, epoch, seg, off, p)
+	return func() error { return err }
+}
 func (e *errService) Sync(context.Context, uint64, torus.SegmentID) (int64, error) {
 	err, _ := e.get()
 	return 0, err

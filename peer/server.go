@@ -2,6 +2,7 @@ package peer
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -454,11 +456,10 @@ func (sc *serverConn) serve(j *job) {
 	case OpStat:
 		resp.Info, err = svc.Stat(ctx, r.Seg)
 	case OpList:
-		resp.List, err = svc.List(ctx, r.Volume)
-		if err == nil && len(resp.List)*segInfoSize > MaxData {
-			err = fmt.Errorf("%w: peer: list of volume %d has %d segments, too many for one response",
-				torus.ErrInvalid, r.Volume, len(resp.List))
-			resp.List = nil
+		var all []torus.SegmentInfo
+		all, err = svc.List(ctx, r.Volume)
+		if err == nil {
+			resp.List, resp.More = listPage(all, r.After, int(r.Limit))
 		}
 	case OpDelete:
 		err = svc.Delete(ctx, r.Seg)
@@ -520,4 +521,31 @@ func writeFrame(w io.Writer, op Op, flags uint16, id uint64, parts ...[]byte) er
 	}
 	_, err := bufs.WriteTo(w)
 	return err
+}
+
+// listPage returns the entries of all after the cursor, in SegmentID order,
+// at most limit (0: MaxListPage) of them, and whether more remain.
+func listPage(all []torus.SegmentInfo, after torus.SegmentID, limit int) ([]torus.SegmentInfo, bool) {
+	if limit <= 0 || limit > MaxListPage {
+		limit = MaxListPage
+	}
+	slices.SortFunc(all, func(a, b torus.SegmentInfo) int { return compareSeg(a.ID, b.ID) })
+	i := 0
+	if after != (torus.SegmentID{}) {
+		i, _ = slices.BinarySearchFunc(all, after, func(e torus.SegmentInfo, t torus.SegmentID) int { return compareSeg(e.ID, t) })
+		if i < len(all) && all[i].ID == after {
+			i++
+		}
+	}
+	page := all[i:]
+	if len(page) > limit {
+		return page[:limit], true
+	}
+	return page, false
+}
+
+// compareSeg orders segment IDs by volume, epoch, seq, kind.
+func compareSeg(a, b torus.SegmentID) int {
+	return cmp.Or(cmp.Compare(a.Volume, b.Volume), cmp.Compare(a.Epoch, b.Epoch),
+		cmp.Compare(a.Seq, b.Seq), cmp.Compare(a.Kind, b.Kind))
 }

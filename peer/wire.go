@@ -195,7 +195,15 @@ type Request struct {
 	Length uint32          // ReadAt
 	Volume uint64          // List, Fence
 	Data   []byte          // Append; aliases the decoded body
+	// List pages: entries after After (in SegmentID order; the zero ID
+	// means from the start), at most Limit of them (0: MaxListPage).
+	After torus.SegmentID
+	Limit uint32
 }
+
+// MaxListPage is the most entries one List response carries (~2.6 MiB);
+// Client.List fetches pages until the daemon says there are no more.
+const MaxListPage = 64 << 10
 
 func putSeg(b []byte, s torus.SegmentID) []byte {
 	b = binary.LittleEndian.AppendUint64(b, s.Volume)
@@ -247,6 +255,8 @@ func AppendRequestFixed(b []byte, r Request) []byte {
 		b = putSeg(b, r.Seg)
 	case OpList:
 		b = binary.LittleEndian.AppendUint64(b, r.Volume)
+		b = putSeg(b, r.After)
+		b = binary.LittleEndian.AppendUint32(b, r.Limit)
 	case OpFence:
 		b = binary.LittleEndian.AppendUint64(b, r.Volume)
 		b = binary.LittleEndian.AppendUint64(b, r.Epoch)
@@ -289,7 +299,7 @@ func DecodeRequest(op Op, body []byte) (Request, error) {
 	case OpStat, OpDelete:
 		want = segIDSize
 	case OpList:
-		want = 8
+		want = 8 + segIDSize + 4
 	case OpFence:
 		want = 16
 	case OpUsage:
@@ -320,6 +330,11 @@ func DecodeRequest(op Op, body []byte) (Request, error) {
 		r.Seg = getSeg(body)
 	case OpList:
 		r.Volume = binary.LittleEndian.Uint64(body)
+		r.After = getSeg(body[8:])
+		r.Limit = binary.LittleEndian.Uint32(body[8+segIDSize:])
+		if r.Limit > MaxListPage {
+			return Request{}, malformed(op, "page of %d entries exceeds %d", r.Limit, MaxListPage)
+		}
 	case OpFence:
 		r.Volume = binary.LittleEndian.Uint64(body)
 		r.Epoch = binary.LittleEndian.Uint64(body[8:])
@@ -417,6 +432,7 @@ type Response struct {
 	List   []torus.SegmentInfo // List
 	Usage  torus.Usage         // Usage
 	Synced int64               // Sync: the segment's durable length
+	More   bool                // List: entries after the last one remain
 }
 
 // AppendResponse appends the body of r, the response to an op, to b.
@@ -442,6 +458,11 @@ func AppendResponse(b []byte, op Op, r Response) []byte {
 		for _, si := range r.List {
 			b = putInfo(b, si)
 		}
+		more := byte(0)
+		if r.More {
+			more = 1
+		}
+		b = append(b, more)
 	case OpUsage:
 		b = binary.LittleEndian.AppendUint64(b, uint64(r.Usage.Used))
 		b = binary.LittleEndian.AppendUint64(b, uint64(r.Usage.Capacity))
@@ -488,8 +509,15 @@ func DecodeResponse(op Op, body []byte) (Response, error) {
 				return Response{}, malformed(op, "short list payload")
 			}
 			count := binary.LittleEndian.Uint32(p)
-			if uint64(len(p)-4) != uint64(count)*segInfoSize {
+			if count > MaxListPage || uint64(len(p)-4) != uint64(count)*segInfoSize+1 {
 				return Response{}, malformed(op, "list of %d entries in %d bytes", count, len(p)-4)
+			}
+			switch p[len(p)-1] {
+			case 0:
+			case 1:
+				r.More = true
+			default:
+				return Response{}, malformed(op, "list more flag %d", p[len(p)-1])
 			}
 			r.List = make([]torus.SegmentInfo, count)
 			for i := range r.List {

@@ -93,8 +93,8 @@ func TestResponseRoundTrip(t *testing.T) {
 	}
 }
 
-// TestSyncGolden pins the version-2 Sync frames byte for byte: the request
-// and the response carrying the durable length.
+// TestSyncGolden pins the version-2 Sync and List frames byte for byte: the
+// Sync response carries the durable length, List is paged.
 func TestSyncGolden(t *testing.T) {
 	seg := torus.SegmentID{Volume: 1, Epoch: 2, Seq: 3, Kind: torus.KindData}
 	req := EncodeRequest(Request{Op: OpSync, Epoch: 2, Seg: seg})
@@ -104,6 +104,10 @@ func TestSyncGolden(t *testing.T) {
 		{"request", hex.EncodeToString(req),
 			"0200000000000000" + "0100000000000000" + "0200000000000000" + "0300000000000000" + "00"},
 		{"response", hex.EncodeToString(resp), "000000" + "0504030201000000"},
+		{"list request", hex.EncodeToString(EncodeRequest(Request{Op: OpList, Volume: 1, After: seg, Limit: 2})),
+			"0100000000000000" + "0100000000000000" + "0200000000000000" + "0300000000000000" + "00" + "02000000"},
+		{"list response", hex.EncodeToString(AppendResponse(nil, OpList, Response{List: []torus.SegmentInfo{{ID: seg, Length: 5, Synced: 4}}, More: true})),
+			"000000" + "01000000" + "0100000000000000" + "0200000000000000" + "0300000000000000" + "00" + "0500000000000000" + "0400000000000000" + "01"},
 		{"frame header", hex.EncodeToString(frame[:HeaderSize]),
 			"54525350" + "02" + "02" + "0100" + "0700000000000000" + "0b000000" + hex.EncodeToString(binary.LittleEndian.AppendUint32(nil, crc32.Checksum(resp, castagnoli)))},
 	} {

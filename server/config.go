@@ -40,7 +40,21 @@ type Config struct {
 	// GCInterval is how often the daemon sweeps its store for segments
 	// that no head or snapshot names. Default 30 s.
 	GCInterval time.Duration
+	// ScrubInterval is how often the background scrub reads and
+	// verifies each sealed segment copy this daemon holds (and replaces
+	// a bad one from a good holder). Default 168 h (weekly); negative
+	// turns the background scrub off.
+	ScrubInterval time.Duration
+	// ScrubRate limits the background scrub's reads, bytes per second.
+	// Default 32 MiB/s; negative means unlimited.
+	ScrubRate int64
 }
+
+// Defaults of the background scrub.
+const (
+	DefaultScrubInterval = 168 * time.Hour
+	DefaultScrubRate     = 32 << 20
+)
 
 // EnsureDefaults fills unset fields.
 func (c *Config) EnsureDefaults() {
@@ -55,6 +69,12 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.GCInterval == 0 {
 		c.GCInterval = 30 * time.Second
+	}
+	if c.ScrubInterval == 0 {
+		c.ScrubInterval = DefaultScrubInterval
+	}
+	if c.ScrubRate == 0 {
+		c.ScrubRate = DefaultScrubRate
 	}
 	if c.PeerListen == "" {
 		c.PeerListen = "127.0.0.1:0"

@@ -88,6 +88,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 	if err != nil {
 		return err
 	}
+	view.inv = inv
 	var segs []rebalance.Segment
 	for _, lens := range view.live {
 		for id, n := range lens {
@@ -138,7 +139,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		go func(c rebalance.Copy) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := s.copySegment(ctx, c.Seg, c.To, c.Length)
+			err := s.copySegment(ctx, c.Seg, c.To, c.Length, view.nblocks(c.Seg.Volume), fullHolders(inv[c.Seg], c.Length, live.reallyUp))
 			s.pending.Add(-(c.Length - c.Have))
 			if err != nil {
 				mu.Lock()
@@ -154,6 +155,12 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		if view.recent[d.Seg] {
 			continue
 		}
+		// Never delete a copy while another may be bad: every other
+		// holder's copy must be synced and verify first.
+		if n := view.live[d.Seg.Volume][d.Seg]; n <= 0 ||
+			!s.verifiedSurplus(ctx, d.Seg, n, view.nblocks(d.Seg.Volume), fullHolders(inv[d.Seg], n, live.reallyUp), r.Replication()) {
+			continue
+		}
 		if err := s.store.Delete(ctx, d.Seg); err != nil {
 			errs = append(errs, err)
 			continue
@@ -165,6 +172,24 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		return fmt.Errorf("healing: %d failures, first: %w", len(errs), errs[0])
 	}
 	return nil
+}
+
+// fullHolders lists the up peers holding at least length bytes of a
+// segment, sorted.
+func fullHolders(hs []rebalance.Holder, length int64, up map[string]bool) []string {
+	var out []string
+	for _, h := range hs {
+		if up[h.Peer] && h.Length >= length {
+			out = append(out, h.Peer)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nblocks is a volume's size in blocks (0 if unknown).
+func (v *clusterView) nblocks(id uint64) uint64 {
+	return uint64(v.volumes[id].Size / torus.BlockSize)
 }
 
 // inventory lists the segments held by every up peer.

@@ -19,6 +19,9 @@ type metrics struct {
 	healDeleted    prometheus.Counter
 	gcDeleted      prometheus.Counter
 	maintenanceErr prometheus.Counter
+	scrubChecked   prometheus.Counter
+	scrubErrors    prometheus.Counter
+	repaired       prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -54,7 +57,13 @@ func newMetrics(s *Server) *metrics {
 		Name: "torus_gc_deleted_segments_total", Help: "Segments removed by garbage collection.", ConstLabels: labels})
 	m.maintenanceErr = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "torus_maintenance_errors_total", Help: "Failed heal, rebalance or GC steps.", ConstLabels: labels})
-	reg.MustRegister(m.healCopied, m.healDeleted, m.gcDeleted, m.maintenanceErr)
+	m.scrubChecked = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "torus_scrub_checked_bytes_total", Help: "Bytes of segment copies read and verified by scrub and by healing's checks.", ConstLabels: labels})
+	m.scrubErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "torus_scrub_errors_total", Help: "Bad or unreadable segment copies found by scrub and healing.", ConstLabels: labels})
+	m.repaired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "torus_repaired_bytes_total", Help: "Bytes copied to replace bad segment copies.", ConstLabels: labels})
+	reg.MustRegister(m.healCopied, m.healDeleted, m.gcDeleted, m.maintenanceErr, m.scrubChecked, m.scrubErrors, m.repaired)
 	return m
 }
 

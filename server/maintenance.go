@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/rebalance"
+	"github.com/torus-storage/torus/scrub"
 	"github.com/torus-storage/torus/volume"
 )
 
@@ -45,6 +46,13 @@ type clusterView struct {
 	// on the replicas it wrote, so their surplus copies are kept until a
 	// checkpoint absorbs them (or the writer detaches).
 	recent map[torus.SegmentID]bool
+	// broken holds the volumes whose live set could not be read (a
+	// checkpoint with no good copy, or etcd failing for that volume):
+	// they are left out of GC, so nothing they might name is deleted,
+	// and out of healing, and reported in their status.
+	broken map[uint64]error
+	// inv is the inventory of up peers (set by heal).
+	inv map[torus.SegmentID][]rebalance.Holder
 }
 
 // maintain runs one pass: GC of local segments that no head or snapshot
@@ -64,7 +72,9 @@ func (s *Server) maintain(ctx context.Context, gc bool) error {
 	if gc {
 		s.collectGarbage(ctx, local, view)
 	}
-	return s.heal(ctx, view)
+	err = s.heal(ctx, view)
+	s.lastView.Store(view)
+	return err
 }
 
 func (s *Server) readView(ctx context.Context) (*clusterView, error) {
@@ -73,7 +83,7 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 		return nil, fmt.Errorf("listing volumes: %w", err)
 	}
 	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64),
-		recent: make(map[torus.SegmentID]bool)}
+		recent: make(map[torus.SegmentID]bool), broken: make(map[uint64]error)}
 	for _, v := range vols {
 		view.volumes[v.ID] = v
 		live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, v.Name, &s.tables)
@@ -81,7 +91,12 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 			if errors.Is(err, torus.ErrNotExist) {
 				continue // deleted meanwhile: its segments are kept this pass
 			}
-			return nil, fmt.Errorf("live segments of %s: %w", v.Name, err)
+			// One unreadable volume must not stop GC and healing of
+			// the others: skip it (GC keeps every segment of a volume
+			// without a live set) and report it.
+			view.broken[v.ID] = err
+			s.log.Error("volume skipped by GC and healing: its live segments cannot be read", "volume", v.Name, "err", err)
+			continue
 		}
 		view.live[v.ID] = live
 		if _, writing, err := s.meta.Writer(ctx, v.Name); err == nil && writing {
@@ -115,81 +130,113 @@ func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, 
 	}
 }
 
-// copySegment copies local segment seg, up to length bytes, to peer to. It
-// resumes where the target's copy ends, so an interrupted copy continues
-// rather than restarting. The copy is written with torus.RepairEpoch and
-// synced before it counts.
-func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string, length int64) error {
-	dst, err := s.pool.Peer(ctx, to)
+// copySegment copies segment seg, up to length bytes, to peer to, from a
+// verified source: this daemon's copy first, then the other holders (a
+// source whose copy does not verify is skipped, and logged). The copy
+// resumes where the target's copy ends, is written with torus.RepairEpoch,
+// and counts only once it is synced to length and reads back verified
+// (scrub.Copy). A bad copy of this daemon's is left to the background
+// scrub to replace.
+func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string, length int64, nblocks uint64, holders []string) error {
+	pool := s.peers()
+	dst, err := pool.Peer(ctx, to)
 	if err != nil {
 		return err
 	}
-	var start int64
-	info, err := dst.Stat(ctx, seg)
-	switch {
-	case errors.Is(err, torus.ErrNotExist):
-	case err != nil:
-		return fmt.Errorf("stat %s on %s: %w", seg, to, err)
-	default:
-		start = info.Length
-	}
-	if start > 0 && start < length {
-		// Check that the target's copy is a prefix of ours (a torn tail
-		// after a crash is not): compare its last chunk.
-		n := min(start, 64<<10)
-		a, b := make([]byte, n), make([]byte, n)
-		if _, err := dst.ReadAt(ctx, seg, a, start-n); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		if _, err := s.store.ReadAt(ctx, seg, b, start-n); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		if string(a) != string(b) {
-			s.log.Warn("heal: target copy diverges; replacing it", "segment", seg, "peer", to)
-			if err := dst.Delete(ctx, seg); err != nil {
-				return err
-			}
-			start = 0
+	sources := []string{s.id}
+	for _, h := range holders {
+		if h != s.id && h != to {
+			sources = append(sources, h)
 		}
 	}
-	buf := make([]byte, 1<<20)
-	for off := start; off < length; {
-		n := min(int64(len(buf)), length-off)
-		m, err := s.store.ReadAt(ctx, seg, buf[:n], off)
-		if err != nil && !(errors.Is(err, io.EOF) && int64(m) == n) {
-			return fmt.Errorf("reading %s at %d: %w", seg, off, err)
+	var errs []error
+	for _, from := range sources {
+		src, err := pool.Peer(ctx, from)
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		if err := dst.Append(ctx, torus.RepairEpoch, seg, off, buf[:n]); err != nil {
-			return fmt.Errorf("copying %s to %s at %d: %w", seg, to, off, err)
+		_, err = scrub.Copy(ctx, src, dst, seg, length, nblocks, scrub.CopyOptions{
+			Send:   s.healLimit,
+			Copied: func(n int64) { s.metrics.healCopied.Add(float64(n)) },
+		})
+		if err == nil {
+			return nil
 		}
-		off += n
-		s.metrics.healCopied.Add(float64(n))
-		if err := s.throttle(ctx, n); err != nil {
-			return err
+		var ce *scrub.CopyError
+		if !errors.As(err, &ce) || ce.Destination {
+			return fmt.Errorf("copying %s from %s to %s: %w", seg, from, to, err)
 		}
+		s.metrics.scrubErrors.Inc()
+		s.log.Error("heal: source copy is bad; trying another holder", "segment", seg, "source", from,
+			"problem", ce.Check.Problem, "blocks", ce.Check.BadBlocks)
+		errs = append(errs, err)
 	}
-	synced, err := dst.Sync(ctx, torus.RepairEpoch, seg)
-	if err != nil {
-		return fmt.Errorf("syncing %s on %s: %w", seg, to, err)
-	}
-	if synced < length {
-		return fmt.Errorf("syncing %s on %s: durable length %d below %d: %w", seg, to, synced, length, torus.ErrUnavailable)
-	}
-	return nil
+	return fmt.Errorf("copying %s to %s: no good source: %w", seg, to, errors.Join(errs...))
 }
 
-// throttle sleeps so copies stay under RebalanceRate bytes per second.
-func (s *Server) throttle(ctx context.Context, n int64) error {
-	if s.cfg.RebalanceRate <= 0 {
-		return nil
+// verifiedSurplus reports whether this daemon's surplus copy of seg may be
+// deleted: at least replication other holders have a copy that is synced
+// to length and verifies, and none is bad. When another holder's copy is
+// bad it is replaced first, from a good copy (this daemon's or another
+// holder's), and this copy is kept until a later pass sees every other
+// copy good.
+func (s *Server) verifiedSurplus(ctx context.Context, seg torus.SegmentID, length int64, nblocks uint64, holders []string, replication int) bool {
+	pool := s.peers()
+	var good, bad []string
+	for _, h := range holders {
+		if h == s.id {
+			continue
+		}
+		svc, err := pool.Peer(ctx, h)
+		if err != nil {
+			continue
+		}
+		info, err := svc.Stat(ctx, seg)
+		if err != nil || info.Synced < length {
+			continue // unsynced or unreadable: not counted, not repaired here
+		}
+		c, err := scrub.Check(ctx, svc, seg, length, nblocks, nil)
+		if err != nil {
+			continue
+		}
+		s.metrics.scrubChecked.Add(float64(c.Length))
+		if c.OK() {
+			good = append(good, h)
+		} else {
+			s.metrics.scrubErrors.Inc()
+			bad = append(bad, h)
+		}
 	}
-	d := time.Duration(float64(n) / float64(s.cfg.RebalanceRate) * float64(time.Second))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+	if len(good) >= replication && len(bad) == 0 {
+		return true
 	}
+	if len(bad) == 0 {
+		return false
+	}
+	var src torus.PeerService
+	if mine, err := scrub.Check(ctx, s.local, seg, length, nblocks, nil); err == nil && mine.OK() {
+		src = s.local
+	} else if len(good) > 0 {
+		if src, err = pool.Peer(ctx, good[0]); err != nil {
+			return false
+		}
+	} else {
+		s.log.Error("heal: no good copy of a segment to replace its bad copies from", "segment", seg, "bad", bad)
+		return false
+	}
+	for _, h := range bad {
+		dst, err := pool.Peer(ctx, h)
+		if err != nil {
+			continue
+		}
+		s.log.Warn("heal: a copy is bad; replacing it from a verified copy before deleting a surplus one", "segment", seg, "peer", h)
+		n, err := scrub.Copy(ctx, src, dst, seg, length, nblocks, scrub.CopyOptions{Send: s.healLimit, Replace: true})
+		if err != nil {
+			s.log.Warn("heal: replacing a bad copy failed", "segment", seg, "peer", h, "err", err)
+			continue
+		}
+		s.metrics.repaired.Add(float64(n))
+	}
+	return false
 }

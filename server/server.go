@@ -14,6 +14,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/peer"
+	"github.com/torus-storage/torus/scrub"
 	"github.com/torus-storage/torus/storage"
 	"github.com/torus-storage/torus/volume"
 )
@@ -24,33 +25,37 @@ type Server struct {
 	meta torus.Metadata
 	log  *slog.Logger
 
-	id         string
-	store      *storage.Disk
-	local      *peer.Local
-	psrv       *peer.Server
-	peerLn     net.Listener
-	httpSrv    *http.Server
-	httpLn     net.Listener
-	advert     string
-	metrics    *metrics
-	pool       *peer.Pool
-	ready      atomic.Bool
-	inRing     atomic.Bool
-	pending    atomic.Int64
-	life       context.Context // ends at Close; owns the liveness session
-	endLife    context.CancelFunc
-	tables     volume.TableCache
-	downMu     sync.Mutex
-	downSince  map[string]time.Time
-	lastHealth map[string]torus.VolumeHealth
-	fullLevel  atomic.Int32 // 0, 80 or 90: the last fullness warning given
-	sessMu     sync.Mutex
-	session    torus.Session
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
-	closeMu    sync.Mutex
-	closed     bool
-	closeErr   error
+	id           string
+	store        *storage.Disk
+	local        *peer.Local
+	psrv         *peer.Server
+	peerLn       net.Listener
+	httpSrv      *http.Server
+	httpLn       net.Listener
+	advert       string
+	metrics      *metrics
+	pool         *peer.Pool
+	ready        atomic.Bool
+	inRing       atomic.Bool
+	pending      atomic.Int64
+	life         context.Context // ends at Close; owns the liveness session
+	endLife      context.CancelFunc
+	tables       volume.TableCache
+	healLimit    *scrub.Limiter              // paces healing's appends (RebalanceRate)
+	lastView     atomic.Pointer[clusterView] // the last maintenance pass's view, for the background scrub
+	unrepMu      sync.Mutex
+	unrepairable map[torus.SegmentID][]uint64 // segments the background scrub found no good copy of
+	downMu       sync.Mutex
+	downSince    map[string]time.Time
+	lastHealth   map[string]torus.VolumeHealth
+	fullLevel    atomic.Int32 // 0, 80 or 90: the last fullness warning given
+	sessMu       sync.Mutex
+	session      torus.Session
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	closeMu      sync.Mutex
+	closed       bool
+	closeErr     error
 }
 
 // New checks cfg and returns a daemon that Start will bring up.
@@ -63,7 +68,8 @@ func New(cfg Config, meta torus.Metadata, logger *slog.Logger) (*Server, error) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	life, endLife := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, meta: meta, log: logger, life: life, endLife: endLife}, nil
+	return &Server{cfg: cfg, meta: meta, log: logger, life: life, endLife: endLife,
+		healLimit: &scrub.Limiter{Rate: cfg.RebalanceRate}}, nil
 }
 
 // ID is the daemon's stable peer ID (valid after Start).
@@ -173,6 +179,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.goAttachCtx(runCtx, s.heartbeatLoop)
 	s.goAttachCtx(runCtx, s.watchLoop)
 	s.goAttachCtx(runCtx, s.maintenanceLoop)
+	if s.cfg.ScrubInterval > 0 {
+		s.goAttachCtx(runCtx, s.scrubLoop)
+	}
 	s.ready.Store(true)
 	s.log.Info("torusd started", "peer_address", s.advert, "http", s.HTTPAddr(), "zone", s.cfg.Zone,
 		"capacity", s.cfg.Capacity, "data_dir", s.cfg.DataDir)

@@ -13,10 +13,21 @@ import (
 // sealed live segment is counted by its full copies on peers that are up.
 // Healthy: every segment has replication copies; degraded: every segment
 // has at least one; unavailable: some segment has none.
-func volumeStatuses(view *clusterView, replication int, segs []rebalance.Segment, up map[string]bool, plan *rebalance.Plan, reporter string) []torus.VolumeStatus {
+//
+// A volume whose live segments could not be read (view.broken) is
+// unavailable with the reason in Problem; one with blocks that scrub found
+// no good copy of (unrepairable, by volume ID) is unavailable and lists them.
+func volumeStatuses(view *clusterView, replication int, segs []rebalance.Segment, up map[string]bool, plan *rebalance.Plan, reporter string, unrepairable map[uint64][]uint64) []torus.VolumeStatus {
 	byID := make(map[uint64]*torus.VolumeStatus, len(view.volumes))
 	for id, v := range view.volumes {
-		byID[id] = &torus.VolumeStatus{Volume: v.Name, ID: id, Health: torus.VolumeHealthy, Reporter: reporter, Updated: time.Now()}
+		st := &torus.VolumeStatus{Volume: v.Name, ID: id, Health: torus.VolumeHealthy, Reporter: reporter, Updated: time.Now()}
+		if err := view.broken[id]; err != nil {
+			st.Health, st.Problem = torus.VolumeUnavailable, "live segments unreadable: "+err.Error()
+		}
+		if b := unrepairable[id]; len(b) > 0 {
+			st.Health, st.UnrepairableBlocks = torus.VolumeUnavailable, len(b)
+		}
+		byID[id] = st
 	}
 	for _, sg := range segs {
 		st := byID[sg.ID.Volume]
@@ -74,7 +85,7 @@ func (s *Server) publishStatus(ctx context.Context, view *clusterView, replicati
 			return
 		}
 	}
-	st := volumeStatuses(view, replication, segs, live.reallyUp, plan, s.id)
+	st := volumeStatuses(view, replication, segs, live.reallyUp, plan, s.id, s.unrepairableBlocks())
 	s.downMu.Lock()
 	if s.lastHealth == nil {
 		s.lastHealth = make(map[string]torus.VolumeHealth)

@@ -25,7 +25,7 @@ func TestVolumeStatuses(t *testing.T) {
 		{ID: torus.SegmentID{Volume: 1, Seq: 9}, Sealed: false, Holders: []rebalance.Holder{h("p1", 10)}},
 	}
 	plan := &rebalance.Plan{Moves: rebalance.Moves{Copies: []rebalance.Copy{{Seg: segs[1].ID, From: "p1", To: "p2", Length: 100, Have: 50}}}}
-	got := volumeStatuses(view, 2, segs, up, plan, "p1")
+	got := volumeStatuses(view, 2, segs, up, plan, "p1", nil)
 	want := map[string]struct {
 		h            torus.VolumeHealth
 		under, unav  int

@@ -84,32 +84,16 @@ func (v *Volume) readTail(ctx context.Context, s *segState, from, to int64) ([]b
 			errs = append(errs, fmt.Errorf("peer %s: %w", id, err))
 			continue
 		}
-		if err := verifyRecords(buf); err != nil {
-			errs = append(errs, fmt.Errorf("peer %s: %w", id, err))
+		// Records are position-independent: the tail verifies as a
+		// segment of its own.
+		if c := VerifySegment(s.id, buf, int64(len(buf)), 0); !c.OK() {
+			errs = append(errs, fmt.Errorf("peer %s: %w: tail at %d: %s", id, torus.ErrCorrupt, from, c.Problem))
 			continue
 		}
 		return buf, nil
 	}
 	return nil, fmt.Errorf("volume %s: unflushed writes of %v [%d, %d) on no replica; they are lost: %w",
 		v.name, s.id, from, to, errors.Join(append(errs, torus.ErrUnavailable)...))
-}
-
-// verifyRecords checks that p is whole records whose headers, CRC arrays
-// and block data all verify.
-func verifyRecords(p []byte) error {
-	recs, valid := ScanRecords(p, 0)
-	if valid != int64(len(p)) {
-		return fmt.Errorf("%w: records end at %d of %d bytes", torus.ErrCorrupt, valid, len(p))
-	}
-	for _, r := range recs {
-		for i, c := range r.CRCs {
-			at := r.DataOffset + int64(i)*torus.BlockSize
-			if BlockCRC(p[at:at+torus.BlockSize]) != c {
-				return fmt.Errorf("%w: block %d of the record at %d", torus.ErrCorrupt, r.Block+uint64(i), r.Offset)
-			}
-		}
-	}
-	return nil
 }
 
 // landCarry appends the carry at the open segment's length and, once every

@@ -461,3 +461,147 @@ func TestPowerLossTorn(t *testing.T) {
 	defer v2.Close(ctx)
 	verify(t, ctx, v2, flushed)
 }
+
+// TestReadOnlyViewAfterGC: a read-only open of a live volume whose
+// segments were superseded and collected must not fail reads with EIO (it
+// did: its frozen index named deleted segments); it moves to the current
+// head.
+func TestReadOnlyViewAfterGC(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20})
+	const size = 2 << 20
+	c.create("vol", size, 0)
+	w := c.open("vol", Options{Owner: "w"})
+	defer w.Close(ctx)
+	r := rand.New(rand.NewPCG(35, 36))
+	if err := w.WriteAt(ctx, randBytes(r, size), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Snapshot(ctx, "s1"); err != nil { // seals and checkpoints
+		t.Fatal(err)
+	}
+	if err := c.meta.DeleteSnapshot(ctx, "vol", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	ro := c.open("vol", Options{ReadOnly: true})
+	defer ro.Close(ctx)
+	old := ro.Info().Head
+	now := randBytes(r, size)
+	if err := w.WriteAt(ctx, now, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Snapshot(ctx, "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.meta.DeleteSnapshot(ctx, "vol", "s2"); err != nil {
+		t.Fatal(err)
+	}
+	// The sweep: every data segment of the old view is superseded.
+	var gone []torus.SegmentID
+	if old.Checkpoint != nil {
+		ck, err := ro.readCheckpoint(ctx, *old.Checkpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range ck.Segments {
+			gone = append(gone, s.ID)
+		}
+		gone = append(gone, old.Checkpoint.ID)
+	}
+	for _, s := range old.Sealed {
+		gone = append(gone, s.ID)
+	}
+	if len(gone) == 0 {
+		t.Fatal("the old view names no segment")
+	}
+	for _, st := range c.stores {
+		for _, id := range gone {
+			if err := st.Delete(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got := make([]byte, size)
+	if err := ro.ReadAt(ctx, got, 0); err != nil {
+		t.Fatalf("read-only read after the GC: %v", err)
+	}
+	if !bytes.Equal(got, now) {
+		t.Fatal("read-only view reads neither the old nor the current contents")
+	}
+}
+
+// TestSnapshotWithCarry: a snapshot taken just as a replica fails with
+// unflushed writes: the carry lands first, then the forced checkpoint, and
+// the snapshot holds every write.
+func TestSnapshotWithCarry(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3})
+	const size = 2 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(ctx)
+	r := rand.New(rand.NewPCG(37, 38))
+	m := make(model, size)
+	workload(t, ctx, v, m, r, 30)
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	workload(t, ctx, v, m, r, 30) // unflushed
+	victim := openReplicas(v)[0]
+	c.stores[victim].SetFault(func(op string, _ torus.SegmentID) error {
+		if op == storage.OpSync || op == storage.OpAppend {
+			return errors.New("disk on fire")
+		}
+		return nil
+	})
+	if err := v.Snapshot(ctx, "snap"); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	if v.Stats().CarriedBytes == 0 {
+		t.Fatal("nothing carried: the test proves nothing")
+	}
+	s := c.open("vol", Options{Snapshot: "snap"})
+	defer s.Close(ctx)
+	verify(t, ctx, s, m)
+}
+
+// TestCarrySkipsCorruptCopy: the unflushed tail to carry is read back from
+// a replica whose copy verifies: a survivor returning flipped bits is
+// passed over for another copy, and nothing corrupt is carried.
+func TestCarrySkipsCorruptCopy(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3})
+	const size = 2 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(ctx)
+	r := rand.New(rand.NewPCG(39, 40))
+	m := make(model, size)
+	workload(t, ctx, v, m, r, 30)
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	workload(t, ctx, v, m, r, 30) // unflushed
+	reps := openReplicas(v)
+	victim, survivor := reps[0], reps[1]
+	// The victim can no longer write or sync but still reads; the
+	// survivor's reads come back with a flipped bit.
+	c.stores[victim].SetFault(func(op string, _ torus.SegmentID) error {
+		if op == storage.OpSync || op == storage.OpAppend {
+			return errors.New("disk on fire")
+		}
+		return nil
+	})
+	c.setCorrupt(survivor, true)
+	if err := v.Flush(ctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if v.Stats().CarriedBytes == 0 {
+		t.Fatal("nothing carried: the test proves nothing")
+	}
+	c.setCorrupt(survivor, false)
+	verify(t, ctx, v, m)
+	v2 := crashWriter(t, c, v)
+	defer v2.Close(ctx)
+	verify(t, ctx, v2, m)
+}

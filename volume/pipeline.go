@@ -18,12 +18,6 @@ import (
 // write rate is no longer one batch per round trip.
 const maxInflight = 4
 
-// asyncAppender is implemented by peer.Client: an Append whose request is
-// sent before the call returns and whose answer is awaited with wait.
-type asyncAppender interface {
-	AppendAsync(ctx context.Context, epoch uint64, seg torus.SegmentID, off int64, p []byte) (wait func() error)
-}
-
 // flight is one batch sent to the replicas of the open segment and not yet
 // landed (acknowledged by all and committed, or failed).
 type flight struct {
@@ -199,7 +193,8 @@ func (p *pipeline) launch(batch []*writeReq, size int64) {
 	p.q = append(p.q, f)
 	for _, id := range replicas {
 		w := p.worker(id)
-		if len(buf) <= directLimit && w.pending.Load() == 0 && p.sendDirect(f, id) {
+		if len(buf) <= directLimit && w.pending.Load() == 0 {
+			p.sendDirect(f, id)
 			continue
 		}
 		w.pending.Add(1)
@@ -292,24 +287,17 @@ func complete(batch []*writeReq, err error) {
 	}
 }
 
-// sendDirect sends f to replica id from the appender goroutine if the peer
-// offers AppendAsync, and reports whether it did.
-func (p *pipeline) sendDirect(f *flight, id string) bool {
+// sendDirect starts f's append to replica id from the appender goroutine.
+func (p *pipeline) sendDirect(f *flight, id string) {
 	v := p.v
 	ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
 	ps, err := v.peers.Peer(ctx, id)
 	if err != nil {
 		cancel()
 		f.res <- replicaResult{id, err}
-		return true
+		return
 	}
-	a, ok := ps.(asyncAppender)
-	if !ok {
-		cancel()
-		return false
-	}
-	p.await(a.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf), cancel, f, id)
-	return true
+	p.await(ps.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf), cancel, f, id)
 }
 
 // await delivers the answer of a started append to f, from a goroutine.
@@ -324,9 +312,8 @@ func (p *pipeline) await(wait func() error, cancel context.CancelFunc, f *flight
 }
 
 // worker returns replica id's worker, starting it. A worker sends one
-// replica's appends in order: through AppendAsync when the peer offers it
-// (the answer is awaited by a goroutine of its own, so the next batch is
-// sent at once), otherwise with a blocking Append.
+// replica's appends in order with AppendAsync (the answer is awaited by a
+// goroutine of its own, so the next batch is sent at once).
 func (p *pipeline) worker(id string) *replicaWorker {
 	if w, ok := p.workers[id]; ok {
 		return w
@@ -347,16 +334,9 @@ func (p *pipeline) worker(id string) *replicaWorker {
 				f.res <- replicaResult{j.id, err}
 				continue
 			}
-			if a, ok := ps.(asyncAppender); ok {
-				wait := a.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf)
-				w.pending.Add(-1)
-				p.await(wait, cancel, f, j.id)
-				continue
-			}
-			err = ps.Append(ctx, v.epoch, f.seg.id, f.off, f.buf)
-			cancel()
+			wait := ps.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf)
 			w.pending.Add(-1)
-			f.res <- replicaResult{j.id, err}
+			p.await(wait, cancel, f, j.id)
 		}
 	}()
 	return w

@@ -34,12 +34,42 @@ type readRun struct {
 // read fills p from the index. If a run cannot be read anywhere it looks
 // the blocks up once more: compaction may have moved them and the GC removed
 // the old segment while the read was in flight.
+//
+// A read-only open of a live volume (not a snapshot) is not protected from
+// the GC: once compaction and the sweep removed what its view names, it
+// moves its view to the volume's current head and reads again (logged).
+// Snapshots are the way to a view that stays.
 func (v *Volume) read(ctx context.Context, p []byte, off int64) error {
 	err := v.readOnce(ctx, p, off)
 	if err != nil && ctx.Err() == nil && errors.Is(err, torus.ErrUnavailable) {
 		err = v.readOnce(ctx, p, off)
 	}
+	if err != nil && ctx.Err() == nil && errors.Is(err, torus.ErrUnavailable) && v.ro && v.snap == "" {
+		if rerr := v.reloadView(ctx); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		err = v.readOnce(ctx, p, off)
+	}
 	return err
+}
+
+// reloadView rebuilds a read-only open's index from the current head.
+func (v *Volume) reloadView(ctx context.Context) error {
+	head, err := v.meta.Head(ctx, v.name)
+	if err != nil {
+		return fmt.Errorf("volume %s: reloading the view: %w", v.name, err)
+	}
+	idx, _, err := v.rebuild(ctx, head, nil)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	v.idx, v.head = idx, head
+	v.forgetCandidates()
+	v.mu.Unlock()
+	v.log.Warn("read-only view's segments are gone (compacted and collected); the view moved to the current head",
+		"sealed", len(head.Sealed), "checkpoint", head.Checkpoint)
+	return nil
 }
 
 func (v *Volume) readOnce(ctx context.Context, p []byte, off int64) error {

@@ -243,31 +243,32 @@ func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
 			// carried blocks' old places.
 			m, openNew = ckptNever, true
 		}
-		if err := v.rollOnce(ctx, m, openNew); err != nil {
+		checkpointed, err := v.rollOnce(ctx, m, openNew)
+		if err != nil {
 			return err
 		}
-		if v.carry == nil {
-			if m == mode {
-				return nil
+		if v.carry != nil {
+			if err := v.landCarry(ctx); err != nil {
+				if !errors.Is(err, errBroken) || attempt >= 3 {
+					return err
+				}
+				continue // a replica of the new segment failed: roll again
 			}
-			continue // the carry landed: now the checkpoint asked for
 		}
-		err := v.landCarry(ctx)
-		if err == nil && m == mode {
+		if checkpointed || mode != ckptForce || attempt >= 3 {
 			return nil
 		}
-		if err != nil && (!errors.Is(err, errBroken) || attempt >= 3) {
-			return err
-		}
+		// A forced checkpoint is still owed: seal again, now without a carry.
 	}
 }
 
-// rollOnce is one seal-and-commit of roll.
-func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) error {
+// rollOnce is one seal-and-commit of roll; it reports whether it wrote a
+// checkpoint. No checkpoint is written while a carry is pending.
+func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (bool, error) {
 	old := v.open
 	if old != nil {
 		if err := v.secure(ctx, old); err != nil {
-			return err
+			return false, err
 		}
 	}
 	v.mu.Lock()
@@ -286,11 +287,11 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) erro
 	v.mu.Unlock()
 
 	var ck *torus.SegmentRef
-	if mode == ckptForce || mode == ckptIfDue && len(nh.Sealed) >= v.cfg.CheckpointEvery {
+	if v.carry == nil && (mode == ckptForce || mode == ckptIfDue && len(nh.Sealed) >= v.cfg.CheckpointEvery) {
 		ref, err := v.writeCheckpoint(ctx, nh.NextSeq)
 		if err != nil {
 			if mode == ckptForce {
-				return err
+				return false, err
 			}
 			v.log.Warn("checkpoint skipped", "err", err)
 		} else {
@@ -306,7 +307,7 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) erro
 		err := fmt.Errorf("volume %s: %d sealed segments since the last checkpoint (limit %d): checkpoints keep failing: %w",
 			v.name, len(nh.Sealed), v.maxSealed, torus.ErrUnavailable)
 		v.log.Error("writes refused until a checkpoint succeeds", "err", err)
-		return err
+		return false, err
 	}
 
 	var next *segState
@@ -324,7 +325,7 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) erro
 		}
 	}
 	if err := v.commit(ctx, nh); err != nil {
-		return err
+		return false, err
 	}
 	v.mu.Lock()
 	v.head = nh
@@ -345,7 +346,7 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) erro
 		}
 	}
 	v.log.Debug("rolled", "sealed", old != nil && old.length > 0, "checkpoint", ck != nil, "open", nh.Open)
-	return placeErr
+	return ck != nil, placeErr
 }
 
 // commitResolveTimeout bounds how long a writer tries to learn the outcome

@@ -1,7 +1,8 @@
 // Command torusctl administers a Torus cluster through etcd. See
 // `torusctl --help`; the commands live in internal/cli. This file only
 // wires in what the cli package does not import: the volume package, used
-// to snapshot a volume that has no writer.
+// to snapshot a volume that has no writer, and the peer pool that reaches
+// the daemons (volume scrub).
 package main
 
 import (
@@ -22,15 +23,19 @@ func main() {
 
 // deps are torusctl's production dependencies.
 func deps() cli.Deps {
-	return cli.Deps{SnapshotClosedVolume: snapshotClosed}
+	return cli.Deps{SnapshotClosedVolume: snapshotClosed, Peers: peers}
 }
 
-// snapshotClosed opens a volume without a writer as writer, snapshots it
-// and closes it (volume.SnapshotClosed), reaching the peers through a pool
-// that resolves IDs via md.Peers. Warnings go to stderr.
-func snapshotClosed(ctx context.Context, md torus.Metadata, vol, name string) error {
+// peers returns a pool reaching the daemons by the addresses md lists.
+func peers(md torus.Metadata) (torus.PeerPool, func(), error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool := peer.NewPool(func(ctx context.Context, id string) (string, error) {
+	pool := newPool(md, log)
+	return pool, func() { pool.Close() }, nil
+}
+
+// newPool is a peer pool that resolves IDs via md.Peers.
+func newPool(md torus.Metadata, log *slog.Logger) *peer.Pool {
+	return peer.NewPool(func(ctx context.Context, id string) (string, error) {
 		peers, err := md.Peers(ctx)
 		if err != nil {
 			return "", err
@@ -42,6 +47,14 @@ func snapshotClosed(ctx context.Context, md torus.Metadata, vol, name string) er
 		}
 		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
 	}, peer.ClientConfig{}, log)
+}
+
+// snapshotClosed opens a volume without a writer as writer, snapshots it
+// and closes it (volume.SnapshotClosed), reaching the peers through a pool
+// that resolves IDs via md.Peers. Warnings go to stderr.
+func snapshotClosed(ctx context.Context, md torus.Metadata, vol, name string) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	pool := newPool(md, log)
 	defer pool.Close()
 	return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, vol, name)
 }

@@ -35,7 +35,8 @@ type flags struct {
 	devEtcdClient, devEtcdPeer      string
 	rebalanceRate                   string
 	downGrace, heartbeatTTL         time.Duration
-	gcInterval                      time.Duration
+	gcInterval, scrubInterval       time.Duration
+	scrubRate                       string
 	logLevel                        string
 }
 
@@ -69,6 +70,8 @@ func parse(args []string) (*flags, error) {
 	fs.DurationVar(&f.downGrace, "down-grace", 2*time.Minute, "how long a peer stays down before its data is re-replicated")
 	fs.DurationVar(&f.heartbeatTTL, "heartbeat-ttl", 5*time.Second, "liveness lease TTL: a dead daemon shows down within this")
 	fs.DurationVar(&f.gcInterval, "gc-interval", 30*time.Second, "how often unreferenced segments are swept")
+	fs.DurationVar(&f.scrubInterval, "scrub-interval", server.DefaultScrubInterval, "how often the background scrub verifies each segment copy this daemon holds (0: off)")
+	fs.StringVar(&f.scrubRate, "scrub-rate", "32MiB", "background scrub read rate per second (0: unlimited)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -120,6 +123,17 @@ func run(args []string) error {
 		}
 	}
 
+	scrubRate := int64(-1) // unlimited
+	if f.scrubRate != "0" && f.scrubRate != "" {
+		if scrubRate, err = storage.ParseSize(f.scrubRate, f.dataDir); err != nil {
+			return fmt.Errorf("--scrub-rate: %w", err)
+		}
+	}
+	scrubInterval := f.scrubInterval
+	if scrubInterval == 0 {
+		scrubInterval = -1 // off
+	}
+
 	endpoints := splitList(f.etcd)
 	var embedded *etcdmeta.Embedded
 	if f.dev {
@@ -156,6 +170,7 @@ func run(args []string) error {
 		PeerListen: f.peerAddr, PeerAdvertise: f.advertise, HTTPListen: f.httpAddr,
 		Zone: f.zone, AutoJoin: f.autoJoin, RebalanceRate: rate,
 		DownGrace: f.downGrace, HeartbeatTTL: f.heartbeatTTL, GCInterval: f.gcInterval,
+		ScrubInterval: scrubInterval, ScrubRate: scrubRate,
 	}, meta, log)
 	if err != nil {
 		return err

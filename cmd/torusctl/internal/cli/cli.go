@@ -42,6 +42,10 @@ type Deps struct {
 	// opening it as writer briefly). main wires volume.SnapshotClosed;
 	// the default (for tests of this package) fails with a hint.
 	SnapshotClosedVolume func(ctx context.Context, md torus.Metadata, volume, name string) error
+	// Peers reaches the daemons (volume scrub); done releases the pool.
+	// main wires a peer.Pool resolving IDs via md.Peers; the default
+	// fails.
+	Peers func(md torus.Metadata) (pool torus.PeerPool, done func(), err error)
 	// Getenv reads the environment (TORUS_ETCD, TORUS_ETCD_PREFIX).
 	Getenv func(string) string
 	// Now is the clock for "last seen" ages.
@@ -98,6 +102,9 @@ func (d *Deps) ensureDefaults() {
 	if d.SnapshotClosedVolume == nil {
 		d.SnapshotClosedVolume = snapshotClosedVolume
 	}
+	if d.Peers == nil {
+		d.Peers = noPeers
+	}
 	if d.Getenv == nil {
 		d.Getenv = os.Getenv
 	}
@@ -127,6 +134,10 @@ func Main(args []string, stdout, stderr io.Writer, deps Deps) int {
 	cmd.SetArgs(args)
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "torusctl: %v\n", err)
+		var ee *ExitError
+		if errors.As(err, &ee) {
+			return ee.Code
+		}
 		return 1
 	}
 	return 0

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +29,9 @@ type Status struct {
 	// UnderReplicated and Unavailable sum the volumes' segment counts.
 	UnderReplicated int `json:"under_replicated"`
 	Unavailable     int `json:"unavailable"`
+	// Damaged lists the volumes with blocks scrub found no good copy of,
+	// or whose live segments could not be read, with the reason.
+	Damaged map[string]string `json:"damaged,omitempty"`
 	// RebalancePending sums the peers' pending bytes (rebalance backlog
 	// from their heartbeats); HealPending sums the volumes' PendingBytes.
 	RebalancePending int64 `json:"rebalance_pending"`
@@ -66,6 +70,12 @@ func Summarize(cfg torus.ClusterConfig, ring torus.RingSpec, peers []torus.PeerI
 		st.VolumeHealth[string(s.Health)]++
 		st.UnderReplicated += s.UnderReplicated
 		st.Unavailable += s.Unavailable
+		if why := damage(s); why != "" {
+			if st.Damaged == nil {
+				st.Damaged = map[string]string{}
+			}
+			st.Damaged[v.Name] = why
+		}
 		st.HealPending += s.PendingBytes
 		st.Stored += s.Stored
 	}
@@ -126,6 +136,18 @@ progress bar on a terminal. -o json prints the same for scripts.`,
 	}
 }
 
+// damage says what is wrong with a volume beyond redundancy, "" if nothing.
+func damage(s torus.VolumeStatus) string {
+	var why []string
+	if s.UnrepairableBlocks > 0 {
+		why = append(why, fmt.Sprintf("%d unrepairable blocks (torusctl volume scrub %s names them)", s.UnrepairableBlocks, s.Volume))
+	}
+	if s.Problem != "" {
+		why = append(why, s.Problem)
+	}
+	return strings.Join(why, "; ")
+}
+
 func writeStatus(w io.Writer, st Status, term bool) {
 	row(w, "ring:", fmt.Sprintf("version %d, replication %d, %d members", st.RingVersion, st.Replication, st.RingMembers))
 	row(w, "peers:", fmt.Sprintf("%d up, %d down, %d draining, %d new, %d removed",
@@ -152,6 +174,14 @@ func writeStatus(w io.Writer, st Status, term bool) {
 	row(w, "volumes:", fmt.Sprintf("%d (%d open): %s", st.Volumes, st.OpenVolumes, health))
 	if st.UnderReplicated > 0 || st.Unavailable > 0 {
 		row(w, "segments:", fmt.Sprintf("%d under-replicated, %d unavailable", st.UnderReplicated, st.Unavailable))
+	}
+	names := make([]string, 0, len(st.Damaged))
+	for n := range st.Damaged {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		row(w, "damaged:", n+": "+st.Damaged[n])
 	}
 	if st.HealPending == 0 && st.RebalancePending == 0 {
 		row(w, "healing:", "nothing pending")

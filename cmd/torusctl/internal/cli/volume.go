@@ -17,7 +17,7 @@ import (
 func (a *app) volumeCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Aliases: []string{"vol"}, Short: "Create, list, resize and delete volumes"}
 	cmd.AddCommand(a.volumeCreateCmd(), a.volumeListCmd(), a.volumeDeleteCmd(), a.volumeResizeCmd(),
-		a.volumeSetCmd(), a.volumeUnlockCmd(), a.volumeDefaultExportCmd())
+		a.volumeSetCmd(), a.volumeUnlockCmd(), a.volumeDefaultExportCmd(), a.volumeScrubCmd())
 	return cmd
 }
 
@@ -79,6 +79,9 @@ type volumeRow struct {
 	Unavailable     *int       `json:"unavailable"`      // live segments with no up copy
 	PendingBytes    *int64     `json:"pending_bytes"`    // bytes healing still has to copy
 	StatusUpdated   *time.Time `json:"status_updated"`
+	// Damage says what scrub or maintenance found beyond redundancy:
+	// unrepairable blocks, or live segments that cannot be read.
+	Damage string `json:"damage,omitempty"`
 }
 
 func (a *app) volumeListCmd() *cobra.Command {
@@ -116,6 +119,7 @@ status the daemons publish every few seconds; "-" means not reported yet.`,
 						h := string(s.Health)
 						r.Used, r.Health, r.UnderReplicated, r.Unavailable, r.PendingBytes, r.StatusUpdated =
 							&s.Used, &h, &s.UnderReplicated, &s.Unavailable, &s.PendingBytes, &s.Updated
+						r.Damage = damage(s)
 					}
 					rows = append(rows, r)
 				}
@@ -136,6 +140,11 @@ status the daemons publish every few seconds; "-" means not reported yet.`,
 							under = strconv.Itoa(*r.UnderReplicated)
 						}
 						row(w, r.Name, FormatSize(r.Size), used, writer, minr, health, under, pending)
+					}
+					for _, r := range rows {
+						if r.Damage != "" {
+							fmt.Fprintf(w, "%s: damaged: %s\n", r.Name, r.Damage)
+						}
 					}
 				})
 			})
