@@ -2,7 +2,6 @@ package volume
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -24,42 +23,44 @@ type flight struct {
 	batch []*writeReq
 	buf   []byte  // the encoded records; the appender's until landed
 	offs  []int64 // each record's offset in buf
-	seg   *segState
-	off   int64 // the segment offset buf was sent at
-	n     int   // replicas sent to
-	res   chan replicaResult
-
-	got     int
-	failed  []string
-	errs    []error // of the failed replicas, in the same order
-	noSpace bool
-	fenced  error
+	seg    *segState
+	off    int64    // the segment offset buf was sent at
+	ids    []string // replicas sent to
+	errs   []error  // their answers, by index in ids
+	pooled bool     // buf is from the pipeline's free list
+	res    chan replicaResult
+	got    int
+	o      outcome // once got == len(ids)
 }
 
 type replicaResult struct {
-	id  string
+	i   int // index in flight.ids
 	err error
 }
 
+// record takes one answer; the last one settles the flight's outcome, by
+// the same rule as every other fan-out (tally).
 func (f *flight) record(r replicaResult) {
 	f.got++
-	if r.err == nil {
-		return
+	if r.err != nil {
+		f.errs[r.i] = fmt.Errorf("peer %s: %w", f.ids[r.i], r.err)
 	}
-	if errors.Is(r.err, torus.ErrFenced) {
-		f.fenced = r.err
+	if f.got == len(f.ids) {
+		f.o = tally(f.ids, f.errs)
 	}
-	if errors.Is(r.err, torus.ErrNoSpace) {
-		f.noSpace = true
+}
+
+// collect waits for every answer of f.
+func (f *flight) collect() {
+	for f.got < len(f.ids) {
+		f.record(<-f.res)
 	}
-	f.failed = append(f.failed, r.id)
-	f.errs = append(f.errs, r.err)
 }
 
 // appendJob asks a replica worker to append f.buf at f.off.
 type appendJob struct {
-	f  *flight
-	id string
+	f *flight
+	i int // the replica's index in f.ids
 }
 
 // pipeline is the appender goroutine's state.
@@ -91,7 +92,7 @@ const directLimit = 256 << 10
 // order. Control functions run with nothing in flight.
 func (v *Volume) appender() {
 	defer v.wg.Done()
-	p := &pipeline{v: v, workers: make(map[string]*replicaWorker)}
+	p := v.pipe
 	defer p.stopWorkers()
 	// held is a small batch kept back while others are in flight: small
 	// writes gain nothing from a deeper pipeline and lose group commit
@@ -133,7 +134,7 @@ func (v *Volume) appender() {
 		case r := <-oldest:
 			f := p.q[0]
 			f.record(r)
-			if f.got == f.n {
+			if f.got == len(f.ids) {
 				p.land()
 			}
 		case r := <-reqs:
@@ -184,25 +185,36 @@ func (p *pipeline) launch(batch []*writeReq, size int64) {
 		buf = make([]byte, 0, max(size, 2*maxBatch))
 	}
 	buf, offs := v.encodeBatch(batch, buf)
-	v.mu.Lock()
-	replicas := slices.Clone(open.replicas)
-	v.mu.Unlock()
-	f := &flight{batch: batch, buf: buf, offs: offs, seg: open, off: p.tail, n: len(replicas),
-		res: make(chan replicaResult, len(replicas))}
+	f := p.start(open, p.tail, buf)
+	f.batch, f.offs, f.pooled = batch, offs, true
 	p.tail += int64(len(buf))
 	p.q = append(p.q, f)
-	for _, id := range replicas {
+	if len(f.ids) == 0 { // cannot happen: a segment without replicas is rolled
+		p.land()
+	}
+}
+
+// start sends buf at off to every replica of seg, each replica's appends
+// in order: small ones from the appender goroutine when the replica's
+// worker is idle, the others by the worker. It is the one way appends
+// reach replicas; the answers come back on the flight's channel.
+func (p *pipeline) start(seg *segState, off int64, buf []byte) *flight {
+	v := p.v
+	v.mu.Lock()
+	ids := slices.Clone(seg.replicas)
+	v.mu.Unlock()
+	f := &flight{buf: buf, seg: seg, off: off, ids: ids, errs: make([]error, len(ids)),
+		res: make(chan replicaResult, len(ids))}
+	for i, id := range ids {
 		w := p.worker(id)
 		if len(buf) <= directLimit && w.pending.Load() == 0 {
-			p.sendDirect(f, id)
+			p.sendDirect(f, i)
 			continue
 		}
 		w.pending.Add(1)
-		w.jobs <- appendJob{f: f, id: id}
+		w.jobs <- appendJob{f: f, i: i}
 	}
-	if f.n == 0 { // cannot happen: a segment without replicas is rolled
-		p.land()
-	}
+	return f
 }
 
 // land finishes q[0], whose every answer is in. On success the batch is
@@ -213,8 +225,8 @@ func (p *pipeline) land() {
 	v := p.v
 	f := p.q[0]
 	p.q = p.q[1:]
-	if f.fenced != nil {
-		err := v.fence(f.fenced)
+	if f.o.fenced != nil {
+		err := v.fence(f.o.fenced)
 		p.recycle(f)
 		complete(f.batch, err)
 		for _, g := range p.awaitAll() {
@@ -222,28 +234,28 @@ func (p *pipeline) land() {
 		}
 		return
 	}
-	if len(f.failed) == 0 && v.open == f.seg && f.off == f.seg.length {
+	if len(f.o.failed) == 0 && v.open == f.seg && f.off == f.seg.length {
 		v.commitBatch(f.seg, f.batch, f.offs, len(f.buf))
 		p.recycle(f)
 		complete(f.batch, nil)
 		return
 	}
-	for i, id := range f.failed {
-		v.log.Warn("append failed", "segment", f.seg.id, "peer", id, "err", f.errs[i])
+	for _, err := range f.o.errs {
+		v.log.Warn("append failed", "segment", f.seg.id, "err", err)
 	}
 	rest := p.awaitAll()
-	if len(f.failed) > 0 {
-		v.dropReplicas(f.seg, f.failed)
+	if len(f.o.failed) > 0 {
+		v.dropReplicas(f.seg, f.o.failed)
 	}
 	p.recycle(f)
-	if len(f.failed) == 0 {
+	if len(f.o.failed) == 0 {
 		// Nothing failed but the segment moved on under the flight
 		// (rolled after a FLUSH dropped a replica): send it again.
 		v.mu.Lock()
 		f.seg.broken = f.seg.broken || v.open == f.seg
 		v.mu.Unlock()
 	}
-	complete(f.batch, v.appendBatch(f.batch, f.noSpace))
+	complete(f.batch, v.appendBatch(f.batch, f.o.noSpace))
 	for _, g := range rest {
 		complete(g.batch, v.appendBatch(g.batch, false))
 	}
@@ -255,9 +267,7 @@ func (p *pipeline) awaitAll() []*flight {
 	rest := p.q
 	p.q = nil
 	for _, g := range rest {
-		for g.got < g.n {
-			g.record(<-g.res)
-		}
+		g.collect()
 		p.recycle(g)
 	}
 	return rest
@@ -266,16 +276,13 @@ func (p *pipeline) awaitAll() []*flight {
 // drain lands every flight.
 func (p *pipeline) drain() {
 	for len(p.q) > 0 {
-		f := p.q[0]
-		for f.got < f.n {
-			f.record(<-f.res)
-		}
+		p.q[0].collect()
 		p.land()
 	}
 }
 
 func (p *pipeline) recycle(f *flight) {
-	if f.buf != nil {
+	if f.pooled && f.buf != nil {
 		p.free = append(p.free, f.buf[:0])
 		f.buf = nil
 	}
@@ -287,27 +294,27 @@ func complete(batch []*writeReq, err error) {
 	}
 }
 
-// sendDirect starts f's append to replica id from the appender goroutine.
-func (p *pipeline) sendDirect(f *flight, id string) {
+// sendDirect starts f's append to replica i from the appender goroutine.
+func (p *pipeline) sendDirect(f *flight, i int) {
 	v := p.v
 	ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
-	ps, err := v.peers.Peer(ctx, id)
+	ps, err := v.peers.Peer(ctx, f.ids[i])
 	if err != nil {
 		cancel()
-		f.res <- replicaResult{id, err}
+		f.res <- replicaResult{i, err}
 		return
 	}
-	p.await(ps.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf), cancel, f, id)
+	p.await(ps.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf), cancel, f, i)
 }
 
 // await delivers the answer of a started append to f, from a goroutine.
-func (p *pipeline) await(wait func() error, cancel context.CancelFunc, f *flight, id string) {
+func (p *pipeline) await(wait func() error, cancel context.CancelFunc, f *flight, i int) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		err := wait()
 		cancel()
-		f.res <- replicaResult{id, err}
+		f.res <- replicaResult{i, err}
 	}()
 }
 
@@ -327,16 +334,16 @@ func (p *pipeline) worker(id string) *replicaWorker {
 		for j := range w.jobs {
 			f := j.f
 			ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
-			ps, err := v.peers.Peer(ctx, j.id)
+			ps, err := v.peers.Peer(ctx, f.ids[j.i])
 			if err != nil {
 				cancel()
 				w.pending.Add(-1)
-				f.res <- replicaResult{j.id, err}
+				f.res <- replicaResult{j.i, err}
 				continue
 			}
 			wait := ps.AppendAsync(ctx, v.epoch, f.seg.id, f.off, f.buf)
 			w.pending.Add(-1)
-			p.await(wait, cancel, f, j.id)
+			p.await(wait, cancel, f, j.i)
 		}
 	}()
 	return w

@@ -33,8 +33,10 @@ import (
 //     back before anything else is written.
 
 // fanout calls fn on every replica in ids at once and returns each one's
-// error, in the order of ids. It is the one place the writer talks to
-// several replicas in parallel; the callers count the answers with tally.
+// error, in the order of ids: syncs, fences and checkpoint copies. Appends
+// to the open segment go through the pipeline's flights instead (ordered,
+// several in flight; pipeline.start), whose answers tally counts by the same
+// rule.
 func (v *Volume) fanout(ctx context.Context, ids []string, fn func(ctx context.Context, i int, p torus.PeerService) error) []error {
 	errs := make([]error, len(ids))
 	var wg sync.WaitGroup
@@ -161,9 +163,11 @@ func (v *Volume) appendBatch(batch []*writeReq, noSpace bool) error {
 	return fmt.Errorf("volume %s: appends keep failing: %w", v.name, torus.ErrUnavailable)
 }
 
-// appendReplicas sends buf at s's length to each of its replicas. It fences
-// the volume if a replica refused the epoch, and returns errBroken without
-// sending anything when s has fewer than MinReplicas replicas.
+// appendReplicas sends buf at s's length to each of its replicas and waits
+// for every answer: the pipeline at depth 1 (nothing else is in flight when
+// it runs). It fences the volume if a replica refused the epoch, and returns
+// errBroken without sending anything when s has fewer than MinReplicas
+// replicas. Appender goroutine only.
 func (v *Volume) appendReplicas(s *segState, buf []byte) (outcome, error) {
 	v.mu.Lock()
 	replicas := slices.Clone(s.replicas)
@@ -176,11 +180,10 @@ func (v *Volume) appendReplicas(s *segState, buf []byte) (outcome, error) {
 	if broken {
 		return outcome{}, errBroken
 	}
-	ctx, cancel := context.WithTimeout(v.ctx, peerTimeout)
-	defer cancel()
-	o := tally(replicas, v.fanout(ctx, replicas, func(ctx context.Context, _ int, p torus.PeerService) error {
-		return p.Append(ctx, v.epoch, s.id, off, buf)
-	}))
+	// The pipeline at depth 1: one flight, awaited at once.
+	f := v.pipe.start(s, off, buf)
+	f.collect()
+	o := f.o
 	for _, err := range o.errs {
 		v.log.Warn("append failed", "segment", s.id, "err", err)
 	}

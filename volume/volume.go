@@ -134,6 +134,7 @@ type Volume struct {
 	ckTables    map[torus.SegmentID][]torus.SegmentRef // compactor-owned cache
 	batchBuf    []byte                                 // appender-owned record buffer
 	carry       *carry                                 // appender-owned; see carry.go
+	pipe        *pipeline                              // appender-owned; see pipeline.go
 	maxSealed   int                                    // head's sealed list limit; see maxSealedSegments
 
 	locks [64]sync.RWMutex // striped block locks; see lockBlocks
@@ -216,6 +217,7 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 
 		refreshEvery: opt.RefreshInterval,
 	}
+	v.pipe = &pipeline{v: v, workers: make(map[string]*replicaWorker)}
 	v.ctx, v.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := v.openVolume(ctx, opt); err != nil {
 		v.cancel()
