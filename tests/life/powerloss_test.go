@@ -15,6 +15,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
 	"github.com/torus-storage/torus/internal/testutil"
+	"github.com/torus-storage/torus/peer"
 )
 
 // writeRange writes blocks [first, first+n) through nc in 64 KiB writes.
@@ -33,23 +34,35 @@ func writeRange(t *testing.T, nc *nbdClient, m *model, first, n int64, note stri
 }
 
 // segmentSizes maps each segment file of vol on d to its size.
-func segmentSizes(t *testing.T, d *proccluster.Daemon, vol uint64) map[string]int64 {
+// syncedLengths asks a running daemon (over the peer protocol) how much of
+// each of the volume's segment files is fsynced: exactly what a power loss
+// keeps. The writer syncs more than the client's FLUSHes (every segment is
+// synced when it is sealed), so file sizes at a FLUSH would be the wrong
+// model.
+func syncedLengths(t *testing.T, d *proccluster.Daemon, vol uint64) map[string]int64 {
 	t.Helper()
-	fs, err := d.Segments(vol)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := peer.Dial(ctx, d.PeerAddr, peer.ClientConfig{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	segs, err := c.List(ctx, vol)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]int64{}
-	for _, f := range fs {
-		out[f.Path] = f.Size
+	for _, s := range segs {
+		out[d.SegmentPath(s.ID)] = s.Synced
 	}
 	return out
 }
 
 // powerLoss does to a stopped daemon's files what a power loss does: every
-// segment file that grew since flushed was recorded is cut back to its
-// recorded length (0 for files created since) and gets a torn tail of
-// garbage. It returns a description of what it did.
+// segment file longer than its synced length (recorded just before the
+// daemon stopped; 0 for files not listed) is cut back to it and gets a torn
+// tail of garbage. It returns a description of what it did.
 func powerLoss(t *testing.T, d *proccluster.Daemon, vol uint64, flushed map[string]int64) []string {
 	t.Helper()
 	fs, err := d.Segments(vol)
@@ -148,11 +161,11 @@ func TestPowerLossReplica(t *testing.T) {
 	}
 	m.flushed()
 	victim, other := c.Daemons[0], c.Daemons[1]
-	flushed := segmentSizes(t, victim, vi.ID)
 	writeRange(t, nc, m, 1024, 1024, "second 4 MiB, not flushed")
 
+	synced := syncedLengths(t, victim, vi.ID)
 	victim.Kill(t)
-	did := powerLoss(t, victim, vi.ID, flushed)
+	did := powerLoss(t, victim, vi.ID, synced)
 	t.Logf("power loss of daemon 0: %d segment files torn:\n%s", len(did), strings.Join(did, "\n"))
 	if len(did) == 0 {
 		t.Fatalf("no segment file of daemon 0 grew after the FLUSH: the test cannot tear anything")
