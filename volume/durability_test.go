@@ -386,7 +386,7 @@ func TestSealedListBounded(t *testing.T) {
 	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20, checkpointEvery: 2})
 	const size = 32 << 20
 	c.create("vol", size, 0)
-	v := c.open("vol", Options{Owner: "w"})
+	v := c.open("vol", Options{Owner: "w", RetryFor: 500 * time.Millisecond})
 	defer v.Close(ctx)
 	v.maxSealed = 6
 	noCheckpoints := func(op string, seg torus.SegmentID) error {

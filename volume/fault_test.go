@@ -123,7 +123,7 @@ func TestReplicaFault(t *testing.T) {
 			c := newCluster(t, clusterOpts{replication: tc.replication, peers: tc.peers})
 			const size = 2 << 20
 			c.create("vol", size, tc.minReplicas)
-			v := c.open("vol", Options{Owner: "w"})
+			v := c.open("vol", Options{Owner: "w", RetryFor: 500 * time.Millisecond})
 			defer v.Close(ctx)
 			r := rand.New(rand.NewPCG(7, 8))
 			m := make(model, size)

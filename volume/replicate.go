@@ -133,11 +133,18 @@ func (v *Volume) appendBatch(batch []*writeReq, noSpace bool) error {
 		v.batchBuf = make([]byte, 0, max(total, 2*maxBatch))
 	}
 	buf, offs := v.encodeBatch(batch, v.batchBuf)
-	for attempt := 0; attempt < 4; attempt++ {
+	r := v.newRetry()
+	for attempt := 0; ; attempt++ {
+		if attempt >= 4 && (noSpace || !r.again()) {
+			break
+		}
 		if v.needsRoll(int64(len(buf))) {
 			if err := v.roll(v.ctx, ckptIfDue, true); err != nil {
 				if noSpace && errors.Is(err, torus.ErrUnavailable) {
 					return fmt.Errorf("volume %s: %w (%v)", v.name, torus.ErrNoSpace, err)
+				}
+				if errors.Is(err, torus.ErrUnavailable) && v.fencedErr() == nil && r.again() {
+					continue // too few live peers for now: wait for the view to change
 				}
 				return err
 			}
@@ -161,6 +168,40 @@ func (v *Volume) appendBatch(batch []*writeReq, noSpace bool) error {
 		return fmt.Errorf("volume %s: appends keep failing: %w", v.name, torus.ErrNoSpace)
 	}
 	return fmt.Errorf("volume %s: appends keep failing: %w", v.name, torus.ErrUnavailable)
+}
+
+// retry paces the retries of one batch or FLUSH: again waits a little
+// (backing off), refreshes the cluster view, and reports whether time is
+// left.
+type retry struct {
+	v        *Volume
+	deadline time.Time
+	wait     time.Duration
+}
+
+func (v *Volume) newRetry() *retry {
+	return &retry{v: v, deadline: time.Now().Add(v.retryFor), wait: 20 * time.Millisecond}
+}
+
+func (r *retry) again() bool {
+	v := r.v
+	if time.Now().Add(r.wait).After(r.deadline) || v.fencedErr() != nil {
+		return false
+	}
+	select {
+	case <-time.After(r.wait):
+	case <-v.stop:
+		return false
+	case <-v.ctx.Done():
+		return false
+	}
+	r.wait = min(2*r.wait, time.Second)
+	ctx, cancel := context.WithTimeout(v.ctx, 2*time.Second)
+	defer cancel()
+	if err := v.refreshCluster(ctx); err != nil {
+		v.log.Warn("refresh", "err", err)
+	}
+	return true
 }
 
 // appendReplicas sends buf at s's length to each of its replicas and waits
@@ -228,7 +269,18 @@ func (v *Volume) pick(seg torus.SegmentID) []string {
 		}
 	}
 	fill(v.cfg.Replication, bad) // nearly full peers
-	fill(v.minRep, down)         // peers that failed lately
+	if len(ids) < v.minRep {
+		// Peers that failed lately, those that failed longest ago first
+		// (a daemon back from a restart before one that just stopped and
+		// may not be seen as down yet).
+		lately := v.place.Lookup(seg.Key(), len(v.up)+v.cfg.Replication, down)
+		slices.SortStableFunc(lately, func(a, b string) int { return v.bad[a].Compare(v.bad[b]) })
+		for _, id := range lately {
+			if len(ids) < v.minRep && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
 	return ids
 }
 
@@ -593,6 +645,7 @@ func (v *Volume) flush(ctx context.Context) error {
 	v.mu.Lock()
 	v.stats.Flushes++
 	v.mu.Unlock()
+	r := v.newRetry()
 	for attempt := 0; ; attempt++ {
 		jobs, err := v.flushJobs()
 		if err != nil || len(jobs) == 0 {
@@ -602,11 +655,14 @@ func (v *Volume) flush(ctx context.Context) error {
 		if err != nil || len(short) == 0 {
 			return err
 		}
-		if attempt == 3 || ctx.Err() != nil {
+		if ctx.Err() != nil || attempt >= 2 && !r.again() {
 			return fmt.Errorf("volume %s: flush: segments synced on too few replicas (%v): %w",
 				v.name, short, errors.Join(append(errs, torus.ErrUnavailable)...))
 		}
 		if err := v.control(ctx, v.restore); err != nil {
+			if errors.Is(err, torus.ErrUnavailable) && v.fencedErr() == nil && ctx.Err() == nil && r.again() {
+				continue
+			}
 			return fmt.Errorf("volume %s: flush: restoring redundancy: %w", v.name, err)
 		}
 	}

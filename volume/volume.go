@@ -37,7 +37,17 @@ type Options struct {
 	// happen at every daemon heartbeat); default DefaultRefreshInterval.
 	// Changes within it are picked up at its end.
 	RefreshInterval time.Duration
+	// RetryFor is how long a write or FLUSH keeps trying to reach
+	// MinReplicas live replicas (new segments, refreshed views of the
+	// peers) before it fails with ErrUnavailable; default DefaultRetryFor.
+	RetryFor time.Duration
 }
+
+// DefaultRetryFor is Options.RetryFor when zero. A daemon that stops is
+// seen as down within a second or two (its lease is revoked at SIGTERM and
+// expires a few seconds after a kill); until then new segments may be
+// placed on it and fail at once.
+const DefaultRetryFor = 15 * time.Second
 
 // maxSealedSegments bounds the head's sealed list: past it (checkpoints
 // failing seal after seal) rolls, and so writes, fail with ErrUnavailable
@@ -136,6 +146,7 @@ type Volume struct {
 	carry       *carry                                 // appender-owned; see carry.go
 	pipe        *pipeline                              // appender-owned; see pipeline.go
 	maxSealed   int                                    // head's sealed list limit; see maxSealedSegments
+	retryFor    time.Duration                          // Options.RetryFor
 
 	locks [64]sync.RWMutex // striped block locks; see lockBlocks
 
@@ -195,6 +206,9 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 	if opt.RefreshInterval <= 0 {
 		opt.RefreshInterval = DefaultRefreshInterval
 	}
+	if opt.RetryFor <= 0 {
+		opt.RetryFor = DefaultRetryFor
+	}
 	if opt.Owner == "" {
 		opt.Owner = "volume.Open"
 	}
@@ -214,6 +228,7 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 		bad:         make(map[string]time.Time),
 		segs:        make(map[torus.SegmentID]*segState),
 		maxSealed:   maxSealedSegments,
+		retryFor:    opt.RetryFor,
 
 		refreshEvery: opt.RefreshInterval,
 	}

@@ -251,7 +251,7 @@ func TestNoPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.create("vol", 1<<20, 0)
-	v := c.open("vol", Options{})
+	v := c.open("vol", Options{RetryFor: 500 * time.Millisecond})
 	defer v.Close(ctx)
 	if err := v.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
