@@ -86,8 +86,9 @@ func tally(ids []string, errs []error) outcome {
 }
 
 // errBroken: the open segment lost a replica (or never had MinReplicas):
-// it must be sealed and the batch sent to a new one.
-var errBroken = errors.New("open segment is broken")
+// it must be sealed and the batch sent to a new one. It matches
+// torus.ErrUnavailable: to a caller it is a replica failure.
+var errBroken = fmt.Errorf("open segment is broken: %w", torus.ErrUnavailable)
 
 // dropReplicas removes failed replicas from s, marks it broken (no more
 // appends: it is sealed at the next batch) and keeps the failed peers out
@@ -377,6 +378,7 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 			nh.NextSeq++
 			nh.Open, nh.OpenReplicas = &id, slices.Clone(replicas)
 			next = &segState{id: id, replicas: replicas}
+			v.log.Debug("new segment", "segment", id, "replicas", replicas)
 		}
 	}
 	if err := v.commit(ctx, nh); err != nil {
