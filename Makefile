@@ -5,6 +5,7 @@ GO ?= go
 BIN := bin
 DATA ?= torus-data
 PKGS := ./...
+FUZZTIME ?= 1m
 
 .PHONY: all deps build run test lint unit bench robustness fuzz clean
 
@@ -41,6 +42,18 @@ bench: deps build
 
 robustness: deps build
 	TORUS_BIN=$(CURDIR)/$(BIN) TORUS_ROBUSTNESS=long $(GO) test -race -run Robustness -timeout 60m -v ./tests/...
+
+# Every native fuzz target (func FuzzX in a _test.go file), one after the
+# other, for $(FUZZTIME) each (FUZZTIME=10s make fuzz for a quick pass).
+# New crashers land in the package's testdata/fuzz and fail the target.
+# CI does not fuzz: plain go test runs only the seed corpora.
+fuzz:
+	@set -e; for f in $$(git grep -l '^func Fuzz' -- '*_test.go'); do \
+		for n in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== ./$$(dirname $$f) $$n ($(FUZZTIME))"; \
+			$(GO) test ./$$(dirname $$f) -run '^$$' -fuzz "^$$n\$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done
 
 clean:
 	rm -rf $(BIN)

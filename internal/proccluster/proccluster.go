@@ -251,6 +251,8 @@ type Options struct {
 	// NoAutoJoin starts daemons without --auto-join: they register as
 	// "new" and join with `torusctl peer add`.
 	NoAutoJoin bool
+	// InitArgs are extra flags of `torusctl init` (e.g. "--checkpoint-every", "64").
+	InitArgs []string
 }
 
 // New starts etcd, `torusctl init`, and the daemons, and waits until every
@@ -296,7 +298,7 @@ func New(t testing.TB, o Options) *Cluster {
 	if o.SegmentSize != "" {
 		args = append(args, "--segment-size", o.SegmentSize)
 	}
-	c.Ctl(args...)
+	c.Ctl(append(args, o.InitArgs...)...)
 	for i := 0; i < o.Daemons; i++ {
 		c.AddDaemon(o)
 	}

@@ -2,6 +2,7 @@
 package testutil
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -40,4 +41,27 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
 	w.t.Log(string(p))
 	return len(p), nil
+}
+
+// Require skips the test when a capability it needs is missing (err is
+// why: no root, no /dev/fuse, no network namespaces), unless
+// TORUS_REQUIRE_TOOLS=1, where it fails: CI never passes by skipping.
+func Require(t testing.TB, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("TORUS_REQUIRE_TOOLS") == "1" {
+		t.Fatalf("required %s unavailable (TORUS_REQUIRE_TOOLS=1): %v", what, err)
+	}
+	t.Skipf("%s unavailable: %v", what, err)
+}
+
+// Root is nil when the process runs as root, an error otherwise (for
+// Require).
+func Root() error {
+	if os.Geteuid() != 0 {
+		return errors.New("not running as root")
+	}
+	return nil
 }

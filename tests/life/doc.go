@@ -7,6 +7,15 @@
 // which writes may legitimately be there and, on a mismatch, exactly which
 // write was found instead.
 //
+// The durability tests of issue 8 run real clients under the default
+// policy (min-replicas = replication): ext4 on nbdfuse + loop with dd
+// conv=fsync through a replica SIGKILL and a rolling restart
+// (ext4_test.go), a FLUSH-latency client and fio --verify through a rolling
+// restart (rolling_test.go), a daemon's power loss with torn tails and
+// flipped record headers on one replica (powerloss_test.go), and double
+// faults (double_test.go). The ext4 tests need root, /dev/fuse and loop
+// devices; under TORUS_REQUIRE_TOOLS=1 their absence fails the test.
+//
 // The package has only tests. Run with `go test ./tests/life` (part of
 // `make test`); `-short` skips it. The robustness test runs briefly by
 // default; TORUS_ROBUSTNESS=long (`make robustness`) runs it long, and
