@@ -39,9 +39,10 @@ type Metadata interface {
 	// PutPeer creates or updates a peer's static record (address, zone,
 	// capacity). It does not add the peer to the ring.
 	PutPeer(ctx context.Context, p PeerInfo) error
-	// Heartbeat writes the peer's liveness key under s with its usage and
-	// rebalance backlog. The peer counts as up while the key exists.
-	Heartbeat(ctx context.Context, s Session, id string, used, pending int64) error
+	// Heartbeat writes the peer's liveness key under s with what the beat
+	// reports (usage, rebalance backlog, scrub findings). The peer counts
+	// as up while the key exists.
+	Heartbeat(ctx context.Context, s Session, id string, b Beat) error
 	// Peers lists every known peer with State computed from the ring
 	// (member or not, draining) and liveness.
 	Peers(ctx context.Context) ([]PeerInfo, error)

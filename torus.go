@@ -301,7 +301,22 @@ type PeerInfo struct {
 	LastSeen time.Time `json:"last_seen"`
 	// Rebalance progress reported by the daemon: bytes still to move.
 	Pending int64 `json:"pending,omitempty"`
+	// Unrepairable: the daemon's last reported scrub findings (Beat).
+	Unrepairable map[uint64][]uint64 `json:"unrepairable,omitempty"`
 }
+
+// Beat is what a daemon reports at every heartbeat.
+type Beat struct {
+	Used    int64 // bytes stored
+	Pending int64 // bytes rebalancing still has to copy
+	// Unrepairable lists, by volume ID, volume blocks this daemon's
+	// background scrub found in copies it could not replace (no holder
+	// had a good copy), at most MaxBeatBlocks per volume.
+	Unrepairable map[uint64][]uint64
+}
+
+// MaxBeatBlocks bounds the blocks a Beat names per volume.
+const MaxBeatBlocks = 1024
 
 // RingMember is one peer's place in the ring.
 type RingMember struct {

@@ -64,7 +64,7 @@ func newFixture(t *testing.T) *fixture {
 				t.Fatal(err)
 			}
 		}
-		if err := m.Heartbeat(ctx, f.ses, id, used, 0); err != nil {
+		if err := m.Heartbeat(ctx, f.ses, id, torus.Beat{Used: used}); err != nil {
 			t.Fatal(err)
 		}
 	}

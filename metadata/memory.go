@@ -3,6 +3,7 @@ package metadata
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -37,6 +38,7 @@ type memPeer struct {
 	alive    int64          // session holding the liveness key; 0: none
 	used     int64
 	pending  int64
+	bad      map[uint64][]uint64
 	lastSeen time.Time
 	draining bool
 	removed  bool
@@ -287,7 +289,7 @@ func (m *Memory) PutPeer(ctx context.Context, p torus.PeerInfo) error {
 }
 
 // Heartbeat implements torus.Metadata.
-func (m *Memory) Heartbeat(ctx context.Context, s torus.Session, id string, used, pending int64) error {
+func (m *Memory) Heartbeat(ctx context.Context, s torus.Session, id string, b torus.Beat) error {
 	if err := m.enter(ctx); err != nil {
 		return err
 	}
@@ -300,7 +302,8 @@ func (m *Memory) Heartbeat(ctx context.Context, s torus.Session, id string, used
 	if !ok {
 		return fmt.Errorf("metadata: heartbeat: peer %q: %w", id, torus.ErrNotExist)
 	}
-	p.alive, p.used, p.pending, p.lastSeen = ms.id, used, pending, time.Now().UTC()
+	p.alive, p.used, p.pending, p.lastSeen = ms.id, b.Used, b.Pending, time.Now().UTC()
+	p.bad = rules.BeatBlocks(b.Unrepairable)
 	m.notifyLocked()
 	return nil
 }
@@ -316,6 +319,7 @@ func (m *Memory) Peers(ctx context.Context) ([]torus.PeerInfo, error) {
 	for id, p := range m.peers {
 		info := p.info
 		info.Used, info.Pending, info.LastSeen = p.used, p.pending, p.lastSeen
+		info.Unrepairable = maps.Clone(p.bad)
 		info.State = rules.PeerState(members[id], p.draining, p.removed, p.alive != 0)
 		out = append(out, info)
 	}

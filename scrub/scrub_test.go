@@ -60,7 +60,7 @@ func newCluster(t *testing.T, segmentSize int64) *cluster {
 		if err := c.meta.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":1", Capacity: 1 << 30}); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.meta.Heartbeat(ctx, sess, id, 0, 0); err != nil {
+		if err := c.meta.Heartbeat(ctx, sess, id, torus.Beat{}); err != nil {
 			t.Fatal(err)
 		}
 		spec.Members = append(spec.Members, torus.RingMember{ID: id, Weight: 1 << 30})

@@ -103,7 +103,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 	if err != nil {
 		return err
 	}
-	s.publishStatus(ctx, view, r.Replication(), segs, live, plan)
+	s.publishStatus(ctx, view, r.Replication(), segs, live, plan, reportedUnrepairable(peers, live.reallyUp))
 	mine := plan.ForPeer(s.id)
 	// Moves involving a peer that is down (within its grace) wait.
 	copies := slices.DeleteFunc(mine.Copies, func(c rebalance.Copy) bool { return !live.reallyUp[c.To] })

@@ -288,7 +288,8 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	}
 	u := s.store.Usage()
 	s.checkFullness(u)
-	if err := s.meta.Heartbeat(ctx, sess, s.id, u.Used, s.pending.Load()); err != nil {
+	beat := torus.Beat{Used: u.Used, Pending: s.pending.Load(), Unrepairable: s.unrepairableBlocks()}
+	if err := s.meta.Heartbeat(ctx, sess, s.id, beat); err != nil {
 		if errors.Is(err, torus.ErrClosed) {
 			// The lease was lost (expired while etcd was slow or
 			// away): the next heartbeat starts a new session.

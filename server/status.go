@@ -79,13 +79,17 @@ func volumeStatuses(view *clusterView, replication int, segs []rebalance.Segment
 
 // publishStatus publishes volume health when this daemon is the lowest up
 // peer ID (one reporter, no write amplification on etcd).
-func (s *Server) publishStatus(ctx context.Context, view *clusterView, replication int, segs []rebalance.Segment, live liveness, plan *rebalance.Plan) {
+//
+// reported holds the unrepairable blocks other up daemons' background
+// scrubs reported in their heartbeats; with this daemon's own findings they
+// make each volume's UnrepairableBlocks.
+func (s *Server) publishStatus(ctx context.Context, view *clusterView, replication int, segs []rebalance.Segment, live liveness, plan *rebalance.Plan, reported map[uint64][]uint64) {
 	for id := range live.reallyUp {
 		if id < s.id {
 			return
 		}
 	}
-	st := volumeStatuses(view, replication, segs, live.reallyUp, plan, s.id, s.unrepairableBlocks())
+	st := volumeStatuses(view, replication, segs, live.reallyUp, plan, s.id, unionBlocks(reported, s.unrepairableBlocks()))
 	s.downMu.Lock()
 	if s.lastHealth == nil {
 		s.lastHealth = make(map[string]torus.VolumeHealth)
@@ -109,4 +113,31 @@ func (s *Server) publishStatus(ctx context.Context, view *clusterView, replicati
 	if err := s.meta.PutVolumeStatuses(ctx, st); err != nil {
 		s.log.Warn("publishing volume status", "err", err)
 	}
+}
+
+// reportedUnrepairable gathers the scrub findings up peers reported in
+// their heartbeats (torus.Beat.Unrepairable), by volume ID.
+func reportedUnrepairable(peers []torus.PeerInfo, up map[string]bool) map[uint64][]uint64 {
+	var out map[uint64][]uint64
+	for _, p := range peers {
+		if up[p.ID] && len(p.Unrepairable) > 0 {
+			out = unionBlocks(out, p.Unrepairable)
+		}
+	}
+	return out
+}
+
+// unionBlocks merges block lists by volume ID, sorted, without repeats.
+func unionBlocks(a, b map[uint64][]uint64) map[uint64][]uint64 {
+	out := make(map[uint64][]uint64, len(a)+len(b))
+	for _, m := range []map[uint64][]uint64{a, b} {
+		for vol, blocks := range m {
+			out[vol] = append(out[vol], blocks...)
+		}
+	}
+	for vol, blocks := range out {
+		slices.Sort(blocks)
+		out[vol] = slices.Compact(blocks)
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/torus-storage/torus"
@@ -45,6 +46,37 @@ func TestVolumeStatuses(t *testing.T) {
 		if st.Health != w.h || st.UnderReplicated != w.under || st.Unavailable != w.unav ||
 			st.Used != w.used || st.Stored != w.stored || st.PendingBytes != w.pending || st.Reporter != "p1" {
 			t.Errorf("%s: got %+v, want %+v", st.Volume, st, w)
+		}
+	}
+}
+
+// TestReportedUnrepairable: every up daemon's scrub findings reach the
+// published status, not only the publisher's own: they come in the
+// heartbeats, and a down daemon's stale ones are left out.
+func TestReportedUnrepairable(t *testing.T) {
+	peers := []torus.PeerInfo{
+		{ID: "p1", Unrepairable: map[uint64][]uint64{7: {1, 3}}},
+		{ID: "p2", Unrepairable: map[uint64][]uint64{7: {3, 4}, 8: {9}}},
+		{ID: "p3", Unrepairable: map[uint64][]uint64{9: {1}}}, // down
+	}
+	up := map[string]bool{"p1": true, "p2": true}
+	reported := reportedUnrepairable(peers, up)
+	own := map[uint64][]uint64{7: {5}}
+	all := unionBlocks(reported, own)
+	if !slices.Equal(all[7], []uint64{1, 3, 4, 5}) || !slices.Equal(all[8], []uint64{9}) || len(all[9]) != 0 {
+		t.Fatalf("findings %v, want volume 7 [1 3 4 5], 8 [9], none for the down peer's volume 9", all)
+	}
+	view := &clusterView{volumes: map[uint64]torus.VolumeInfo{7: {Name: "seven", ID: 7}, 10: {Name: "ten", ID: 10}}}
+	for _, st := range volumeStatuses(view, 2, nil, up, nil, "p1", all) {
+		switch st.Volume {
+		case "seven":
+			if st.Health != torus.VolumeUnavailable || st.UnrepairableBlocks != 4 {
+				t.Errorf("seven: %+v, want unavailable with 4 unrepairable blocks", st)
+			}
+		case "ten":
+			if st.Health != torus.VolumeHealthy || st.UnrepairableBlocks != 0 {
+				t.Errorf("ten: %+v, want healthy", st)
+			}
 		}
 	}
 }

@@ -67,7 +67,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		if err := c.meta.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":1", Capacity: 1 << 30}); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.meta.Heartbeat(ctx, s, id, 0, 0); err != nil {
+		if err := c.meta.Heartbeat(ctx, s, id, torus.Beat{}); err != nil {
 			t.Fatal(err)
 		}
 		spec.Members = append(spec.Members, torus.RingMember{ID: id, Weight: 1 << 30})

@@ -43,7 +43,7 @@ func Example() {
 	for _, id := range []string{"a", "b"} {
 		peers[id] = peer.NewLocal(storage.NewMemory(0), nil)
 		must(meta.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":1"}))
-		must(meta.Heartbeat(ctx, s, id, 0, 0))
+		must(meta.Heartbeat(ctx, s, id, torus.Beat{}))
 		spec.Members = append(spec.Members, torus.RingMember{ID: id, Weight: 1})
 	}
 	spec.Version++

@@ -28,7 +28,7 @@ func TestRefreshRateLimited(t *testing.T) {
 	start := time.Now()
 	before := v.refreshes.Load()
 	for time.Since(start) < time.Second {
-		if err := c.meta.Heartbeat(ctx, s, c.ids[0], 0, 0); err != nil {
+		if err := c.meta.Heartbeat(ctx, s, c.ids[0], torus.Beat{}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -84,7 +84,7 @@ func cmdFakePeer(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	ses, err := s.NewSession(ctx, 10*time.Second)
 	ts.Check(err)
-	ts.Check(s.Heartbeat(ctx, ses, id, used, 0))
+	ts.Check(s.Heartbeat(ctx, ses, id, torus.Beat{Used: used}))
 	if mode != "drains" {
 		ts.Defer(func() { _ = ses.Close(context.Background()) })
 		return
@@ -108,7 +108,7 @@ func cmdFakePeer(ts *testscript.TestScript, neg bool, args []string) {
 					}
 				}
 			}
-			_ = s.Heartbeat(bctx, ses, id, u, 0)
+			_ = s.Heartbeat(bctx, ses, id, torus.Beat{Used: u})
 		}
 	}()
 	ts.Defer(func() {

@@ -332,20 +332,21 @@ func (s *Store) PutPeer(ctx context.Context, p torus.PeerInfo) error {
 
 // beat is the value of the liveness and last-seen keys.
 type beat struct {
-	Used     int64     `json:"used"`
-	Pending  int64     `json:"pending"`
-	LastSeen time.Time `json:"last_seen"`
+	Used         int64               `json:"used"`
+	Pending      int64               `json:"pending"`
+	LastSeen     time.Time           `json:"last_seen"`
+	Unrepairable map[uint64][]uint64 `json:"unrepairable,omitempty"`
 }
 
 // Heartbeat implements torus.Metadata. One transaction: peer record exists
 // → put the liveness key under the session's lease and the last-seen key
 // without lease.
-func (s *Store) Heartbeat(ctx context.Context, ses torus.Session, id string, used, pending int64) error {
+func (s *Store) Heartbeat(ctx context.Context, ses torus.Session, id string, hb torus.Beat) error {
 	es, err := s.session(ses)
 	if err != nil {
 		return err
 	}
-	b := encode(beat{Used: used, Pending: pending, LastSeen: time.Now().UTC()})
+	b := encode(beat{Used: hb.Used, Pending: hb.Pending, LastSeen: time.Now().UTC(), Unrepairable: rules.BeatBlocks(hb.Unrepairable)})
 	resp, err := s.txn(ctx, "heartbeat", []clientv3.Cmp{exists(s.k.peer(id))},
 		[]clientv3.Op{
 			clientv3.OpPut(s.k.alive(id), b, clientv3.WithLease(es.id)),
@@ -400,7 +401,7 @@ func (s *Store) Peers(ctx context.Context) ([]torus.PeerInfo, error) {
 			return nil, err
 		}
 		b := seen[p.ID]
-		p.Used, p.Pending, p.LastSeen = b.Used, b.Pending, b.LastSeen
+		p.Used, p.Pending, p.LastSeen, p.Unrepairable = b.Used, b.Pending, b.LastSeen, b.Unrepairable
 		p.State = rules.PeerState(members[p.ID], draining[p.ID], removed[p.ID], alive[p.ID])
 		out = append(out, p)
 	}

@@ -121,7 +121,7 @@ func TestLeaseExpiryMarksPeerDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Heartbeat(ctx, ses, "p", 1, 0); err != nil {
+	if err := s.Heartbeat(ctx, ses, "p", torus.Beat{Used: 1}); err != nil {
 		t.Fatal(err)
 	}
 	state := func() torus.PeerState {

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -294,12 +295,34 @@ func testPeers(t *testing.T, m torus.Metadata) {
 		t.Fatalf("ring member without heartbeat: state %q, want down", st)
 	}
 	s := newSession(t, m, 5*time.Second)
-	wantErr(t, m.Heartbeat(ctx, s, "nope", 1, 2), torus.ErrNotExist, "Heartbeat unknown peer")
+	wantErr(t, m.Heartbeat(ctx, s, "nope", torus.Beat{Used: 1, Pending: 2}), torus.ErrNotExist, "Heartbeat unknown peer")
 	before := time.Now().Add(-time.Second)
-	must(t, m.Heartbeat(ctx, s, "p1", 123, 45), "Heartbeat")
+	must(t, m.Heartbeat(ctx, s, "p1", torus.Beat{Used: 123, Pending: 45}), "Heartbeat")
 	p1 = peerByID(t, m, "p1")
 	if p1.State != torus.PeerUp || p1.Used != 123 || p1.Pending != 45 || p1.LastSeen.Before(before) {
 		t.Fatalf("after heartbeat p1 = %+v, want up, used 123, pending 45, recent last seen", p1)
+	}
+	// Scrub findings travel with the beat: sorted, without repeats,
+	// bounded; the next beat replaces them.
+	many := make([]uint64, torus.MaxBeatBlocks+10)
+	for i := range many {
+		many[i] = uint64(len(many) - i)
+	}
+	must(t, m.Heartbeat(ctx, s, "p1", torus.Beat{Used: 123, Pending: 45,
+		Unrepairable: map[uint64][]uint64{7: {9, 3, 9}, 8: many, 9: nil}}), "Heartbeat with findings")
+	p1 = peerByID(t, m, "p1")
+	if got := p1.Unrepairable[7]; !slices.Equal(got, []uint64{3, 9}) {
+		t.Fatalf("unrepairable blocks of volume 7 = %v, want [3 9]", got)
+	}
+	if got := p1.Unrepairable[8]; len(got) != torus.MaxBeatBlocks || got[0] != 1 {
+		t.Fatalf("unrepairable blocks of volume 8: %d from %v, want %d from 1", len(got), got[:1], torus.MaxBeatBlocks)
+	}
+	if _, ok := p1.Unrepairable[9]; ok || len(p1.Unrepairable) != 2 {
+		t.Fatalf("unrepairable = %v, want volumes 7 and 8 only", p1.Unrepairable)
+	}
+	must(t, m.Heartbeat(ctx, s, "p1", torus.Beat{Used: 123, Pending: 45}), "Heartbeat without findings")
+	if p1 = peerByID(t, m, "p1"); len(p1.Unrepairable) != 0 {
+		t.Fatalf("findings kept after a beat without them: %v", p1.Unrepairable)
 	}
 	// PutPeer again (a restart with a new address) keeps liveness.
 	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p1", Address: "10.0.0.9:4000", Capacity: 1 << 30}), "PutPeer update")
@@ -356,7 +379,7 @@ func testSessionClose(t *testing.T, m torus.Metadata) {
 	if isClosed(s.Done()) {
 		t.Fatal("new session is done")
 	}
-	must(t, m.Heartbeat(ctx, s, "p", 0, 0), "Heartbeat")
+	must(t, m.Heartbeat(ctx, s, "p", torus.Beat{}), "Heartbeat")
 	_, err = m.Lock(ctx, s, "v", "w1")
 	must(t, err, "Lock")
 	must(t, s.Close(ctx), "Session.Close")
@@ -393,7 +416,7 @@ func testSessionExpiry(t *testing.T, m torus.Metadata) {
 	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p"}), "PutPeer")
 	setMembers(t, m, "p")
 	s := newSession(t, m, 10*time.Second)
-	must(t, m.Heartbeat(ctx, s, "p", 1, 0), "Heartbeat")
+	must(t, m.Heartbeat(ctx, s, "p", torus.Beat{Used: 1}), "Heartbeat")
 	e1, err := m.Lock(ctx, s, "v", "w1")
 	must(t, err, "Lock")
 	must(t, m.CommitHead(ctx, "v", e1, torus.Head{Epoch: e1, NextSeq: 1}), "CommitHead")
@@ -407,7 +430,7 @@ func testSessionExpiry(t *testing.T, m torus.Metadata) {
 		t.Fatalf("peer state after expiry: %q, want down", st)
 	}
 	wantErr(t, m.CommitHead(ctx, "v", e1, torus.Head{Epoch: e1, NextSeq: 2}), torus.ErrFenced, "CommitHead after expiry")
-	if err := m.Heartbeat(ctx, s, "p", 1, 0); err == nil {
+	if err := m.Heartbeat(ctx, s, "p", torus.Beat{Used: 1}); err == nil {
 		t.Fatal("Heartbeat with an expired session succeeded")
 	}
 	if _, err := m.Lock(ctx, s, "v", "w1"); err == nil {

@@ -5,6 +5,7 @@ package rules
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"unicode"
 
@@ -233,4 +234,27 @@ func VolumeStatuses(st []torus.VolumeStatus) error {
 // deleted volume must not attach to a new volume of the same name).
 func StatusMatches(s torus.VolumeStatus, v torus.VolumeInfo) bool {
 	return s.Volume == v.Name && (s.ID == 0 || s.ID == v.ID)
+}
+
+// BeatBlocks is what a heartbeat stores of a daemon's scrub findings: a
+// copy, each volume's blocks sorted, without repeats, at most
+// torus.MaxBeatBlocks; nil when there are none.
+func BeatBlocks(in map[uint64][]uint64) map[uint64][]uint64 {
+	var out map[uint64][]uint64
+	for vol, blocks := range in {
+		if len(blocks) == 0 {
+			continue
+		}
+		b := slices.Clone(blocks)
+		slices.Sort(b)
+		b = slices.Compact(b)
+		if len(b) > torus.MaxBeatBlocks {
+			b = b[:torus.MaxBeatBlocks]
+		}
+		if out == nil {
+			out = make(map[uint64][]uint64)
+		}
+		out[vol] = b
+	}
+	return out
 }

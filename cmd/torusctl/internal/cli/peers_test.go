@@ -55,7 +55,7 @@ func cluster(t *testing.T, replication int) (*metadata.Memory, torus.Session) {
 		if err := m.PutPeer(ctx, p); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Heartbeat(ctx, ses, id, 1<<20, 0); err != nil {
+		if err := m.Heartbeat(ctx, ses, id, torus.Beat{Used: 1<<20}); err != nil {
 			t.Fatal(err)
 		}
 		if id != "p4" {
@@ -181,7 +181,7 @@ func TestPeerRemoveForce(t *testing.T) {
 	}
 	// Up peers with --yes-really: allowed, and warns when too few remain.
 	s2, _ := m.NewSession(ctx, time.Minute)
-	_ = m.Heartbeat(ctx, s2, "p2", 0, 0)
+	_ = m.Heartbeat(ctx, s2, "p2", torus.Beat{})
 	_, stderr, err = run(t, m, false, "peer", "remove", "--force", "--yes-really", "p2")
 	if err != nil {
 		t.Fatal(err)
@@ -222,9 +222,9 @@ func TestPeerRemoveGraceful(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		time.Sleep(150 * time.Millisecond)
-		_ = m.Heartbeat(ctx, ses, "p3", 1<<19, 1<<19)
+		_ = m.Heartbeat(ctx, ses, "p3", torus.Beat{Used: 1<<19, Pending: 1<<19})
 		time.Sleep(150 * time.Millisecond)
-		_ = m.Heartbeat(ctx, ses, "p3", 0, 0)
+		_ = m.Heartbeat(ctx, ses, "p3", torus.Beat{})
 	}()
 	out, _, err = run(t, m, true, "peer", "remove", "p3", "--timeout", "10s", "--interval", "20ms")
 	wg.Wait()
@@ -254,7 +254,7 @@ func TestStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_ = m.Heartbeat(ctx, ses, "p1", 1<<20, 3<<20)
+	_ = m.Heartbeat(ctx, ses, "p1", torus.Beat{Used: 1<<20, Pending: 3<<20})
 	if err := m.PutVolumeStatuses(ctx, []torus.VolumeStatus{
 		{Volume: "a", Health: torus.VolumeHealthy, Stored: 4 << 20},
 		{Volume: "b", Health: torus.VolumeDegraded, Stored: 2 << 20, UnderReplicated: 2, PendingBytes: 1 << 20},
