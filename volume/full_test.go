@@ -18,7 +18,7 @@ func TestPlacementAvoidsFullPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	full := c.ids[0]
-	if err := c.meta.Heartbeat(ctx, s, full, torus.Beat{Used: (1<<30)/100*99}); err != nil {
+	if err := c.meta.Heartbeat(ctx, s, full, torus.Beat{Used: (1 << 30) / 100 * 99}); err != nil {
 		t.Fatal(err)
 	}
 	c.create("vol", 16<<20, 0)

@@ -20,9 +20,9 @@ const maxInflight = 4
 // flight is one batch sent to the replicas of the open segment and not yet
 // landed (acknowledged by all and committed, or failed).
 type flight struct {
-	batch []*writeReq
-	buf   []byte  // the encoded records; the appender's until landed
-	offs  []int64 // each record's offset in buf
+	batch  []*writeReq
+	buf    []byte  // the encoded records; the appender's until landed
+	offs   []int64 // each record's offset in buf
 	seg    *segState
 	off    int64    // the segment offset buf was sent at
 	ids    []string // replicas sent to

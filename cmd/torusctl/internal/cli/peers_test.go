@@ -55,7 +55,7 @@ func cluster(t *testing.T, replication int) (*metadata.Memory, torus.Session) {
 		if err := m.PutPeer(ctx, p); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Heartbeat(ctx, ses, id, torus.Beat{Used: 1<<20}); err != nil {
+		if err := m.Heartbeat(ctx, ses, id, torus.Beat{Used: 1 << 20}); err != nil {
 			t.Fatal(err)
 		}
 		if id != "p4" {
@@ -222,7 +222,7 @@ func TestPeerRemoveGraceful(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		time.Sleep(150 * time.Millisecond)
-		_ = m.Heartbeat(ctx, ses, "p3", torus.Beat{Used: 1<<19, Pending: 1<<19})
+		_ = m.Heartbeat(ctx, ses, "p3", torus.Beat{Used: 1 << 19, Pending: 1 << 19})
 		time.Sleep(150 * time.Millisecond)
 		_ = m.Heartbeat(ctx, ses, "p3", torus.Beat{})
 	}()
@@ -254,7 +254,7 @@ func TestStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_ = m.Heartbeat(ctx, ses, "p1", torus.Beat{Used: 1<<20, Pending: 3<<20})
+	_ = m.Heartbeat(ctx, ses, "p1", torus.Beat{Used: 1 << 20, Pending: 3 << 20})
 	if err := m.PutVolumeStatuses(ctx, []torus.VolumeStatus{
 		{Volume: "a", Health: torus.VolumeHealthy, Stored: 4 << 20},
 		{Volume: "b", Health: torus.VolumeDegraded, Stored: 2 << 20, UnderReplicated: 2, PendingBytes: 1 << 20},
