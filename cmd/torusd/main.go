@@ -152,9 +152,9 @@ func run(args []string) error {
 		}
 		f.autoJoin = true
 	}
-	meta, err := etcdmeta.New(ctx, etcdmeta.Config{
+	meta, err := connectEtcd(ctx, etcdmeta.Config{
 		Endpoints: endpoints, CertFile: f.etcdCert, KeyFile: f.etcdKey, CAFile: f.etcdCA, Logger: log,
-	})
+	}, log)
 	if err != nil {
 		return err
 	}
@@ -262,4 +262,24 @@ Volume "demo" (1 GiB) is served over NBD at %s. Try:
 Metrics: http://%s/metrics   Stop with Ctrl-C (volumes are flushed and released).
 `, strings.Join(meta.Endpoints(), ","), f.dataDir, addr, addr, addr, addr, addr, srv.HTTPAddr())
 	return nbdSrv, nil
+}
+
+// connectEtcd connects to etcd, waiting while it is unreachable (a daemon
+// started before etcd, or during an etcd restart, waits instead of exiting;
+// SIGTERM ends the wait). Other errors (bad TLS files, say) end it at once.
+func connectEtcd(ctx context.Context, cfg etcdmeta.Config, log *slog.Logger) (*etcdmeta.Store, error) {
+	wait := time.Second
+	for {
+		meta, err := etcdmeta.New(ctx, cfg)
+		if err == nil || !errors.Is(err, torus.ErrUnavailable) || ctx.Err() != nil {
+			return meta, err
+		}
+		log.Warn("etcd unreachable; retrying", "endpoints", cfg.Endpoints, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("stopped while waiting for etcd: %w", err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
 }

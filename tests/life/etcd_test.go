@@ -2,6 +2,7 @@ package life
 
 import (
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,4 +104,26 @@ func TestEtcdRestart(t *testing.T) {
 	nc.Close()
 	n2 := reattach(t, c, nil, addr, vol, blocks*blockSize, 20*time.Second)
 	mustVerify(t, n2, m, "fresh writer after the etcd restart")
+}
+
+// TestDaemonStartsBeforeEtcd: a daemon restarted while etcd is down waits
+// for it instead of exiting (it exited after 3 s before: a restart during an
+// etcd outage, or a boot where torusd starts first, left it dead), and is
+// ready soon after etcd is back.
+func TestDaemonStartsBeforeEtcd(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 2, Replication: 2})
+	d := c.Daemons[0]
+	d.Signal(t, syscall.SIGTERM)
+	c.Etcd.Kill(t)
+	d.Start(t)
+	time.Sleep(6 * time.Second)
+	if !d.Running() {
+		t.Fatalf("torusd exited while etcd was down:\n%s", d.Output())
+	}
+	if !strings.Contains(d.Output(), "etcd unreachable; retrying") {
+		t.Fatalf("torusd did not say it is waiting for etcd:\n%s", d.Output())
+	}
+	c.Etcd.Start(t)
+	c.WaitHTTP(c.EtcdURL+"/health", 30*time.Second)
+	c.WaitHTTP("http://"+d.HTTPAddr+"/readyz", 30*time.Second)
 }
