@@ -190,6 +190,19 @@ func (f *flakyMeta) CommitHead(ctx context.Context, volume string, epoch uint64,
 	return err
 }
 
+// openFlaky opens a writer of "vol" on c through flakyMeta.
+func openFlaky(t *testing.T, c *cluster) (*flakyMeta, *Volume) {
+	t.Helper()
+	fm := &flakyMeta{Memory: c.meta}
+	deps := c.deps()
+	deps.Meta = fm
+	v, err := Open(context.Background(), deps, "vol", Options{Owner: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fm, v
+}
+
 // TestAmbiguousCommit: a head commit that etcd applied but whose reply was
 // lost. The writer must go on from what etcd holds: before, it took the
 // roll for failed, failed the write, kept appending past the length etcd
@@ -197,15 +210,9 @@ func (f *flakyMeta) CommitHead(ctx context.Context, volume string, epoch uint64,
 func TestAmbiguousCommit(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20})
-	fm := &flakyMeta{Memory: c.meta}
 	const size = 8 << 20
 	c.create("vol", size, 0)
-	deps := c.deps()
-	deps.Meta = fm
-	v, err := Open(ctx, deps, "vol", Options{Owner: "w"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fm, v := openFlaky(t, c)
 	r := rand.New(rand.NewPCG(25, 26))
 	m := make(model, size)
 	for i := range 40 {
@@ -240,15 +247,9 @@ func TestAmbiguousCommit(t *testing.T) {
 func TestFailedRoll(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 4 << 20})
-	fm := &flakyMeta{Memory: c.meta}
 	const size = 8 << 20
 	c.create("vol", size, 0)
-	deps := c.deps()
-	deps.Meta = fm
-	v, err := Open(ctx, deps, "vol", Options{Owner: "w"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	fm, v := openFlaky(t, c)
 	r := rand.New(rand.NewPCG(27, 28))
 	m := make(model, size)
 	write := func(n int) {

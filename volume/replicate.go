@@ -420,22 +420,28 @@ func (v *Volume) commit(ctx context.Context, h torus.Head) error {
 	v.stats.EtcdCommits++
 	prev := cloneHead(v.head)
 	v.mu.Unlock()
-	err := v.meta.CommitHead(ctx, v.name, v.epoch, h)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, torus.ErrFenced):
-		return v.fence(err)
-	case definite(err):
-		return fmt.Errorf("volume %s: commit head: %w", v.name, err)
+	done, err := v.commitOnce(ctx, h)
+	if done {
+		return err
 	}
 	return v.resolveCommit(ctx, prev, h, err)
 }
 
-// definite reports whether a CommitHead error means it was not applied.
-func definite(err error) bool {
-	return errors.Is(err, torus.ErrNotExist) || errors.Is(err, torus.ErrInvalid) ||
-		errors.Is(err, torus.ErrConflict) || errors.Is(err, torus.ErrNotInitialized)
+// commitOnce sends one CommitHead. done reports a definite outcome, err
+// then being nil (applied) or why it was not applied (fenced: the writer is
+// fenced); otherwise err is the ambiguous failure.
+func (v *Volume) commitOnce(ctx context.Context, h torus.Head) (done bool, err error) {
+	err = v.meta.CommitHead(ctx, v.name, v.epoch, h)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, torus.ErrFenced):
+		return true, v.fence(err)
+	case errors.Is(err, torus.ErrNotExist) || errors.Is(err, torus.ErrInvalid) ||
+		errors.Is(err, torus.ErrConflict) || errors.Is(err, torus.ErrNotInitialized):
+		return true, fmt.Errorf("volume %s: commit head: %w", v.name, err)
+	}
+	return false, err
 }
 
 // resolveCommit reads the head back until it can tell what became of the
@@ -460,16 +466,12 @@ func (v *Volume) resolveCommit(ctx context.Context, prev, h torus.Head, cause er
 				return v.fence(fmt.Errorf("head changed under the writer (epoch %d in etcd)", got.Epoch))
 			}
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			err = v.meta.CommitHead(rctx, v.name, v.epoch, h)
+			done, cerr := v.commitOnce(rctx, h)
 			cancel()
-			switch {
-			case err == nil:
-				return nil
-			case errors.Is(err, torus.ErrFenced):
-				return v.fence(err)
-			case definite(err):
-				return fmt.Errorf("volume %s: commit head: %w", v.name, err)
+			if done {
+				return cerr
 			}
+			err = cerr
 		}
 		cause = err
 		if time.Now().After(deadline) {
