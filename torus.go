@@ -291,10 +291,14 @@ const (
 
 // PeerInfo describes one storage daemon.
 type PeerInfo struct {
-	ID       string    `json:"id"`      // stable; generated at first start, kept in the data dir
-	Address  string    `json:"address"` // host:port of the peer protocol
-	HTTP     string    `json:"http,omitempty"`
+	ID      string `json:"id"`      // stable; generated at first start, kept in the data dir
+	Address string `json:"address"` // host:port of the peer protocol
+	HTTP    string `json:"http,omitempty"`
+	// Zone, Rack and Host are the daemon's failure-domain path (torusd
+	// --location); see Location.
 	Zone     string    `json:"zone,omitempty"`
+	Rack     string    `json:"rack,omitempty"`
+	Host     string    `json:"host,omitempty"`
 	Capacity int64     `json:"capacity"`
 	Used     int64     `json:"used"`
 	State    PeerState `json:"state"`
@@ -318,12 +322,40 @@ type Beat struct {
 // MaxBeatBlocks bounds the blocks a Beat names per volume.
 const MaxBeatBlocks = 1024
 
-// RingMember is one peer's place in the ring.
+// Location returns the peer's failure-domain path.
+func (p PeerInfo) Location() Location { return Location{Zone: p.Zone, Rack: p.Rack, Host: p.Host} }
+
+// RingMember is one peer's place in the ring. Zone, Rack and Host are the
+// peer's failure-domain path as it was when the member was added (or last
+// refreshed by `torusctl ring set-rule`); rings of format
+// RingFormatZones use only Zone.
 type RingMember struct {
 	ID     string `json:"id"`
 	Zone   string `json:"zone,omitempty"`
+	Rack   string `json:"rack,omitempty"`
+	Host   string `json:"host,omitempty"`
 	Weight int64  `json:"weight"` // usually the peer's capacity in bytes
 }
+
+// Location returns the member's failure-domain path.
+func (m RingMember) Location() Location { return Location{Zone: m.Zone, Rack: m.Rack, Host: m.Host} }
+
+// Ring formats: how package ring turns a RingSpec into a placement. The
+// format is part of the storage format (every segment is found through it);
+// a stored ring names its format so that old rings stay readable.
+const (
+	// RingFormatZones (stored as 0 or 1: rings written before formats
+	// existed have none) is the Ketama ring with one level of failure
+	// domain, the zone. Rack and Host are ignored; every member is its
+	// own host. FailureDomain must be empty.
+	RingFormatZones = 1
+	// RingFormatHierarchy is the Ketama ring (same hashes, same points)
+	// with the failure-domain hierarchy zone > rack > host and a rule
+	// (FailureDomain). See docs/design/placement.md.
+	RingFormatHierarchy = 2
+	// RingFormatCurrent is the format new rings get.
+	RingFormatCurrent = RingFormatHierarchy
+)
 
 // RingSpec is the stored description of a ring. The placement it implies is
 // computed by package ring; a new spec must have Version = old Version + 1.
@@ -332,6 +364,151 @@ type RingSpec struct {
 	Replication  int          `json:"replication"`
 	VirtualNodes int          `json:"virtual_nodes"`
 	Members      []RingMember `json:"members"`
+	// Format is one of the RingFormat constants; 0 means RingFormatZones.
+	Format int `json:"format,omitempty"`
+	// FailureDomain is the placement rule of a RingFormatHierarchy ring:
+	// the level (DomainZone, DomainRack, DomainHost) at which the replicas
+	// of a segment must be in distinct domains. "" means DomainHost.
+	FailureDomain string `json:"failure_domain,omitempty"`
+	// Pins pins the segments of a volume (by decimal volume ID) to peers,
+	// in preference order: they are its desired holders while they are
+	// usable (see ring.Pinned). Empty for most clusters.
+	Pins map[string][]string `json:"pins,omitempty"`
+}
+
+// Failure-domain levels, from the largest. A Location names a path
+// through them; a placement rule names one of them.
+const (
+	DomainZone = "zone"
+	DomainRack = "rack"
+	DomainHost = "host"
+)
+
+// DomainLevels lists the failure-domain levels from the largest.
+var DomainLevels = []string{DomainZone, DomainRack, DomainHost}
+
+// Location is a daemon's failure-domain path: zone > rack > host. Any level
+// may be empty. Its text form is "zone=z1,rack=r3,host=h7" (levels in any
+// order, empty ones left out).
+type Location struct {
+	Zone, Rack, Host string
+}
+
+// ParseLocation parses "zone=z1,rack=r3,host=h7". Levels may come in any
+// order, each at most once; "" is the empty location. It fails with an
+// error wrapping ErrInvalid for an unknown level, a repeated level, a
+// missing "=", or a value that Location.Validate rejects.
+func ParseLocation(s string) (Location, error) {
+	var l Location
+	if strings.TrimSpace(s) == "" {
+		return l, nil
+	}
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return Location{}, fmt.Errorf("%w: location %q: %q is not level=value", ErrInvalid, s, part)
+		}
+		if seen[k] {
+			return Location{}, fmt.Errorf("%w: location %q: level %q given twice", ErrInvalid, s, k)
+		}
+		seen[k] = true
+		switch k {
+		case DomainZone:
+			l.Zone = v
+		case DomainRack:
+			l.Rack = v
+		case DomainHost:
+			l.Host = v
+		default:
+			return Location{}, fmt.Errorf("%w: location %q: unknown level %q (known: zone, rack, host)", ErrInvalid, s, k)
+		}
+	}
+	if err := l.Validate(); err != nil {
+		return Location{}, err
+	}
+	return l, nil
+}
+
+// locationValue is a label value: at most 63 characters, alphanumerics at
+// both ends, '-', '_' and '.' between.
+var locationValue = regexp.MustCompile(`^([A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?)?$`)
+
+// Validate checks that every level's value is a label value: empty, or at
+// most 63 characters of [A-Za-z0-9-_.] beginning and ending with an
+// alphanumeric. It fails with an error wrapping ErrInvalid.
+func (l Location) Validate() error {
+	for i, v := range []string{l.Zone, l.Rack, l.Host} {
+		if !locationValue.MatchString(v) {
+			return fmt.Errorf("%w: location %s=%q: want at most 63 of A-Z a-z 0-9 - _ . beginning and ending with a letter or digit",
+				ErrInvalid, DomainLevels[i], v)
+		}
+	}
+	return nil
+}
+
+// String is the text form ParseLocation reads, levels from the largest.
+func (l Location) String() string {
+	var parts []string
+	for i, v := range []string{l.Zone, l.Rack, l.Host} {
+		if v != "" {
+			parts = append(parts, DomainLevels[i]+"="+v)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// ValidFailureDomain reports whether d names a placement rule level
+// ("" is DomainHost).
+func ValidFailureDomain(d string) bool {
+	return d == "" || d == DomainZone || d == DomainRack || d == DomainHost
+}
+
+// Placement maps segment keys (SegmentID.Key) to the peers that should hold
+// them. Package ring implements it: the Ketama ring (ring.New) and a manual
+// map pinning volumes to peers (ring.Pinned); ring.Build picks from a
+// RingSpec. The planner (package rebalance), the writer and the readers use
+// only this interface. Implementations are immutable and safe for
+// concurrent use; they do no I/O.
+type Placement interface {
+	// Version is the RingSpec version the placement was built from.
+	Version() uint64
+	// Replication is the number of copies of each segment.
+	Replication() int
+	// Lookup returns up to n distinct peer IDs for key in preference
+	// order, leaving out those for which skip(id) is true (skip may be
+	// nil, must answer the same for an id during one call, and is called
+	// at most once per peer). Lookup(key, n, skip) is a prefix of
+	// Lookup(key, m, skip) for n <= m; the result has min(n, usable
+	// peers) entries, nil when n < 1.
+	Lookup(key []byte, n int, skip func(id string) bool) []string
+	// Order returns every peer in preference order for key: Lookup with n
+	// = all peers and no skip. Readers walk it when the first candidates
+	// lack a segment.
+	Order(key []byte) []string
+	// Exclude returns a view without the peers skip rejects: for every key
+	// and n, Exclude(skip).Lookup(key, n, nil) equals Lookup(key, n, skip).
+	// Build it once for many lookups with the same skip.
+	Exclude(skip func(id string) bool) Placement
+	// Health says whether the placement can meet its rule over the peers
+	// skip does not reject (skip may be nil).
+	Health(skip func(id string) bool) PlacementHealth
+}
+
+// PlacementHealth says whether a placement meets its failure-domain rule.
+type PlacementHealth struct {
+	// FailureDomain is the rule's level: DomainZone, DomainRack,
+	// DomainHost, or "peer" (a RingFormatZones ring: distinct peers).
+	FailureDomain string `json:"failure_domain"`
+	// Domains is the number of usable domains at that level.
+	Domains     int `json:"domains"`
+	Replication int `json:"replication"`
+	// Degraded: some segments get two replicas in one failure domain
+	// (Domains < Replication, or a pinned volume has too few usable
+	// pins). Placement still fills every replica, from the same domain.
+	Degraded bool `json:"degraded"`
+	// Reason says why, for a warning; "" when not degraded.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Store is a daemon's local segment store. Implementations: storage.Memory

@@ -13,16 +13,19 @@ import (
 )
 
 // Ring is an immutable consistent-hash ring built from a torus.RingSpec. It is
-// safe for concurrent use.
+// safe for concurrent use. It implements torus.Placement.
 type Ring struct {
 	version     uint64
 	replication int
 	vnodes      int
+	format      int
+	rule        int // failure-domain level of the rule: levelZone..levelHost, or levelPeer
 
-	members  []torus.RingMember // sorted by ID
-	zoneOf   []int32            // member index -> zone index
-	zoneSize []int32            // zone index -> number of members
-	zones    []string           // zone index -> zone name
+	members []torus.RingMember // sorted by ID
+	// dom[l][m] is member m's domain index at level l; domSize[l][d] the
+	// number of members of domain d; domains[l] the number of domains.
+	dom     [numLevels][]int32
+	domSize [numLevels][]int32
 
 	hashes []uint64 // point hashes, ascending
 	owners []int32  // owners[i] is the member index of point i
@@ -30,12 +33,27 @@ type Ring struct {
 	scratch sync.Pool // *walkState sized for this ring
 }
 
+// Failure-domain levels of the walk, from the largest. levelPeer is not a
+// walk level: it names the rule of a RingFormatZones ring (distinct peers).
+const (
+	levelZone = iota
+	levelRack
+	levelHost
+	numLevels
+	levelPeer = numLevels
+)
+
+var levelNames = [...]string{torus.DomainZone, torus.DomainRack, torus.DomainHost, "peer"}
+
 // New builds the ring described by spec. The order of spec.Members does not
-// matter. VirtualNodes 0 means torus.DefaultVirtualNodes.
+// matter. VirtualNodes 0 means torus.DefaultVirtualNodes; Format 0 means
+// torus.RingFormatZones.
 //
 // It fails with an error wrapping torus.ErrInvalid when spec has no members,
-// an empty or duplicate member ID, a member weight <= 0, Replication < 1, or
-// VirtualNodes outside 0..4096.
+// an empty or duplicate member ID, a member weight <= 0, Replication < 1,
+// VirtualNodes outside 0..4096, an unknown Format, or a FailureDomain that
+// is not a level ("" is host) or is set on a RingFormatZones ring. New
+// ignores spec.Pins (see Build).
 func New(spec torus.RingSpec) (*Ring, error) {
 	if len(spec.Members) == 0 {
 		return nil, fmt.Errorf("ring: no members: %w", torus.ErrInvalid)
@@ -49,6 +67,10 @@ func New(spec torus.RingSpec) (*Ring, error) {
 	}
 	if vnodes < 1 || vnodes > 4096 {
 		return nil, fmt.Errorf("ring: virtual nodes %d must be 1..4096: %w", spec.VirtualNodes, torus.ErrInvalid)
+	}
+	format, rule, err := formatRule(spec)
+	if err != nil {
+		return nil, err
 	}
 	members := slices.Clone(spec.Members)
 	slices.SortFunc(members, func(a, b torus.RingMember) int {
@@ -78,6 +100,8 @@ func New(spec torus.RingSpec) (*Ring, error) {
 		version:     spec.Version,
 		replication: spec.Replication,
 		vnodes:      vnodes,
+		format:      format,
+		rule:        rule,
 		members:     members,
 	}
 	type point struct {
@@ -112,8 +136,33 @@ func New(spec torus.RingSpec) (*Ring, error) {
 		r.hashes[i] = p.hash
 		r.owners[i] = p.member
 	}
-	r.indexZones()
+	r.indexDomains()
 	return r, nil
+}
+
+// formatRule checks spec's format and rule and returns the format and the
+// rule's level.
+func formatRule(spec torus.RingSpec) (format, rule int, err error) {
+	switch spec.Format {
+	case 0, torus.RingFormatZones:
+		if spec.FailureDomain != "" {
+			return 0, 0, fmt.Errorf("ring: failure domain %q needs ring format %d, not %d: %w",
+				spec.FailureDomain, torus.RingFormatHierarchy, torus.RingFormatZones, torus.ErrInvalid)
+		}
+		return torus.RingFormatZones, levelPeer, nil
+	case torus.RingFormatHierarchy:
+		switch spec.FailureDomain {
+		case torus.DomainZone:
+			return spec.Format, levelZone, nil
+		case torus.DomainRack:
+			return spec.Format, levelRack, nil
+		case "", torus.DomainHost:
+			return spec.Format, levelHost, nil
+		}
+		return 0, 0, fmt.Errorf("ring: failure domain %q: want zone, rack or host: %w", spec.FailureDomain, torus.ErrInvalid)
+	}
+	return 0, 0, fmt.Errorf("ring: unknown ring format %d (this build reads formats %d and %d; upgrade it): %w",
+		spec.Format, torus.RingFormatZones, torus.RingFormatHierarchy, torus.ErrInvalid)
 }
 
 // pointCount is round(vnodes * weight / meanWeight), at least 1, computed
@@ -131,31 +180,59 @@ func pointCount(vnodes int, weight int64, n int, sum *big.Int) int {
 	return int(k)
 }
 
-// indexZones fills zoneOf, zoneSize and zones from r.members and sets up the
-// scratch pool.
-func (r *Ring) indexZones() {
-	idx := make(map[string]int32)
-	r.zoneOf = make([]int32, len(r.members))
-	r.zones = r.zones[:0]
-	r.zoneSize = r.zoneSize[:0]
-	for i, m := range r.members {
-		z, ok := idx[m.Zone]
-		if !ok {
-			z = int32(len(r.zones))
-			idx[m.Zone] = z
-			r.zones = append(r.zones, m.Zone)
-			r.zoneSize = append(r.zoneSize, 0)
-		}
-		r.zoneOf[i] = z
-		r.zoneSize[z]++
+// domainKeys returns member m's domain keys at each level.
+//
+// Format RingFormatZones: the zone; the rack is the zone (no rack level);
+// the host is the member itself. Format RingFormatHierarchy: the zone; the
+// rack within its zone; the host by its name alone (a host name names one
+// machine wherever it is filed), or the member itself when it has no host.
+// Keys of different kinds cannot collide: member keys begin with 0x01.
+func (r *Ring) domainKeys(m torus.RingMember) [numLevels]string {
+	own := "\x01" + m.ID
+	if r.format == torus.RingFormatZones {
+		return [numLevels]string{m.Zone, m.Zone, own}
 	}
-	nm, nz := len(r.members), len(r.zones)
-	r.scratch.New = func() any {
-		return &walkState{
-			member:      make([]uint8, nm),
-			zoneChosen:  make([]bool, nz),
-			zoneSkipped: make([]int32, nz),
+	host := m.Host
+	if host == "" {
+		host = own
+	}
+	return [numLevels]string{m.Zone, m.Zone + "\x00" + m.Rack, host}
+}
+
+// indexDomains fills dom and domSize from r.members and sets up the
+// scratch pool.
+func (r *Ring) indexDomains() {
+	var idx [numLevels]map[string]int32
+	for l := range numLevels {
+		idx[l] = make(map[string]int32)
+		r.dom[l] = make([]int32, len(r.members))
+		r.domSize[l] = nil
+	}
+	for i, m := range r.members {
+		keys := r.domainKeys(m)
+		for l, k := range keys {
+			d, ok := idx[l][k]
+			if !ok {
+				d = int32(len(r.domSize[l]))
+				idx[l][k] = d
+				r.domSize[l] = append(r.domSize[l], 0)
+			}
+			r.dom[l][i] = d
+			r.domSize[l][d]++
 		}
+	}
+	nm := len(r.members)
+	var nd [numLevels]int
+	for l := range numLevels {
+		nd[l] = len(r.domSize[l])
+	}
+	r.scratch.New = func() any {
+		w := &walkState{member: make([]uint8, nm)}
+		for l := range numLevels {
+			w.chosen[l] = make([]bool, nd[l])
+			w.skipped[l] = make([]int32, nd[l])
+		}
+		return w
 	}
 }
 
@@ -194,7 +271,58 @@ func (r *Ring) Members() []torus.RingMember { return slices.Clone(r.members) }
 
 // Zones returns the number of distinct zones among the members (members
 // with no zone share the zone "").
-func (r *Ring) Zones() int { return len(r.zones) }
+func (r *Ring) Zones() int { return len(r.domSize[levelZone]) }
+
+// Format is the ring format, a torus.RingFormat constant.
+func (r *Ring) Format() int { return r.format }
+
+// FailureDomain is the level of the placement rule: "zone", "rack", "host",
+// or "peer" for a RingFormatZones ring.
+func (r *Ring) FailureDomain() string { return levelNames[r.rule] }
+
+// Domains returns the number of distinct failure domains among the members
+// at level (zone, rack, host or peer) and 0 for an unknown level.
+func (r *Ring) Domains(level string) int {
+	for l, name := range levelNames {
+		if name == level {
+			if l == levelPeer {
+				return len(r.members)
+			}
+			return len(r.domSize[l])
+		}
+	}
+	return 0
+}
+
+// Health counts the failure domains at the rule's level among the members
+// skip does not reject: the placement is degraded when there are fewer
+// than Replication, since Lookup then fills replicas from a domain it has
+// already used. Whenever there are enough, every Lookup(key, Replication(),
+// skip) puts its replicas in distinct domains at that level.
+func (r *Ring) Health(skip func(id string) bool) torus.PlacementHealth {
+	seen := make(map[int32]bool)
+	for i, m := range r.members {
+		if skip != nil && skip(m.ID) {
+			continue
+		}
+		if r.rule == levelPeer {
+			seen[int32(i)] = true
+		} else {
+			seen[r.dom[r.rule][i]] = true
+		}
+	}
+	return health(levelNames[r.rule], len(seen), r.replication)
+}
+
+func health(level string, domains, repl int) torus.PlacementHealth {
+	h := torus.PlacementHealth{FailureDomain: level, Domains: domains, Replication: repl}
+	if domains < repl {
+		h.Degraded = true
+		h.Reason = fmt.Sprintf("%d usable %s domains for replication %d: some segments have two replicas in one %s",
+			domains, level, repl, level)
+	}
+	return h
+}
 
 // member states during one walk
 const (
@@ -205,15 +333,17 @@ const (
 
 // walkState is the per-call scratch of Lookup, pooled per ring.
 type walkState struct {
-	member      []uint8 // stUnknown, stChosen, stSkipped
-	zoneChosen  []bool
-	zoneSkipped []int32 // members of the zone known to be skipped
+	member  []uint8 // stUnknown, stChosen, stSkipped
+	chosen  [numLevels][]bool
+	skipped [numLevels][]int32 // members of the domain known to be skipped
 }
 
 func (w *walkState) reset() {
 	clear(w.member)
-	clear(w.zoneChosen)
-	clear(w.zoneSkipped)
+	for l := range numLevels {
+		clear(w.chosen[l])
+		clear(w.skipped[l])
+	}
 }
 
 // Lookup returns up to n distinct member IDs for key, in preference order,
@@ -222,10 +352,15 @@ func (w *walkState) reset() {
 // most once per member).
 //
 // The walk starts at the first point clockwise from KeyHash(key) (wrapping
-// around). Lookup is zone-aware: it first takes, in walk order, the first
-// usable member of each zone not yet chosen; only when no new zone is left
-// does it take further members, again in walk order, repeating zones. So
-// with Z usable zones the first min(n, Z) results are in distinct zones.
+// around) and makes up to four passes over the points, each taking members
+// in walk order: first the first usable member of each zone not yet chosen;
+// then of each rack not yet chosen; then of each host not yet chosen (in
+// each pass a member qualifies only if its domains at that level and below
+// are all new); last, any member not yet chosen. So with D usable domains
+// at a level, the first min(n, D) results are in distinct domains at that
+// level, and they spread over the levels above it as far as the topology
+// allows. A RingFormatZones ring has no racks and each member is its own
+// host, which makes this the zone-aware walk of that format.
 //
 // Lookup(key, n, skip) is a prefix of Lookup(key, m, skip) for n <= m. The
 // result has min(n, number of usable members) entries; nil when n < 1.
@@ -253,12 +388,11 @@ func (r *Ring) Order(key []byte) []string {
 	return r.Lookup(key, len(r.members), nil)
 }
 
-// walk does the two passes of Lookup from point index start.
+// walk does the passes of Lookup from point index start.
 func (r *Ring) walk(w *walkState, start, n int, skip func(string) bool, res []string) []string {
 	P := len(r.hashes)
 	numMembers := len(r.members)
-	numZones := len(r.zones)
-	chosenZones, exhaustedZones := 0, 0
+	var chosen, exhausted [numLevels]int
 	resolved := 0 // members chosen or known skipped
 	// After this many steps of a pass, resolve skip for every member at
 	// once, so a walk that cannot finish early (a whole zone skipped, most
@@ -269,10 +403,12 @@ func (r *Ring) walk(w *walkState, start, n int, skip func(string) bool, res []st
 	markSkipped := func(m int32) {
 		w.member[m] = stSkipped
 		resolved++
-		z := r.zoneOf[m]
-		w.zoneSkipped[z]++
-		if w.zoneSkipped[z] == r.zoneSize[z] {
-			exhaustedZones++
+		for l := range numLevels {
+			d := r.dom[l][m]
+			w.skipped[l][d]++
+			if w.skipped[l][d] == r.domSize[l][d] {
+				exhausted[l]++
+			}
 		}
 	}
 	resolveAll := func() {
@@ -283,55 +419,53 @@ func (r *Ring) walk(w *walkState, start, n int, skip func(string) bool, res []st
 		}
 		allResolved = true
 	}
-
-	// Pass 1: one member per new zone.
-	for i := 0; i < P && len(res) < n; i++ {
-		if chosenZones+exhaustedZones == numZones {
-			break
+	// done reports whether pass p can take no one more.
+	done := func(p int) bool {
+		if p == numLevels {
+			return resolved == numMembers
 		}
-		if i == threshold && !allResolved {
-			resolveAll()
-			if chosenZones+exhaustedZones == numZones {
-				break
-			}
-		}
-		m := r.owners[(start+i)%P]
-		if w.member[m] != stUnknown {
-			continue
-		}
-		z := r.zoneOf[m]
-		if w.zoneChosen[z] {
-			continue
-		}
-		if !allResolved && skip(r.members[m].ID) {
-			markSkipped(m)
-			continue
-		}
-		w.member[m] = stChosen
-		resolved++
-		w.zoneChosen[z] = true
-		chosenZones++
-		res = append(res, r.members[m].ID)
+		return chosen[p]+exhausted[p] == len(r.domSize[p])
 	}
-	// Pass 2: anything not chosen or skipped, zones repeating.
-	for i := 0; i < P && len(res) < n && resolved < numMembers; i++ {
-		if i == threshold && !allResolved {
-			resolveAll()
-			if resolved == numMembers {
+
+	for p := 0; p <= numLevels && len(res) < n; p++ {
+		for i := 0; i < P && len(res) < n; i++ {
+			if done(p) {
 				break
 			}
+			if i == threshold && !allResolved {
+				resolveAll()
+				if done(p) {
+					break
+				}
+			}
+			m := r.owners[(start+i)%P]
+			if w.member[m] != stUnknown {
+				continue
+			}
+			fresh := true
+			for l := p; l < numLevels; l++ {
+				if w.chosen[l][r.dom[l][m]] {
+					fresh = false
+					break
+				}
+			}
+			if !fresh {
+				continue
+			}
+			if !allResolved && skip(r.members[m].ID) {
+				markSkipped(m)
+				continue
+			}
+			w.member[m] = stChosen
+			resolved++
+			for l := range numLevels {
+				if d := r.dom[l][m]; !w.chosen[l][d] {
+					w.chosen[l][d] = true
+					chosen[l]++
+				}
+			}
+			res = append(res, r.members[m].ID)
 		}
-		m := r.owners[(start+i)%P]
-		if w.member[m] != stUnknown {
-			continue
-		}
-		if !allResolved && skip(r.members[m].ID) {
-			markSkipped(m)
-			continue
-		}
-		w.member[m] = stChosen
-		resolved++
-		res = append(res, r.members[m].ID)
 	}
 	return res
 }
@@ -343,13 +477,17 @@ func (r *Ring) walk(w *walkState, start, n int, skip func(string) bool, res []st
 // moves among them. Use it to run many lookups with the same skip: a view
 // costs O(points) to build, and its lookups never walk past skipped zones.
 //
-// The view has r's Version and Replication, and may have no members, in
-// which case every Lookup returns nil.
-func (r *Ring) Exclude(skip func(id string) bool) *Ring {
+// The view (a *Ring) has r's Version, Replication, format and rule, and may
+// have no members, in which case every Lookup returns nil.
+func (r *Ring) Exclude(skip func(id string) bool) torus.Placement { return r.exclude(skip) }
+
+func (r *Ring) exclude(skip func(id string) bool) *Ring {
 	v := &Ring{
 		version:     r.version,
 		replication: r.replication,
 		vnodes:      r.vnodes,
+		format:      r.format,
+		rule:        r.rule,
 	}
 	newIdx := make([]int32, len(r.members))
 	for i, m := range r.members {
@@ -366,6 +504,6 @@ func (r *Ring) Exclude(skip func(id string) bool) *Ring {
 			v.owners = append(v.owners, ni)
 		}
 	}
-	v.indexZones()
+	v.indexDomains()
 	return v
 }

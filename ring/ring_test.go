@@ -410,7 +410,7 @@ func TestSlowWalkFallback(t *testing.T) {
 
 func TestExcludeEverything(t *testing.T) {
 	r := mustNew(t, torus.RingSpec{Replication: 2, Members: equalMembers(3)})
-	v := r.Exclude(func(string) bool { return true })
+	v := r.exclude(func(string) bool { return true })
 	if got := v.Lookup(segKey(0), 2, nil); got != nil {
 		t.Errorf("empty view Lookup = %v", got)
 	}
