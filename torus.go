@@ -490,6 +490,15 @@ type Placement interface {
 	// and n, Exclude(skip).Lookup(key, n, nil) equals Lookup(key, n, skip).
 	// Build it once for many lookups with the same skip.
 	Exclude(skip func(id string) bool) Placement
+	// Desired returns the holders healing aims for: Lookup(key,
+	// Replication(), down), except that while the placement's peers (down
+	// ones included) span at least Replication failure domains, a replica
+	// that would share a domain with an earlier one is left out. So a
+	// failure domain that is down (a host rebooting) is not re-replicated
+	// into a domain that already holds a copy; only a topology with too
+	// few domains fills from the same domain. Build the placement without
+	// draining peers (Exclude) so that they count as gone.
+	Desired(key []byte, down func(id string) bool) []string
 	// Health says whether the placement can meet its rule over the peers
 	// skip does not reject (skip may be nil).
 	Health(skip func(id string) bool) PlacementHealth

@@ -6,7 +6,6 @@ import (
 	"slices"
 
 	"github.com/torus-storage/torus"
-	"github.com/torus-storage/torus/ring"
 )
 
 // Holder is one peer's copy of a segment as the peer reported it (Store.Stat
@@ -36,7 +35,9 @@ type Segment struct {
 
 // Input is everything the planner looks at.
 type Input struct {
-	Ring *ring.Ring
+	// Ring is the placement: desired holders come from its Lookup. Any
+	// torus.Placement will do (ring.Build gives the one a RingSpec says).
+	Ring torus.Placement
 	// Up holds the peers whose liveness key is present. A peer not in Up
 	// is down. Up may hold peers that are not ring members (new, or
 	// removed but still running): their copies are surplus.
@@ -141,14 +142,18 @@ func CompareSegmentID(a, b torus.SegmentID) int {
 	)
 }
 
-// Desired returns the desired holders of a segment key: the first
-// Replication members of the ring in preference order, skipping peers that
-// are down or draining.
+// Desired returns the desired holders of a segment key: the placement's
+// Desired holders over the members that are not draining, skipping those
+// that are down. That is the first Replication members in preference
+// order, except that while the members span enough failure domains a
+// member sharing a domain with an earlier one is left out (a host down is
+// not re-replicated onto the host that holds the other copy).
 func (in Input) Desired(key []byte) []string {
-	return in.Ring.Lookup(key, in.Ring.Replication(), in.unusable)
+	return in.Ring.Exclude(in.draining).Desired(key, in.down)
 }
 
-func (in Input) unusable(id string) bool { return !in.Up[id] || in.Draining[id] }
+func (in Input) draining(id string) bool { return in.Draining[id] }
+func (in Input) down(id string) bool     { return !in.Up[id] }
 
 // Compute plans the copies and deletes that bring every sealed segment to
 // Replication full copies on its desired holders and nothing elsewhere.
@@ -162,7 +167,10 @@ func (in Input) unusable(id string) bool { return !in.Up[id] || in.Draining[id] 
 // changed) and drop the old plan.
 //
 // Rules, per sealed segment of authoritative length L:
-//   - desired holders D = Ring.Lookup(key, Replication, skip down or draining);
+//   - desired holders D = Ring.Exclude(draining).Desired(key, down): the
+//     first Replication up members in preference order, leaving out one
+//     that shares a failure domain with an earlier one unless the
+//     topology has too few domains (torus.Placement.Desired);
 //   - a full copy is one of at least L bytes; sources are up peers (draining
 //     ones included) with a full copy, preferring one in D;
 //   - each peer of D without a full copy gets a Copy;
@@ -173,7 +181,7 @@ func (in Input) unusable(id string) bool { return !in.Up[id] || in.Draining[id] 
 //     nothing is planned for it;
 //   - a sealed segment of length 0 needs nothing.
 //
-// Compute fails with an error wrapping torus.ErrInvalid for a nil ring, a
+// Compute fails with an error wrapping torus.ErrInvalid for a nil placement, a
 // segment listed twice, a negative length, or a peer listed twice as holder
 // of one segment.
 func Compute(in Input) (*Plan, error) {
@@ -201,8 +209,9 @@ func Compute(in Input) (*Plan, error) {
 		}
 	}
 
-	// One view of the ring without unusable peers serves every lookup.
-	view := in.Ring.Exclude(in.unusable)
+	// One view of the placement without draining peers serves every
+	// lookup: they are gone as far as the topology is concerned.
+	view := in.Ring.Exclude(in.draining)
 	repl := in.Ring.Replication()
 	p := &Plan{}
 	for i := range segs {
@@ -212,7 +221,7 @@ func Compute(in Input) (*Plan, error) {
 			continue
 		}
 		p.Sealed++
-		planSegment(p, s, view.Lookup(s.ID.Key(), repl, nil), repl, in.Up)
+		planSegment(p, s, view.Desired(s.ID.Key(), in.down), repl, in.Up)
 	}
 	p.CopyBytes = p.Bytes()
 	return p, nil

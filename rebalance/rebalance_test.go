@@ -181,7 +181,7 @@ func TestJoinMovement(t *testing.T) {
 }
 
 // place makes n segments with full copies where r puts them.
-func place(r *ring.Ring, n int, length int64) []Segment {
+func place(r torus.Placement, n int, length int64) []Segment {
 	segs := make([]Segment, n)
 	for i := range segs {
 		segs[i] = Segment{ID: seg(i), Sealed: true, Length: length}

@@ -52,6 +52,7 @@ func (e empty) Replication() int                             { return e.replicat
 func (empty) Lookup([]byte, int, func(string) bool) []string { return nil }
 func (empty) Order([]byte) []string                          { return nil }
 func (e empty) Exclude(func(string) bool) torus.Placement    { return e }
+func (empty) Desired([]byte, func(string) bool) []string     { return nil }
 func (e empty) Health(func(string) bool) torus.PlacementHealth {
 	return health("peer", 0, e.replication)
 }
@@ -160,6 +161,16 @@ func (p *Pinned) Lookup(key []byte, n int, skip func(id string) bool) []string {
 		}
 	}
 	return out
+}
+
+// Desired is the base's for an unpinned volume; for a pinned one it is
+// Lookup(key, Replication(), down): pins are the operator's choice of
+// domains.
+func (p *Pinned) Desired(key []byte, down func(id string) bool) []string {
+	if len(p.pins[keyVolume(key)]) == 0 {
+		return p.base.Desired(key, down)
+	}
+	return p.Lookup(key, p.Replication(), down)
 }
 
 // Exclude returns the base's view without the peers skip rejects, with

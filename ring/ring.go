@@ -7,6 +7,7 @@ import (
 	"math/big"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/torus-storage/torus"
@@ -312,6 +313,29 @@ func (r *Ring) Health(skip func(id string) bool) torus.PlacementHealth {
 		}
 	}
 	return health(levelNames[r.rule], len(seen), r.replication)
+}
+
+// Desired implements torus.Placement: Lookup(key, Replication(), down),
+// keeping only the first replica of each failure domain at the rule's
+// level unless the members span fewer such domains than Replication.
+func (r *Ring) Desired(key []byte, down func(id string) bool) []string {
+	ids := r.Lookup(key, r.replication, down)
+	if r.rule == levelPeer || len(r.domSize[r.rule]) < r.replication || len(ids) < 2 {
+		return ids
+	}
+	var seen [8]int32
+	used := seen[:0]
+	out := ids[:0]
+	for _, id := range ids {
+		i, _ := slices.BinarySearchFunc(r.members, id, func(m torus.RingMember, id string) int { return strings.Compare(m.ID, id) })
+		d := r.dom[r.rule][i]
+		if slices.Contains(used, d) {
+			continue
+		}
+		used = append(used, d)
+		out = append(out, id)
+	}
+	return out
 }
 
 func health(level string, domains, repl int) torus.PlacementHealth {
