@@ -337,6 +337,11 @@ type RingMember struct {
 	Weight int64  `json:"weight"` // usually the peer's capacity in bytes
 }
 
+// NewRingMember returns the member for peer id at loc with weight.
+func NewRingMember(id string, loc Location, weight int64) RingMember {
+	return RingMember{ID: id, Zone: loc.Zone, Rack: loc.Rack, Host: loc.Host, Weight: weight}
+}
+
 // Location returns the member's failure-domain path.
 func (m RingMember) Location() Location { return Location{Zone: m.Zone, Rack: m.Rack, Host: m.Host} }
 

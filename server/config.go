@@ -21,8 +21,9 @@ type Config struct {
 	PeerAdvertise string
 	// HTTPListen serves /metrics, /healthz, /readyz, /debug/pprof; "" for none.
 	HTTPListen string
-	// Zone is the failure domain label used by placement.
-	Zone string
+	// Location is the daemon's failure-domain path (zone, rack, host) used
+	// by placement; cmd/torusd defaults its host to the machine's name.
+	Location torus.Location
 	// AutoJoin adds the daemon to the ring at start if it is not a member.
 	AutoJoin bool
 	// HeartbeatTTL is the liveness lease TTL: a dead daemon shows down
@@ -92,6 +93,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: heartbeat TTL %v must be at least 1s", torus.ErrInvalid, c.HeartbeatTTL)
 	case c.RebalanceRate < 0:
 		return fmt.Errorf("%w: rebalance rate %d must not be negative", torus.ErrInvalid, c.RebalanceRate)
+	}
+	if err := c.Location.Validate(); err != nil {
+		return err
 	}
 	if _, _, err := net.SplitHostPort(c.PeerListen); err != nil {
 		return fmt.Errorf("%w: peer address %q: %v", torus.ErrInvalid, c.PeerListen, err)

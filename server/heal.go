@@ -75,7 +75,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 	if len(spec.Members) == 0 {
 		return nil
 	}
-	r, err := ring.New(spec)
+	r, err := ring.Build(spec)
 	if err != nil {
 		return err
 	}
@@ -84,6 +84,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		return fmt.Errorf("listing peers: %w", err)
 	}
 	live := s.liveness(peers)
+	s.reportPlacement(r.Health(func(id string) bool { return live.draining[id] }))
 	inv, err := s.inventory(ctx, live.reallyUp)
 	if err != nil {
 		return err
@@ -238,4 +239,18 @@ func (s *Server) inventory(ctx context.Context, up map[string]bool) (map[torus.S
 		}
 	}
 	return inv, nil
+}
+
+// reportPlacement publishes h in the torus_placement_degraded metric and
+// logs a warning when the placement becomes degraded (and an info line when
+// it recovers), not at every pass.
+func (s *Server) reportPlacement(h torus.PlacementHealth) {
+	was := s.placementDegraded.Swap(h.Degraded)
+	switch {
+	case h.Degraded && !was:
+		s.log.Warn("placement degraded: the ring's topology cannot meet its placement rule",
+			"reason", h.Reason, "failure_domain", h.FailureDomain, "domains", h.Domains, "replication", h.Replication)
+	case !h.Degraded && was:
+		s.log.Info("placement rule met again", "failure_domain", h.FailureDomain, "domains", h.Domains)
+	}
 }

@@ -42,6 +42,14 @@ func newMetrics(s *Server) *metrics {
 		Name: "torus_rebalance_pending_bytes", Help: "Bytes this daemon still has to copy to heal or rebalance.", ConstLabels: labels,
 	}, func() float64 { return float64(s.pending.Load()) }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "torus_placement_degraded", Help: "1 when the ring's members span fewer failure domains (at the rule's level) than the replication.", ConstLabels: labels,
+	}, func() float64 {
+		if s.placementDegraded.Load() {
+			return 1
+		}
+		return 0
+	}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "torus_ready", Help: "1 when the daemon is serving and registered.", ConstLabels: labels,
 	}, func() float64 {
 		if s.isReady() {

@@ -25,37 +25,40 @@ type Server struct {
 	meta torus.Metadata
 	log  *slog.Logger
 
-	id           string
-	store        *storage.Disk
-	local        *peer.Local
-	psrv         *peer.Server
-	peerLn       net.Listener
-	httpSrv      *http.Server
-	httpLn       net.Listener
-	advert       string
-	metrics      *metrics
-	pool         *peer.Pool
-	ready        atomic.Bool
-	inRing       atomic.Bool
-	pending      atomic.Int64
-	life         context.Context // ends at Close; owns the liveness session
-	endLife      context.CancelFunc
-	tables       volume.TableCache
-	healLimit    *scrub.Limiter              // paces healing's appends (RebalanceRate)
-	lastView     atomic.Pointer[clusterView] // the last maintenance pass's view, for the background scrub
-	unrepMu      sync.Mutex
-	unrepairable map[torus.SegmentID][]uint64 // segments the background scrub found no good copy of
-	downMu       sync.Mutex
-	downSince    map[string]time.Time
-	lastHealth   map[string]torus.VolumeHealth
-	fullLevel    atomic.Int32 // 0, 80 or 90: the last fullness warning given
-	sessMu       sync.Mutex
-	session      torus.Session
-	cancel       context.CancelFunc
-	wg           sync.WaitGroup
-	closeMu      sync.Mutex
-	closed       bool
-	closeErr     error
+	id      string
+	store   *storage.Disk
+	local   *peer.Local
+	psrv    *peer.Server
+	peerLn  net.Listener
+	httpSrv *http.Server
+	httpLn  net.Listener
+	advert  string
+	metrics *metrics
+	pool    *peer.Pool
+	ready   atomic.Bool
+	inRing  atomic.Bool
+	pending atomic.Int64
+	// placementDegraded is 1 while the ring's topology cannot meet its
+	// placement rule (reportPlacement).
+	placementDegraded atomic.Bool
+	life              context.Context // ends at Close; owns the liveness session
+	endLife           context.CancelFunc
+	tables            volume.TableCache
+	healLimit         *scrub.Limiter              // paces healing's appends (RebalanceRate)
+	lastView          atomic.Pointer[clusterView] // the last maintenance pass's view, for the background scrub
+	unrepMu           sync.Mutex
+	unrepairable      map[torus.SegmentID][]uint64 // segments the background scrub found no good copy of
+	downMu            sync.Mutex
+	downSince         map[string]time.Time
+	lastHealth        map[string]torus.VolumeHealth
+	fullLevel         atomic.Int32 // 0, 80 or 90: the last fullness warning given
+	sessMu            sync.Mutex
+	session           torus.Session
+	cancel            context.CancelFunc
+	wg                sync.WaitGroup
+	closeMu           sync.Mutex
+	closed            bool
+	closeErr          error
 }
 
 // New checks cfg and returns a daemon that Start will bring up.
@@ -146,7 +149,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 
 	info := torus.PeerInfo{
-		ID: s.id, Address: s.advert, HTTP: s.HTTPAddr(), Zone: s.cfg.Zone,
+		ID: s.id, Address: s.advert, HTTP: s.HTTPAddr(),
+		Zone: s.cfg.Location.Zone, Rack: s.cfg.Location.Rack, Host: s.cfg.Location.Host,
 		Capacity: s.cfg.Capacity,
 	}
 	if err := s.meta.PutPeer(ctx, info); err != nil {
@@ -183,7 +187,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		s.goAttachCtx(runCtx, s.scrubLoop)
 	}
 	s.ready.Store(true)
-	s.log.Info("torusd started", "peer_address", s.advert, "http", s.HTTPAddr(), "zone", s.cfg.Zone,
+	s.log.Info("torusd started", "peer_address", s.advert, "http", s.HTTPAddr(), "location", s.cfg.Location.String(),
 		"capacity", s.cfg.Capacity, "data_dir", s.cfg.DataDir)
 	return nil
 }
@@ -344,8 +348,11 @@ func (s *Server) join(ctx context.Context) error {
 				}
 			}
 		}
+		if len(spec.Members) == 0 && spec.Format == 0 {
+			spec.Format = torus.RingFormatCurrent // the first member: a new cluster
+		}
 		spec.Version++
-		spec.Members = append(spec.Members, torus.RingMember{ID: s.id, Zone: s.cfg.Zone, Weight: s.cfg.Capacity})
+		spec.Members = append(spec.Members, torus.NewRingMember(s.id, s.cfg.Location, s.cfg.Capacity))
 		err = s.meta.SetRing(ctx, spec)
 		if err == nil {
 			s.inRing.Store(true)

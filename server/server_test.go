@@ -77,6 +77,9 @@ func TestJoinHeartbeatHTTPAndStop(t *testing.T) {
 	if len(spec.Members) != 2 {
 		t.Fatalf("ring members = %+v, want both daemons", spec.Members)
 	}
+	if spec.Format != torus.RingFormatCurrent {
+		t.Errorf("the first daemon to join gave the ring format %d, want %d", spec.Format, torus.RingFormatCurrent)
+	}
 	peers, err := meta.Peers(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +101,9 @@ func TestJoinHeartbeatHTTPAndStop(t *testing.T) {
 		}
 		if path == "/metrics" && !strings.Contains(string(body), "torus_store_capacity_bytes") {
 			t.Errorf("/metrics lacks torus_store_capacity_bytes")
+		}
+		if path == "/metrics" && !strings.Contains(string(body), "torus_placement_degraded") {
+			t.Errorf("/metrics lacks torus_placement_degraded")
 		}
 	}
 	// A clean stop revokes the liveness lease: the peer is down at once.

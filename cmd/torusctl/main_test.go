@@ -71,12 +71,12 @@ func cmdFakePeer(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(err)
 		used = n
 	}
-	ts.Check(s.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":4000", Capacity: 1 << 30, Zone: "z1"}))
+	ts.Check(s.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":4000", Capacity: 1 << 30, Zone: "z1", Host: "h-" + id}))
 	if mode != "new" {
 		ring, err := s.Ring(ctx)
 		ts.Check(err)
 		ring.Version++
-		ring.Members = append(ring.Members, torus.RingMember{ID: id, Zone: "z1", Weight: 1 << 30})
+		ring.Members = append(ring.Members, torus.RingMember{ID: id, Zone: "z1", Host: "h-" + id, Weight: 1 << 30})
 		ts.Check(s.SetRing(ctx, ring))
 	}
 	if mode == "down" {

@@ -29,7 +29,8 @@ type flags struct {
 	etcd, etcdCert, etcdKey, etcdCA string
 	dataDir, size                   string
 	peerAddr, advertise, httpAddr   string
-	zone                            string
+	zone, location                  string
+	loc                             torus.Location
 	autoJoin, dev                   bool
 	nbdListen                       string
 	devEtcdClient, devEtcdPeer      string
@@ -60,7 +61,8 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.peerAddr, "peer-address", "127.0.0.1:40000", "address:port for the peer protocol")
 	fs.StringVar(&f.advertise, "advertise-address", "", "address others use to reach the peer port (default --peer-address)")
 	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:4321", "address:port for /metrics, /healthz, /readyz, /debug/pprof (empty: off)")
-	fs.StringVar(&f.zone, "zone", "", "failure domain label (rack, room) for placement")
+	fs.StringVar(&f.location, "location", "", "failure-domain path for placement: zone=Z,rack=R,host=H (host defaults to the machine's hostname)")
+	fs.StringVar(&f.zone, "zone", "", "deprecated: --location zone=Z")
 	fs.BoolVar(&f.autoJoin, "auto-join", false, "add this daemon to the ring at start")
 	fs.BoolVar(&f.dev, "dev", false, "one-machine mode: embedded etcd, auto-join, NBD server, volume \"demo\"")
 	fs.StringVar(&f.nbdListen, "nbd-listen", "127.0.0.1:10809", "with --dev: NBD server address")
@@ -79,6 +81,11 @@ func parse(args []string) (*flags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	loc, err := location(f.location, f.zone, os.Hostname)
+	if err != nil {
+		return nil, err
+	}
+	f.loc = loc
 	if !f.dev && f.etcd == "" {
 		return nil, errors.New("--etcd is required (or --dev for a one-machine cluster with embedded etcd)")
 	}
@@ -168,7 +175,7 @@ func run(args []string) error {
 	srv, err := server.New(server.Config{
 		DataDir: f.dataDir, Capacity: capacity,
 		PeerListen: f.peerAddr, PeerAdvertise: f.advertise, HTTPListen: f.httpAddr,
-		Zone: f.zone, AutoJoin: f.autoJoin, RebalanceRate: rate,
+		Location: f.loc, AutoJoin: f.autoJoin, RebalanceRate: rate,
 		DownGrace: f.downGrace, HeartbeatTTL: f.heartbeatTTL, GCInterval: f.gcInterval,
 		ScrubInterval: scrubInterval, ScrubRate: scrubRate,
 	}, meta, log)
@@ -282,4 +289,31 @@ func connectEtcd(ctx context.Context, cfg etcdmeta.Config, log *slog.Logger) (*e
 		}
 		wait = min(2*wait, 10*time.Second)
 	}
+}
+
+// location resolves --location and the deprecated --zone: zone from either
+// (they must agree when both are given), host from the machine's name
+// (up to its first dot) when not given.
+func location(flag, zone string, hostname func() (string, error)) (torus.Location, error) {
+	loc, err := torus.ParseLocation(flag)
+	if err != nil {
+		return loc, fmt.Errorf("--location: %w", err)
+	}
+	if zone != "" {
+		if loc.Zone != "" && loc.Zone != zone {
+			return loc, fmt.Errorf("--zone %q and --location zone=%q disagree (--zone is deprecated: use --location)", zone, loc.Zone)
+		}
+		loc.Zone = zone
+	}
+	if loc.Host == "" {
+		h, err := hostname()
+		if err != nil {
+			return loc, fmt.Errorf("--location: no host given and the hostname is unknown (%v): pass host=NAME", err)
+		}
+		loc.Host, _, _ = strings.Cut(h, ".")
+	}
+	if err := loc.Validate(); err != nil {
+		return loc, fmt.Errorf("--location %s: %w (pass host=NAME if the hostname is not a valid value)", loc, err)
+	}
+	return loc, nil
 }

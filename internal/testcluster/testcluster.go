@@ -84,7 +84,7 @@ func New(t testing.TB, o Options) *Cluster {
 			GCInterval:          5 * time.Second,
 		}
 		if len(o.Zones) > 0 {
-			sc.Zone = o.Zones[i%len(o.Zones)]
+			sc.Location.Zone = o.Zones[i%len(o.Zones)]
 		}
 		if o.Server != nil {
 			o.Server(i, &sc)

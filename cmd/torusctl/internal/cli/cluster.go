@@ -70,13 +70,13 @@ func (a *app) peerCmd() *cobra.Command {
 				}
 				now := a.deps.Now()
 				return a.emit(peers, func(w io.Writer) {
-					row(w, "ID", "ADDRESS", "ZONE", "STATE", "USED", "CAPACITY", "PENDING", "LAST SEEN")
+					row(w, "ID", "ADDRESS", "LOCATION", "STATE", "USED", "CAPACITY", "PENDING", "LAST SEEN")
 					for _, p := range peers {
 						seen := "-"
 						if !p.LastSeen.IsZero() {
 							seen = now.Sub(p.LastSeen).Round(time.Second).String() + " ago"
 						}
-						row(w, p.ID, dash(p.Address), dash(p.Zone), p.State, HumanSize(p.Used),
+						row(w, p.ID, dash(p.Address), dash(p.Location().String()), p.State, HumanSize(p.Used),
 							HumanSize(p.Capacity), HumanSize(p.Pending), seen)
 					}
 				})
@@ -101,16 +101,19 @@ func (a *app) ringCmd() *cobra.Command {
 				return a.emit(ring, func(w io.Writer) {
 					fmt.Fprintf(w, "version %d, replication %d, %d virtual nodes, %d members\n",
 						ring.Version, ring.Replication, ring.VirtualNodes, len(ring.Members))
+					fmt.Fprintf(w, "format %d, failure domain %s; placement %s\n", max(ring.Format, torus.RingFormatZones),
+						ruleName(ring), placementSummary(PlacementHealth(ring, nil)))
 					if len(ring.Members) > 0 {
-						row(w, "ID", "ZONE", "WEIGHT")
+						row(w, "ID", "LOCATION", "WEIGHT")
 						for _, m := range ring.Members {
-							row(w, m.ID, dash(m.Zone), m.Weight)
+							row(w, m.ID, dash(m.Location().String()), m.Weight)
 						}
 					}
 				})
 			})
 		},
 	})
+	cmd.AddCommand(a.ringSetRuleCmd())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "set-replication N",
 		Short: "Change the replication factor (writes a new ring version)",

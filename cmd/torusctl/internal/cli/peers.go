@@ -59,7 +59,8 @@ func isMember(ring torus.RingSpec, id string) bool {
 }
 
 // AddToRing returns ring's next version with peers added as members,
-// weighted by capacity, in their zone. Peers must not be members already
+// weighted by capacity, at their location (zone, rack, host). The first
+// members of an empty ring give it the current ring format. Peers must not be members already
 // and must report a capacity.
 func AddToRing(ring torus.RingSpec, peers []torus.PeerInfo) (torus.RingSpec, error) {
 	next := ring
@@ -71,7 +72,10 @@ func AddToRing(ring torus.RingSpec, peers []torus.PeerInfo) (torus.RingSpec, err
 		if p.Capacity <= 0 {
 			return ring, fmt.Errorf("%w: peer %s reports no capacity; it cannot hold data", torus.ErrInvalid, p.ID)
 		}
-		next.Members = append(next.Members, torus.RingMember{ID: p.ID, Zone: p.Zone, Weight: p.Capacity})
+		next.Members = append(next.Members, torus.NewRingMember(p.ID, p.Location(), p.Capacity))
+	}
+	if len(ring.Members) == 0 && ring.Format == 0 {
+		next.Format = torus.RingFormatCurrent // the first members: a new cluster
 	}
 	next.Version++
 	return next, nil

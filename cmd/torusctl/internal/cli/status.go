@@ -15,9 +15,12 @@ import (
 
 // Status is the -o json form of `torusctl status`.
 type Status struct {
-	Cluster       torus.ClusterConfig     `json:"cluster"`
-	RingVersion   uint64                  `json:"ring_version"`
-	Replication   int                     `json:"replication"`
+	Cluster     torus.ClusterConfig `json:"cluster"`
+	RingVersion uint64              `json:"ring_version"`
+	Replication int                 `json:"replication"`
+	// Placement says whether the ring's members (draining ones left out)
+	// span enough failure domains for its rule.
+	Placement     torus.PlacementHealth   `json:"placement"`
 	RingMembers   int                     `json:"ring_members"`
 	Peers         map[torus.PeerState]int `json:"peers"`
 	Volumes       int                     `json:"volumes"`
@@ -54,6 +57,11 @@ func Summarize(cfg torus.ClusterConfig, ring torus.RingSpec, peers []torus.PeerI
 		Cluster: cfg, RingVersion: ring.Version, Replication: ring.Replication, RingMembers: len(ring.Members),
 		Peers: map[torus.PeerState]int{}, Volumes: len(vols), VolumeHealth: map[string]int{},
 	}
+	draining := map[string]bool{}
+	for _, p := range peers {
+		draining[p.ID] = p.State == torus.PeerDraining
+	}
+	st.Placement = PlacementHealth(ring, func(id string) bool { return draining[id] })
 	for _, p := range peers {
 		st.Peers[p.State]++
 		st.RebalancePending += p.Pending
@@ -150,6 +158,7 @@ func damage(s torus.VolumeStatus) string {
 
 func writeStatus(w io.Writer, st Status, term bool) {
 	row(w, "ring:", fmt.Sprintf("version %d, replication %d, %d members", st.RingVersion, st.Replication, st.RingMembers))
+	row(w, "placement:", placementSummary(st.Placement))
 	row(w, "peers:", fmt.Sprintf("%d up, %d down, %d draining, %d new, %d removed",
 		st.Peers[torus.PeerUp], st.Peers[torus.PeerDown], st.Peers[torus.PeerDraining],
 		st.Peers[torus.PeerNew], st.Peers[torus.PeerRemoved]))
