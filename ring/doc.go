@@ -20,13 +20,22 @@
 // segment is found through them. Changing either moves all data. A test
 // (TestHashesAreStable) and golden files under testdata/ pin them.
 //
-// # Zones
+// # Failure domains
 //
-// Lookup prefers distinct zones: in a first pass it takes, in walk order,
-// the first usable member of each zone not yet chosen; only when no new zone
-// is left does a second pass take further members in walk order. With three
-// zones and replication 3 every replica set spans the three zones; with two
-// zones both are present. Members with an empty Zone share one zone.
+// Members have a location: zone > rack > host. Lookup walks the points in
+// up to four passes: the first usable member of each new zone, then of each
+// new rack, then of each new host, then anyone left; so with D usable
+// domains at a level the first min(n, D) replicas are in distinct domains
+// there. The ring's rule (RingSpec.FailureDomain, format
+// RingFormatHierarchy) names the level that must be distinct; Health says
+// when the topology has too few domains (then replicas repeat a domain) and
+// Desired keeps healing from filling a domain that is only down. A
+// RingFormatZones ring (every ring stored before formats) has no racks and
+// every member is its own host: the zone-aware walk it always had. See
+// docs/design/placement.md.
+//
+// Build turns a RingSpec into a torus.Placement: the ring, an empty
+// placement, or a Pinned map over the ring.
 //
 // # Skipping and views
 //
