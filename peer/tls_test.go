@@ -3,6 +3,7 @@ package peer_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -280,5 +281,74 @@ func TestTLSClientRole(t *testing.T) {
 	}
 	if len(d.refusals()) != 3 {
 		t.Fatalf("the daemon's requests were refused: %q", d.refusals())
+	}
+}
+
+// TestTLSReload: after the daemon's certificate is replaced and reloaded, a
+// new connection is served with the new certificate, while a client
+// connected before keeps using its connection (no redial, no failed call).
+func TestTLSReload(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := tlsconfig.EnsureDev(dir, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tlsconfig.New("peer TLS", tlsconfig.DaemonFiles(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := peer.NewServer(peer.NewLocal(storage.NewMemory(1<<20), nil), peer.ServerConfig{TLS: r.Server()}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	cr, err := tlsconfig.New("client", tlsconfig.ClientFiles(dir, "root"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dials int
+	var mu sync.Mutex
+	cfg := peer.ClientConfig{TLS: cr.Client, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		dials++
+		mu.Unlock()
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	ctx := context.Background()
+	old, err := peer.Dial(ctx, ln.Addr().String(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	serial := func() string {
+		t.Helper()
+		c, err := tls.Dial("tcp", ln.Addr().String(), cr.Client("127.0.0.1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := serial()
+	if err := tlsconfig.IssueDaemon(dir, []string{"127.0.0.1"}, tlsconfig.IssueOptions{Overwrite: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if after := serial(); after == before {
+		t.Fatal("a connection after the reload was served the old certificate")
+	}
+	for i := 0; i < 10; i++ {
+		if _, err := old.Usage(ctx); err != nil {
+			t.Fatalf("the connection made before the reload: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if dials != 1 {
+		t.Fatalf("the old client dialed %d times, want 1 (its connection must survive the reload)", dials)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -213,4 +214,32 @@ func TestClientRequiresDaemonRole(t *testing.T) {
 
 func testContext(t *testing.T) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 30*time.Second)
+}
+
+// TestKeepReloadsOnSignal: a value on the hup channel (SIGHUP in the
+// binaries) reloads the files.
+func TestKeepReloadsOnSignal(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := EnsureDev(dir, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New("t", DaemonFiles(dir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := r.cur.Load()
+	ctx, cancel := testContext(t)
+	hup := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	go func() { Keep(ctx, hup, time.Hour, r, nil); close(done) }()
+	hup <- syscall.SIGHUP
+	deadline := time.Now().Add(10 * time.Second)
+	for r.cur.Load() == first {
+		if time.Now().After(deadline) {
+			t.Fatal("SIGHUP did not reload")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }
