@@ -20,6 +20,9 @@ const tlsRecordHandshake = 0x16
 var errPlainRefused = fmt.Errorf("%w: peer: this daemon requires mutual TLS on its peer port: "+
 	"plain connection refused (give the client --peer-cert, --peer-key and --peer-ca)", torus.ErrPermission)
 
+// errHandshake is wrapped by the error of a failed TLS handshake.
+var errHandshake = errors.New("peer: TLS handshake")
+
 // secure runs the server side of TLS on a new connection: it tells a plain
 // client that TLS is required (answering its first request), or completes
 // the handshake, verifying the client's certificate, and takes the
@@ -44,7 +47,7 @@ func (sc *serverConn) secure() error {
 	ctx, cancel := context.WithDeadline(sc.ctx, deadline)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return fmt.Errorf("peer: TLS handshake: %w", err)
+		return fmt.Errorf("%w: %w", errHandshake, err)
 	}
 	sc.raw.SetDeadline(time.Time{})
 	st := tc.ConnectionState()
@@ -74,7 +77,7 @@ func (sc *serverConn) refusePlain(first byte) {
 	}
 	sc.log.Warn("peer request refused: plain connection to a TLS daemon", "op", h.Op)
 	if f := sc.s.cfg.Refused; f != nil {
-		f(Identity{}, "plain", h.Op)
+		f(Identity{}, "plain", h.Op.String())
 	}
 	body := AppendResponse(nil, h.Op, Response{Status: StatusOf(errPlainRefused), Msg: errPlainRefused.Error()})
 	sc.raw.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
@@ -98,7 +101,7 @@ func (sc *serverConn) authorize(r Request) error {
 	if err != nil {
 		sc.log.Warn("peer request refused", "op", r.Op, "seg", r.Seg.String(), "volume", r.Volume, "epoch", r.Epoch, "err", err)
 		if f := sc.s.cfg.Refused; f != nil {
-			f(sc.id, sc.id.Role.RoleLabel(), r.Op)
+			f(sc.id, sc.id.Role.RoleLabel(), r.Op.String())
 		}
 	}
 	return err

@@ -43,9 +43,11 @@ type ServerConfig struct {
 	// HandshakeTimeout bounds the TLS handshake. Default 10 s.
 	HandshakeTimeout time.Duration
 	// Refused, when set, is called for every request refused by
-	// Authorize and every plain connection refused by a TLS server (role
-	// "plain"); a daemon counts them in a metric.
-	Refused func(id Identity, role string, op Op)
+	// Authorize (role "daemon", "client" or "none", op the request's), every
+	// plain connection refused by a TLS server (role "plain") and every
+	// failed TLS handshake (role "unauthenticated", op "handshake": no
+	// certificate, another CA's, expired); a daemon counts them in a metric.
+	Refused func(id Identity, role, op string)
 }
 
 // Server defaults.
@@ -311,6 +313,9 @@ func (sc *serverConn) run() {
 	if sc.s.cfg.TLS != nil {
 		if err := sc.secure(); err != nil {
 			sc.log.Warn("peer connection refused", "err", err)
+			if f := sc.s.cfg.Refused; f != nil && errors.Is(err, errHandshake) {
+				f(Identity{}, "unauthenticated", "handshake")
+			}
 			sc.cancel()
 			sc.abort()
 			sc.s.mu.Lock()

@@ -68,9 +68,9 @@ func startTLSDaemon(t *testing.T) *tlsDaemon {
 	local := peer.NewLocal(d.store, nil)
 	srv := peer.NewServer(local, peer.ServerConfig{
 		TLS: r.Server(),
-		Refused: func(id peer.Identity, role string, op peer.Op) {
+		Refused: func(id peer.Identity, role, op string) {
 			d.mu.Lock()
-			d.refused = append(d.refused, role+" "+op.String())
+			d.refused = append(d.refused, role+" "+op)
 			d.mu.Unlock()
 		},
 	}, slog.New(slog.NewTextHandler(d.log, nil)))
@@ -176,6 +176,24 @@ func TestTLSWrongCARefused(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("another CA's client certificate: %v, want a certificate error", err)
+	}
+	// (The client may have dialed twice: once in Dial, again in Stat if
+	// the first connection was already gone.)
+	handshakesRefused := func() bool {
+		got := d.refusals()
+		for _, r := range got {
+			if r != "unauthenticated handshake" {
+				return false
+			}
+		}
+		return len(got) > 0
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !handshakesRefused() {
+		if time.Now().After(deadline) {
+			t.Fatalf("refusals %q, want the failed handshake counted", d.refusals())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	// Our client certificate, but trusting another CA: the daemon is refused.
 	f = tlsconfig.ClientFiles(d.dir, "root")

@@ -28,8 +28,8 @@ type metrics struct {
 }
 
 // peerRefused counts a request the peer server refused (peer.ServerConfig.Refused).
-func (m *metrics) peerRefused(_ peer.Identity, role string, op peer.Op) {
-	m.refused.WithLabelValues(role, op.String()).Inc()
+func (m *metrics) peerRefused(_ peer.Identity, role, op string) {
+	m.refused.WithLabelValues(role, op).Inc()
 }
 
 func newMetrics(s *Server) *metrics {
@@ -72,7 +72,7 @@ func newMetrics(s *Server) *metrics {
 	m.repaired = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "torus_repaired_bytes_total", Help: "Bytes copied to replace bad segment copies.", ConstLabels: labels})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "torus_peer_refused_total", Help: "Peer protocol requests refused for the caller's certificate role (role \"plain\": a plain connection to a TLS daemon).", ConstLabels: labels},
+		Name: "torus_peer_refused_total", Help: "Peer protocol requests refused for the caller's certificate role (role \"plain\": a plain connection to a TLS daemon; \"unauthenticated\", op \"handshake\": a failed TLS handshake).", ConstLabels: labels},
 		[]string{"role", "op"})
 	reg.MustRegister(m.refused)
 	reg.MustRegister(m.healCopied, m.healDeleted, m.gcDeleted, m.maintenanceErr, m.scrubChecked, m.scrubErrors, m.repaired)
