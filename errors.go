@@ -42,6 +42,11 @@ var (
 	// ErrInUse: the volume is open and cannot be deleted. Wrapped by
 	// *LockedError naming the holder.
 	ErrInUse = errors.New("torus: volume is in use")
+	// ErrPermission: the caller's identity (its TLS certificate's role)
+	// does not allow the request, or the caller has no identity where one
+	// is required (a plain connection to a daemon that requires TLS).
+	// Retrying with the same identity will not help.
+	ErrPermission = errors.New("torus: permission denied")
 )
 
 // LockedError reports who holds a volume. It matches ErrLocked (or ErrInUse

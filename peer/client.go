@@ -3,6 +3,8 @@ package peer
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/torus-storage/torus"
@@ -28,6 +31,16 @@ type ClientConfig struct {
 	// Dial, when set, replaces net.Dialer.DialContext: tests and the
 	// in-process cluster harness use it to interpose a controllable link.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLS, when set, makes the client speak TLS to the daemon, over the
+	// connection Dial returns, with the configuration TLS returns for the
+	// host dialed. It is called on every dial, so that reloaded
+	// certificates are used by the next connection; the configuration
+	// should hold the caller's client certificate, verify the daemon's
+	// for host and allow TLS 1.3 only (internal/tlsconfig builds one). A
+	// handshake the daemon's certificate fails wraps torus.ErrPermission;
+	// other handshake failures (the daemon is down, or serves plain TCP)
+	// wrap torus.ErrUnavailable. Nil: plain TCP.
+	TLS func(host string) *tls.Config
 }
 
 // Client defaults.
@@ -180,6 +193,14 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 			dial = d.DialContext
 		}
 		nc, err := dial(dctx, "tcp", c.addr)
+		if err == nil {
+			if tc, ok := nc.(*net.TCPConn); ok {
+				tc.SetNoDelay(true)
+			}
+			if c.cfg.TLS != nil {
+				nc, err = c.handshake(dctx, nc)
+			}
+		}
 		cancel()
 
 		c.mu.Lock()
@@ -190,6 +211,9 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 			if ctx.Err() != nil {
 				return nil, c.ctxError(ctx, "dial")
 			}
+			if errors.Is(err, torus.ErrPermission) || errors.Is(err, torus.ErrUnavailable) {
+				return nil, err
+			}
 			return nil, fmt.Errorf("peer %s: dial: %w: %v", c.addr, torus.ErrUnavailable, err)
 		}
 		if c.closed {
@@ -197,9 +221,6 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 			c.mu.Unlock()
 			nc.Close()
 			return nil, err
-		}
-		if tc, ok := nc.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
 		}
 		cc := &clientConn{c: nc, addr: c.addr, bufs: &c.bufs, pending: make(map[uint64]pendingCall)}
 		c.cc = cc
@@ -218,6 +239,36 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 		}()
 		return cc, nil
 	}
+}
+
+// handshake runs the client side of TLS on nc. The error wraps
+// torus.ErrPermission when the daemon's certificate is refused (another CA,
+// not a daemon's, expired) and torus.ErrUnavailable otherwise.
+func (c *Client) handshake(ctx context.Context, nc net.Conn) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(c.addr)
+	if err != nil {
+		host = c.addr
+	}
+	tc := tls.Client(nc, c.cfg.TLS(host))
+	if err = tc.HandshakeContext(ctx); err == nil {
+		return tc, nil
+	}
+	nc.Close()
+	var (
+		verr *tls.CertificateVerificationError
+		uerr x509.UnknownAuthorityError
+		herr x509.HostnameError
+		cerr x509.CertificateInvalidError
+	)
+	if errors.Is(err, torus.ErrPermission) || errors.As(err, &verr) || errors.As(err, &uerr) ||
+		errors.As(err, &herr) || errors.As(err, &cerr) {
+		return nil, fmt.Errorf("peer %s: TLS handshake: %w: %v", c.addr, torus.ErrPermission, err)
+	}
+	hint := ""
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		hint = " (does the daemon serve TLS on its peer port? it needs --peer-cert, --peer-key and --peer-ca)"
+	}
+	return nil, fmt.Errorf("peer %s: TLS handshake: %w: %v%s", c.addr, torus.ErrUnavailable, err, hint)
 }
 
 // ctxError describes the end of ctx: a request timeout of ours wraps

@@ -37,6 +37,11 @@
 // order they were sent; reads run concurrently. The frame layout, limits and
 // handling of malformed input are in docs/design/peer-protocol.md.
 //
+// Security: with ServerConfig.TLS the server requires mutual TLS 1.3 and
+// checks every request against the role in the caller's certificate
+// (auth.go: Authorize, RoleOf); ClientConfig.TLS makes a client speak TLS.
+// Refusals wrap torus.ErrPermission on both sides. See docs/security.md.
+//
 // Logging: Warn for a lost connection or a protocol error from a remote
 // party, Info for fences and listener start, Debug for per-request failures
 // that belong to a known class and for connection open/close.

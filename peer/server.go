@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -30,6 +31,23 @@ type ServerConfig struct {
 	RequestTimeout time.Duration
 	// WriteTimeout bounds sending one response. Default 30 s.
 	WriteTimeout time.Duration
+	// TLS, when set, makes the server require TLS on every connection:
+	// it should hold the daemon's certificate, require and verify client
+	// certificates (internal/tlsconfig.Server builds one), and allow TLS
+	// 1.3 only. Every request is then checked against the caller's role
+	// (Authorize). A plain connection's first request is answered with
+	// an error wrapping torus.ErrPermission that names TLS, and the
+	// connection is closed. Nil: plain TCP, every caller trusted (a
+	// development cluster).
+	TLS *tls.Config
+	// HandshakeTimeout bounds the TLS handshake. Default 10 s.
+	HandshakeTimeout time.Duration
+	// Refused, when set, is called for every request refused by
+	// Authorize (role "daemon", "client" or "none", op the request's), every
+	// plain connection refused by a TLS server (role "plain") and every
+	// failed TLS handshake (role "unauthenticated", op "handshake": no
+	// certificate, another CA's, expired); a daemon counts them in a metric.
+	Refused func(id Identity, role, op string)
 }
 
 // Server defaults.
@@ -38,6 +56,7 @@ const (
 	DefaultMaxConcurrentReads = 64
 	DefaultRequestTimeout     = 60 * time.Second
 	DefaultWriteTimeout       = 30 * time.Second
+	DefaultHandshakeTimeout   = 10 * time.Second
 )
 
 // EnsureDefaults fills zero or negative fields with defaults.
@@ -53,6 +72,9 @@ func (c *ServerConfig) EnsureDefaults() {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 }
 
@@ -183,7 +205,7 @@ func (s *Server) ConnCount() int {
 func (s *Server) startConn(c net.Conn) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	sc := &serverConn{
-		s: s, c: c, ctx: ctx, cancel: cancel,
+		s: s, c: c, raw: c, ctx: ctx, cancel: cancel,
 		log:     s.log.With("remote", c.RemoteAddr().String()),
 		ordered: make(chan *job, 256),
 		reads:   make(chan struct{}, s.cfg.MaxConcurrentReads),
@@ -207,7 +229,9 @@ func (s *Server) startConn(c net.Conn) {
 // counted in both sc.wg and the server's wg.
 type serverConn struct {
 	s      *Server
-	c      net.Conn
+	c      net.Conn // what requests are read from: raw, or TLS over raw
+	raw    net.Conn // the accepted connection; closing it ends c
+	id     Identity // with TLS: the verified client certificate's
 	ctx    context.Context
 	cancel context.CancelFunc
 	log    *slog.Logger
@@ -241,7 +265,7 @@ func (sc *serverConn) done(j *job) {
 // abort cancels everything on the connection and closes it.
 func (sc *serverConn) abort() {
 	sc.cancel()
-	sc.closer.Do(func() { sc.c.Close() })
+	sc.closer.Do(func() { sc.raw.Close() })
 }
 
 func (sc *serverConn) goAttach(f func()) {
@@ -286,6 +310,20 @@ func (sc *serverConn) run() {
 		sc.cond.Broadcast()
 	})
 	defer stopWake()
+	if sc.s.cfg.TLS != nil {
+		if err := sc.secure(); err != nil {
+			sc.log.Warn("peer connection refused", "err", err)
+			if f := sc.s.cfg.Refused; f != nil && errors.Is(err, errHandshake) {
+				f(Identity{}, "unauthenticated", "handshake")
+			}
+			sc.cancel()
+			sc.abort()
+			sc.s.mu.Lock()
+			delete(sc.s.conns, sc)
+			sc.s.mu.Unlock()
+			return
+		}
+	}
 	sc.log.Debug("peer connection open")
 
 	sc.wg.Add(1)
@@ -437,13 +475,14 @@ func (sc *serverConn) serve(j *job) {
 	defer cancel()
 	svc, r := sc.s.svc, j.req
 	var resp Response
-	var err error
-	switch r.Op {
-	case OpAppend:
+	err := sc.authorize(r)
+	switch {
+	case err != nil:
+	case r.Op == OpAppend:
 		err = svc.Append(ctx, r.Epoch, r.Seg, r.Off, r.Data)
-	case OpSync:
+	case r.Op == OpSync:
 		resp.Synced, err = svc.Sync(ctx, r.Epoch, r.Seg)
-	case OpReadAt:
+	case r.Op == OpReadAt:
 		rbuf := sc.s.bufs.get(int(r.Length))
 		defer sc.s.bufs.put(rbuf) // after the response is sent
 		buf := *rbuf
@@ -453,19 +492,19 @@ func (sc *serverConn) serve(j *job) {
 			n, err = 0, fmt.Errorf("peer: service read returned %d bytes of %d", n, len(buf))
 		}
 		resp.Data = buf[:n]
-	case OpStat:
+	case r.Op == OpStat:
 		resp.Info, err = svc.Stat(ctx, r.Seg)
-	case OpList:
+	case r.Op == OpList:
 		var all []torus.SegmentInfo
 		all, err = svc.List(ctx, r.Volume)
 		if err == nil {
 			resp.List, resp.More = listPage(all, r.After, int(r.Limit))
 		}
-	case OpDelete:
+	case r.Op == OpDelete:
 		err = svc.Delete(ctx, r.Seg)
-	case OpFence:
+	case r.Op == OpFence:
 		err = svc.Fence(ctx, r.Volume, r.Epoch)
-	case OpUsage:
+	case r.Op == OpUsage:
 		resp.Usage, err = svc.Usage(ctx)
 	}
 	resp.Status = StatusOf(err)

@@ -365,6 +365,7 @@ const (
 	StatusReadOnly    Status = 12
 	StatusLocked      Status = 13
 	StatusInUse       Status = 14
+	StatusPermission  Status = 15
 	StatusGeneric     Status = 255
 )
 
@@ -391,9 +392,14 @@ var statusSentinels = []struct {
 	{StatusReadOnly, torus.ErrReadOnly},
 	{StatusLocked, torus.ErrLocked},
 	{StatusInUse, torus.ErrInUse},
+	{StatusPermission, torus.ErrPermission},
 	{StatusUnavailable, context.Canceled},
 	{StatusUnavailable, context.DeadlineExceeded},
 }
+
+// numStatuses is the number of statusSentinels entries that name a status
+// of their own (the rest map other errors onto those statuses).
+const numStatuses = 15
 
 // StatusOf classifies err for the wire.
 func StatusOf(err error) Status {
@@ -414,7 +420,7 @@ func (s Status) Err() error {
 	if s == StatusOK {
 		return nil
 	}
-	for _, e := range statusSentinels[:14] {
+	for _, e := range statusSentinels[:numStatuses] {
 		if e.s == s {
 			return e.err
 		}

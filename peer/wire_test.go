@@ -120,6 +120,25 @@ func TestSyncGolden(t *testing.T) {
 	}
 }
 
+// TestPermissionGolden pins the version-2 permission status (15, added in
+// the same unreleased cycle as the Sync durable length): a refused request
+// is answered with status 15 and the daemon's message, and the client's
+// error matches torus.ErrPermission.
+func TestPermissionGolden(t *testing.T) {
+	resp := AppendResponse(nil, OpDelete, Response{Status: StatusPermission, Msg: "no"})
+	if got, want := hex.EncodeToString(resp), "0f"+"0200"+"6e6f"; got != want {
+		t.Fatalf("response %s, want %s", got, want)
+	}
+	r, err := DecodeResponse(OpDelete, resp)
+	if err != nil || r.Status != StatusPermission || r.Msg != "no" {
+		t.Fatalf("decoded %+v, %v", r, err)
+	}
+	re := &RemoteError{Addr: "a", Op: OpDelete, Status: r.Status, Msg: r.Msg}
+	if !errors.Is(re, torus.ErrPermission) || errors.Is(re, torus.ErrUnavailable) {
+		t.Fatalf("%v does not classify as permission denied only", re)
+	}
+}
+
 func TestResponseMessageTruncated(t *testing.T) {
 	long := string(bytes.Repeat([]byte("x"), 3*MaxMessage))
 	got, err := DecodeResponse(OpSync, AppendResponse(nil, OpSync, Response{Status: StatusInvalid, Msg: long}))
@@ -134,7 +153,7 @@ func TestResponseMessageTruncated(t *testing.T) {
 func TestStatusMapping(t *testing.T) {
 	sentinels := []error{io.EOF, torus.ErrFenced, torus.ErrNoSpace, torus.ErrNotExist, torus.ErrConflict,
 		torus.ErrCorrupt, torus.ErrInvalid, torus.ErrClosed, torus.ErrUnavailable, torus.ErrExist,
-		torus.ErrOutOfRange, torus.ErrReadOnly, torus.ErrLocked, torus.ErrInUse}
+		torus.ErrOutOfRange, torus.ErrReadOnly, torus.ErrLocked, torus.ErrInUse, torus.ErrPermission}
 	seen := map[Status]bool{}
 	for _, s := range sentinels {
 		wrapped := fmt.Errorf("ctx: %w", s)

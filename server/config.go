@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"time"
@@ -19,11 +20,26 @@ type Config struct {
 	// PeerAdvertise is the address others dial; default: the bound
 	// PeerListen address.
 	PeerAdvertise string
-	// HTTPListen serves /metrics, /healthz, /readyz, /debug/pprof; "" for none.
+	// HTTPListen serves /metrics, /healthz, /readyz (and /debug/pprof with
+	// Pprof); "" for none.
 	HTTPListen string
 	// Location is the daemon's failure-domain path (zone, rack, host) used
 	// by placement; cmd/torusd defaults its host to the machine's name.
 	Location torus.Location
+	// HTTPTLS, when set, serves HTTPListen over TLS with it (no client
+	// certificates: metrics and probes stay readable).
+	HTTPTLS *tls.Config
+	// Pprof serves /debug/pprof on the HTTP port. Off by default: a
+	// profile leaks memory contents and costs CPU.
+	Pprof bool
+	// PeerTLS, when set, makes the peer port require mutual TLS and check
+	// every request against the caller's certificate role
+	// (peer.ServerConfig.TLS). Nil: plain TCP, every caller trusted.
+	PeerTLS *tls.Config
+	// PeerClientTLS is the TLS configuration of the daemon's own calls to
+	// other daemons (healing, scrub, rebalancing; peer.ClientConfig.TLS).
+	// Set it with PeerTLS: a TLS cluster talks TLS everywhere.
+	PeerClientTLS func(host string) *tls.Config
 	// AutoJoin adds the daemon to the ring at start if it is not a member.
 	AutoJoin bool
 	// HeartbeatTTL is the liveness lease TTL: a dead daemon shows down
@@ -108,6 +124,9 @@ func (c Config) Validate() error {
 		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 			return fmt.Errorf("%w: advertised peer address %q must not be unspecified", torus.ErrInvalid, c.PeerAdvertise)
 		}
+	}
+	if (c.PeerTLS == nil) != (c.PeerClientTLS == nil) {
+		return fmt.Errorf("%w: peer TLS for serving and for dialing other daemons go together", torus.ErrInvalid)
 	}
 	if c.HTTPListen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {

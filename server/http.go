@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/torus-storage/torus/peer"
 )
 
 type metrics struct {
@@ -22,6 +24,12 @@ type metrics struct {
 	scrubChecked   prometheus.Counter
 	scrubErrors    prometheus.Counter
 	repaired       prometheus.Counter
+	refused        *prometheus.CounterVec
+}
+
+// peerRefused counts a request the peer server refused (peer.ServerConfig.Refused).
+func (m *metrics) peerRefused(_ peer.Identity, role, op string) {
+	m.refused.WithLabelValues(role, op).Inc()
 }
 
 func newMetrics(s *Server) *metrics {
@@ -71,6 +79,10 @@ func newMetrics(s *Server) *metrics {
 		Name: "torus_scrub_errors_total", Help: "Bad or unreadable segment copies found by scrub and healing.", ConstLabels: labels})
 	m.repaired = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "torus_repaired_bytes_total", Help: "Bytes copied to replace bad segment copies.", ConstLabels: labels})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "torus_peer_refused_total", Help: "Peer protocol requests refused for the caller's certificate role (role \"plain\": a plain connection to a TLS daemon; \"unauthenticated\", op \"handshake\": a failed TLS handshake).", ConstLabels: labels},
+		[]string{"role", "op"})
+	reg.MustRegister(m.refused)
 	reg.MustRegister(m.healCopied, m.healDeleted, m.gcDeleted, m.maintenanceErr, m.scrubChecked, m.scrubErrors, m.repaired)
 	return m
 }
@@ -111,14 +123,20 @@ func (s *Server) startHTTP() error {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if s.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.cfg.HTTPTLS}
 	s.goAttach(func(context.Context) {
-		if err := s.httpSrv.Serve(ln); err != nil && err != http.ErrServerClosed {
+		serve := s.httpSrv.Serve
+		if s.cfg.HTTPTLS != nil {
+			serve = func(ln net.Listener) error { return s.httpSrv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(ln); err != nil && err != http.ErrServerClosed {
 			s.log.Warn("http server stopped", "err", err)
 		}
 	})

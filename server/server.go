@@ -133,15 +133,15 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if s.advert == "" {
 		s.advert = s.peerLn.Addr().String()
 	}
-	s.psrv = peer.NewServer(s.local, peer.ServerConfig{}, s.log)
+	s.metrics = newMetrics(s)
+	s.psrv = peer.NewServer(s.local, peer.ServerConfig{TLS: s.cfg.PeerTLS, Refused: s.metrics.peerRefused}, s.log)
 	s.goAttach(func(context.Context) {
 		if err := s.psrv.Serve(s.peerLn); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, torus.ErrClosed) {
 			s.log.Error("peer server stopped", "err", err)
 		}
 	})
 
-	s.pool = peer.NewPool(peer.NewResolver(s.meta, 0).Resolve, peer.ClientConfig{}, s.log)
-	s.metrics = newMetrics(s)
+	s.pool = peer.NewPool(peer.NewResolver(s.meta, 0).Resolve, peer.ClientConfig{TLS: s.cfg.PeerClientTLS}, s.log)
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
 			return err
@@ -187,7 +187,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		s.goAttachCtx(runCtx, s.scrubLoop)
 	}
 	s.ready.Store(true)
-	s.log.Info("torusd started", "peer_address", s.advert, "http", s.HTTPAddr(), "location", s.cfg.Location.String(),
+	s.log.Info("torusd started", "peer_address", s.advert, "peer_tls", s.cfg.PeerTLS != nil, "http_tls", s.cfg.HTTPTLS != nil, "http", s.HTTPAddr(), "location", s.cfg.Location.String(),
 		"capacity", s.cfg.Capacity, "data_dir", s.cfg.DataDir)
 	return nil
 }

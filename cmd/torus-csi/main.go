@@ -16,6 +16,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/csi"
+	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/volume"
@@ -38,6 +39,7 @@ type flags struct {
 	mode                      string
 	etcd, prefix              string
 	etcdCert, etcdKey, etcdCA string
+	peerCert, peerKey, peerCA string
 	logLevel                  string
 }
 
@@ -64,6 +66,9 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 	fs.StringVar(&f.etcdCert, "etcd-cert", "", "TLS client certificate for etcd")
 	fs.StringVar(&f.etcdKey, "etcd-key", "", "TLS client key for etcd")
 	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA certificate that signed etcd's certificate")
+	fs.StringVar(&f.peerCert, "peer-cert", getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
+	fs.StringVar(&f.peerKey, "peer-key", getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
+	fs.StringVar(&f.peerCA, "peer-ca", getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -93,6 +98,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	ptls, err := tlsconfig.Peer(tlsconfig.Files{Cert: f.peerCert, Key: f.peerKey, CA: f.peerCA}, log)
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go tlsconfig.Keep(ctx, hup, tlsconfig.DefaultWatchInterval, ptls)
 	var endpoints []string
 	for _, e := range strings.Split(f.etcd, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -106,7 +119,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return fmt.Errorf("cannot reach etcd at %s (set --etcd or TORUS_ETCD): %w", f.etcd, err)
 	}
 	defer meta.Close()
-	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{TLS: tlsconfig.PeerClient(ptls)}, log)
 	defer pool.Close()
 	d, err := csi.New(f.csi, csi.Deps{
 		Meta: meta,

@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,14 +22,17 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
+	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
 	"github.com/torus-storage/torus/peer"
 )
 
 type globals struct {
-	etcd, cert, key, ca string
-	logLevel            string
+	etcd, cert, key, ca       string
+	peerCert, peerKey, peerCA string
+	logLevel                  string
+	peerTLS                   *tlsconfig.Reloader // loaded by connect
 }
 
 func main() {
@@ -56,6 +58,9 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.cert, "etcd-cert", "", "client certificate for etcd TLS")
 	root.PersistentFlags().StringVar(&g.key, "etcd-key", "", "client key for etcd TLS")
 	root.PersistentFlags().StringVar(&g.ca, "etcd-ca", "", "CA bundle for etcd TLS")
+	root.PersistentFlags().StringVar(&g.peerCert, "peer-cert", os.Getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
+	root.PersistentFlags().StringVar(&g.peerKey, "peer-key", os.Getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
+	root.PersistentFlags().StringVar(&g.peerCA, "peer-ca", os.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
 	root.AddCommand(newNBDServe(g), newNBDAttach(g))
 	return root
@@ -76,12 +81,28 @@ func (g *globals) connect(ctx context.Context, log *slog.Logger) (*etcdmeta.Stor
 			eps = append(eps, e)
 		}
 	}
+	ptls, err := tlsconfig.Peer(tlsconfig.Files{Cert: g.peerCert, Key: g.peerKey, CA: g.peerCA}, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.peerTLS = ptls
 	meta, err := etcdmeta.New(ctx, etcdmeta.Config{Endpoints: eps, CertFile: g.cert, KeyFile: g.key, CAFile: g.ca, Logger: log})
 	if err != nil {
 		return nil, nil, err
 	}
-	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{TLS: tlsconfig.PeerClient(ptls)}, log)
 	return meta, pool, nil
+}
+
+// keepReloading reloads the peer and NBD certificates on SIGHUP and when
+// their files change, until ctx ends.
+func keepReloading(ctx context.Context, rs ...*tlsconfig.Reloader) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		tlsconfig.Keep(ctx, hup, tlsconfig.DefaultWatchInterval, rs...)
+	}()
 }
 
 func newNBDServe(g *globals) *cobra.Command {
@@ -96,9 +117,13 @@ func newNBDServe(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tlsCfg, err := loadTLS(certFile, keyFile, caFile)
+			nbdTLS, err := loadTLS(certFile, keyFile, caFile, log)
 			if err != nil {
 				return err
+			}
+			var tlsCfg *tls.Config
+			if nbdTLS != nil {
+				tlsCfg = nbdTLS.Server()
 			}
 			if tlsRequired && tlsCfg == nil {
 				return errors.New("--tls-required needs --tls-cert and --tls-key")
@@ -111,6 +136,7 @@ func newNBDServe(g *globals) *cobra.Command {
 			}
 			defer meta.Close()
 			defer pool.Close()
+			keepReloading(ctx, g.peerTLS, nbdTLS)
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				return err
@@ -139,13 +165,15 @@ func newNBDServe(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:10809", "address:port to serve NBD on")
 	cmd.Flags().StringVar(&certFile, "tls-cert", "", "server certificate (PEM) for NBD_OPT_STARTTLS")
 	cmd.Flags().StringVar(&keyFile, "tls-key", "", "server key (PEM)")
-	cmd.Flags().StringVar(&caFile, "tls-ca", "", "CA (PEM) to verify client certificates; optional")
+	cmd.Flags().StringVar(&caFile, "tls-ca", "", "CA (PEM) of client certificates; when set, clients must present one it signed")
 	cmd.Flags().BoolVar(&tlsRequired, "tls-required", false, "refuse clients that do not start TLS")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "serve every export read-only")
 	return cmd
 }
 
-func loadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+// loadTLS loads the NBD server's certificate (nil: no STARTTLS). With a CA,
+// clients must present a certificate it verifies.
+func loadTLS(certFile, keyFile, caFile string, log *slog.Logger) (*tlsconfig.Reloader, error) {
 	if certFile == "" && keyFile == "" {
 		if caFile != "" {
 			return nil, errors.New("--tls-ca needs --tls-cert and --tls-key")
@@ -155,24 +183,7 @@ func loadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 	if certFile == "" || keyFile == "" {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading TLS key pair: %w", err)
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, err
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no certificates found", caFile)
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.VerifyClientCertIfGiven
-	}
-	return cfg, nil
+	return tlsconfig.New("nbd TLS", tlsconfig.Files{Cert: certFile, Key: keyFile, CA: caFile}, log)
 }
 
 func newNBDAttach(g *globals) *cobra.Command {
@@ -201,6 +212,7 @@ func newNBDAttach(g *globals) *cobra.Command {
 			}
 			defer meta.Close()
 			defer pool.Close()
+			keepReloading(ctx, g.peerTLS)
 			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/cmd/torusctl/internal/cli"
+	"github.com/torus-storage/torus/internal/tlsconfig"
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/volume"
 )
@@ -27,14 +28,21 @@ func deps() cli.Deps {
 }
 
 // peers returns a pool reaching the daemons by the addresses md lists.
-func peers(md torus.Metadata) (torus.PeerPool, func(), error) {
+func peers(md torus.Metadata, g cli.Global) (torus.PeerPool, func(), error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool := newPool(md, log)
+	pool, err := newPool(md, g, log)
+	if err != nil {
+		return nil, nil, err
+	}
 	return pool, func() { pool.Close() }, nil
 }
 
 // newPool is a peer pool that resolves IDs via md.Peers.
-func newPool(md torus.Metadata, log *slog.Logger) *peer.Pool {
+func newPool(md torus.Metadata, g cli.Global, log *slog.Logger) (*peer.Pool, error) {
+	ptls, err := tlsconfig.Peer(tlsconfig.Files{Cert: g.PeerCert, Key: g.PeerKey, CA: g.PeerCA}, log)
+	if err != nil {
+		return nil, err
+	}
 	return peer.NewPool(func(ctx context.Context, id string) (string, error) {
 		peers, err := md.Peers(ctx)
 		if err != nil {
@@ -46,15 +54,18 @@ func newPool(md torus.Metadata, log *slog.Logger) *peer.Pool {
 			}
 		}
 		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
-	}, peer.ClientConfig{}, log)
+	}, peer.ClientConfig{TLS: tlsconfig.PeerClient(ptls)}, log), nil
 }
 
 // snapshotClosed opens a volume without a writer as writer, snapshots it
 // and closes it (volume.SnapshotClosed), reaching the peers through a pool
 // that resolves IDs via md.Peers. Warnings go to stderr.
-func snapshotClosed(ctx context.Context, md torus.Metadata, vol, name string) error {
+func snapshotClosed(ctx context.Context, md torus.Metadata, g cli.Global, vol, name string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool := newPool(md, log)
+	pool, err := newPool(md, g, log)
+	if err != nil {
+		return err
+	}
 	defer pool.Close()
 	return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, vol, name)
 }

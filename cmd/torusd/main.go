@@ -18,6 +18,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
+	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
 	"github.com/torus-storage/torus/peer"
@@ -39,6 +40,9 @@ type flags struct {
 	gcInterval, scrubInterval       time.Duration
 	scrubRate                       string
 	logLevel                        string
+	peerCert, peerKey, peerCA       string
+	httpCert, httpKey               string
+	pprof, secure                   bool
 }
 
 func main() {
@@ -60,9 +64,16 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.size, "size", "", "most bytes to store: 10GiB, 500MiB, or N% of the filesystem (default 1GiB; 4GiB with --dev)")
 	fs.StringVar(&f.peerAddr, "peer-address", "127.0.0.1:40000", "address:port for the peer protocol")
 	fs.StringVar(&f.advertise, "advertise-address", "", "address others use to reach the peer port (default --peer-address)")
-	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:4321", "address:port for /metrics, /healthz, /readyz, /debug/pprof (empty: off)")
+	fs.StringVar(&f.httpAddr, "http", "127.0.0.1:4321", "address:port for /metrics, /healthz, /readyz (and /debug/pprof with --pprof; empty: off)")
 	fs.StringVar(&f.location, "location", "", "failure-domain path for placement: zone=Z,rack=R,host=H (host defaults to the machine's hostname)")
 	fs.StringVar(&f.zone, "zone", "", "deprecated: --location zone=Z")
+	fs.StringVar(&f.peerCert, "peer-cert", os.Getenv("TORUS_PEER_CERT"), "daemon certificate for mutual TLS on the peer port; with --peer-key and --peer-ca, plain connections are refused (env TORUS_PEER_CERT)")
+	fs.StringVar(&f.peerKey, "peer-key", os.Getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
+	fs.StringVar(&f.peerCA, "peer-ca", os.Getenv("TORUS_PEER_CA"), "CA that signs every daemon and client certificate of the cluster (env TORUS_PEER_CA)")
+	fs.StringVar(&f.httpCert, "http-cert", os.Getenv("TORUS_HTTP_CERT"), "certificate for TLS on the HTTP port (env TORUS_HTTP_CERT)")
+	fs.StringVar(&f.httpKey, "http-key", os.Getenv("TORUS_HTTP_KEY"), "key of --http-cert (env TORUS_HTTP_KEY)")
+	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof on the HTTP port")
+	fs.BoolVar(&f.secure, "secure", false, "with --dev: TLS on the peer, NBD and HTTP ports, with certificates in DATA-DIR/certs (created on first start)")
 	fs.BoolVar(&f.autoJoin, "auto-join", false, "add this daemon to the ring at start")
 	fs.BoolVar(&f.dev, "dev", false, "one-machine mode: embedded etcd, auto-join, NBD server, volume \"demo\"")
 	fs.StringVar(&f.nbdListen, "nbd-listen", "127.0.0.1:10809", "with --dev: NBD server address")
@@ -88,6 +99,15 @@ func parse(args []string) (*flags, error) {
 	f.loc = loc
 	if !f.dev && f.etcd == "" {
 		return nil, errors.New("--etcd is required (or --dev for a one-machine cluster with embedded etcd)")
+	}
+	if f.secure && !f.dev {
+		return nil, errors.New("--secure goes with --dev (a multi-machine cluster takes --peer-cert, --peer-key and --peer-ca: see docs/security.md)")
+	}
+	if f.secure && (f.peerCert != "" || f.peerKey != "" || f.peerCA != "" || f.httpCert != "" || f.httpKey != "") {
+		return nil, errors.New("--secure uses the certificates in DATA-DIR/certs: leave out --peer-* and --http-*")
+	}
+	if (f.httpCert == "") != (f.httpKey == "") {
+		return nil, errors.New("--http-cert and --http-key go together")
 	}
 	return f, nil
 }
@@ -141,6 +161,15 @@ func run(args []string) error {
 		scrubInterval = -1 // off
 	}
 
+	sec, err := loadSecurity(f, log)
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go tlsconfig.Keep(ctx, hup, tlsconfig.DefaultWatchInterval, sec.peer, sec.http)
+
 	endpoints := splitList(f.etcd)
 	var embedded *etcdmeta.Embedded
 	if f.dev {
@@ -178,6 +207,7 @@ func run(args []string) error {
 		Location: f.loc, AutoJoin: f.autoJoin, RebalanceRate: rate,
 		DownGrace: f.downGrace, HeartbeatTTL: f.heartbeatTTL, GCInterval: f.gcInterval,
 		ScrubInterval: scrubInterval, ScrubRate: scrubRate,
+		Pprof: f.pprof, HTTPTLS: sec.httpServer(), PeerTLS: sec.peerServer(), PeerClientTLS: tlsconfig.PeerClient(sec.peer),
 	}, meta, log)
 	if err != nil {
 		return err
@@ -189,7 +219,7 @@ func run(args []string) error {
 
 	var nbdSrv *nbd.Server
 	if f.dev {
-		if nbdSrv, err = devNBD(ctx, f, meta, srv, log); err != nil {
+		if nbdSrv, err = devNBD(ctx, f, sec, meta, srv, log); err != nil {
 			return err
 		}
 	}
@@ -230,7 +260,7 @@ func devInit(ctx context.Context, meta torus.Metadata) error {
 	return nil
 }
 
-func devNBD(ctx context.Context, f *flags, meta *etcdmeta.Store, srv *server.Server, log *slog.Logger) (*nbd.Server, error) {
+func devNBD(ctx context.Context, f *flags, sec security, meta *etcdmeta.Store, srv *server.Server, log *slog.Logger) (*nbd.Server, error) {
 	if _, err := meta.Volume(ctx, "demo"); errors.Is(err, torus.ErrNotExist) {
 		if _, err := meta.CreateVolume(ctx, torus.VolumeInfo{Name: "demo", Size: 1 << 30}); err != nil && !errors.Is(err, torus.ErrExist) {
 			return nil, fmt.Errorf("creating volume demo: %w", err)
@@ -245,17 +275,39 @@ func devNBD(ctx context.Context, f *flags, meta *etcdmeta.Store, srv *server.Ser
 	if err != nil {
 		return nil, fmt.Errorf("nbd listen: %w", err)
 	}
-	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{}, log)
+	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{TLS: tlsconfig.PeerClient(sec.peer)}, log)
 	pool.SetLocal(srv.ID(), srv.Local())
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("torusd --dev@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
-	nbdSrv := nbd.NewServer(nbd.Config{}, export.New(meta, pool, owner, log), log)
+	nbdCfg := nbd.Config{}
+	if f.secure {
+		// The daemon's certificate, and client certificates of the
+		// cluster CA required (FORCEDTLS).
+		nbdCfg.TLS, nbdCfg.TLSRequired = sec.peer.Server(), true
+	}
+	nbdSrv := nbd.NewServer(nbdCfg, export.New(meta, pool, owner, log), log)
 	go func() {
 		if err := nbdSrv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, nbd.ErrServerClosed) {
 			log.Error("nbd server stopped", "err", err)
 		}
 	}()
 	addr := ln.Addr().String()
+	if f.secure {
+		fmt.Printf(`
+Torus is running securely (one machine, etcd at %s, data in %s).
+Peer, NBD and HTTP ports use TLS with the certificates in %s
+(CA ca.crt; the NBD client certificate for libnbd and qemu is in %s).
+Volume "demo" (1 GiB) is served over NBD with TLS at %s. Try:
+
+  nbdinfo 'nbds://%s/demo?tls-certificates=%s'
+  bin/torusctl --peer-cert %s --peer-key %s --peer-ca %s volume list
+
+Metrics: https://%s/metrics   Stop with Ctrl-C (volumes are flushed and released).
+`, strings.Join(meta.Endpoints(), ","), f.dataDir, sec.dir, sec.nbdDir, addr, addr, sec.nbdDir,
+			tlsconfig.ClientFiles(sec.dir, "root").Cert, tlsconfig.ClientFiles(sec.dir, "root").Key,
+			tlsconfig.ClientFiles(sec.dir, "root").CA, srv.HTTPAddr())
+		return nbdSrv, nil
+	}
 	fmt.Printf(`
 Torus is running (one machine, etcd at %s, data in %s).
 Volume "demo" (1 GiB) is served over NBD at %s. Try:

@@ -229,6 +229,21 @@ type Cluster struct {
 	Opts Options
 	// hosts are the network namespaces made by NewHost.
 	hosts []*Host
+	// Certs is the certificates directory of a Secure cluster.
+	Certs string
+}
+
+// PeerEnv is the environment that gives torusblk or torusctl client
+// certificate name of a Secure cluster (nil for a plain one).
+func (c *Cluster) PeerEnv(name string) []string {
+	if c.Certs == "" {
+		return nil
+	}
+	return []string{
+		"TORUS_PEER_CERT=" + filepath.Join(c.Certs, "client."+name+".crt"),
+		"TORUS_PEER_KEY=" + filepath.Join(c.Certs, "client."+name+".key"),
+		"TORUS_PEER_CA=" + filepath.Join(c.Certs, "ca.crt"),
+	}
 }
 
 // Daemon is one torusd.
@@ -253,6 +268,12 @@ type Options struct {
 	NoAutoJoin bool
 	// InitArgs are extra flags of `torusctl init` (e.g. "--checkpoint-every", "64").
 	InitArgs []string
+	// Secure runs the peer protocol with mutual TLS: `torusctl certs`
+	// writes a CA, one daemon certificate for 127.0.0.11-127.0.0.40 and
+	// client certificates "blk" (torusblk, through TORUS_PEER_* in its
+	// environment) and "ctl" (torusctl) into Cluster.Certs. etcd and
+	// HTTP stay plain.
+	Secure bool
 }
 
 // New starts etcd, `torusctl init`, and the daemons, and waits until every
@@ -292,6 +313,17 @@ func New(t testing.TB, o Options) *Cluster {
 			h.close()
 		}
 	})
+	if o.Secure {
+		c.Certs = filepath.Join(c.Dir, "certs")
+		hosts := []string{"certs", "daemon", "--certs-dir", c.Certs}
+		for i := 0; i < 30; i++ {
+			hosts = append(hosts, fmt.Sprintf("127.0.0.%d", 11+i))
+		}
+		for _, args := range [][]string{{"certs", "init-ca", "--certs-dir", c.Certs}, hosts,
+			{"certs", "client", "--certs-dir", c.Certs, "blk"}, {"certs", "client", "--certs-dir", c.Certs, "ctl"}} {
+			c.Ctl(args...)
+		}
+	}
 	c.Etcd.Start(t)
 	c.WaitHTTP(c.EtcdURL+"/health", 30*time.Second)
 	args := []string{"init", "--replication", fmt.Sprint(o.Replication)}
@@ -328,6 +360,10 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 	if o.DownGrace != "" {
 		args = append(args, "--down-grace", o.DownGrace)
 	}
+	if c.Certs != "" {
+		args = append(args, "--peer-cert", filepath.Join(c.Certs, "daemon.crt"),
+			"--peer-key", filepath.Join(c.Certs, "daemon.key"), "--peer-ca", filepath.Join(c.Certs, "ca.crt"))
+	}
 	args = append(args, o.DaemonArgs...)
 	d.Proc = &Proc{Name: fmt.Sprintf("torusd-%d", i), Args: args}
 	d.Start(t)
@@ -336,14 +372,22 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 }
 
 // StartNBD starts `torusblk nbdserve` on a fresh 127.0.0.x address and
-// returns the process and its address.
+// returns the process and its address. In a Secure cluster it reaches the
+// daemons with client certificate "blk".
 func (c *Cluster) StartNBD(extra ...string) (*Proc, string) {
+	return c.StartNBDEnv(c.PeerEnv("blk"), extra...)
+}
+
+// StartNBDEnv is StartNBD with env (TORUS_PEER_*) instead of the
+// cluster's client certificate.
+func (c *Cluster) StartNBDEnv(env []string, extra ...string) (*Proc, string) {
 	t := c.t
 	t.Helper()
 	ip := fmt.Sprintf("127.0.0.%d", 101+len(c.NBD))
 	addr := fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
 	p := &Proc{Name: fmt.Sprintf("torusblk-%d", len(c.NBD)),
-		Args: append([]string{Bin(t, "torusblk"), "--etcd", c.EtcdURL, "--log-level", "debug", "nbdserve", "--listen", addr}, extra...)}
+		Args: append([]string{Bin(t, "torusblk"), "--etcd", c.EtcdURL, "--log-level", "debug", "nbdserve", "--listen", addr}, extra...),
+		Env:  env}
 	p.Start(t)
 	c.NBD = append(c.NBD, p)
 	c.WaitTCP(addr, 30*time.Second)
@@ -366,6 +410,7 @@ func (c *Cluster) CtlErr(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Bin(c.t, "torusctl"), append([]string{"--etcd", c.EtcdURL}, args...)...)
+	cmd.Env = append(os.Environ(), c.PeerEnv("ctl")...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -455,6 +500,7 @@ func (c *Cluster) CtlJSON(v any, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Bin(c.t, "torusctl"), append([]string{"--etcd", c.EtcdURL, "-o", "json"}, args...)...)
+	cmd.Env = append(os.Environ(), c.PeerEnv("ctl")...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -32,6 +32,11 @@ type Global struct {
 	KeyFile  string
 	CAFile   string
 	Output   string // "table" or "json"
+	// Peer TLS files (--peer-cert, --peer-key, --peer-ca): the client
+	// certificate that reaches the daemons (volume scrub, snapshots of
+	// closed volumes). Repairing (volume scrub without --check) needs a
+	// daemon certificate.
+	PeerCert, PeerKey, PeerCA string
 }
 
 // Deps are torusctl's dependencies, injected by main and by tests.
@@ -41,12 +46,13 @@ type Deps struct {
 	// SnapshotClosedVolume snapshots a volume that has no writer (by
 	// opening it as writer briefly). main wires volume.SnapshotClosed;
 	// the default (for tests of this package) fails with a hint.
-	SnapshotClosedVolume func(ctx context.Context, md torus.Metadata, volume, name string) error
+	SnapshotClosedVolume func(ctx context.Context, md torus.Metadata, g Global, volume, name string) error
 	// Peers reaches the daemons (volume scrub); done releases the pool.
 	// main wires a peer.Pool resolving IDs via md.Peers; the default
 	// fails.
-	Peers func(md torus.Metadata) (pool torus.PeerPool, done func(), err error)
-	// Getenv reads the environment (TORUS_ETCD, TORUS_ETCD_PREFIX).
+	Peers func(md torus.Metadata, g Global) (pool torus.PeerPool, done func(), err error)
+	// Getenv reads the environment (TORUS_ETCD, TORUS_ETCD_PREFIX,
+	// TORUS_PEER_CERT, TORUS_PEER_KEY, TORUS_PEER_CA).
 	Getenv func(string) string
 	// Now is the clock for "last seen" ages.
 	Now func() time.Time
@@ -73,7 +79,7 @@ var errNotImplemented = errors.New("not implemented yet")
 // writer when none is injected: it returns an error. main injects the real
 // one (volume.SnapshotClosed: open as writer, seal, checkpoint,
 // CreateSnapshot, close).
-func snapshotClosedVolume(ctx context.Context, md torus.Metadata, volume, name string) error {
+func snapshotClosedVolume(ctx context.Context, md torus.Metadata, _ Global, volume, name string) error {
 	return fmt.Errorf("snapshot of %q, which has no writer: %w (attach the volume, then retry: its writer takes the snapshot)", volume, errNotImplemented)
 }
 
@@ -174,9 +180,12 @@ peers, the ring, volumes and snapshots.`,
 	pf.StringVar(&a.g.CertFile, "etcd-cert", "", "TLS client certificate for etcd")
 	pf.StringVar(&a.g.KeyFile, "etcd-key", "", "TLS client key for etcd")
 	pf.StringVar(&a.g.CAFile, "etcd-ca", "", "CA certificate that signed etcd's certificate")
+	pf.StringVar(&a.g.PeerCert, "peer-cert", deps.Getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
+	pf.StringVar(&a.g.PeerKey, "peer-key", deps.Getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
+	pf.StringVar(&a.g.PeerCA, "peer-ca", deps.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	pf.StringVarP(&a.g.Output, "output", "o", "table", "output format: table or json")
 
-	root.AddCommand(a.initCmd(), a.statusCmd(), a.peerCmd(), a.ringCmd(), a.volumeCmd(), a.snapshotCmd())
+	root.AddCommand(a.initCmd(), a.statusCmd(), a.peerCmd(), a.ringCmd(), a.volumeCmd(), a.snapshotCmd(), a.certsCmd())
 	return root
 }
 

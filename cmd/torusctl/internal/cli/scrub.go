@@ -36,7 +36,7 @@ func (e *ExitError) Unwrap() error { return e.Err }
 
 // noPeers is the default Deps.Peers: torusctl's tests of this package run
 // without daemons.
-func noPeers(torus.Metadata) (torus.PeerPool, func(), error) {
+func noPeers(torus.Metadata, Global) (torus.PeerPool, func(), error) {
 	return nil, nil, errors.New("reaching the daemons is not wired in (main injects Deps.Peers)")
 }
 
@@ -68,7 +68,7 @@ the volume's writer still uses: scrub again after it detaches or checkpoints).`,
 						names = append(names, v.Name)
 					}
 				}
-				pool, done, err := a.deps.Peers(md)
+				pool, done, err := a.deps.Peers(md, a.g)
 				if err != nil {
 					return err
 				}

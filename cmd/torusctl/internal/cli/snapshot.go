@@ -45,7 +45,9 @@ it (flush, seal, checkpoint, record) and create waits for the answer up to
 				return err
 			}
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
-				if err := CreateSnapshot(ctx, md, vol, name, timeout, a.deps.SnapshotClosedVolume); err != nil {
+				if err := CreateSnapshot(ctx, md, vol, name, timeout, func(ctx context.Context, md torus.Metadata, vol, name string) error {
+					return a.deps.SnapshotClosedVolume(ctx, md, a.g, vol, name)
+				}); err != nil {
 					return err
 				}
 				s, err := md.Snapshot(ctx, vol, name)

@@ -114,7 +114,7 @@ func TestCreateSnapshotClosedVolume(t *testing.T) {
 	if err != nil || !called {
 		t.Fatalf("closed-volume hook: called=%v err=%v", called, err)
 	}
-	if err := snapshotClosedVolume(context.Background(), m, "v", "s"); !errors.Is(err, errNotImplemented) {
+	if err := snapshotClosedVolume(context.Background(), m, Global{}, "v", "s"); !errors.Is(err, errNotImplemented) {
 		t.Fatalf("default hook: %v, want not implemented", err)
 	}
 }
