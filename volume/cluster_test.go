@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ type cluster struct {
 	mu      sync.Mutex
 	down    map[string]bool
 	corrupt map[string]bool // reads from these peers have a byte flipped
+	hang    map[string]bool // reads from these peers never answer (a blackholed link)
 }
 
 type clusterOpts struct {
@@ -44,7 +46,7 @@ func newCluster(t testing.TB, o clusterOpts) *cluster {
 		o.segmentSize = 1 << 20
 	}
 	c := &cluster{t: t, meta: metadata.NewMemory(), stores: map[string]*storage.Memory{},
-		locals: map[string]*peer.Local{}, down: map[string]bool{}, corrupt: map[string]bool{}}
+		locals: map[string]*peer.Local{}, down: map[string]bool{}, corrupt: map[string]bool{}, hang: map[string]bool{}}
 	t.Cleanup(func() { c.meta.Close() })
 	cfg := torus.ClusterConfig{Replication: o.replication, SegmentSize: o.segmentSize, CheckpointEvery: o.checkpointEvery}
 	if err := c.meta.InitCluster(ctx, cfg); err != nil {
@@ -90,7 +92,25 @@ func (c *cluster) Peer(ctx context.Context, id string) (torus.PeerService, error
 	if c.corrupt[id] {
 		return corruptPeer{l}, nil
 	}
+	if c.hang[id] {
+		return hangingPeer{l}, nil
+	}
 	return l, nil
+}
+
+// hangingPeer's reads wait until their context ends: a replica behind a
+// blackholed link.
+type hangingPeer struct{ torus.PeerService }
+
+func (hangingPeer) ReadAt(ctx context.Context, _ torus.SegmentID, _ []byte, _ int64) (int, error) {
+	<-ctx.Done()
+	return 0, fmt.Errorf("hanging peer: %w", errors.Join(torus.ErrUnavailable, ctx.Err()))
+}
+
+func (c *cluster) setHang(id string, on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hang[id] = on
 }
 
 // corruptPeer flips one bit of every block-sized-or-larger read: bit rot

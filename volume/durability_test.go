@@ -606,3 +606,37 @@ func TestCarrySkipsCorruptCopy(t *testing.T) {
 	defer v2.Close(ctx)
 	verify(t, ctx, v2, m)
 }
+
+// TestReadPassesHangingReplica: a replica that never answers reads (its
+// link blackholed, the daemon still shown up) must not hold reads: the
+// next replica is tried after a short wait, and the silent one goes last
+// afterwards. Before, a read waited on it until the caller's deadline.
+func TestReadPassesHangingReplica(t *testing.T) {
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3})
+	const size = 1 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(context.Background())
+	r := rand.New(rand.NewPCG(41, 42))
+	m := make(model, size)
+	workload(t, context.Background(), v, m, r, 40)
+	if err := v.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.setHang(openReplicas(v)[0], true)
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*readTryTimeout)
+		got := make([]byte, size)
+		err := v.ReadAt(ctx, got, 0)
+		cancel()
+		if err != nil {
+			t.Fatalf("read %d with a hanging replica: %v", i, err)
+		}
+		if !bytes.Equal(got, m) {
+			t.Fatalf("read %d: wrong data", i)
+		}
+	}
+	if v.Stats().ReadRetries == 0 {
+		t.Fatal("no read moved on to the other replica")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/torus-storage/torus"
 )
@@ -150,8 +151,19 @@ const readParallel = 8
 // the index's CRCs.
 func (v *Volume) fetch(ctx context.Context, r readRun, buf []byte) error {
 	var errs []error
-	for i, id := range v.candidates(r.seg) {
-		err := v.fetchFrom(ctx, id, r, buf)
+	cands := v.candidates(r.seg)
+	for i, id := range cands {
+		tctx, cancel := ctx, context.CancelFunc(func() {})
+		if i < len(cands)-1 {
+			tctx, cancel = context.WithTimeout(ctx, readTryTimeout)
+		}
+		err := v.fetchFrom(tctx, id, r, buf)
+		timedOut := err != nil && tctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if timedOut {
+			v.slowPeer(id)
+			err = fmt.Errorf("peer %s: no answer within %v: %w", id, readTryTimeout, torus.ErrUnavailable)
+		}
 		if err == nil {
 			if i > 0 {
 				v.mu.Lock()
@@ -224,4 +236,16 @@ func (v *Volume) Extents(ctx context.Context, off, length int64) ([]torus.Extent
 		out = append(out, torus.Extent{Offset: lo, Length: hi - lo, Zero: !e.Mapped})
 	}
 	return out, nil
+}
+
+// slowPeer notes that id did not answer a read in time: candidates puts it
+// after the peers that do, until badPeerTimeout has passed.
+func (v *Volume) slowPeer(id string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.slow == nil {
+		v.slow = make(map[string]time.Time)
+	}
+	v.slow[id] = time.Now()
+	v.forgetCandidates()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/torus-storage/torus"
 )
@@ -35,8 +36,9 @@ func readSegment(ctx context.Context, p torus.PeerService, seg torus.SegmentID, 
 }
 
 // candidates returns the peers to try for seg in preference order: the
-// replicas the writer used first, then the ring order; members known to be
-// down go last. The result is cached until the ring, the live peers or the
+// replicas the writer used first, then the ring order; members that did not
+// answer a read in time lately go after those, and members known to be down
+// last. The result is cached until the ring, the live peers or the
 // segment's replicas change (computing the ring order of a segment formats
 // its ID and walks the ring: a tenth of a 4 KiB read's CPU time). Callers
 // must not modify it.
@@ -51,19 +53,24 @@ func (v *Volume) candidates(seg torus.SegmentID) []string {
 		first = s.replicas
 	}
 	seen := make(map[string]bool)
-	var out, down []string
+	now := time.Now()
+	var out, slow, down []string
 	for _, id := range append(append([]string(nil), first...), v.place.Order(seg.Key())...) {
 		if seen[id] {
 			continue
 		}
 		seen[id] = true
-		if v.up[id] {
-			out = append(out, id)
-		} else {
+		t, late := v.slow[id]
+		switch {
+		case !v.up[id]:
 			down = append(down, id)
+		case late && now.Sub(t) < badPeerTimeout:
+			slow = append(slow, id)
+		default:
+			out = append(out, id)
 		}
 	}
-	out = append(out, down...)
+	out = append(append(out, slow...), down...)
 	if v.cands == nil || len(v.cands) >= maxCachedCandidates {
 		v.cands = make(map[torus.SegmentID][]string)
 	}
@@ -92,13 +99,24 @@ func (v *Volume) readWhole(ctx context.Context, ref torus.SegmentRef, usable fun
 	var best []byte
 	bestN := int64(-1)
 	var lastErr error
-	for _, id := range v.candidates(ref.ID) {
+	cands := v.candidates(ref.ID)
+	for i, id := range cands {
 		p, err := v.peers.Peer(ctx, id)
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		data, err := readSegment(ctx, p, ref.ID, ref.Length)
+		// A candidate that does not answer is given up on for the next
+		// (the last one gets the caller's whole deadline).
+		tctx, cancel := ctx, context.CancelFunc(func() {})
+		if i < len(cands)-1 {
+			tctx, cancel = context.WithTimeout(ctx, peerTimeout)
+		}
+		data, err := readSegment(tctx, p, ref.ID, ref.Length)
+		if err != nil && tctx.Err() != nil && ctx.Err() == nil {
+			v.slowPeer(id)
+		}
+		cancel()
 		if err != nil {
 			if !errors.Is(err, torus.ErrNotExist) {
 				v.log.Warn("segment read failed", "segment", ref.ID, "peer", id, "err", err)

@@ -66,8 +66,19 @@ const DefaultLockTTL = 10 * time.Second
 const maxBatch = 4 << 20
 
 // peerTimeout bounds one round of Appends or Syncs: a replica that hangs
-// longer is treated as failed.
-const peerTimeout = 30 * time.Second
+// longer is treated as failed (dropped; its unflushed bytes are carried).
+// A blackholed replica thus costs a writer at most this long.
+const peerTimeout = 10 * time.Second
+
+// readTryTimeout bounds one read attempt on one candidate when another is
+// left to try: a replica that does not answer (a blackholed link) is given
+// up on for the next instead of holding the read for peerTimeout. The last
+// candidate gets the caller's whole deadline.
+const readTryTimeout = 2 * time.Second
+
+// fenceTimeout bounds the Fence sent to each ring member at open: a member
+// that does not answer counts as unheard.
+const fenceTimeout = 5 * time.Second
 
 // badPeerTimeout is how long a peer that failed an append or sync is left
 // out of new segments.
@@ -165,6 +176,7 @@ type Volume struct {
 	up      map[string]bool      // ring members whose liveness key exists
 	full    map[string]bool      // peers at or above fullThreshold of their capacity
 	bad     map[string]time.Time // peers that failed this writer
+	slow    map[string]time.Time // peers that did not answer a read in time
 	idx     *Index
 	head    torus.Head
 	open    *segState // appender-owned, read under mu
@@ -401,7 +413,9 @@ func (v *Volume) fenceAll(ctx context.Context, extra []string) map[string]bool {
 			members = append(members, id)
 		}
 	}
-	o := tally(members, v.fanout(ctx, members, func(ctx context.Context, _ int, p torus.PeerService) error {
+	fctx, cancel := context.WithTimeout(ctx, fenceTimeout)
+	defer cancel()
+	o := tally(members, v.fanout(fctx, members, func(ctx context.Context, _ int, p torus.PeerService) error {
 		return p.Fence(ctx, v.id, v.epoch)
 	}))
 	for _, err := range o.errs {
