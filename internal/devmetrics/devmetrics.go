@@ -111,6 +111,9 @@ func (m *Metrics) Wrap(name string, dev torus.Device) *Device {
 	d := &Device{Device: dev, m: m, name: name, inflight: m.inflight.WithLabelValues(name)}
 	for _, op := range []string{"read", "write", "flush", "trim"} {
 		d.lat[opIndex(op)] = m.latency.WithLabelValues(name, op)
+		for _, kind := range []string{KindUnavailable, KindFenced, KindCorrupt, KindNoSpace, KindOutOfRange, KindOther} {
+			m.errs.WithLabelValues(name, op, kind) // every series from 0, for rate()
+		}
 	}
 	d.rd, d.wr = m.bytes.WithLabelValues(name, "read"), m.bytes.WithLabelValues(name, "write")
 	m.mu.Lock()
