@@ -75,8 +75,10 @@ import is interrupted, that label stays: a new import is refused until it
 is continued with --resume (same source; the source is read from the
 recorded offset) or restarted from the beginning with --force.
 
-For qcow2, vmdk and other formats, convert to raw on the fly:
-  qemu-img convert -O raw disk.qcow2 - | torusctl volume import NAME -`,
+For qcow2, vmdk and other formats, convert to a raw file first
+(qemu-img convert -O raw disk.qcow2 disk.raw; qemu-img cannot write to a
+pipe), or stream through qemu-nbd:
+  nbdcopy -- [ qemu-nbd -r -f qcow2 disk.qcow2 ] - | torusctl volume import NAME -`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, file := args[0], args[1]
@@ -349,8 +351,8 @@ pipe or device. A volume with a writer is exported as of the moment export
 opens it (a point-in-time view of its last FLUSH); for a consistent image
 of a volume in use, export a snapshot.
 
-To get qcow2: torusctl volume export NAME - | qemu-img convert -f raw -O qcow2 /dev/stdin disk.qcow2
-(or export to a file first).`,
+To get qcow2, export to a file, then
+qemu-img convert -f raw -O qcow2 disk.raw disk.qcow2.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			vol, snap, _ := strings.Cut(args[0], "@")
