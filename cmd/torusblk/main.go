@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,11 +18,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
+	"github.com/torus-storage/torus/internal/devmetrics"
 	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
@@ -106,7 +111,7 @@ func keepReloading(ctx context.Context, rs ...*tlsconfig.Reloader) {
 }
 
 func newNBDServe(g *globals) *cobra.Command {
-	var listen, certFile, keyFile, caFile string
+	var listen, httpListen, certFile, keyFile, caFile string
 	var tlsRequired, readOnly bool
 	cmd := &cobra.Command{
 		Use:   "nbdserve",
@@ -143,8 +148,20 @@ func newNBDServe(g *globals) *cobra.Command {
 			}
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
-			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired, ReadOnly: readOnly},
-				export.New(meta, pool, owner, log), log)
+			var exports nbd.Exports = export.New(meta, pool, owner, log)
+			if httpListen != "" {
+				reg := prometheus.NewRegistry()
+				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+				exports = devmetrics.New(reg).Exports(exports)
+				hln, err := net.Listen("tcp", httpListen)
+				if err != nil {
+					return err
+				}
+				hsrv := serveHTTP(hln, reg, log)
+				defer hsrv.Close()
+				log.Info("serving metrics", "http", hln.Addr().String())
+			}
+			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired, ReadOnly: readOnly}, exports, log)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
 			log.Info("serving NBD", "listen", ln.Addr().String(), "tls", tlsCfg != nil, "tls_required", tlsRequired)
@@ -163,12 +180,27 @@ func newNBDServe(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:10809", "address:port to serve NBD on")
+	cmd.Flags().StringVar(&httpListen, "http", "", "address:port to serve /metrics (Prometheus, per volume) and /healthz on; empty: none")
 	cmd.Flags().StringVar(&certFile, "tls-cert", "", "server certificate (PEM) for NBD_OPT_STARTTLS")
 	cmd.Flags().StringVar(&keyFile, "tls-key", "", "server key (PEM)")
 	cmd.Flags().StringVar(&caFile, "tls-ca", "", "CA (PEM) of client certificates; when set, clients must present one it signed")
 	cmd.Flags().BoolVar(&tlsRequired, "tls-required", false, "refuse clients that do not start TLS")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "serve every export read-only")
 	return cmd
+}
+
+// serveHTTP serves /metrics from reg and /healthz on ln until closed.
+func serveHTTP(ln net.Listener, reg *prometheus.Registry, log *slog.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hsrv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			log.Warn("http server stopped", "err", err)
+		}
+	}()
+	return hsrv
 }
 
 // loadTLS loads the NBD server's certificate (nil: no STARTTLS). With a CA,

@@ -1,7 +1,8 @@
 // Command torusctl administers a Torus cluster through etcd. See
 // `torusctl --help`; the commands live in internal/cli. This file only
 // wires in what the cli package does not import: the volume package, used
-// to snapshot a volume that has no writer, and the peer pool that reaches
+// to snapshot a volume that has no writer and to import and export
+// volumes, and the peer pool that reaches
 // the daemons (volume scrub).
 package main
 
@@ -24,7 +25,24 @@ func main() {
 
 // deps are torusctl's production dependencies.
 func deps() cli.Deps {
-	return cli.Deps{SnapshotClosedVolume: snapshotClosed, Peers: peers}
+	return cli.Deps{SnapshotClosedVolume: snapshotClosed, Peers: peers, OpenVolume: openVolume}
+}
+
+// openVolume opens a volume through the volume package (volume import and
+// export), reaching the peers through a pool resolving IDs via md.Peers.
+func openVolume(ctx context.Context, md torus.Metadata, g cli.Global, name string, opt cli.VolumeOptions) (torus.Device, func(), error) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	pool, err := newPool(md, g, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := volume.Open(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, name,
+		volume.Options{ReadOnly: opt.ReadOnly, Snapshot: opt.Snapshot, Owner: opt.Owner})
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return v, func() { pool.Close() }, nil
 }
 
 // peers returns a pool reaching the daemons by the addresses md lists.

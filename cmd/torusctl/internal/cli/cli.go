@@ -59,6 +59,19 @@ type Deps struct {
 	// IsTerminal reports whether w is a terminal (progress bars are drawn
 	// only there). Default: IsTerminal.
 	IsTerminal func(w io.Writer) bool
+	// OpenVolume opens a volume as a device (volume import and export);
+	// done releases what it holds besides the device (the peer pool).
+	// main wires volume.Open; the default fails.
+	OpenVolume func(ctx context.Context, md torus.Metadata, g Global, name string, opt VolumeOptions) (dev torus.Device, done func(), err error)
+	// Stdin is read by `volume import NAME -`. Default: os.Stdin.
+	Stdin io.Reader
+}
+
+// VolumeOptions say how Deps.OpenVolume opens a volume.
+type VolumeOptions struct {
+	ReadOnly bool   // no writer lock: a point-in-time view
+	Snapshot string // open this snapshot (read-only)
+	Owner    string // the writer lock's owner string
 }
 
 // IsTerminal is the default Deps.IsTerminal: w is an *os.File whose
@@ -119,6 +132,12 @@ func (d *Deps) ensureDefaults() {
 	}
 	if d.IsTerminal == nil {
 		d.IsTerminal = IsTerminal
+	}
+	if d.OpenVolume == nil {
+		d.OpenVolume = noVolumes
+	}
+	if d.Stdin == nil {
+		d.Stdin = os.Stdin
 	}
 }
 

@@ -15,9 +15,10 @@ import (
 )
 
 func (a *app) volumeCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "volume", Aliases: []string{"vol"}, Short: "Create, list, resize and delete volumes"}
+	cmd := &cobra.Command{Use: "volume", Aliases: []string{"vol", "block"}, Short: "Create, list, resize, import, export and delete volumes"}
 	cmd.AddCommand(a.volumeCreateCmd(), a.volumeListCmd(), a.volumeDeleteCmd(), a.volumeResizeCmd(),
-		a.volumeSetCmd(), a.volumeUnlockCmd(), a.volumeDefaultExportCmd(), a.volumeScrubCmd())
+		a.volumeSetCmd(), a.volumeUnlockCmd(), a.volumeDefaultExportCmd(), a.volumeScrubCmd(),
+		a.volumeImportCmd(), a.volumeExportCmd())
 	return cmd
 }
 
