@@ -1,0 +1,365 @@
+package life
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/proccluster"
+	metaetcd "github.com/torus-storage/torus/metadata/etcd"
+	"github.com/torus-storage/torus/peer"
+)
+
+// Replica-side network faults (issue 8): one replica's links blackholed,
+// slowed or reset mid-write, an asymmetric partition, a daemon cut from
+// etcd, and a writer whose etcd replies arrive after its request timeout.
+// Each runs the default policy (min-replicas = replication = 2) over three
+// daemons, with one client writing 64 KiB blocks and FLUSHing every 8
+// writes through torusblk (flushIO), and checks every flushed block at the
+// end through the writer and through a fresh one.
+
+// flushIO is one NBD client writing 64 KiB blocks at random and FLUSHing
+// every flushIOEvery writes, and a second connection to the same export
+// (the server shares the volume between connections: NBD multi-conn) that
+// only FLUSHes, every 250 ms: the probe, which measures how long a FLUSH
+// takes at any moment, also while the writing client is stuck in a write.
+// Every write and FLUSH is recorded with the phase of the test it
+// completed in.
+type flushIO struct {
+	nc, probe *nbdClient
+	m         *model
+
+	mu      sync.Mutex
+	phase   string
+	phases  []string // in order of first use
+	flushes []ioRec
+	writes  []ioRec
+	probes  []ioRec
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+type ioRec struct {
+	phase string
+	at    time.Time
+	took  time.Duration
+	err   error
+}
+
+const (
+	flushIOPer   = 16 // blocks per write: 64 KiB
+	flushIOEvery = 8  // writes per FLUSH
+)
+
+// startFlushIO starts the client on nc and the probe on probe (nil: no
+// probe); phase names the first phase.
+func startFlushIO(nc, probe *nbdClient, m *model, phase string) *flushIO {
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &flushIO{nc: nc, probe: probe, m: m, phase: phase, phases: []string{phase}, cancel: cancel, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rng := rand.New(rand.NewPCG(uint64(m.seed), 0x6e6574))
+		for i := 0; ctx.Err() == nil && nc.broken == nil; i++ {
+			first := rng.Int64N(m.blocks/flushIOPer) * flushIOPer
+			id, p := m.newWrite(first, flushIOPer, "64 KiB writer at "+time.Now().Format("15:04:05.000"), false)
+			s := time.Now()
+			err := nc.WriteAt(p, first*blockSize, false)
+			m.done(id, err)
+			f.record(&f.writes, s, err)
+			if (i+1)%flushIOEvery != 0 {
+				continue
+			}
+			s = time.Now()
+			err = nc.Flush()
+			if err == nil {
+				m.flushed()
+			}
+			f.record(&f.flushes, s, err)
+		}
+	}()
+	if probe != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil && probe.broken == nil {
+				// Not m.flushed(): writes completing while the probe
+				// runs would be counted durable without being covered.
+				s := time.Now()
+				err := probe.Flush()
+				f.record(&f.probes, s, err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(250 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(f.done)
+	}()
+	return f
+}
+
+// record appends the outcome of a request issued at s, labelled with the
+// phase it completed in.
+func (f *flushIO) record(to *[]ioRec, s time.Time, err error) {
+	f.mu.Lock()
+	*to = append(*to, ioRec{phase: f.phase, at: s, took: time.Since(s), err: err})
+	f.mu.Unlock()
+}
+
+// setPhase labels what completes from now on.
+func (f *flushIO) setPhase(p string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.phase = p
+	if !containsString(f.phases, p) {
+		f.phases = append(f.phases, p)
+	}
+}
+
+// stop ends the client loops and waits for them. Idempotent.
+func (f *flushIO) stop() {
+	f.cancel()
+	<-f.done
+}
+
+func (f *flushIO) counts() (writes, flushes int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.writes), len(f.flushes)
+}
+
+// report logs a FIGURE line per phase (and the whole run) with the
+// latencies of the successful FLUSHes (p50/p99/max) of the writing client
+// and of the probe, and the slowest write. It returns every failed write
+// and FLUSH, and the slowest successful FLUSH or write.
+func (f *flushIO) report(t *testing.T, what string) (failed []string, slowest time.Duration) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	stat := func(rs []ioRec, ph string) (ok []time.Duration, n, nfail int) {
+		for _, r := range rs {
+			if ph != "" && r.phase != ph {
+				continue
+			}
+			n++
+			if r.err != nil {
+				nfail++
+				continue
+			}
+			ok = append(ok, r.took)
+		}
+		return
+	}
+	for _, ph := range append(append([]string(nil), f.phases...), "") {
+		name := ph
+		if ph == "" {
+			name = "whole run"
+		}
+		fl, nf, ff := stat(f.flushes, ph)
+		pr, np, fp := stat(f.probes, ph)
+		wr, nw, fw := stat(f.writes, ph)
+		_, _, _, sf := latencySummary(fl)
+		_, _, _, sp := latencySummary(pr)
+		_, _, wmax, _ := latencySummary(wr)
+		t.Logf("FIGURE %s, %s: FLUSH latency %s (%d of %d failed); probe FLUSH latency %s (%d of %d failed); slowest write %v (%d writes of 64 KiB, %d failed)",
+			what, name, sf, ff, nf, sp, fp, np, wmax.Round(time.Millisecond), nw, fw)
+	}
+	for _, set := range []struct {
+		what string
+		rs   []ioRec
+	}{{"FLUSH", f.flushes}, {"probe FLUSH", f.probes}, {"write", f.writes}} {
+		for _, r := range set.rs {
+			if r.err == nil {
+				slowest = max(slowest, r.took)
+			} else {
+				failed = append(failed, fmt.Sprintf("%s %s (%s, after %v): %v", set.what, r.at.Format("15:04:05.000"), r.phase, r.took.Round(time.Millisecond), r.err))
+			}
+		}
+	}
+	sort.Strings(failed)
+	return failed, slowest
+}
+
+// latencySummary is "n=…, p50 …, p99 …, max …" of ds.
+func latencySummary(ds []time.Duration) (p50, p99, mx time.Duration, s string) {
+	if len(ds) == 0 {
+		return 0, 0, 0, "n=0"
+	}
+	d := append([]time.Duration(nil), ds...)
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	at := func(q float64) time.Duration { return d[min(len(d)-1, int(q*float64(len(d))))] }
+	p50, p99, mx = at(0.50), at(0.99), d[len(d)-1]
+	return p50, p99, mx, fmt.Sprintf("n=%d p50 %v p99 %v max %v", len(d), p50.Round(time.Millisecond), p99.Round(time.Millisecond), mx.Round(time.Millisecond))
+}
+
+func containsString(s []string, x string) bool {
+	for _, y := range s {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// finishFlushIO stops the client, reports, fails the test on any failed
+// write or FLUSH, FLUSHes once more and verifies every flushed block
+// through the writer; then the writer detaches and a fresh one (at addr,
+// dialed through h when set) verifies again.
+func finishFlushIO(t *testing.T, c *proccluster.Cluster, h *proccluster.Host, f *flushIO, addr, vol, what string) time.Duration {
+	t.Helper()
+	f.stop()
+	if f.probe != nil {
+		f.probe.Close()
+	}
+	failed, slowest := f.report(t, what)
+	if len(failed) > 0 {
+		t.Errorf("%d writes or FLUSHes failed (%s); first ones:\n%s", len(failed), what, strings.Join(failed[:min(10, len(failed))], "\n"))
+	}
+	nc := f.nc
+	if nc.broken != nil {
+		t.Fatalf("the NBD connection broke: %v", nc.broken)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Errorf("FLUSH after the fault: %v", err)
+	} else {
+		f.m.flushed()
+	}
+	mustVerify(t, nc, f.m, what+": through the writer")
+	nc.Close()
+	nc2 := reattach(t, c, h, addr, vol, f.m.blocks*blockSize, 30*time.Second)
+	mustVerify(t, nc2, f.m, what+": through a fresh writer")
+	return slowest
+}
+
+// openHolders returns the daemons that hold the volume's open segment,
+// asked over the peer protocol at their listen addresses (behind any
+// proxy, so a faulted link does not hide them). It waits up to 10 s for
+// the open segment to have at least one holder.
+func openHolders(t *testing.T, c *proccluster.Cluster, md *metaetcd.Store, vol string) (torus.SegmentID, []int) {
+	t.Helper()
+	var open torus.SegmentID
+	var holders []int
+	eventually(t, 10*time.Second, 100*time.Millisecond, "the open segment of "+vol+" has holders", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		vi, err := md.Volume(ctx, vol)
+		if err != nil {
+			return false, err.Error()
+		}
+		head, err := md.Head(ctx, vol)
+		if err != nil {
+			return false, err.Error()
+		}
+		if head.Open == nil {
+			return false, "no open segment"
+		}
+		open, holders = *head.Open, nil
+		for i, d := range c.Daemons {
+			if !d.Running() {
+				continue
+			}
+			pc, err := peer.Dial(ctx, d.ListenAddr, peer.ClientConfig{DialTimeout: 2 * time.Second, RequestTimeout: 3 * time.Second}, nil)
+			if err != nil {
+				continue
+			}
+			infos, err := pc.List(ctx, vi.ID)
+			pc.Close()
+			if err != nil {
+				continue
+			}
+			for _, si := range infos {
+				if si.ID == open {
+					holders = append(holders, i)
+				}
+			}
+		}
+		return len(holders) > 0, fmt.Sprintf("open %v held by %v", open, holders)
+	})
+	return open, holders
+}
+
+// openReplica picks a daemon holding the open segment: the replica whose
+// fault the writer meets at once.
+func openReplica(t *testing.T, c *proccluster.Cluster, md *metaetcd.Store, vol string) int {
+	t.Helper()
+	open, holders := openHolders(t, c, md, vol)
+	t.Logf("open segment %v is held by daemons %v; faulting daemon %d (%s)", open, holders, holders[0], c.Daemons[holders[0]].PeerAddr)
+	return holders[0]
+}
+
+// logLines returns the lines of out containing every one of subs.
+func logLines(out string, subs ...string) []string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		ok := true
+		for _, s := range subs {
+			if !strings.Contains(l, s) {
+				ok = false
+				break
+			}
+		}
+		if ok && l != "" {
+			keep = append(keep, l)
+		}
+	}
+	return keep
+}
+
+// firstLines is at most n of ls, joined.
+func firstLines(ls []string, n int) string {
+	return strings.Join(ls[:min(n, len(ls))], "\n")
+}
+
+// TestReplicaBlackhole: every link into one replica of the open segment
+// (from the writer and from the other daemons: the daemon advertises a
+// proxy as its peer address, proccluster.Options.Links) is blackholed
+// mid-write for 35 s, longer than the writer's 30 s peer round: the proxy
+// accepts connections and forwards nothing, as a pulled cable or a hung
+// host does, while the replica keeps its etcd lease and so still shows
+// up. No write and no FLUSH may fail; every flushed block must read back.
+// The FLUSH latency during the blackhole is a FIGURE: today the writer's
+// 30 s peer timeout (volume.peerTimeout) is what bounds it.
+func TestReplicaBlackhole(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
+	md := metaClient(t, c)
+	const vol, blocks = "bh", 8192 // 32 MiB
+	createVolume(t, c, vol, "32MiB", 0)
+	p, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	probe := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	f := startFlushIO(nc, probe, m, "before the blackhole")
+	defer f.stop()
+	time.Sleep(3 * time.Second)
+
+	victim := openReplica(t, c, md, vol)
+	link := c.Daemons[victim].PeerLink
+	f.setPhase("during the blackhole")
+	cut := time.Now()
+	link.Blackhole()
+	const cutFor = 35 * time.Second
+	time.Sleep(cutFor)
+	w, fl := f.counts()
+	t.Logf("healing the link after %v; %d writes, %d FLUSHes so far", time.Since(cut).Round(time.Millisecond), w, fl)
+	link.Heal()
+	f.setPhase("after the heal")
+	time.Sleep(5 * time.Second)
+	slowest := finishFlushIO(t, c, nil, f, addr, vol, "replica blackholed 35 s (replication 2, min-replicas 2, 3 daemons)")
+	if ls := logLines(p.Output(), "level=WARN"); len(ls) > 0 {
+		t.Logf("writer warnings (%d), first ones:\n%s", len(ls), firstLines(ls, 8))
+	}
+	if slowest >= 25*time.Second {
+		t.Logf("FINDING: the slowest write or FLUSH took %v: a blackholed replica (still up in etcd) stalls the volume for the writer's whole 30 s peer round before it is dropped", slowest.Round(time.Millisecond))
+	}
+}
