@@ -363,3 +363,83 @@ func TestReplicaBlackhole(t *testing.T) {
 		t.Logf("FINDING: the slowest write or FLUSH took %v: a blackholed replica (still up in etcd) stalls the volume for the writer's whole 30 s peer round before it is dropped", slowest.Round(time.Millisecond))
 	}
 }
+
+// TestReplicaSlow: every link into one replica of the open segment gets
+// 200 ms of latency each way for 15 s (the proxy holds each byte, order
+// kept). Writes and FLUSHes go on at the slow replica's pace; none fails
+// and every flushed block reads back.
+func TestReplicaSlow(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
+	md := metaClient(t, c)
+	const vol, blocks = "slow", 8192
+	createVolume(t, c, vol, "32MiB", 0)
+	_, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	probe := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	f := startFlushIO(nc, probe, m, "before the slowdown")
+	defer f.stop()
+	time.Sleep(3 * time.Second)
+
+	victim := openReplica(t, c, md, vol)
+	link := c.Daemons[victim].PeerLink
+	f.setPhase("200 ms each way")
+	link.SetDelay(200*time.Millisecond, 200*time.Millisecond)
+	time.Sleep(15 * time.Second)
+	w, fl := f.counts()
+	up, down := link.Forwarded()
+	t.Logf("link back to normal; %d writes, %d FLUSHes so far; %d/%d bytes through the slow link", w, fl, up, down)
+	link.SetDelay(0, 0)
+	f.setPhase("after the slowdown")
+	time.Sleep(3 * time.Second)
+	finishFlushIO(t, c, nil, f, addr, vol, "replica slowed by 200 ms each way (replication 2, min-replicas 2, 3 daemons)")
+}
+
+// TestReplicaReset: every connection into one replica of the open
+// segment is reset (RST) every 300 ms for 6 s, new ones accepted in
+// between; then, for 6 s more, the resets go round all three daemons (one
+// every 300 ms), so every replica the writer may pick keeps failing and
+// coming back (after its first failure the writer avoids a peer for 30 s
+// unless it needs it to reach min-replicas, which it now does). No write
+// and no FLUSH fails, and nothing flushed is lost.
+func TestReplicaReset(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
+	md := metaClient(t, c)
+	const vol, blocks = "rst", 8192
+	createVolume(t, c, vol, "32MiB", 0)
+	p, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	probe := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	f := startFlushIO(nc, probe, m, "before the resets")
+	defer f.stop()
+	time.Sleep(3 * time.Second)
+
+	victim := openReplica(t, c, md, vol)
+	link := c.Daemons[victim].PeerLink
+	f.setPhase("one replica reset every 300 ms")
+	resets := 0
+	for start := time.Now(); time.Since(start) < 6*time.Second; resets++ {
+		link.Reset()
+		time.Sleep(300 * time.Millisecond)
+	}
+	one := len(logLines(p.Output(), "replicas dropped from segment"))
+	t.Logf("%d resets of every connection into daemon %d; the writer dropped a replica %d times", resets, victim, one)
+	f.setPhase("every daemon in turn reset every 300 ms")
+	resets = 0
+	for start := time.Now(); time.Since(start) < 6*time.Second; resets++ {
+		c.Daemons[(victim+resets)%len(c.Daemons)].PeerLink.Reset()
+		time.Sleep(300 * time.Millisecond)
+	}
+	all := len(logLines(p.Output(), "replicas dropped from segment"))
+	t.Logf("%d resets going round the daemons; the writer dropped a replica %d times more", resets, all-one)
+	f.setPhase("after the resets")
+	time.Sleep(5 * time.Second)
+	finishFlushIO(t, c, nil, f, addr, vol, "replicas' connections reset every 300 ms (replication 2, min-replicas 2, 3 daemons)")
+	if one == 0 {
+		t.Errorf("the writer never dropped the reset replica: the resets did not reach the writer's links")
+	}
+	if all-one < 2 {
+		t.Errorf("resets going round every daemon made the writer drop a replica only %d times", all-one)
+	}
+}
