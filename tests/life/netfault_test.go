@@ -298,6 +298,29 @@ func openReplica(t *testing.T, c *proccluster.Cluster, md *metaetcd.Store, vol s
 	return holders[0]
 }
 
+// verifyWithin is verify, giving up after d: it returns how many blocks
+// it read and checked (all of them: m.blocks) and an error for the first
+// chunk that differs from the model or failed.
+func verifyWithin(nc *nbdClient, m *model, d time.Duration) (int64, error) {
+	const chunk = 256
+	start := time.Now()
+	buf := make([]byte, chunk*blockSize)
+	for b := int64(0); b < m.blocks; b += chunk {
+		if time.Since(start) > d {
+			return b, nil
+		}
+		n := min(chunk, m.blocks-b)
+		p := buf[:n*blockSize]
+		if err := nc.ReadAt(p, b*blockSize); err != nil {
+			return b, fmt.Errorf("reading blocks [%d,%d): %w", b, b+n, err)
+		}
+		if _, bad := m.check(b, p); len(bad) > 0 {
+			return b, fmt.Errorf("%d blocks differ from the model:\n%s", len(bad), formatMismatches(bad, 20))
+		}
+	}
+	return m.blocks, nil
+}
+
 // logLines returns the lines of out containing every one of subs.
 func logLines(out string, subs ...string) []string {
 	var keep []string
@@ -442,4 +465,91 @@ func TestReplicaReset(t *testing.T) {
 	if all-one < 2 {
 		t.Errorf("resets going round every daemon made the writer drop a replica only %d times", all-one)
 	}
+}
+
+// TestAsymmetricPartition: the writer cannot reach one replica of the
+// open segment, while that replica still reaches etcd (so it shows up)
+// and the other daemons, and they reach it. torusblk runs on a host of
+// its own (a network namespace, proccluster.Host) whose link to that
+// daemon is blackholed (connections accepted, nothing forwarded) until
+// the end. No write or FLUSH may fail. Then, the link still cut, every
+// flushed block is read back through the writer, which must not take
+// more than one peer timeout (30 s) in all for the 32 MiB; the writer
+// detaches and a fresh writer on the same host must attach within 60 s;
+// last, the link heals and a writer verifies everything again.
+func TestAsymmetricPartition(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2})
+	md := metaClient(t, c)
+	const vol, blocks = "asym", 8192
+	createVolume(t, c, vol, "32MiB", 0)
+	host := c.NewHost()
+	p, addr := c.StartNBDOn(host)
+	nc := attach(t, host.Dial, addr, vol, blocks*blockSize)
+	probe := attach(t, host.Dial, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	f := startFlushIO(nc, probe, m, "before the partition")
+	defer f.stop()
+	time.Sleep(3 * time.Second)
+
+	victim := openReplica(t, c, md, vol)
+	vd := c.Daemons[victim]
+	link := host.Proxy(vd.PeerAddr)
+	f.setPhase("writer cut from one replica")
+	cut := time.Now()
+	link.Blackhole()
+	time.Sleep(32 * time.Second)
+	ps, err := peerList(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pi, ok := peerByAddr(ps, vd.PeerAddr); !ok || pi.State != torus.PeerUp {
+		t.Errorf("the partitioned daemon is %v in the peer list (found %v), want up: it still reaches etcd", pi.State, ok)
+	}
+	t.Logf("after %v of the partition: %s", time.Since(cut).Round(time.Millisecond), peerStates(ps))
+	const what = "writer cut from one replica that still reaches etcd and the daemons (replication 2, min-replicas 2, 3 daemons)"
+	f.stop()
+	probe.Close()
+	failed, _ := f.report(t, what)
+	if len(failed) > 0 {
+		t.Errorf("%d writes or FLUSHes failed (%s); first ones:\n%s", len(failed), what, strings.Join(failed[:min(10, len(failed))], "\n"))
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatalf("FLUSH after the writes: %v", err)
+	}
+	m.flushed()
+
+	start := time.Now()
+	read, err := verifyWithin(nc, m, 40*time.Second)
+	readTook := time.Since(start)
+	if err != nil {
+		t.Fatalf("through the writer, link still cut: %v", err)
+	}
+	stalls := logLines(p.Output(), "read failed; trying next replica", "after 30s")
+	t.Logf("FIGURE reading back through the writer while it cannot reach one replica (shown up): %d of %d blocks in %v; %d replica reads waited the whole 30 s peer timeout first",
+		read, m.blocks, readTook.Round(time.Millisecond), len(stalls))
+	if read < m.blocks {
+		t.Errorf("reading the volume back through the writer, one replica unreachable but shown up: only %d of %d blocks (1 MiB NBD reads) in %v: reads try that replica again and again and wait the 30 s peer timeout (%d times), the writer never remembers it cannot reach it; e.g.\n%s",
+			read, m.blocks, readTook.Round(time.Millisecond), len(stalls), firstLines(stalls, 3))
+	}
+
+	nc.Close()
+	start = time.Now()
+	var nc2 *nbdClient
+	var lastErr error
+	took, ok, _ := poll(60*time.Second, 200*time.Millisecond, func() (bool, string) {
+		nc2, lastErr = tryAttach(host.Dial, addr, vol)
+		return lastErr == nil, fmt.Sprint(lastErr)
+	})
+	t.Logf("FIGURE a fresh writer that cannot reach one ring member (shown up) attached: %v after %v (%v)", ok, took.Round(time.Millisecond), lastErr)
+	if !ok {
+		ls := logLines(p.Output(), "option refused")
+		t.Errorf("a fresh writer on the partitioned host could not attach within 60 s: %v; torusblk:\n%s", lastErr, firstLines(ls, 3))
+	} else {
+		t.Cleanup(func() { nc2.Abort() })
+		mustVerify(t, nc2, m, "through a fresh writer, link still cut")
+		nc2.Close()
+	}
+	link.Heal()
+	nc3 := reattach(t, c, host, addr, vol, blocks*blockSize, 90*time.Second)
+	mustVerify(t, nc3, m, "through a fresh writer after the link healed")
 }
