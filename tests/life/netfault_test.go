@@ -633,7 +633,8 @@ func TestDaemonCutFromEtcd(t *testing.T) {
 // request timeout (metadata/etcd.DefaultRequestTimeout; torusblk has no
 // flag for it), while requests still reach etcd at once. So head commits
 // at segment seals (every 1 MiB) are applied but their replies come too
-// late: outcome unknown. Writes may wait; FLUSH must never lose data.
+// late: outcome unknown. 8 s later, a second round: replies are held for
+// 5 s and then dropped, the connections reset (RST). Writes may wait; FLUSH must never lose data.
 // The writer must have logged "head commit outcome unknown" (the test
 // proves it met the case). Then the writer is SIGKILLed, the volume
 // force-unlocked, and a new torusblk verifies every flushed block.
@@ -660,10 +661,18 @@ func TestAmbiguousEtcdCommit(t *testing.T) {
 	time.Sleep(8 * time.Second)
 	etcdLink.SetDelay(0, 0)
 	f.setPhase("after the late replies")
-	time.Sleep(10 * time.Second)
+	time.Sleep(8 * time.Second)
+	// Second round: replies held, then dropped with the connections.
+	f.setPhase("etcd replies held 5 s, then dropped")
+	etcdLink.SetDelay(0, time.Minute)
+	time.Sleep(5 * time.Second)
+	etcdLink.Reset()
+	etcdLink.SetDelay(0, 0)
+	f.setPhase("after the dropped replies")
+	time.Sleep(8 * time.Second)
 	f.stop()
 	probe.Close()
-	const what = "etcd replies to the writer 6 s late for 8 s (replication 2, min-replicas 2, 3 daemons)"
+	const what = "etcd replies to the writer late or dropped (replication 2, min-replicas 2, 3 daemons)"
 	failed, _ := f.report(t, what)
 	if len(failed) > 0 {
 		t.Logf("%d writes or FLUSHes failed (allowed: the writer may fence itself; nothing flushed may be lost); first ones:\n%s", len(failed), strings.Join(failed[:min(10, len(failed))], "\n"))
