@@ -1,10 +1,14 @@
 package life
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -13,6 +17,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
+	"github.com/torus-storage/torus/internal/testutil"
 	metaetcd "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/peer"
 )
@@ -703,4 +708,97 @@ func TestAmbiguousEtcdCommit(t *testing.T) {
 	_, addr2 := c.StartNBD()
 	nc2 := reattach(t, c, nil, addr2, vol, blocks*blockSize, 30*time.Second)
 	mustVerify(t, nc2, m, "after the writer's crash, through a new writer")
+}
+
+// TestNbdcopyReplicaKill: nbdcopy copies a random 512 MiB file into a
+// volume over four NBD connections (--connections=4: the server
+// advertises multi-conn and shares the volume between them) and FLUSHes
+// at the end, while a replica of the open segment is SIGKILLed and
+// started again 2 s later. nbdcopy must exit 0, and the volume must read
+// back equal to the file, through the writer (a fifth connection, held
+// open the whole time, keeps the same writer) and through a fresh one.
+func TestNbdcopyReplicaKill(t *testing.T) {
+	nbdcopy := testutil.RequireBinary(t, "nbdcopy")
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2})
+	md := metaClient(t, c)
+	const vol, size = "copy", 512 << 20
+	createVolume(t, c, vol, "512MiB", 0)
+	p, addr := c.StartNBD()
+	held := attach(t, nil, addr, vol, size)
+	src := filepath.Join(t.TempDir(), "src.img")
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{byte(time.Now().UnixNano())}).Read(data)
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--connections=4", "--threads=4", "--flush", src, "nbd://" + addr + "/" + vol}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, nbdcopy, args...)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	t.Logf("nbdcopy %s", strings.Join(args, " "))
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	var took time.Duration
+	go func() {
+		err := cmd.Wait()
+		took = time.Since(start)
+		exited <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	victim := openReplica(t, c, md, vol)
+	vd := c.Daemons[victim]
+	killedAt := time.Since(start)
+	vd.Kill(t)
+	time.Sleep(2 * time.Second)
+	vd.Start(t)
+	c.WaitHTTP("http://"+vd.HTTPAddr+"/readyz", 30*time.Second)
+	restartedAt := time.Since(start)
+	err := <-exited
+	t.Logf("FIGURE nbdcopy --connections=4 of %d MiB with a replica SIGKILLed at %v and back at %v: exited after %v (%.1f MiB/s): %v",
+		size>>20, killedAt.Round(time.Millisecond), restartedAt.Round(time.Millisecond), took.Round(time.Millisecond), float64(size>>20)/took.Seconds(), err)
+	if err != nil {
+		t.Errorf("nbdcopy failed with a replica killed and restarted: %v\n%s", err, lastLines(out.String(), 15))
+	}
+	if took < restartedAt {
+		t.Errorf("nbdcopy was done %v after its start, before the replica was back (%v): the test needs a longer copy", took.Round(time.Millisecond), restartedAt.Round(time.Millisecond))
+	}
+	if n := len(logLines(p.Output(), "nbd: transmission", "export="+vol)) - 1; n < 4 {
+		t.Errorf("torusblk served nbdcopy %d NBD connections of %s, want 4 (--connections=4)", n, vol)
+	}
+	compare := func(nc *nbdClient, when string) {
+		t.Helper()
+		buf := make([]byte, 1<<20)
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			if err := nc.ReadAt(buf, off); err != nil {
+				t.Fatalf("%s: reading at %d: %v", when, off, err)
+			}
+			if !bytes.Equal(buf, data[off:off+int64(len(buf))]) {
+				i := 0
+				for buf[i] == data[off+int64(i)] {
+					i++
+				}
+				t.Fatalf("%s: the volume differs from the file from byte %d", when, off+int64(i))
+			}
+		}
+		t.Logf("%s: %d MiB equal to the file", when, size>>20)
+	}
+	compare(held, "through the writer")
+	held.Close()
+	// Every connection is closed now: the next attach opens the volume again.
+	nc := reattach(t, c, nil, addr, vol, size, 30*time.Second)
+	compare(nc, "through a fresh writer")
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
 }
