@@ -353,12 +353,13 @@ func firstLines(ls []string, n int) string {
 // TestReplicaBlackhole: every link into one replica of the open segment
 // (from the writer and from the other daemons: the daemon advertises a
 // proxy as its peer address, proccluster.Options.Links) is blackholed
-// mid-write for 35 s, longer than the writer's 30 s peer round: the proxy
+// mid-write for 35 s, longer than any peer timeout of the writer: the proxy
 // accepts connections and forwards nothing, as a pulled cable or a hung
 // host does, while the replica keeps its etcd lease and so still shows
 // up. No write and no FLUSH may fail; every flushed block must read back.
-// The FLUSH latency during the blackhole is a FIGURE: today the writer's
-// 30 s peer timeout (volume.peerTimeout) is what bounds it.
+// The FLUSH latency during the blackhole is a FIGURE: how long the writer
+// waits for a silent replica before it drops it is what bounds it (30 s
+// until the writer gave up on a silent replica after 10 s).
 func TestReplicaBlackhole(t *testing.T) {
 	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
 	md := metaClient(t, c)
@@ -388,8 +389,8 @@ func TestReplicaBlackhole(t *testing.T) {
 	if ls := logLines(p.Output(), "level=WARN"); len(ls) > 0 {
 		t.Logf("writer warnings (%d), first ones:\n%s", len(ls), firstLines(ls, 8))
 	}
-	if slowest >= 25*time.Second {
-		t.Logf("FINDING: the slowest write or FLUSH took %v: a blackholed replica (still up in etcd) stalls the volume for the writer's whole 30 s peer round before it is dropped", slowest.Round(time.Millisecond))
+	if slowest >= 5*time.Second {
+		t.Logf("FINDING: the slowest write or FLUSH took %v: a blackholed replica (still up in etcd) stalls the volume until the writer gives up on it", slowest.Round(time.Millisecond))
 	}
 }
 
@@ -530,11 +531,11 @@ func TestAsymmetricPartition(t *testing.T) {
 	if err != nil {
 		t.Fatalf("through the writer, link still cut: %v", err)
 	}
-	stalls := logLines(p.Output(), "read failed; trying next replica", "after 30s")
-	t.Logf("FIGURE reading back through the writer while it cannot reach one replica (shown up): %d of %d blocks in %v; %d replica reads waited the whole 30 s peer timeout first",
+	stalls := logLines(p.Output(), "read failed; trying next replica")
+	t.Logf("FIGURE reading back through the writer while it cannot reach one replica (shown up): %d of %d blocks in %v; %d replica reads failed over",
 		read, m.blocks, readTook.Round(time.Millisecond), len(stalls))
 	if read < m.blocks {
-		t.Errorf("reading the volume back through the writer, one replica unreachable but shown up: only %d of %d blocks (1 MiB NBD reads) in %v: reads try that replica again and again and wait the 30 s peer timeout (%d times), the writer never remembers it cannot reach it; e.g.\n%s",
+		t.Errorf("reading the volume back through the writer, one replica unreachable but shown up: only %d of %d blocks (1 MiB NBD reads) in %v: reads try that replica again and again and wait for it (%d failovers), the writer does not remember it cannot reach it; e.g.\n%s",
 			read, m.blocks, readTook.Round(time.Millisecond), len(stalls), firstLines(stalls, 3))
 	}
 
