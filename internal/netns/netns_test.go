@@ -183,3 +183,95 @@ func TestProxyBlackholeAndHeal(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// echoServer listens on 127.0.0.1 and echoes every connection.
+func echoServer(t *testing.T) net.Listener {
+	t.Helper()
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return up
+}
+
+// TestProxyDelayAndReset needs no namespace: a proxy on 127.0.0.1 in
+// front of an echo server, slowed down, then reset.
+func TestProxyDelayAndReset(t *testing.T) {
+	up := echoServer(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewProxy(ln, up.Addr().String(), nil)
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo := func(msg string) (time.Duration, error) {
+		start := time.Now()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return 0, err
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil {
+			return 0, err
+		}
+		if string(b) != msg {
+			return 0, errors.New("echo differs: " + string(b))
+		}
+		return time.Since(start), nil
+	}
+	if _, err := echo("warm"); err != nil {
+		t.Fatal(err)
+	}
+	p.SetDelay(100*time.Millisecond, 200*time.Millisecond)
+	took, err := echo("slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took < 300*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("round trip through a 100+200 ms link took %v", took)
+	}
+	// Order is kept across a change of delay.
+	p.SetDelay(0, 300*time.Millisecond)
+	c.Write([]byte("a"))
+	time.Sleep(20 * time.Millisecond)
+	p.SetDelay(0, 0)
+	c.Write([]byte("b"))
+	b := make([]byte, 2)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ab" {
+		t.Fatalf("bytes after lowering the delay: %q, %v", b, err)
+	}
+	if n := p.Conns(); n != 1 {
+		t.Fatalf("Conns = %d, want 1", n)
+	}
+	p.Reset()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(b)
+	if err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("read after Reset: %v, want connection reset", err)
+	}
+	// A new connection after the reset is served.
+	c, err = net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := echo("again"); err != nil {
+		t.Fatal(err)
+	}
+}

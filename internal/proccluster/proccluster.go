@@ -15,6 +15,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -231,6 +232,8 @@ type Cluster struct {
 	hosts []*Host
 	// Certs is the certificates directory of a Secure cluster.
 	Certs string
+	// links are the daemons' proxies (Options.Links).
+	links []*netns.Proxy
 }
 
 // PeerEnv is the environment that gives torusblk or torusctl client
@@ -249,10 +252,20 @@ func (c *Cluster) PeerEnv(name string) []string {
 // Daemon is one torusd.
 type Daemon struct {
 	*Proc
-	IP       string
-	PeerAddr string
-	HTTPAddr string
-	DataDir  string
+	IP string
+	// PeerAddr is the peer address the daemon advertises in etcd: what
+	// writers and other daemons dial. With Options.Links it is PeerLink's
+	// address, and the daemon listens on ListenAddr behind it.
+	PeerAddr   string
+	ListenAddr string
+	HTTPAddr   string
+	DataDir    string
+	// PeerLink (Options.Links) carries every connection into the daemon's
+	// peer port: from writers and from the other daemons. Blackhole,
+	// SetDelay or Reset it to fault every link into the daemon at once.
+	PeerLink *netns.Proxy
+	// EtcdLink (Options.Links) carries the daemon's etcd connections.
+	EtcdLink *netns.Proxy
 }
 
 // Options configures a process cluster.
@@ -274,6 +287,13 @@ type Options struct {
 	// environment) and "ctl" (torusctl) into Cluster.Certs. etcd and
 	// HTTP stay plain.
 	Secure bool
+	// Links puts a proxy (netns.Proxy, in the test process) on each
+	// daemon's links: Daemon.PeerLink in front of its peer port (the
+	// daemon advertises the proxy's address with --advertise-address, so
+	// writers and daemons alike reach it only through the proxy) and
+	// Daemon.EtcdLink between it and etcd (its --etcd). No namespace is
+	// needed.
+	Links bool
 }
 
 // New starts etcd, `torusctl init`, and the daemons, and waits until every
@@ -312,6 +332,9 @@ func New(t testing.TB, o Options) *Cluster {
 		for _, h := range c.hosts {
 			h.close()
 		}
+		for _, l := range c.links {
+			l.Close()
+		}
 	})
 	if o.Secure {
 		c.Certs = filepath.Join(c.Dir, "certs")
@@ -347,10 +370,23 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 	i := len(c.Daemons)
 	ip := fmt.Sprintf("127.0.0.%d", 11+i)
 	d := &Daemon{IP: ip, DataDir: filepath.Join(c.Dir, fmt.Sprintf("d%d", i))}
-	d.PeerAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
+	d.ListenAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
+	d.PeerAddr = d.ListenAddr
 	d.HTTPAddr = fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
-	args := []string{Bin(t, "torusd"), "--etcd", c.EtcdURL, "--data-dir", d.DataDir, "--size", "4GiB",
-		"--peer-address", d.PeerAddr, "--http", d.HTTPAddr, "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
+	etcd := c.EtcdURL
+	if o.Links {
+		d.PeerLink = c.link(ip, d.ListenAddr)
+		d.PeerAddr = d.PeerLink.Addr()
+		u, err := url.Parse(c.EtcdURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.EtcdLink = c.link(ip, u.Host)
+		etcd = "http://" + d.EtcdLink.Addr()
+	}
+	args := []string{Bin(t, "torusd"), "--etcd", etcd, "--data-dir", d.DataDir, "--size", "4GiB",
+		"--peer-address", d.ListenAddr, "--advertise-address", d.PeerAddr,
+		"--http", d.HTTPAddr, "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
 	if !o.NoAutoJoin {
 		args = append(args, "--auto-join")
 	}
@@ -369,6 +405,19 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 	d.Start(t)
 	c.Daemons = append(c.Daemons, d)
 	return d
+}
+
+// link starts a proxy listening on a free port of ip, forwarding to
+// upstream; it lives until the cluster is cleaned up.
+func (c *Cluster) link(ip, upstream string) *netns.Proxy {
+	c.t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		c.t.Fatalf("proxy listener on %s: %v", ip, err)
+	}
+	p := netns.NewProxy(ln, upstream, nil)
+	c.links = append(c.links, p)
+	return p
 }
 
 // StartNBD starts `torusblk nbdserve` on a fresh 127.0.0.x address and

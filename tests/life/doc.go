@@ -16,6 +16,18 @@
 // faults (double_test.go). The ext4 tests need root, /dev/fuse and loop
 // devices; under TORUS_REQUIRE_TOOLS=1 their absence fails the test.
 //
+// Replica-side network faults (netfault_test.go), under the same policy,
+// with a client writing 64 KiB and FLUSHing every 8 writes plus a FLUSH
+// probe on a second connection, FLUSH latency p50/p99/max logged as
+// FIGURE lines: every link into one replica blackholed for 35 s, slowed by
+// 200 ms each way, or reset (RST) over and over (the daemons advertise a
+// proxy as their peer address, proccluster.Options.Links); the writer cut
+// from one replica that still reaches etcd and the daemons (torusblk in a
+// network namespace); a daemon cut from etcd that still serves its peers;
+// etcd replies to the writer arriving after its request timeout, then
+// dropped (ambiguous head commits), followed by a writer crash; and
+// nbdcopy --connections=4 through a replica SIGKILL and restart.
+//
 // The package has only tests. Run with `go test ./tests/life` (part of
 // `make test`); `-short` skips it. The robustness test runs briefly by
 // default; TORUS_ROBUSTNESS=long (`make robustness`) runs it long, and
