@@ -167,7 +167,10 @@ func (r *robust) healFaults() {
 // on the same writer within 20 s. A writer that stays stuck (its writes or
 // flushes keep failing, its connection broke, its process died) fails the
 // run: it is never replaced to hide the problem. Only a writer the run
-// itself killed is replaced (newWriter).
+// itself killed is replaced (newWriter), and one that fenced itself because
+// its etcd lease was lost: cut from etcd (a partition, an etcd restart) for
+// its lease TTL without a successful keepalive, fencing is the designed
+// outcome (docs/design/data-path.md, Crash cases), counted and logged.
 func (r *robust) recover() {
 	r.t.Helper()
 	r.healFaults()
@@ -186,6 +189,13 @@ func (r *robust) recover() {
 			if d := time.Since(began); d > 5*time.Second {
 				r.logf("writer recovered %v after every fault healed", d.Round(time.Millisecond))
 			}
+			return
+		}
+		if strings.Contains(err.Error(), "EIO") && strings.Contains(r.writer.Output(), `msg="writer fenced" `) &&
+			strings.Contains(r.writer.Output(), `cause="session lost"`) {
+			r.counts["writer fenced by lease loss"]++
+			r.logf("writer fenced itself after losing its etcd lease: replaced")
+			r.newWriter("after lease loss")
 			return
 		}
 		if time.Now().After(deadline) {
