@@ -174,8 +174,12 @@ func TestTLSWrongCARefused(t *testing.T) {
 		_, err = c.Stat(context.Background(), tlsSeg)
 		c.Close()
 	}
-	if err == nil || !strings.Contains(err.Error(), "certificate") {
-		t.Fatalf("another CA's client certificate: %v, want a certificate error", err)
+	// The daemon's alert names the certificate, unless it closed the
+	// connection before the client read it (the client then sees the
+	// connection lost): either way the call fails, and the refusal is
+	// counted below.
+	if err == nil || !strings.Contains(err.Error(), "certificate") && !errors.Is(err, torus.ErrUnavailable) {
+		t.Fatalf("another CA's client certificate: %v, want a certificate error or a lost connection", err)
 	}
 	// (The client may have dialed twice: once in Dial, again in Stat if
 	// the first connection was already gone.)
