@@ -58,9 +58,7 @@ func TestMissingTorus(t *testing.T) {
 // target made of etcd and the fake binaries of fake_test.go,
 // including the healing measurement.
 func TestRunEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs fio for ~20 s")
-	}
+	testutil.SkipShort(t, "runs fio for ~20 s")
 	for _, b := range []string{"fio", "nbdkit", "etcd"} {
 		testutil.RequireBinary(t, b)
 	}

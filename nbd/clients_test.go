@@ -198,9 +198,7 @@ func TestQemuIO(t *testing.T) {
 
 func TestNbdcopy(t *testing.T) {
 	nbdcopy := testutil.RequireBinary(t, "nbdcopy")
-	if testing.Short() {
-		t.Skip("256 MiB copy")
-	}
+	testutil.SkipShort(t, "256 MiB copy")
 	t.Parallel()
 	const size = 256 << 20
 	ex := newMemExports()

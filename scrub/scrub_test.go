@@ -334,9 +334,7 @@ func TestScrubUnrepairable(t *testing.T) {
 //
 //	go test ./scrub/ -run TestScrubThroughput -v
 func TestScrubThroughput(t *testing.T) {
-	if testing.Short() {
-		t.Skip("measures 128 MiB")
-	}
+	testutil.SkipShort(t, "measures 128 MiB")
 	ctx := context.Background()
 	c := newCluster(t, 32<<20)
 	const size = 128 << 20

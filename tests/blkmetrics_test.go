@@ -22,9 +22,7 @@ import (
 // qemu-io over NBD (a 1 MiB write, a flush, a read and a discard), and scrapes /metrics while a client holds the export
 // open: every per-volume metric is there with the counts of that workload.
 func TestBlkMetrics(t *testing.T) {
-	if testing.Short() {
-		t.Skip("process test")
-	}
+	testutil.SkipShort(t, "process test")
 	qemuIO := testutil.RequireBinary(t, "qemu-io")
 	c := proccluster.New(t, proccluster.Options{Daemons: 1, Replication: 1})
 	c.Ctl("volume", "create", "m", "16MiB")

@@ -18,9 +18,7 @@ import (
 // writes and flushes, restarts it, and checks that every flushed write is
 // readable, both through the running writer and after a fresh recovery.
 func TestCrashDaemonMidWrite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("process test")
-	}
+	testutil.SkipShort(t, "process test")
 	c := proccluster.New(t, proccluster.Options{Daemons: 3, Replication: 2, SegmentSize: "1MiB"})
 	const size = 32 << 20
 	c.Ctl("volume", "create", "crash", "32MiB")

@@ -27,9 +27,7 @@ import (
 // refuses a plain client with an error naming TLS, and /metrics is served
 // over HTTPS.
 func TestDevSecure(t *testing.T) {
-	if testing.Short() {
-		t.Skip("process test")
-	}
+	testutil.SkipShort(t, "process test")
 	nbdinfo := testutil.RequireBinary(t, "nbdinfo")
 	dir := t.TempDir()
 	ip := "127.0.0.1"

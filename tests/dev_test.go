@@ -18,9 +18,7 @@ import (
 // then talks to volume "demo" with real NBD clients, stops it with SIGTERM,
 // starts it again on the same data dir and finds the data.
 func TestDevMode(t *testing.T) {
-	if testing.Short() {
-		t.Skip("process test")
-	}
+	testutil.SkipShort(t, "process test")
 	nbdinfo := testutil.RequireBinary(t, "nbdinfo")
 	qemuIO := testutil.RequireBinary(t, "qemu-io")
 	dir := t.TempDir()

@@ -18,9 +18,7 @@ import (
 // trip (four connections), qemu-img convert of a qcow2 image, nbdinfo --map,
 // and a read-only snapshot export.
 func TestNBDOverCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("process test")
-	}
+	testutil.SkipShort(t, "process test")
 	nbdcopy := testutil.RequireBinary(t, "nbdcopy")
 	qemuImg := testutil.RequireBinary(t, "qemu-img")
 	nbdinfo := testutil.RequireBinary(t, "nbdinfo")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/torus-storage/torus/internal/testutil"
 	"regexp"
 	"strings"
 	"testing"
@@ -138,9 +139,7 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 // a peer gracefully while real daemons move its data, and force-removes a
 // dead one, checking volume list, status and the data on the way.
 func TestPeerLifecycle(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a cluster and waits for data to move")
-	}
+	testutil.SkipShort(t, "starts a cluster and waits for data to move")
 	c := testcluster.New(t, testcluster.Options{Daemons: 3, Replication: 2, Server: func(i int, cfg *server.Config) {
 		cfg.AutoJoin = i != 2
 	}})

@@ -65,3 +65,18 @@ func Root() error {
 	}
 	return nil
 }
+
+// SkipShort skips a long test (a process-level cluster, a measurement)
+// under go test -short, the quick local loop of `make unit`, saying why.
+// Under TORUS_REQUIRE_TOOLS=1 it fails instead: CI runs everything, and
+// -short there would pass by skipping.
+func SkipShort(t testing.TB, why string) {
+	t.Helper()
+	if !testing.Short() {
+		return
+	}
+	if os.Getenv("TORUS_REQUIRE_TOOLS") == "1" {
+		t.Fatalf("-short with TORUS_REQUIRE_TOOLS=1: %s must run", why)
+	}
+	t.Skipf("-short: %s", why)
+}

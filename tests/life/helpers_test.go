@@ -33,9 +33,7 @@ const (
 
 func startCluster(t *testing.T, o proccluster.Options) *proccluster.Cluster {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("process-level cluster test; skipped with -short")
-	}
+	testutil.SkipShort(t, "process-level cluster test; skipped with -short")
 	testutil.RequireBinary(t, "etcd")
 	if o.HeartbeatTTL == "" {
 		o.HeartbeatTTL = heartbeatTTL.String()

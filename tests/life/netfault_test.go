@@ -361,19 +361,9 @@ func firstLines(ls []string, n int) string {
 // waits for a silent replica before it drops it is what bounds it (30 s
 // until the writer gave up on a silent replica after 10 s).
 func TestReplicaBlackhole(t *testing.T) {
-	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
-	md := metaClient(t, c)
-	const vol, blocks = "bh", 8192 // 32 MiB
-	createVolume(t, c, vol, "32MiB", 0)
-	p, addr := c.StartNBD()
-	nc := attach(t, nil, addr, vol, blocks*blockSize)
-	probe := attach(t, nil, addr, vol, blocks*blockSize)
-	m := newModel(seed(t), blocks)
-	f := startFlushIO(nc, probe, m, "before the blackhole")
+	const vol = "bh"
+	c, p, addr, f, victim := startLinkFault(t, vol, "before the blackhole")
 	defer f.stop()
-	time.Sleep(3 * time.Second)
-
-	victim := openReplica(t, c, md, vol)
 	link := c.Daemons[victim].PeerLink
 	f.setPhase("during the blackhole")
 	cut := time.Now()
@@ -399,19 +389,9 @@ func TestReplicaBlackhole(t *testing.T) {
 // kept). Writes and FLUSHes go on at the slow replica's pace; none fails
 // and every flushed block reads back.
 func TestReplicaSlow(t *testing.T) {
-	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
-	md := metaClient(t, c)
-	const vol, blocks = "slow", 8192
-	createVolume(t, c, vol, "32MiB", 0)
-	_, addr := c.StartNBD()
-	nc := attach(t, nil, addr, vol, blocks*blockSize)
-	probe := attach(t, nil, addr, vol, blocks*blockSize)
-	m := newModel(seed(t), blocks)
-	f := startFlushIO(nc, probe, m, "before the slowdown")
+	const vol = "slow"
+	c, _, addr, f, victim := startLinkFault(t, vol, "before the slowdown")
 	defer f.stop()
-	time.Sleep(3 * time.Second)
-
-	victim := openReplica(t, c, md, vol)
 	link := c.Daemons[victim].PeerLink
 	f.setPhase("200 ms each way")
 	link.SetDelay(200*time.Millisecond, 200*time.Millisecond)
@@ -433,19 +413,9 @@ func TestReplicaSlow(t *testing.T) {
 // unless it needs it to reach min-replicas, which it now does). No write
 // and no FLUSH fails, and nothing flushed is lost.
 func TestReplicaReset(t *testing.T) {
-	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
-	md := metaClient(t, c)
-	const vol, blocks = "rst", 8192
-	createVolume(t, c, vol, "32MiB", 0)
-	p, addr := c.StartNBD()
-	nc := attach(t, nil, addr, vol, blocks*blockSize)
-	probe := attach(t, nil, addr, vol, blocks*blockSize)
-	m := newModel(seed(t), blocks)
-	f := startFlushIO(nc, probe, m, "before the resets")
+	const vol = "rst"
+	c, p, addr, f, victim := startLinkFault(t, vol, "before the resets")
 	defer f.stop()
-	time.Sleep(3 * time.Second)
-
-	victim := openReplica(t, c, md, vol)
 	link := c.Daemons[victim].PeerLink
 	f.setPhase("one replica reset every 300 ms")
 	resets := 0
@@ -569,19 +539,9 @@ func TestAsymmetricPartition(t *testing.T) {
 // stably ready again. Every flushed block reads back, through the writer
 // and a fresh one.
 func TestDaemonCutFromEtcd(t *testing.T) {
-	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
-	md := metaClient(t, c)
-	const vol, blocks = "dce", 8192
-	createVolume(t, c, vol, "32MiB", 0)
-	_, addr := c.StartNBD()
-	nc := attach(t, nil, addr, vol, blocks*blockSize)
-	probe := attach(t, nil, addr, vol, blocks*blockSize)
-	m := newModel(seed(t), blocks)
-	f := startFlushIO(nc, probe, m, "before the cut")
+	const vol = "dce"
+	c, _, addr, f, victim := startLinkFault(t, vol, "before the cut")
 	defer f.stop()
-	time.Sleep(3 * time.Second)
-
-	victim := openReplica(t, c, md, vol)
 	vd := c.Daemons[victim]
 	f.setPhase("daemon cut from etcd")
 	up0, _ := vd.PeerLink.Forwarded()
@@ -802,4 +762,23 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// startLinkFault starts 3 daemons (replication 2) with a proxy on every
+// daemon link, a 32 MiB volume, torusblk, and the write+FLUSH workload
+// (with its FLUSH probe) for 3 s, and returns the daemon holding the open
+// segment: the set-up every link-fault test shares. The caller stops f.
+func startLinkFault(t *testing.T, vol, phase string) (*proccluster.Cluster, *proccluster.Proc, string, *flushIO, int) {
+	t.Helper()
+	const blocks = 8192
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Links: true})
+	md := metaClient(t, c)
+	createVolume(t, c, vol, "32MiB", 0)
+	p, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	probe := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	f := startFlushIO(nc, probe, m, phase)
+	time.Sleep(3 * time.Second)
+	return c, p, addr, f, openReplica(t, c, md, vol)
 }
