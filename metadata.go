@@ -66,6 +66,16 @@ type Metadata interface {
 	// and its labels. ErrExist if the name is taken; ErrInvalid for a bad
 	// name, size or label (torus.ValidLabels).
 	CreateVolume(ctx context.Context, v VolumeInfo) (VolumeInfo, error)
+	// CloneVolume creates v (as CreateVolume: new ID, labels; ErrExist,
+	// ErrInvalid) as a clone of snapshot volume@snapshot, in one atomic
+	// step with reading that snapshot: the new volume's head is the
+	// snapshot's head with epoch 0, its Parent names the snapshot and its
+	// Shares are the source's ID plus the source's Shares (the volumes
+	// whose segments the head names). v.Size must be at least the
+	// source's size (ErrInvalid). ErrNotExist when the snapshot does not
+	// exist (checked in the same step, so a clone never names the
+	// segments of a snapshot deleted before it was made).
+	CloneVolume(ctx context.Context, v VolumeInfo, volume, snapshot string) (VolumeInfo, error)
 	// Volume reads one volume. ErrNotExist.
 	Volume(ctx context.Context, name string) (VolumeInfo, error)
 	// Volumes lists all volumes sorted by name.
@@ -107,6 +117,13 @@ type Metadata interface {
 	// CommitHead stores h if epoch is still the volume's epoch and its
 	// writer record is present; ErrFenced otherwise. One small request.
 	CommitHead(ctx context.Context, volume string, epoch uint64, h Head) error
+
+	// RestoreSnapshot makes the volume's head the head of its snapshot
+	// name (with Epoch epoch, no open segment, NextSeq not lowered), if
+	// epoch is still the volume's epoch and its writer record is present
+	// (ErrFenced otherwise, as CommitHead) and the snapshot exists
+	// (ErrNotExist), all in one atomic step. It returns the new head.
+	RestoreSnapshot(ctx context.Context, epoch uint64, volume, name string) (Head, error)
 
 	// CreateSnapshot stores a snapshot. When epoch is non-zero it is
 	// fenced like CommitHead. ErrExist if the name is taken.

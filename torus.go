@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -108,11 +109,49 @@ type VolumeInfo struct {
 	// is fsynced on at least this many replicas. 0 means the cluster's
 	// replication factor.
 	MinReplicas int `json:"min_replicas,omitempty"`
+	// Replication is the number of copies of each of the volume's new
+	// segments; 0 means the cluster's (the ring's) replication factor.
+	// When both are set, MinReplicas <= Replication. Healing keeps
+	// Replication copies of every segment the volume names (the largest
+	// Replication of the volumes naming a shared segment).
+	Replication int `json:"replication,omitempty"`
+	// Parent is set on a clone: the volume and snapshot its first head
+	// was copied from (informational; the parent and its snapshot may be
+	// deleted since). nil for a volume created empty.
+	Parent *VolumeParent `json:"parent,omitempty"`
+	// Shares lists the IDs of the other volumes whose segments this
+	// volume's head and checkpoints may name: a clone's parent and the
+	// parent's Shares. Those segments are shared, not copied; GC keeps a
+	// segment while any volume names it. Set by CloneVolume, never
+	// changed.
+	Shares []uint64 `json:"shares,omitempty"`
 	// Labels are key/value pairs kept with the volume (ValidLabels): the
 	// CSI driver keeps a volume's CSI name and parameters here. Set at
 	// CreateVolume, changed with Metadata.SetVolumeLabels; UpdateVolume
 	// leaves them as they are. nil when there are none.
 	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// VolumeParent names what a clone was made from.
+type VolumeParent struct {
+	Volume   string `json:"volume"`
+	ID       uint64 `json:"id"`
+	Snapshot string `json:"snapshot"`
+}
+
+// Replicas is the volume's replication factor given the cluster's:
+// Replication, or cluster when it is 0.
+func (v VolumeInfo) Replicas(cluster int) int {
+	if v.Replication > 0 {
+		return v.Replication
+	}
+	return cluster
+}
+
+// SharesVolume reports whether the volume's data may name segments of
+// volume id: its own ID or one of Shares.
+func (v VolumeInfo) SharesVolume(id uint64) bool {
+	return id == v.ID || slices.Contains(v.Shares, id)
 }
 
 // Bounds on VolumeInfo.Labels.

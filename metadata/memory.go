@@ -437,6 +437,7 @@ func (m *Memory) volumeLocked(op, name string) (*memVolume, error) {
 // CreateVolume implements torus.Metadata. It needs an initialized cluster
 // (ErrNotInitialized).
 func (m *Memory) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.VolumeInfo, error) {
+	v.Parent, v.Shares = nil, nil
 	if err := rules.Volume(v); err != nil {
 		return torus.VolumeInfo{}, err
 	}
@@ -444,6 +445,35 @@ func (m *Memory) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vo
 		return torus.VolumeInfo{}, err
 	}
 	defer m.mu.Unlock()
+	return m.createLocked(v, torus.Head{})
+}
+
+// CloneVolume implements torus.Metadata.
+func (m *Memory) CloneVolume(ctx context.Context, v torus.VolumeInfo, volume, snapshot string) (torus.VolumeInfo, error) {
+	v.Parent, v.Shares = nil, nil
+	if err := rules.Volume(v); err != nil {
+		return torus.VolumeInfo{}, err
+	}
+	if err := m.enter(ctx); err != nil {
+		return torus.VolumeInfo{}, err
+	}
+	defer m.mu.Unlock()
+	src, err := m.volumeLocked("clone volume", volume)
+	if err != nil {
+		return torus.VolumeInfo{}, err
+	}
+	snap, ok := src.snapshots[snapshot]
+	if !ok {
+		return torus.VolumeInfo{}, fmt.Errorf("metadata: clone volume %q: snapshot %s@%s: %w", v.Name, volume, snapshot, torus.ErrNotExist)
+	}
+	v, head, err := rules.Clone(v, src.info, snap)
+	if err != nil {
+		return torus.VolumeInfo{}, err
+	}
+	return m.createLocked(v, head)
+}
+
+func (m *Memory) createLocked(v torus.VolumeInfo, head torus.Head) (torus.VolumeInfo, error) {
 	if !m.initialized {
 		return torus.VolumeInfo{}, fmt.Errorf("metadata: create volume %q: %w", v.Name, torus.ErrNotInitialized)
 	}
@@ -456,8 +486,10 @@ func (m *Memory) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vo
 		v.Created = time.Now().UTC()
 	}
 	v.Labels = rules.CloneLabels(v.Labels)
+	v.Shares = slices.Clone(v.Shares)
 	m.volumes[v.Name] = &memVolume{
 		info:      v,
+		head:      cloneHead(head),
 		snapshots: make(map[string]torus.Snapshot),
 		requests:  make(map[string]bool),
 		results:   make(map[string]string),
@@ -471,6 +503,11 @@ func (m *Memory) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vo
 func (v *memVolume) infoCopy() torus.VolumeInfo {
 	info := v.info
 	info.Labels = rules.CloneLabels(info.Labels)
+	info.Shares = slices.Clone(info.Shares)
+	if info.Parent != nil {
+		p := *info.Parent
+		info.Parent = &p
+	}
 	return info
 }
 
@@ -688,6 +725,28 @@ func (m *Memory) CommitHead(ctx context.Context, volume string, epoch uint64, h 
 	v.head = cloneHead(h)
 	m.notifyLocked()
 	return nil
+}
+
+// RestoreSnapshot implements torus.Metadata.
+func (m *Memory) RestoreSnapshot(ctx context.Context, epoch uint64, volume, name string) (torus.Head, error) {
+	if err := m.enter(ctx); err != nil {
+		return torus.Head{}, err
+	}
+	defer m.mu.Unlock()
+	v, err := m.volumeLocked("restore snapshot", volume)
+	if err != nil {
+		return torus.Head{}, err
+	}
+	if err := v.fenced("restore snapshot", epoch); err != nil {
+		return torus.Head{}, err
+	}
+	snap, ok := v.snapshots[name]
+	if !ok {
+		return torus.Head{}, fmt.Errorf("metadata: restore snapshot %s@%s: %w", volume, name, torus.ErrNotExist)
+	}
+	v.head = rules.Restore(v.head, snap, epoch)
+	m.notifyLocked()
+	return cloneHead(v.head), nil
 }
 
 // CreateSnapshot implements torus.Metadata.

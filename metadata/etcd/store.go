@@ -600,14 +600,61 @@ func (s *Store) readVolume(kv *mvccpb.KeyValue, op string) (torus.VolumeInfo, er
 // ID counter unchanged since read, name absent → put counter+1, volume
 // record, epoch "0", empty head; clear leftover snapshot keys of the name.
 func (s *Store) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.VolumeInfo, error) {
-	const op = "create volume"
+	v.Parent, v.Shares = nil, nil
 	if err := rules.Volume(v); err != nil {
 		return torus.VolumeInfo{}, err
 	}
-	if v.Created.IsZero() {
-		v.Created = time.Now().UTC()
+	return s.createVolume(ctx, "create volume", v, func(context.Context) (torus.VolumeInfo, torus.Head, []clientv3.Cmp, error) {
+		return v, torus.Head{}, nil, nil
+	})
+}
+
+// CloneVolume implements torus.Metadata. It reads the source volume and
+// its snapshot, then runs CreateVolume's transaction with the clone's
+// head, also comparing the snapshot's and the source record's mod
+// revisions: a snapshot deleted (or replaced) meanwhile fails the
+// transaction, which is retried and then reports ErrNotExist.
+func (s *Store) CloneVolume(ctx context.Context, v torus.VolumeInfo, volume, snapshot string) (torus.VolumeInfo, error) {
+	const op = "clone volume"
+	v.Parent, v.Shares = nil, nil
+	if err := rules.Volume(v); err != nil {
+		return torus.VolumeInfo{}, err
 	}
-	v.Labels = rules.CloneLabels(v.Labels)
+	return s.createVolume(ctx, op, v, func(ctx context.Context) (torus.VolumeInfo, torus.Head, []clientv3.Cmp, error) {
+		r, err := s.read(ctx, op, clientv3.OpGet(s.k.volume(volume)), clientv3.OpGet(s.k.snapshot(volume, snapshot)))
+		if err != nil {
+			return v, torus.Head{}, nil, err
+		}
+		if len(r[0]) == 0 {
+			return v, torus.Head{}, nil, errNoVolume(op, volume)
+		}
+		if len(r[1]) == 0 {
+			return v, torus.Head{}, nil, fmt.Errorf("metadata/etcd: clone volume %q: snapshot %s@%s: %w", v.Name, volume, snapshot, torus.ErrNotExist)
+		}
+		src, err := s.readVolume(r[0][0], op)
+		if err != nil {
+			return v, torus.Head{}, nil, err
+		}
+		var snap torus.Snapshot
+		if err := decode(op, r[1][0], &snap); err != nil {
+			return v, torus.Head{}, nil, err
+		}
+		nv, head, err := rules.Clone(v, src, snap)
+		return nv, head, []clientv3.Cmp{
+			modRev(s.k.volume(volume), r[0][0].ModRevision),
+			modRev(s.k.snapshot(volume, snapshot), r[1][0].ModRevision),
+		}, err
+	})
+}
+
+// createVolume is CreateVolume's transaction with the record, head and
+// extra comparisons prepare returns (called again at every retry).
+func (s *Store) createVolume(ctx context.Context, op string, v torus.VolumeInfo,
+	prepare func(ctx context.Context) (torus.VolumeInfo, torus.Head, []clientv3.Cmp, error)) (torus.VolumeInfo, error) {
+	created := v.Created
+	if created.IsZero() {
+		created = time.Now().UTC()
+	}
 	for range maxRetries {
 		r, err := s.read(ctx, op, clientv3.OpGet(s.k.nextID()))
 		if err != nil {
@@ -621,15 +668,21 @@ func (s *Store) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vol
 				return torus.VolumeInfo{}, err
 			}
 		}
+		v, head, extra, err := prepare(ctx)
+		if err != nil {
+			return torus.VolumeInfo{}, err
+		}
+		v.Created = created
+		v.Labels = rules.CloneLabels(v.Labels)
 		v.ID = last + 1
 		name := v.Name
 		resp, err := s.txn(ctx, op,
-			[]clientv3.Cmp{exists(s.k.cluster()), modRev(s.k.nextID(), rev), absent(s.k.volume(name))},
+			append([]clientv3.Cmp{exists(s.k.cluster()), modRev(s.k.nextID(), rev), absent(s.k.volume(name))}, extra...),
 			[]clientv3.Op{
 				clientv3.OpPut(s.k.nextID(), strconv.FormatUint(v.ID, 10)),
 				clientv3.OpPut(s.k.volume(name), encode(v)),
 				clientv3.OpPut(s.k.epoch(name), "0"),
-				clientv3.OpPut(s.k.head(name), encode(torus.Head{})),
+				clientv3.OpPut(s.k.head(name), encode(head)),
 				clientv3.OpDelete(s.k.snapshot(name, ""), clientv3.WithPrefix()),
 				clientv3.OpDelete(s.k.snapReq(name, ""), clientv3.WithPrefix()),
 				clientv3.OpDelete(s.k.snapRes(name, ""), clientv3.WithPrefix()),
@@ -650,7 +703,7 @@ func (s *Store) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.Vol
 		if resp.Responses[1].GetResponseRange().Count > 0 {
 			return torus.VolumeInfo{}, fmt.Errorf("metadata/etcd: create volume %q: %w", name, torus.ErrExist)
 		}
-		s.log.Debug("create volume: id counter moved, retrying", "volume", name)
+		s.log.Debug("create volume: id counter or source moved, retrying", "volume", name, "op", op)
 	}
 	return torus.VolumeInfo{}, errContended(op)
 }
@@ -948,6 +1001,61 @@ func (s *Store) CommitHead(ctx context.Context, volume string, epoch uint64, h t
 		return errNoVolume(op, volume)
 	}
 	return fmt.Errorf("metadata/etcd: commit head %q at epoch %d: %w", volume, epoch, torus.ErrFenced)
+}
+
+// RestoreSnapshot implements torus.Metadata. Reads the head and the
+// snapshot; transaction: the fence compares (as CommitHead), snapshot and
+// head unchanged since read → put the restored head.
+func (s *Store) RestoreSnapshot(ctx context.Context, epoch uint64, volume, name string) (torus.Head, error) {
+	const op = "restore snapshot"
+	for range maxRetries {
+		r, err := s.read(ctx, op, clientv3.OpGet(s.k.head(volume)), clientv3.OpGet(s.k.snapshot(volume, name)))
+		if err != nil {
+			return torus.Head{}, err
+		}
+		if len(r[0]) == 0 {
+			return torus.Head{}, errNoVolume(op, volume)
+		}
+		var cur torus.Head
+		if err := decode(op, r[0][0], &cur); err != nil {
+			return torus.Head{}, err
+		}
+		fenced := func() error {
+			ok, err := s.txn(ctx, op, s.fence(volume, epoch), nil, nil)
+			if err != nil {
+				return err
+			}
+			if !ok.Succeeded {
+				return fmt.Errorf("metadata/etcd: restore snapshot %s@%s at epoch %d: %w", volume, name, epoch, torus.ErrFenced)
+			}
+			return nil
+		}
+		if len(r[1]) == 0 {
+			if err := fenced(); err != nil {
+				return torus.Head{}, err
+			}
+			return torus.Head{}, fmt.Errorf("metadata/etcd: restore snapshot %s@%s: %w", volume, name, torus.ErrNotExist)
+		}
+		var snap torus.Snapshot
+		if err := decode(op, r[1][0], &snap); err != nil {
+			return torus.Head{}, err
+		}
+		h := rules.Restore(cur, snap, epoch)
+		cmps := append(s.fence(volume, epoch),
+			modRev(s.k.snapshot(volume, name), r[1][0].ModRevision),
+			modRev(s.k.head(volume), r[0][0].ModRevision))
+		resp, err := s.txn(ctx, op, cmps, []clientv3.Op{clientv3.OpPut(s.k.head(volume), encode(h))}, nil)
+		if err != nil {
+			return torus.Head{}, err
+		}
+		if resp.Succeeded {
+			return h, nil
+		}
+		if err := fenced(); err != nil {
+			return torus.Head{}, err
+		}
+	}
+	return torus.Head{}, errContended(op)
 }
 
 // CreateSnapshot implements torus.Metadata. Transaction: volume exists,

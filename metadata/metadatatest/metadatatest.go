@@ -67,6 +67,9 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 		{"ForceUnlock", testForceUnlock},
 		{"DeleteVolume", testDeleteVolume},
 		{"Snapshots", testSnapshots},
+		{"CloneVolume", testCloneVolume},
+		{"RestoreSnapshot", testRestoreSnapshot},
+		{"VolumeReplication", testVolumeReplication},
 		{"SnapshotRequests", testSnapshotRequests},
 		{"DefaultExport", testDefaultExport},
 		{"VolumeStatuses", testVolumeStatuses},
@@ -1350,5 +1353,139 @@ func testClose(t *testing.T, m torus.Metadata) {
 		case <-deadline:
 			t.Fatal("watch channel not closed by Close")
 		}
+	}
+}
+
+// testCloneVolume: CloneVolume copies the snapshot's head (epoch 0, no open
+// segment), records Parent and Shares (transitively), refuses a missing
+// snapshot, a taken name and a size below the source's, and the clone's
+// head is independent of later changes to the source.
+func testCloneVolume(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	src := createVolume(t, m, "src", 1<<20)
+	head := sampleHead(3)
+	head.Open = nil
+	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "src", Name: "s1", Head: head}), "CreateSnapshot")
+
+	c, err := m.CloneVolume(ctx, torus.VolumeInfo{Name: "c1", Size: 2 << 20, Labels: map[string]string{"k": "v"}}, "src", "s1")
+	must(t, err, "CloneVolume")
+	if c.ID == 0 || c.ID == src.ID || c.Size != 2<<20 || c.Labels["k"] != "v" {
+		t.Fatalf("clone = %+v", c)
+	}
+	if c.Parent == nil || *c.Parent != (torus.VolumeParent{Volume: "src", ID: src.ID, Snapshot: "s1"}) || !reflect.DeepEqual(c.Shares, []uint64{src.ID}) {
+		t.Fatalf("clone parent %+v shares %v, want src@s1 and [%d]", c.Parent, c.Shares, src.ID)
+	}
+	got, err := m.Volume(ctx, "c1")
+	must(t, err, "Volume c1")
+	if !reflect.DeepEqual(got.Parent, c.Parent) || !reflect.DeepEqual(got.Shares, c.Shares) {
+		t.Fatalf("stored clone %+v, returned %+v", got, c)
+	}
+	want := head
+	want.Epoch = 0
+	h, err := m.Head(ctx, "c1")
+	must(t, err, "Head c1")
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("clone head = %+v, want %+v", h, want)
+	}
+	// A clone of the clone shares both.
+	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "c1", Name: "t", Head: want}), "CreateSnapshot c1@t")
+	cc, err := m.CloneVolume(ctx, torus.VolumeInfo{Name: "c2", Size: 2 << 20}, "c1", "t")
+	must(t, err, "CloneVolume of a clone")
+	if !reflect.DeepEqual(cc.Shares, []uint64{c.ID, src.ID}) {
+		t.Fatalf("clone of clone shares %v, want [%d %d]", cc.Shares, c.ID, src.ID)
+	}
+	// CreateVolume ignores Parent and Shares.
+	plain, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "plain", Size: 4096, Shares: []uint64{src.ID}, Parent: &torus.VolumeParent{Volume: "x"}})
+	must(t, err, "CreateVolume")
+	if plain.Parent != nil || plain.Shares != nil {
+		t.Fatalf("CreateVolume kept parent %+v shares %v", plain.Parent, plain.Shares)
+	}
+
+	_, err = m.CloneVolume(ctx, torus.VolumeInfo{Name: "c3", Size: 1 << 20}, "src", "nope")
+	wantErr(t, err, torus.ErrNotExist, "CloneVolume of a missing snapshot")
+	_, err = m.CloneVolume(ctx, torus.VolumeInfo{Name: "c3", Size: 1 << 20}, "nope", "s1")
+	wantErr(t, err, torus.ErrNotExist, "CloneVolume of a missing volume")
+	_, err = m.CloneVolume(ctx, torus.VolumeInfo{Name: "c1", Size: 1 << 20}, "src", "s1")
+	wantErr(t, err, torus.ErrExist, "CloneVolume onto a taken name")
+	_, err = m.CloneVolume(ctx, torus.VolumeInfo{Name: "c3", Size: 4096}, "src", "s1")
+	wantErr(t, err, torus.ErrInvalid, "CloneVolume smaller than the source")
+	if _, err := m.Volume(ctx, "c3"); !errors.Is(err, torus.ErrNotExist) {
+		t.Fatalf("failed clones left volume c3: %v", err)
+	}
+	// Deleting the source and its snapshot leaves the clone as it was.
+	must(t, m.DeleteVolume(ctx, "src"), "DeleteVolume src")
+	h, err = m.Head(ctx, "c1")
+	must(t, err, "Head c1 after the source is deleted")
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("clone head after deleting the source = %+v", h)
+	}
+}
+
+// testRestoreSnapshot: RestoreSnapshot is fenced like CommitHead, refuses a
+// missing snapshot, and stores the snapshot's head at the writer's epoch
+// without lowering NextSeq.
+func testRestoreSnapshot(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	snapHead := sampleHead(2)
+	snapHead.Open, snapHead.NextSeq = nil, 5
+	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "s", Head: snapHead}), "CreateSnapshot")
+	ses := newSession(t, m, 10*time.Second)
+	e, err := m.Lock(ctx, ses, "v", "restorer")
+	must(t, err, "Lock")
+	must(t, m.CommitHead(ctx, "v", e, sampleHead(e)), "CommitHead")
+
+	_, err = m.RestoreSnapshot(ctx, e+1, "v", "s")
+	wantErr(t, err, torus.ErrFenced, "RestoreSnapshot at a wrong epoch")
+	_, err = m.RestoreSnapshot(ctx, e, "v", "nope")
+	wantErr(t, err, torus.ErrNotExist, "RestoreSnapshot of a missing snapshot")
+	_, err = m.RestoreSnapshot(ctx, e, "nope", "s")
+	wantErr(t, err, torus.ErrNotExist, "RestoreSnapshot of a missing volume")
+
+	h, err := m.RestoreSnapshot(ctx, e, "v", "s")
+	must(t, err, "RestoreSnapshot")
+	want := torus.Head{Epoch: e, Checkpoint: snapHead.Checkpoint, Sealed: snapHead.Sealed, NextSeq: 7}
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("restored head = %+v, want %+v", h, want)
+	}
+	stored, err := m.Head(ctx, "v")
+	must(t, err, "Head")
+	if !reflect.DeepEqual(stored, want) {
+		t.Fatalf("stored head = %+v, want %+v", stored, want)
+	}
+	must(t, m.Unlock(ctx, "v", e), "Unlock")
+	_, err = m.RestoreSnapshot(ctx, e, "v", "s")
+	wantErr(t, err, torus.ErrFenced, "RestoreSnapshot without the lock")
+}
+
+// testVolumeReplication: Replication is stored, bounded, and MinReplicas
+// may not exceed it (at create and at update).
+func testVolumeReplication(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	v, err := m.CreateVolume(ctx, torus.VolumeInfo{Name: "r3", Size: 4096, Replication: 3, MinReplicas: 2})
+	must(t, err, "CreateVolume replication 3")
+	got, err := m.Volume(ctx, "r3")
+	must(t, err, "Volume")
+	if got.Replication != 3 || got.MinReplicas != 2 || v.Replication != 3 {
+		t.Fatalf("stored %+v", got)
+	}
+	_, err = m.CreateVolume(ctx, torus.VolumeInfo{Name: "bad", Size: 4096, Replication: 1, MinReplicas: 2})
+	wantErr(t, err, torus.ErrInvalid, "MinReplicas above Replication")
+	_, err = m.CreateVolume(ctx, torus.VolumeInfo{Name: "bad", Size: 4096, Replication: -1})
+	wantErr(t, err, torus.ErrInvalid, "negative Replication")
+	_, err = m.CreateVolume(ctx, torus.VolumeInfo{Name: "bad", Size: 4096, Replication: 17})
+	wantErr(t, err, torus.ErrInvalid, "Replication 17")
+	upd := got
+	upd.MinReplicas = 4
+	wantErr(t, m.UpdateVolume(ctx, upd), torus.ErrInvalid, "UpdateVolume MinReplicas above Replication")
+	upd.MinReplicas, upd.Replication = 1, 1
+	must(t, m.UpdateVolume(ctx, upd), "UpdateVolume")
+	got, err = m.Volume(ctx, "r3")
+	must(t, err, "Volume")
+	if got.Replication != 3 || got.MinReplicas != 1 {
+		t.Fatalf("after update %+v, want replication 3 (unchanged by UpdateVolume), min 1", got)
 	}
 }

@@ -91,13 +91,56 @@ func CloneLabels(l map[string]string) map[string]string {
 	return out
 }
 
-// MinReplicas checks v.MinReplicas.
+// MinReplicas checks v.MinReplicas and v.Replication: each 0..16, and
+// MinReplicas <= Replication when both are set.
 func MinReplicas(v torus.VolumeInfo) error {
 	if v.MinReplicas < 0 || v.MinReplicas > MaxMinReplicas {
 		return fmt.Errorf("metadata: volume %q: %w: min-replicas %d must be 0..%d",
 			v.Name, torus.ErrInvalid, v.MinReplicas, MaxMinReplicas)
 	}
+	if v.Replication < 0 || v.Replication > MaxMinReplicas {
+		return fmt.Errorf("metadata: volume %q: %w: replication %d must be 0..%d",
+			v.Name, torus.ErrInvalid, v.Replication, MaxMinReplicas)
+	}
+	if v.Replication > 0 && v.MinReplicas > v.Replication {
+		return fmt.Errorf("metadata: volume %q: %w: min-replicas %d exceeds the volume's replication %d",
+			v.Name, torus.ErrInvalid, v.MinReplicas, v.Replication)
+	}
 	return nil
+}
+
+// Clone checks a CloneVolume request against the source volume and its
+// snapshot and returns the record and head to store: v with Parent and
+// Shares set, and the snapshot's head at epoch 0.
+func Clone(v, src torus.VolumeInfo, snap torus.Snapshot) (torus.VolumeInfo, torus.Head, error) {
+	if err := Volume(v); err != nil {
+		return v, torus.Head{}, err
+	}
+	if v.Size < src.Size {
+		return v, torus.Head{}, fmt.Errorf("metadata: clone %q of %s@%s: %w: size %d is smaller than the source's %d",
+			v.Name, src.Name, snap.Name, torus.ErrInvalid, v.Size, src.Size)
+	}
+	v.Parent = &torus.VolumeParent{Volume: src.Name, ID: src.ID, Snapshot: snap.Name}
+	v.Shares = append([]uint64{src.ID}, src.Shares...)
+	h := snap.Head
+	h.Epoch, h.Open, h.OpenReplicas = 0, nil, nil
+	h.Sealed = slices.Clone(h.Sealed)
+	if h.Checkpoint != nil {
+		ck := *h.Checkpoint
+		h.Checkpoint = &ck
+	}
+	return v, h, nil
+}
+
+// Restore returns the head RestoreSnapshot stores: the snapshot's
+// checkpoint and sealed segments at epoch, NextSeq not lowered.
+func Restore(cur torus.Head, snap torus.Snapshot, epoch uint64) torus.Head {
+	h := torus.Head{Epoch: epoch, NextSeq: max(cur.NextSeq, snap.Head.NextSeq), Sealed: slices.Clone(snap.Head.Sealed)}
+	if ck := snap.Head.Checkpoint; ck != nil {
+		c := *ck
+		h.Checkpoint = &c
+	}
+	return h
 }
 
 // Update checks an UpdateVolume request against the stored record and
@@ -115,6 +158,10 @@ func Update(old, upd torus.VolumeInfo) (torus.VolumeInfo, error) {
 		return old, err
 	}
 	old.Size = upd.Size
+	if old.Replication > 0 && upd.MinReplicas > old.Replication {
+		return old, fmt.Errorf("metadata: volume %q: %w: min-replicas %d exceeds the volume's replication %d",
+			old.Name, torus.ErrInvalid, upd.MinReplicas, old.Replication)
+	}
 	old.MinReplicas = upd.MinReplicas
 	return old, nil
 }
