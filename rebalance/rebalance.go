@@ -31,6 +31,9 @@ type Segment struct {
 	// once. Peers that are down may be listed (what they held when last
 	// seen); they are never used as sources nor asked to delete.
 	Holders []Holder
+	// Replication is the number of copies this segment needs (its
+	// volume's torus.VolumeInfo.Replication); 0 means the ring's.
+	Replication int
 }
 
 // Input is everything the planner looks at.
@@ -221,10 +224,37 @@ func Compute(in Input) (*Plan, error) {
 			continue
 		}
 		p.Sealed++
-		planSegment(p, s, view.Desired(s.ID.Key(), in.down), repl, in.Up)
+		n := repl
+		if s.Replication > 0 {
+			n = s.Replication
+		}
+		planSegment(p, s, desired(view, s.ID.Key(), in.down, repl, n), n, in.Up)
 	}
 	p.CopyBytes = p.Bytes()
 	return p, nil
+}
+
+// desired is the placement's Desired for a segment that needs n copies
+// where the placement's replication is repl: its first n entries when n is
+// smaller; when n is larger, those followed by the next peers of
+// Lookup(key, n, down), the order the writer placed the segment in.
+func desired(view torus.Placement, key []byte, down func(string) bool, repl, n int) []string {
+	d := view.Desired(key, down)
+	if n == repl {
+		return d
+	}
+	if n < len(d) {
+		return d[:n]
+	}
+	for _, id := range view.Lookup(key, n, down) {
+		if len(d) == n {
+			break
+		}
+		if !slices.Contains(d, id) {
+			d = append(d, id)
+		}
+	}
+	return d
 }
 
 func planSegment(p *Plan, s *Segment, desired []string, repl int, up map[string]bool) {

@@ -427,3 +427,42 @@ func BenchmarkCompute(b *testing.B) {
 		}
 	}
 }
+
+// TestPerSegmentReplication: a segment's own Replication overrides the
+// ring's: 1 copy is kept of a replication-1 segment (the surplus deleted),
+// 3 of a replication-3 segment on a replication-2 ring (a copy planned to
+// the third peer of the writer's order).
+func TestPerSegmentReplication(t *testing.T) {
+	r, err := ring.New(torus.RingSpec{Version: 1, Replication: 2, Members: []torus.RingMember{
+		{ID: "a", Weight: 1}, {ID: "b", Weight: 1}, {ID: "c", Weight: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := map[string]bool{"a": true, "b": true, "c": true}
+	one := torus.SegmentID{Volume: 1, Epoch: 1, Seq: 1}
+	three := torus.SegmentID{Volume: 2, Epoch: 1, Seq: 1}
+	order1, order3 := r.Lookup(one.Key(), 3, nil), r.Lookup(three.Key(), 3, nil)
+	full := func(peers ...string) []Holder {
+		var hs []Holder
+		for _, p := range peers {
+			hs = append(hs, Holder{Peer: p, Length: 100})
+		}
+		return hs
+	}
+	plan, err := Compute(Input{Ring: r, Up: up, Segments: []Segment{
+		{ID: one, Sealed: true, Length: 100, Holders: full(order1[0], order1[1]), Replication: 1},
+		{ID: three, Sealed: true, Length: 100, Holders: full(order3[0], order3[1]), Replication: 3},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Deletes) != 1 || plan.Deletes[0].Seg != one || plan.Deletes[0].Peer != order1[1] {
+		t.Errorf("deletes = %+v, want %s's copy on %s", plan.Deletes, one, order1[1])
+	}
+	if len(plan.Copies) != 1 || plan.Copies[0].Seg != three || plan.Copies[0].To != order3[2] {
+		t.Errorf("copies = %+v, want %s to %s", plan.Copies, three, order3[2])
+	}
+	if plan.UnderReplicated != 1 {
+		t.Errorf("under-replicated = %d, want 1 (the replication-3 segment)", plan.UnderReplicated)
+	}
+}

@@ -91,15 +91,15 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 	}
 	view.inv = inv
 	var segs []rebalance.Segment
-	for _, lens := range view.live {
-		for id, n := range lens {
-			holders := inv[id]
-			if len(holders) == 0 && n == volume.Unknown {
-				continue
-			}
-			segs = append(segs, rebalance.Segment{ID: id, Sealed: n != volume.Unknown, Length: max(n, 0), Holders: holders})
+	for id, u := range view.segs {
+		holders := inv[id]
+		if len(holders) == 0 && u.length == volume.Unknown {
+			continue
 		}
+		segs = append(segs, rebalance.Segment{ID: id, Sealed: u.length != volume.Unknown, Length: max(u.length, 0),
+			Holders: holders, Replication: u.replication})
 	}
+	slices.SortFunc(segs, func(a, b rebalance.Segment) int { return rebalance.CompareSegmentID(a.ID, b.ID) })
 	plan, err := rebalance.Compute(rebalance.Input{Ring: r, Up: live.up, Draining: live.draining, Segments: segs})
 	if err != nil {
 		return err
@@ -140,7 +140,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		go func(c rebalance.Copy) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := s.copySegment(ctx, c.Seg, c.To, c.Length, view.nblocks(c.Seg.Volume), fullHolders(inv[c.Seg], c.Length, live.reallyUp))
+			err := s.copySegment(ctx, c.Seg, c.To, c.Length, view.nblocks(c.Seg), fullHolders(inv[c.Seg], c.Length, live.reallyUp))
 			s.pending.Add(-(c.Length - c.Have))
 			if err != nil {
 				mu.Lock()
@@ -158,8 +158,9 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		}
 		// Never delete a copy while another may be bad: every other
 		// holder's copy must be synced and verify first.
-		if n := view.live[d.Seg.Volume][d.Seg]; n <= 0 ||
-			!s.verifiedSurplus(ctx, d.Seg, n, view.nblocks(d.Seg.Volume), fullHolders(inv[d.Seg], n, live.reallyUp), r.Replication()) {
+		u := view.segs[d.Seg]
+		if n := u.length; n <= 0 ||
+			!s.verifiedSurplus(ctx, d.Seg, n, u.nblocks, fullHolders(inv[d.Seg], n, live.reallyUp), max(u.replication, 1)) {
 			continue
 		}
 		if err := s.store.Delete(ctx, d.Seg); err != nil {
@@ -188,9 +189,10 @@ func fullHolders(hs []rebalance.Holder, length int64, up map[string]bool) []stri
 	return out
 }
 
-// nblocks is a volume's size in blocks (0 if unknown).
-func (v *clusterView) nblocks(id uint64) uint64 {
-	return uint64(v.volumes[id].Size / torus.BlockSize)
+// nblocks is the largest size in blocks of the volumes naming seg (0 if
+// none does).
+func (v *clusterView) nblocks(seg torus.SegmentID) uint64 {
+	return v.segs[seg].nblocks
 }
 
 // inventory lists the segments held by every up peer.

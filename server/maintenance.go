@@ -53,6 +53,27 @@ type clusterView struct {
 	broken map[uint64]error
 	// inv is the inventory of up peers (set by heal).
 	inv map[torus.SegmentID][]rebalance.Holder
+	// segs is the union of every volume's live set: a segment may be
+	// named by several volumes (a clone names its parent's segments,
+	// which keep the parent's volume ID). GC deletes only segments
+	// outside it; healing plans each once, for the largest replication
+	// of the volumes naming it.
+	segs map[torus.SegmentID]segUse
+	// keep holds the volume IDs all of whose segments GC must keep this
+	// pass: volumes deleted while being read, broken volumes and the
+	// volumes they share (their live sets are unknown).
+	keep map[uint64]bool
+	// unsettled: volumes kept appearing while the view was read (clones
+	// being made); GC skips the pass.
+	unsettled bool
+}
+
+// segUse is what the volumes naming a segment say about it.
+type segUse struct {
+	length      int64    // authoritative length, or volume.Unknown
+	nblocks     uint64   // largest size in blocks of the volumes naming it
+	replication int      // largest replication of the volumes naming it
+	users       []uint64 // IDs of the volumes naming it
 }
 
 // maintain runs one pass: GC of local segments that no head or snapshot
@@ -78,48 +99,99 @@ func (s *Server) maintain(ctx context.Context, gc bool) error {
 }
 
 func (s *Server) readView(ctx context.Context) (*clusterView, error) {
-	vols, err := s.meta.Volumes(ctx)
+	spec, err := s.meta.Ring(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing volumes: %w", err)
+		return nil, fmt.Errorf("reading ring: %w", err)
 	}
 	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64),
-		recent: make(map[torus.SegmentID]bool), broken: make(map[uint64]error)}
-	for _, v := range vols {
-		view.volumes[v.ID] = v
-		live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, v.Name, &s.tables)
+		recent: make(map[torus.SegmentID]bool), broken: make(map[uint64]error),
+		segs: make(map[torus.SegmentID]segUse), keep: make(map[uint64]bool)}
+	// Read every volume's live set, then list the volumes again: a clone
+	// made meanwhile (CloneVolume checks its snapshot in the same
+	// transaction) may name segments of a snapshot deleted after this
+	// pass read its volume, so its live set is read too. A clone made
+	// after the last listing names only segments some live set read here
+	// still names (or newer ones, absent from the local listing).
+	for round := 0; ; round++ {
+		vols, err := s.meta.Volumes(ctx)
 		if err != nil {
-			if errors.Is(err, torus.ErrNotExist) {
-				continue // deleted meanwhile: its segments are kept this pass
-			}
-			// One unreadable volume must not stop GC and healing of
-			// the others: skip it (GC keeps every segment of a volume
-			// without a live set) and report it.
-			view.broken[v.ID] = err
-			s.log.Error("volume skipped by GC and healing: its live segments cannot be read", "volume", v.Name, "err", err)
-			continue
+			return nil, fmt.Errorf("listing volumes: %w", err)
 		}
-		view.live[v.ID] = live
-		if _, writing, err := s.meta.Writer(ctx, v.Name); err == nil && writing {
-			if head, err := s.meta.Head(ctx, v.Name); err == nil {
-				for _, r := range head.Sealed {
-					view.recent[r.ID] = true
-				}
+		var added []torus.VolumeInfo
+		for _, v := range vols {
+			if _, seen := view.volumes[v.ID]; !seen {
+				added = append(added, v)
 			}
+		}
+		if len(added) == 0 {
+			break
+		}
+		if round == 3 {
+			view.unsettled = true
+			s.log.Info("gc: volumes keep being created; collection skipped this pass", "new", len(added))
+			break
+		}
+		for _, v := range added {
+			s.readVolume(ctx, view, v)
+		}
+	}
+	for id, lens := range view.live {
+		v := view.volumes[id]
+		repl := v.Replicas(spec.Replication)
+		for seg, n := range lens {
+			u, ok := view.segs[seg]
+			if !ok || u.length == volume.Unknown {
+				u.length = n
+			}
+			u.nblocks = max(u.nblocks, uint64(v.Size/torus.BlockSize))
+			u.replication = max(u.replication, repl)
+			u.users = append(u.users, id)
+			view.segs[seg] = u
 		}
 	}
 	return view, nil
 }
 
-// collectGarbage deletes local segments of deleted volumes and segments no
-// head or snapshot names.
+// readVolume adds volume v's live set to the view.
+func (s *Server) readVolume(ctx context.Context, view *clusterView, v torus.VolumeInfo) {
+	view.volumes[v.ID] = v
+	live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, v.Name, &s.tables)
+	if err != nil {
+		view.keep[v.ID] = true
+		if errors.Is(err, torus.ErrNotExist) {
+			return // deleted meanwhile: its segments are kept this pass
+		}
+		// One unreadable volume must not stop GC and healing of
+		// the others: skip it (GC keeps every segment of a volume
+		// without a live set, and of the volumes it shares) and report it.
+		for _, id := range v.Shares {
+			view.keep[id] = true
+		}
+		view.broken[v.ID] = err
+		s.log.Error("volume skipped by GC and healing: its live segments cannot be read", "volume", v.Name, "err", err)
+		return
+	}
+	view.live[v.ID] = live
+	if _, writing, err := s.meta.Writer(ctx, v.Name); err == nil && writing {
+		if head, err := s.meta.Head(ctx, v.Name); err == nil {
+			for _, r := range head.Sealed {
+				view.recent[r.ID] = true
+			}
+		}
+	}
+}
+
+// collectGarbage deletes local segments that no volume's head or snapshot
+// names, directly or through a checkpoint: segments of deleted volumes
+// too, unless a clone still names them.
 func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, view *clusterView) {
+	if view.unsettled {
+		return
+	}
 	for _, si := range local {
 		id := si.ID
-		if _, ok := view.volumes[id.Volume]; ok {
-			live, known := view.live[id.Volume]
-			if _, isLive := live[id]; !known || isLive {
-				continue
-			}
+		if _, live := view.segs[id]; live || view.keep[id.Volume] {
+			continue
 		}
 		if err := s.store.Delete(ctx, id); err != nil {
 			s.log.Warn("gc: deleting segment", "segment", id, "err", err)

@@ -55,7 +55,8 @@ func (s *Server) scrubLoop(ctx context.Context) {
 		held := make(map[torus.SegmentID]bool, len(local))
 		for _, si := range local {
 			held[si.ID] = true
-			n, ok := view.live[si.ID.Volume][si.ID]
+			u, ok := view.segs[si.ID]
+			n := u.length
 			if !ok || n <= 0 {
 				continue // not live, being written, or empty
 			}
@@ -91,7 +92,7 @@ func (s *Server) scrubOwn(ctx context.Context, view *clusterView, seg torus.Segm
 		}
 	}
 	res := scrub.Segment(ctx, s.peers(), scrub.Target{
-		Seg: seg, Length: length, NBlocks: view.nblocks(seg.Volume), Holders: holders, Busy: view.recent[seg],
+		Seg: seg, Length: length, NBlocks: view.nblocks(seg), Holders: holders, Busy: view.recent[seg],
 	}, scrub.Options{Repair: true, Only: s.id, Limit: lim, Logger: s.log})
 	s.metrics.scrubChecked.Add(float64(res.CheckedBytes))
 	s.metrics.repaired.Add(float64(res.RepairedBytes))

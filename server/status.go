@@ -11,8 +11,10 @@ import (
 
 // VolumeStatuses computes each volume's health from the inventory: a
 // sealed live segment is counted by its full copies on peers that are up.
-// Healthy: every segment has replication copies; degraded: every segment
-// has at least one; unavailable: some segment has none.
+// Healthy: every segment has the volume's replication copies (replication,
+// the ring's, unless the volume sets its own); degraded: every segment has
+// at least one; unavailable: some segment has none. A segment shared by
+// several volumes (clones) counts for each of them.
 //
 // A volume whose live segments could not be read (view.broken) is
 // unavailable with the reason in Problem; one with blocks that scrub found
@@ -29,35 +31,52 @@ func volumeStatuses(view *clusterView, replication int, segs []rebalance.Segment
 		}
 		byID[id] = st
 	}
+	// A segment counts for every volume naming it (a clone's shared
+	// segments count for the clone and for the parent), each with its
+	// own replication.
+	users := func(seg torus.SegmentID) []uint64 {
+		if u, ok := view.segs[seg]; ok && len(u.users) > 0 {
+			return u.users
+		}
+		return []uint64{seg.Volume}
+	}
 	for _, sg := range segs {
-		st := byID[sg.ID.Volume]
-		if st == nil || !sg.Sealed || sg.Length == 0 {
+		if !sg.Sealed || sg.Length == 0 {
 			continue
 		}
-		st.Used += sg.Length
-		full := 0
+		full, stored := 0, int64(0)
 		for _, h := range sg.Holders {
-			st.Stored += h.Length
+			stored += h.Length
 			if up[h.Peer] && h.Length >= sg.Length {
 				full++
 			}
 		}
-		switch {
-		case full == 0:
-			st.Unavailable++
-			st.UnderReplicated++
-			st.Health = torus.VolumeUnavailable
-		case full < replication:
-			st.UnderReplicated++
-			if st.Health == torus.VolumeHealthy {
-				st.Health = torus.VolumeDegraded
+		for _, id := range users(sg.ID) {
+			st := byID[id]
+			if st == nil {
+				continue
+			}
+			st.Used += sg.Length
+			st.Stored += stored
+			switch {
+			case full == 0:
+				st.Unavailable++
+				st.UnderReplicated++
+				st.Health = torus.VolumeUnavailable
+			case full < view.volumes[id].Replicas(replication):
+				st.UnderReplicated++
+				if st.Health == torus.VolumeHealthy {
+					st.Health = torus.VolumeDegraded
+				}
 			}
 		}
 	}
 	if plan != nil {
 		for _, c := range plan.Copies {
-			if st := byID[c.Seg.Volume]; st != nil {
-				st.PendingBytes += c.Length - c.Have
+			for _, id := range users(c.Seg) {
+				if st := byID[id]; st != nil {
+					st.PendingBytes += c.Length - c.Have
+				}
 			}
 		}
 	}

@@ -12,11 +12,19 @@ import (
 const (
 	// CheckpointMagic starts a checkpoint: "TRSC" as a little-endian u32.
 	CheckpointMagic uint32 = 0x43535254
-	// CheckpointVersion is the only version written and read.
-	CheckpointVersion      = 1
-	checkpointHeaderSize   = 40
-	checkpointSegEntrySize = 40
-	checkpointRunHeader    = 24
+	// CheckpointVersion is the version of a checkpoint whose segment
+	// table names only segments of its own volume (the header's volume
+	// ID): every checkpoint of a volume that is not a clone.
+	CheckpointVersion = 1
+	// CheckpointVersionShared is the version of a checkpoint whose table
+	// also names segments of other volumes (a clone's, sharing its
+	// parent's segments). The layout is version 1's; only the rule for
+	// table entries differs, and readers that know only version 1 refuse
+	// it ("unknown version 2") rather than misread it.
+	CheckpointVersionShared = 2
+	checkpointHeaderSize    = 40
+	checkpointSegEntrySize  = 40
+	checkpointRunHeader     = 24
 )
 
 // Checkpoint is a decoded checkpoint: the segment table and the index.
@@ -29,7 +37,9 @@ type Checkpoint struct {
 
 // EncodeCheckpoint serializes x for volume (id, size). Only segments that
 // hold live blocks are written into the table; slots are renumbered. Every
-// segment x points into must be sealed (its length set).
+// segment x points into must be sealed (its length set). The version is
+// CheckpointVersion unless the table names a segment of another volume (a
+// clone's shared segments): CheckpointVersionShared then.
 //
 // Layout, little-endian:
 //
@@ -60,9 +70,15 @@ func EncodeCheckpoint(id uint64, size int64, x *Index) []byte {
 		nruns++
 		return nil
 	})
+	version := uint32(CheckpointVersion)
+	for _, s := range table {
+		if s.ID.Volume != id {
+			version = CheckpointVersionShared
+		}
+	}
 	p := make([]byte, 0, checkpointHeaderSize+len(table)*checkpointSegEntrySize+len(runs)+4)
 	p = binary.LittleEndian.AppendUint32(p, CheckpointMagic)
-	p = binary.LittleEndian.AppendUint32(p, CheckpointVersion)
+	p = binary.LittleEndian.AppendUint32(p, version)
 	p = binary.LittleEndian.AppendUint64(p, id)
 	p = binary.LittleEndian.AppendUint64(p, uint64(size))
 	p = binary.LittleEndian.AppendUint32(p, uint32(len(table)))
@@ -83,10 +99,14 @@ func corruptf(format string, args ...any) error {
 	return fmt.Errorf("volume: checkpoint: %w: %s", torus.ErrCorrupt, fmt.Sprintf(format, args...))
 }
 
-// DecodeCheckpoint parses a checkpoint of volume id into an index of nblocks
-// blocks (the volume's current size, which may have grown since). Any
-// inconsistency is an error wrapping torus.ErrCorrupt.
-func DecodeCheckpoint(p []byte, id uint64, nblocks uint64) (*Checkpoint, error) {
+// DecodeCheckpoint parses a checkpoint into an index of nblocks blocks (the
+// reading volume's current size, which may have grown since). shares says
+// which volumes' segments the reader may name (torus.VolumeInfo.
+// SharesVolume of the reading volume; AnyVolume for a check of the format
+// alone): the header's volume must be one of them, and so must every
+// table entry of a version 2 checkpoint; a version 1 table names only the
+// header's volume. Any inconsistency is an error wrapping torus.ErrCorrupt.
+func DecodeCheckpoint(p []byte, shares func(volume uint64) bool, nblocks uint64) (*Checkpoint, error) {
 	if len(p) < checkpointHeaderSize+4 {
 		return nil, corruptf("%d bytes is too short", len(p))
 	}
@@ -97,15 +117,17 @@ func DecodeCheckpoint(p []byte, id uint64, nblocks uint64) (*Checkpoint, error) 
 	if m := binary.LittleEndian.Uint32(body[0:]); m != CheckpointMagic {
 		return nil, corruptf("bad magic %#x", m)
 	}
-	if v := binary.LittleEndian.Uint32(body[4:]); v != CheckpointVersion {
-		return nil, corruptf("unknown version %d", v)
+	version := binary.LittleEndian.Uint32(body[4:])
+	if version != CheckpointVersion && version != CheckpointVersionShared {
+		return nil, corruptf("unknown version %d", version)
 	}
 	ck := &Checkpoint{
 		VolumeID: binary.LittleEndian.Uint64(body[8:]),
 		Size:     int64(binary.LittleEndian.Uint64(body[16:])),
 	}
-	if ck.VolumeID != id {
-		return nil, corruptf("volume ID %d, want %d", ck.VolumeID, id)
+	id := ck.VolumeID
+	if !shares(id) {
+		return nil, corruptf("checkpoint of volume %d, which the reading volume does not share", id)
 	}
 	if ck.Size < 0 || ck.Size%torus.BlockSize != 0 || uint64(ck.Size)/torus.BlockSize > nblocks {
 		return nil, corruptf("size %d does not fit a volume of %d blocks", ck.Size, nblocks)
@@ -137,8 +159,9 @@ func DecodeCheckpoint(p []byte, id uint64, nblocks uint64) (*Checkpoint, error) 
 				return nil, corruptf("segment %d: reserved bytes set", i)
 			}
 		}
-		if ref.ID.Volume != id || ref.ID.Kind != torus.KindData {
-			return nil, corruptf("segment %d: %v is not a data segment of volume %d", i, ref.ID, id)
+		own := ref.ID.Volume == id || version == CheckpointVersionShared && shares(ref.ID.Volume)
+		if !own || ref.ID.Kind != torus.KindData {
+			return nil, corruptf("segment %d: %v is not a data segment of volume %d or a volume it shares (checkpoint version %d)", i, ref.ID, id, version)
 		}
 		if ref.Length < 0 || ref.Length >= 1<<32 {
 			return nil, corruptf("segment %d: length %d", i, ref.Length)
@@ -189,3 +212,11 @@ func DecodeCheckpoint(p []byte, id uint64, nblocks uint64) (*Checkpoint, error) 
 	ck.Index = x
 	return ck, nil
 }
+
+// AnyVolume is DecodeCheckpoint's shares for a check of the format alone
+// (scrub, healing): it accepts every volume ID.
+func AnyVolume(uint64) bool { return true }
+
+// OnlyVolume is DecodeCheckpoint's shares for a volume that shares no
+// other's segments.
+func OnlyVolume(id uint64) func(uint64) bool { return func(v uint64) bool { return v == id } }

@@ -74,7 +74,10 @@ func (v *Volume) compact(ctx context.Context) error {
 	v.mu.Lock()
 	cands := make(map[uint32]bool)
 	for slot, s := range v.idx.slots {
-		if s.Live == 0 || s.Ref.Length == 0 || protected[s.Ref.ID] {
+		// A segment of another volume (a clone's shared segment) is
+		// never compacted: its space is the parent's, and move records
+		// name sources of the writer's own volume only.
+		if s.Live == 0 || s.Ref.Length == 0 || protected[s.Ref.ID] || s.Ref.ID.Volume != v.id {
 			continue
 		}
 		if v.open != nil && s.Ref.ID == v.open.id {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -37,6 +38,21 @@ func TestFormatsGolden(t *testing.T) {
 	}
 	ckpt := EncodeCheckpoint(1, 256*torus.BlockSize, x)
 
+	// A clone's checkpoint (version 2): volume 2 names volume 1's
+	// segment beside one of its own.
+	xs := NewIndex(256)
+	s1 := xs.AddSegment(torus.SegmentID{Volume: 1, Epoch: 3, Seq: 5})
+	xs.SetLength(s1, int64(len(seg)))
+	for _, r := range recs {
+		xs.Apply(1, s1, r)
+	}
+	s2 := xs.AddSegment(torus.SegmentID{Volume: 2, Epoch: 1, Seq: 6})
+	own := AppendWriteRecord(nil, 50, 1, block(0xD4), nil)
+	xs.SetLength(s2, int64(len(own)))
+	ownRecs, _ := ScanRecords(own, 0)
+	xs.Apply(2, s2, ownRecs[0])
+	shared := EncodeCheckpoint(2, 256*torus.BlockSize, xs)
+
 	head := torus.Head{
 		Epoch:        3,
 		Checkpoint:   &torus.SegmentRef{ID: torus.SegmentID{Volume: 1, Epoch: 3, Seq: 6, Kind: torus.KindCheckpoint}, Length: int64(len(ckpt))},
@@ -55,6 +71,7 @@ func TestFormatsGolden(t *testing.T) {
 	}{
 		{"records.hex", seg},
 		{"checkpoint.hex", ckpt},
+		{"checkpoint-shared.hex", shared},
 		{"head.json", headJSON},
 	} {
 		path := filepath.Join("testdata", "golden", c.name)
@@ -83,8 +100,18 @@ func TestFormatsGolden(t *testing.T) {
 	if _, valid := ScanRecords(seg, 0); valid != int64(len(seg)) {
 		t.Errorf("records: valid %d of %d", valid, len(seg))
 	}
-	if _, err := DecodeCheckpoint(ckpt, 1, 256); err != nil {
+	if _, err := DecodeCheckpoint(ckpt, OnlyVolume(1), 256); err != nil {
 		t.Errorf("checkpoint: %v", err)
+	}
+	clone := torus.VolumeInfo{ID: 2, Shares: []uint64{1}}
+	if ck, err := DecodeCheckpoint(shared, clone.SharesVolume, 256); err != nil || len(ck.Segments) != 2 {
+		t.Errorf("shared checkpoint: %v", err)
+	}
+	if _, err := DecodeCheckpoint(shared, OnlyVolume(2), 256); !errors.Is(err, torus.ErrCorrupt) {
+		t.Errorf("shared checkpoint read by a volume sharing nothing: %v, want ErrCorrupt", err)
+	}
+	if _, err := DecodeCheckpoint(ckpt, clone.SharesVolume, 256); err != nil {
+		t.Errorf("the parent's version 1 checkpoint read by its clone: %v", err)
 	}
 	var back torus.Head
 	if err := json.Unmarshal(headJSON, &back); err != nil || !sameHead(back, head) {

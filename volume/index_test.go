@@ -147,7 +147,7 @@ func sampleIndex() (*Index, []torus.SegmentRef) {
 func TestCheckpointRoundTrip(t *testing.T) {
 	x, refs := sampleIndex()
 	p := EncodeCheckpoint(9, 5000*torus.BlockSize, x)
-	ck, err := DecodeCheckpoint(p, 9, 6000)
+	ck, err := DecodeCheckpoint(p, OnlyVolume(9), 6000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,21 +183,21 @@ func TestCheckpointRoundTrip(t *testing.T) {
 func TestCheckpointCorrupt(t *testing.T) {
 	x, _ := sampleIndex()
 	p := EncodeCheckpoint(9, 5000*torus.BlockSize, x)
-	if _, err := DecodeCheckpoint(p, 8, 6000); !errors.Is(err, torus.ErrCorrupt) {
+	if _, err := DecodeCheckpoint(p, OnlyVolume(8), 6000); !errors.Is(err, torus.ErrCorrupt) {
 		t.Fatalf("wrong volume: %v", err)
 	}
-	if _, err := DecodeCheckpoint(p, 9, 4000); !errors.Is(err, torus.ErrCorrupt) {
+	if _, err := DecodeCheckpoint(p, OnlyVolume(9), 4000); !errors.Is(err, torus.ErrCorrupt) {
 		t.Fatalf("smaller volume: %v", err)
 	}
 	for i := 0; i < len(p); i += 7 {
 		bad := bytes.Clone(p)
 		bad[i] ^= 4
-		if _, err := DecodeCheckpoint(bad, 9, 6000); !errors.Is(err, torus.ErrCorrupt) {
+		if _, err := DecodeCheckpoint(bad, OnlyVolume(9), 6000); !errors.Is(err, torus.ErrCorrupt) {
 			t.Fatalf("flip at %d: %v", i, err)
 		}
 	}
 	for _, n := range []int{0, 10, 44, len(p) - 1} {
-		if _, err := DecodeCheckpoint(p[:n], 9, 6000); !errors.Is(err, torus.ErrCorrupt) {
+		if _, err := DecodeCheckpoint(p[:n], OnlyVolume(9), 6000); !errors.Is(err, torus.ErrCorrupt) {
 			t.Fatalf("truncated to %d: %v", n, err)
 		}
 	}
@@ -209,7 +209,7 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 	f.Add(EncodeCheckpoint(9, 0, NewIndex(0)))
 	f.Add([]byte("TRSC"))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		ck, err := DecodeCheckpoint(p, 9, 6000)
+		ck, err := DecodeCheckpoint(p, OnlyVolume(9), 6000)
 		if err != nil {
 			if !errors.Is(err, torus.ErrCorrupt) {
 				t.Fatalf("error not classified corrupt: %v", err)
@@ -221,7 +221,7 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 		}
 		// A decoded checkpoint re-encodes and decodes to the same index.
 		q := EncodeCheckpoint(9, ck.Size, ck.Index)
-		ck2, err := DecodeCheckpoint(q, 9, 6000)
+		ck2, err := DecodeCheckpoint(q, OnlyVolume(9), 6000)
 		if err != nil {
 			t.Fatalf("re-encoded checkpoint does not decode: %v", err)
 		}

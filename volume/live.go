@@ -83,6 +83,15 @@ func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.Pe
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
 	}
+	// The head once more, after the snapshots: a restore (RestoreSnapshot)
+	// between the first head read and the snapshot read may have moved a
+	// snapshot's segments into the head and the snapshot may be gone
+	// since; the second read sees them. (A head that moves on past the
+	// second read names only segments created after the caller's listing.)
+	again, err := meta.Head(ctx, volumeName)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
+	}
 	live := make(map[torus.SegmentID]int64)
 	set := func(id torus.SegmentID, n int64) {
 		if old, ok := live[id]; !ok || old == Unknown {
@@ -91,8 +100,9 @@ func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.Pe
 	}
 	for _, k := range []torus.SegmentKind{torus.KindData, torus.KindCheckpoint} {
 		set(torus.SegmentID{Volume: info.ID, Epoch: head.Epoch, Seq: head.NextSeq, Kind: k}, Unknown)
+		set(torus.SegmentID{Volume: info.ID, Epoch: again.Epoch, Seq: again.NextSeq, Kind: k}, Unknown)
 	}
-	heads := []torus.Head{head}
+	heads := []torus.Head{head, again}
 	for _, s := range snaps {
 		heads = append(heads, s.Head)
 	}

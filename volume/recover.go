@@ -152,13 +152,14 @@ func (v *Volume) readWhole(ctx context.Context, ref torus.SegmentRef, usable fun
 func (v *Volume) readCheckpoint(ctx context.Context, ck torus.SegmentRef) (*Checkpoint, error) {
 	v.mu.Lock()
 	nblocks := uint64(v.info.Size / torus.BlockSize)
+	info := v.info
 	v.mu.Unlock()
 	var decoded *Checkpoint
 	_, err := v.readWhole(ctx, ck, func(p []byte) int64 {
 		if int64(len(p)) != ck.Length {
 			return -1
 		}
-		c, err := DecodeCheckpoint(p, v.id, nblocks)
+		c, err := DecodeCheckpoint(p, info.SharesVolume, nblocks)
 		if err != nil {
 			v.log.Warn("checkpoint does not decode", "segment", ck.ID, "err", err)
 			return -1
@@ -240,7 +241,7 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 func (v *Volume) readOpen(ctx context.Context, seg torus.SegmentID, replicas []string, fenced map[string]bool) ([]ScannedRecord, int64, error) {
 	v.mu.Lock()
 	order := v.place.Order(seg.Key())
-	rep, minRep := v.cfg.Replication, v.minRep
+	rep, minRep := v.repl, v.minRep
 	v.mu.Unlock()
 	if len(replicas) > 0 {
 		// The head names the replicas: consult exactly those, so a

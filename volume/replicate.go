@@ -247,7 +247,7 @@ const (
 	ckptForce
 )
 
-// pick chooses the replicas of a new segment: the first Replication ring
+// pick chooses the replicas of a new segment: the first (volume) Replication ring
 // members clockwise from its key that are up and have not failed lately,
 // preferring peers that are not nearly full. Peers that failed lately (a
 // daemon restarted in a rolling upgrade is one) are taken only to reach
@@ -261,20 +261,20 @@ func (v *Volume) pick(seg torus.SegmentID) []string {
 		t, ok := v.bad[id]
 		return down(id) || ok && now.Sub(t) < badPeerTimeout
 	}
-	ids := v.place.Lookup(seg.Key(), v.cfg.Replication, func(id string) bool { return bad(id) || v.full[id] })
+	ids := v.place.Lookup(seg.Key(), v.repl, func(id string) bool { return bad(id) || v.full[id] })
 	fill := func(n int, skip func(string) bool) {
-		for _, id := range v.place.Lookup(seg.Key(), v.cfg.Replication, skip) {
+		for _, id := range v.place.Lookup(seg.Key(), v.repl, skip) {
 			if len(ids) < n && !slices.Contains(ids, id) {
 				ids = append(ids, id)
 			}
 		}
 	}
-	fill(v.cfg.Replication, bad) // nearly full peers
+	fill(v.repl, bad) // nearly full peers
 	if len(ids) < v.minRep {
 		// Peers that failed lately, those that failed longest ago first
 		// (a daemon back from a restart before one that just stopped and
 		// may not be seen as down yet).
-		lately := v.place.Lookup(seg.Key(), len(v.up)+v.cfg.Replication, down)
+		lately := v.place.Lookup(seg.Key(), len(v.up)+v.repl, down)
 		slices.SortStableFunc(lately, func(a, b string) int { return v.bad[a].Compare(v.bad[b]) })
 		for _, id := range lately {
 			if len(ids) < v.minRep && !slices.Contains(ids, id) {

@@ -87,9 +87,11 @@ func SnapshotClosed(ctx context.Context, deps Deps, volume, name string) error {
 // named by its head or a snapshot, directly or through their checkpoint's
 // segment table, plus the two segments the current writer may be creating
 // before its head names them ({head epoch, NextSeq} of both kinds: a
-// checkpoint is written before the head that names it). A GC sweep lists
-// its local segments first, then calls LiveSegments, and deletes listed
-// segments of the volume that are not in the map. It fails (and the sweep
+// checkpoint is written before the head that names it). A clone's map
+// also names segments of the volumes it shares (torus.VolumeInfo.Shares).
+// A GC sweep lists its local segments first, then calls LiveSegments for
+// every volume, and deletes listed segments that no volume's map names
+// (server/maintenance.go). It fails (and the sweep
 // must delete nothing) when a checkpoint cannot be read.
 func LiveSegments(ctx context.Context, meta torus.Metadata, peers torus.PeerPool, volumeName string) (map[torus.SegmentID]bool, error) {
 	lens, err := LiveSegmentLengths(ctx, meta, peers, volumeName, nil)

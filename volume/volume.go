@@ -171,6 +171,7 @@ type Volume struct {
 	info    torus.VolumeInfo
 	cfg     torus.ClusterConfig
 	minRep  int
+	repl    int // copies of each new segment: info.Replicas(cfg.Replication)
 	ringVer uint64
 	place   placement
 	up      map[string]bool      // ring members whose liveness key exists
@@ -347,12 +348,13 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 
 func (v *Volume) setInfo(info torus.VolumeInfo) {
 	v.info = info
+	v.repl = info.Replicas(v.cfg.Replication)
 	v.minRep = info.MinReplicas
-	if v.minRep <= 0 || v.minRep > v.cfg.Replication {
-		if v.minRep > v.cfg.Replication {
-			v.log.Warn("min replicas above replication; using replication", "min", v.minRep, "replication", v.cfg.Replication)
+	if v.minRep <= 0 || v.minRep > v.repl {
+		if v.minRep > v.repl {
+			v.log.Warn("min replicas above replication; using replication", "min", v.minRep, "replication", v.repl)
 		}
-		v.minRep = v.cfg.Replication
+		v.minRep = v.repl
 	}
 	if v.idx != nil {
 		v.idx.Grow(uint64(info.Size / torus.BlockSize))
@@ -492,7 +494,7 @@ func (v *Volume) Info() Info {
 		Snapshot:    v.snap,
 		ReadOnly:    v.ro,
 		Epoch:       v.epoch,
-		Replication: v.cfg.Replication,
+		Replication: v.repl,
 		MinReplicas: v.minRep,
 		Head:        cloneHead(v.head),
 		Mapped:      v.idx.Mapped(),
