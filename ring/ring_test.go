@@ -496,3 +496,24 @@ func BenchmarkNew(b *testing.B) {
 		}
 	}
 }
+
+// TestCheckReplication: a volume's replication is accepted up to the
+// ring's failure domains (peers for a zones-format ring) and refused with
+// ErrInvalid beyond.
+func TestCheckReplication(t *testing.T) {
+	spec := torus.RingSpec{Version: 2, Replication: 2, Members: []torus.RingMember{
+		{ID: "a", Weight: 1}, {ID: "b", Weight: 1}, {ID: "c", Weight: 1}}}
+	for n, ok := range map[int]bool{0: true, 1: true, 3: true, 4: false, -1: false} {
+		if err := CheckReplication(spec, n); (err == nil) != ok || err != nil && !errors.Is(err, torus.ErrInvalid) {
+			t.Errorf("replication %d on 3 peers: %v", n, err)
+		}
+	}
+	hosts := torus.RingSpec{Version: 2, Replication: 2, Format: torus.RingFormatHierarchy, Members: []torus.RingMember{
+		{ID: "a", Host: "h1", Weight: 1}, {ID: "b", Host: "h1", Weight: 1}, {ID: "c", Host: "h2", Weight: 1}}}
+	if err := CheckReplication(hosts, 2); err != nil {
+		t.Errorf("replication 2 on 2 hosts: %v", err)
+	}
+	if err := CheckReplication(hosts, 3); !errors.Is(err, torus.ErrInvalid) || !strings.Contains(err.Error(), "2 host failure domains") {
+		t.Errorf("replication 3 on 2 hosts: %v, want ErrInvalid naming 2 host domains", err)
+	}
+}

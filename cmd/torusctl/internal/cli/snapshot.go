@@ -29,7 +29,7 @@ func splitSnap(s string) (volume, name string, err error) {
 }
 
 func (a *app) snapshotCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "snapshot", Aliases: []string{"snap"}, Short: "Create, list and delete snapshots"}
+	cmd := &cobra.Command{Use: "snapshot", Aliases: []string{"snap"}, Short: "Create, list, delete and restore snapshots"}
 	var timeout time.Duration
 	create := &cobra.Command{
 		Use:   "create VOLUME@NAME",
@@ -104,7 +104,30 @@ it (flush, seal, checkpoint, record) and create waits for the answer up to
 			})
 		},
 	}
-	cmd.AddCommand(create, list, del)
+	restore := &cobra.Command{
+		Use:   "restore VOLUME@NAME",
+		Short: "Make a volume's content its snapshot's again (the volume must not be attached)",
+		Long: `restore makes VOLUME read exactly as it did when snapshot NAME was taken: its
+head takes the snapshot's checkpoint in one etcd transaction, whatever the
+size; every write since is dropped and collected by GC. The snapshot stays.
+The volume must not be attached: restore is refused, naming the writer, while
+anything has it open for writing.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vol, name, err := splitSnap(args[0])
+			if err != nil {
+				return err
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				h, err := snapshots.Restore(ctx, md, vol, name)
+				if err != nil {
+					return err
+				}
+				return a.say(h, "restored %s to snapshot %s", vol, name)
+			})
+		},
+	}
+	cmd.AddCommand(create, list, del, restore)
 	return cmd
 }
 

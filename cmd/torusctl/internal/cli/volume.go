@@ -12,11 +12,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/snapshots"
+	"github.com/torus-storage/torus/ring"
 )
 
 func (a *app) volumeCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Aliases: []string{"vol", "block"}, Short: "Create, list, resize, import, export and delete volumes"}
-	cmd.AddCommand(a.volumeCreateCmd(), a.volumeListCmd(), a.volumeDeleteCmd(), a.volumeResizeCmd(),
+	cmd.AddCommand(a.volumeCreateCmd(), a.volumeCloneCmd(), a.volumeListCmd(), a.volumeDeleteCmd(), a.volumeResizeCmd(),
 		a.volumeSetCmd(), a.volumeUnlockCmd(), a.volumeDefaultExportCmd(), a.volumeScrubCmd(),
 		a.volumeImportCmd(), a.volumeExportCmd())
 	return cmd
@@ -46,10 +48,10 @@ func ParseLabel(kv string) (key, value string, err error) {
 }
 
 func (a *app) volumeCreateCmd() *cobra.Command {
-	var minReplicas int
+	var minReplicas, replication int
 	var labelArgs []string
 	cmd := &cobra.Command{
-		Use:   "create NAME SIZE [--label KEY=VALUE]...",
+		Use:   "create NAME SIZE [--replication N] [--label KEY=VALUE]...",
 		Short: "Create a volume (SIZE like 4096, 512MiB, 1GiB; a multiple of 4KiB)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -79,7 +81,11 @@ func (a *app) volumeCreateCmd() *cobra.Command {
 				return fmt.Errorf("--label: %w", err)
 			}
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
-				v, err := md.CreateVolume(ctx, torus.VolumeInfo{Name: name, Size: size, MinReplicas: minReplicas, Labels: labels})
+				if err := checkReplication(ctx, md, replication, minReplicas); err != nil {
+					return err
+				}
+				v, err := md.CreateVolume(ctx, torus.VolumeInfo{Name: name, Size: size, MinReplicas: minReplicas,
+					Replication: replication, Labels: labels})
 				if errors.Is(err, torus.ErrExist) {
 					return fmt.Errorf("volume %q already exists: %w", name, err)
 				}
@@ -91,7 +97,91 @@ func (a *app) volumeCreateCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().IntVar(&minReplicas, "min-replicas", 0, "replicas a FLUSH needs (0: the replication factor)")
+	cmd.Flags().IntVar(&replication, "replication", 0, "copies of each segment of this volume (0: the cluster's); at most the ring's failure domains")
 	cmd.Flags().StringArrayVar(&labelArgs, "label", nil, "a label KEY=VALUE kept with the volume (repeatable)")
+	return cmd
+}
+
+// checkReplication refuses a volume replication the ring cannot place
+// (ring.CheckReplication) and a min-replicas above it.
+func checkReplication(ctx context.Context, md torus.Metadata, replication, minReplicas int) error {
+	if replication == 0 {
+		return nil
+	}
+	if replication > 0 && minReplicas > replication {
+		return fmt.Errorf("--min-replicas: %w: %d exceeds --replication %d", torus.ErrInvalid, minReplicas, replication)
+	}
+	spec, err := md.Ring(ctx)
+	if err != nil {
+		return err
+	}
+	if err := ring.CheckReplication(spec, replication); err != nil {
+		return fmt.Errorf("--replication: %w", err)
+	}
+	return nil
+}
+
+func (a *app) volumeCloneCmd() *cobra.Command {
+	var sizeArg string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "clone SRC[@SNAPSHOT] NEW [--size SIZE]",
+		Short: "Create NEW as a copy-on-write clone of a snapshot, or of a volume as it is now",
+		Long: `clone creates volume NEW sharing the segments of SRC@SNAPSHOT: it costs one
+etcd transaction, whatever the size, and the two volumes diverge as they are
+written. Without @SNAPSHOT it clones SRC as it is now: a snapshot is taken
+first (through SRC's writer if it is attached, as snapshot create does) and
+deleted once the clone exists. SRC and its snapshots may be deleted later:
+the segments the clone still names are kept. --size may grow the clone
+(never below SRC's size). The clone keeps SRC's replication settings.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, snap, hasSnap := strings.Cut(args[0], "@")
+			if err := checkName("volume", src); err != nil {
+				return err
+			}
+			if hasSnap {
+				if err := checkName("snapshot", snap); err != nil {
+					return err
+				}
+			}
+			name := args[1]
+			if err := checkName("volume", name); err != nil {
+				return err
+			}
+			var size int64
+			if sizeArg != "" {
+				var err error
+				if size, err = ParseVolumeSize(sizeArg); err != nil {
+					return fmt.Errorf("--size: %w", err)
+				}
+			}
+			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
+				sv, err := md.Volume(ctx, src)
+				if err != nil {
+					return err
+				}
+				v, err := snapshots.Clone(ctx, md, src, snap, torus.VolumeInfo{Name: name, Size: size,
+					MinReplicas: sv.MinReplicas, Replication: sv.Replication}, timeout,
+					func(ctx context.Context, md torus.Metadata, vol, name string) error {
+						return a.deps.SnapshotClosedVolume(ctx, md, a.g, vol, name)
+					})
+				if errors.Is(err, torus.ErrExist) {
+					return fmt.Errorf("volume %q already exists: %w", name, err)
+				}
+				if err != nil {
+					return err
+				}
+				from := src
+				if hasSnap {
+					from += "@" + snap
+				}
+				return a.say(v, "created volume %s (%s, id %d) as a clone of %s", v.Name, FormatSize(v.Size), v.ID, from)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&sizeArg, "size", "", "size of the clone (default: the source's)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for an attached source's writer to take the snapshot")
 	return cmd
 }
 
@@ -103,6 +193,10 @@ type volumeRow struct {
 	Size        int64     `json:"size"`
 	Created     time.Time `json:"created"`
 	MinReplicas int       `json:"min_replicas"`
+	// Replication is the volume's own replication (0: the cluster's).
+	Replication int `json:"replication"`
+	// Parent is SRC@SNAPSHOT for a clone, "" otherwise.
+	Parent string `json:"parent,omitempty"`
 	// Labels are the volume's labels ({} when none).
 	Labels map[string]string `json:"labels"`
 	Writer string            `json:"writer"` // "" when closed
@@ -139,7 +233,11 @@ status the daemons publish every few seconds; "-" means not reported yet.`,
 				}
 				rows := make([]volumeRow, 0, len(vols))
 				for _, v := range vols {
-					r := volumeRow{Name: v.Name, ID: v.ID, Size: v.Size, Created: v.Created, MinReplicas: v.MinReplicas, Labels: v.Labels}
+					r := volumeRow{Name: v.Name, ID: v.ID, Size: v.Size, Created: v.Created, MinReplicas: v.MinReplicas,
+						Replication: v.Replication, Labels: v.Labels}
+					if p := v.Parent; p != nil {
+						r.Parent = p.Volume + "@" + p.Snapshot
+					}
 					if r.Labels == nil {
 						r.Labels = map[string]string{}
 					}
