@@ -275,3 +275,44 @@ func TestRestore(t *testing.T) {
 	writeClose(t, ctx, c, "v", map[int64][]byte{4096: pat(0xC3, 4096)})
 	expect(t, ctx, c, "v", map[int64][]byte{0: a[:4096], 4096: pat(0xC3, 4096), 8192: a[8192:]})
 }
+
+// TestPerVolumeReplication: on a 4-daemon cluster of replication 2, a
+// volume of replication 1 and one of replication 3 have exactly that many
+// full copies of every sealed segment (counted in the daemons' stores),
+// also after several maintenance passes (healing keeps each at its own
+// count rather than the ring's); with one daemon down past its grace the
+// replication-3 volume heals back to 3 copies on the others, and once the
+// daemon is back the surplus goes and it has 3 again.
+func TestPerVolumeReplication(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Daemons: 4, Replication: 2, Server: func(i int, cfg *server.Config) {
+		cfg.DownGrace = 2 * time.Second
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, r := range []int{1, 3} {
+		name := map[int]string{1: "r1", 3: "r3"}[r]
+		if _, err := c.Meta.CreateVolume(ctx, torus.VolumeInfo{Name: name, Size: 16 << 20, Replication: r}); err != nil {
+			t.Fatal(err)
+		}
+		writeClose(t, ctx, c, name, map[int64][]byte{0: pat(byte(r), 3<<20)})
+	}
+	exact := func(vol string, n int) func() bool {
+		return func() bool {
+			lo, hi, sealed := copies(t, c, vol)
+			return sealed > 0 && lo == n && hi == n
+		}
+	}
+	waitFor(t, 30*time.Second, "r1 at 1 copy", exact("r1", 1))
+	waitFor(t, 30*time.Second, "r3 at 3 copies", exact("r3", 3))
+	time.Sleep(4 * time.Second) // several maintenance passes
+	for vol, n := range map[string]int{"r1": 1, "r3": 3} {
+		if lo, hi, sealed := copies(t, c, vol); lo != n || hi != n || sealed == 0 {
+			t.Fatalf("%s after maintenance: %d..%d copies of %d sealed segments, want %d", vol, lo, hi, sealed, n)
+		}
+	}
+	c.Stop(3)
+	waitFor(t, time.Minute, "r3 healed to 3 copies on the survivors", exact("r3", 3))
+	c.Start(3)
+	waitFor(t, time.Minute, "r3 back at exactly 3 copies after the daemon returns", exact("r3", 3))
+	expect(t, ctx, c, "r3", map[int64][]byte{0: pat(3, 3<<20)})
+}
