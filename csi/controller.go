@@ -18,6 +18,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/snapshots"
+	"github.com/torus-storage/torus/ring"
 )
 
 // controller is the CSI Controller service.
@@ -28,10 +29,10 @@ type controller struct {
 
 // controllerCaps are the advertised controller capabilities. Not
 // advertised (and answered Unimplemented): PUBLISH_UNPUBLISH_VOLUME,
-// CLONE_VOLUME, MODIFY_VOLUME, LIST_VOLUMES_PUBLISHED_NODES,
-// SINGLE_NODE_MULTI_WRITER.
+// MODIFY_VOLUME, LIST_VOLUMES_PUBLISHED_NODES, SINGLE_NODE_MULTI_WRITER.
 var controllerCaps = []csipb.ControllerServiceCapability_RPC_Type{
 	csipb.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+	csipb.ControllerServiceCapability_RPC_CLONE_VOLUME,
 	csipb.ControllerServiceCapability_RPC_LIST_VOLUMES,
 	csipb.ControllerServiceCapability_RPC_GET_CAPACITY,
 	csipb.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
@@ -55,7 +56,7 @@ func (c *controller) ControllerGetCapabilities(ctx context.Context, _ *csipb.Con
 // Parameters a StorageClass may give.
 const (
 	ParamMinReplicas = "minReplicas" // VolumeInfo.MinReplicas
-	ParamReplication = "replication" // must equal the ring's replication (per-volume replication is not in the core yet)
+	ParamReplication = "replication" // VolumeInfo.Replication, at most the ring's failure domains
 	// Keys under this prefix (csi.storage.k8s.io/fstype, pv/name, pvc/name,
 	// pvc/namespace from the external-provisioner) are kept, not acted on.
 	paramK8sPrefix = "csi.storage.k8s.io/"
@@ -134,29 +135,42 @@ func fits(size int64, cr *csipb.CapacityRange) bool {
 	return size >= cr.GetRequiredBytes() && (cr.GetLimitBytes() == 0 || size <= cr.GetLimitBytes())
 }
 
-// parseParameters checks CreateVolume parameters and returns the volume's
-// MinReplicas. replication is the ring's replication factor.
-func parseParameters(params map[string]string, replication int) (minReplicas int, err error) {
+// parseParameters checks CreateVolume parameters against the ring and
+// returns the volume's MinReplicas and Replication (0: the cluster's).
+// replication must be placeable (ring.CheckReplication); minReplicas at
+// most the volume's replication.
+func parseParameters(params map[string]string, spec torus.RingSpec) (minReplicas, replication int, err error) {
 	for _, k := range slices.Sorted(maps.Keys(params)) {
 		v := params[k]
 		switch {
 		case k == ParamMinReplicas:
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 || n > replication {
-				return 0, invalid("parameter %s=%q must be an integer in 0..%d (the cluster's replication)", k, v, replication)
+			if err != nil || n < 0 || n > 16 {
+				return 0, 0, invalid("parameter %s=%q must be an integer in 0..16", k, v)
 			}
 			minReplicas = n
 		case k == ParamReplication:
 			n, err := strconv.Atoi(v)
-			if err != nil || n != replication {
-				return 0, invalid("parameter %s=%q: per-volume replication is not supported yet; the cluster replicates %d times", k, v, replication)
+			if err != nil || n < 1 {
+				return 0, 0, invalid("parameter %s=%q must be a positive integer", k, v)
 			}
+			if err := ring.CheckReplication(spec, n); err != nil {
+				return 0, 0, invalid("parameter %s=%q: %v", k, v, err)
+			}
+			replication = n
 		case strings.HasPrefix(k, paramK8sPrefix):
 		default:
-			return 0, invalid("unknown parameter %q (supported: %s, %s, %s*)", k, ParamMinReplicas, ParamReplication, paramK8sPrefix)
+			return 0, 0, invalid("unknown parameter %q (supported: %s, %s, %s*)", k, ParamMinReplicas, ParamReplication, paramK8sPrefix)
 		}
 	}
-	return minReplicas, nil
+	repl := replication
+	if repl == 0 {
+		repl = spec.Replication
+	}
+	if minReplicas > repl {
+		return 0, 0, invalid("parameter %s=%d exceeds the volume's replication %d", ParamMinReplicas, minReplicas, repl)
+	}
+	return minReplicas, replication, nil
 }
 
 // labelsFor are the labels of a volume created for CSI name with params.
@@ -183,11 +197,14 @@ func csiVolume(v torus.VolumeInfo) *csipb.Volume {
 }
 
 // CreateVolume creates the Torus volume TorusName(name), idempotently: a
-// volume that exists for the same CSI name and parameters and fits the
-// capacity range is returned as it is; one of another size or other
-// parameters is AlreadyExists. Creating from a snapshot or a volume needs
-// clones, which the core does not have yet: NotFound when the source does
-// not exist, InvalidArgument when it does.
+// volume that exists for the same CSI name, parameters and content source
+// and fits the capacity range is returned as it is; one of another size,
+// other parameters or another source is AlreadyExists. With a content
+// source the volume is a clone (snapshots.Clone: it shares the source's
+// segments): of the snapshot, or of the source volume as it is now (its
+// writer takes the snapshot if it is attached). NotFound when the source
+// does not exist; OutOfRange when the capacity range cannot hold the
+// source's size.
 func (c *controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeRequest) (*csipb.CreateVolumeResponse, error) {
 	name := req.GetName()
 	if err := checkCSIName("volume", name); err != nil {
@@ -203,14 +220,22 @@ func (c *controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeRe
 	if err != nil {
 		return nil, err
 	}
-	if err := c.checkSource(ctx, req.GetVolumeContentSource()); err != nil {
+	src, err := c.source(ctx, req.GetVolumeContentSource())
+	if err != nil {
 		return nil, err
 	}
-	ring, err := c.d.meta.Ring(ctx)
+	if src != nil && size < src.size {
+		if !fits(src.size, req.GetCapacityRange()) {
+			return nil, status.Errorf(codes.OutOfRange, "the source %s has %d bytes, more than the capacity range allows (limit %d)",
+				src.name(), src.size, req.GetCapacityRange().GetLimitBytes())
+		}
+		size = src.size
+	}
+	spec, err := c.d.meta.Ring(ctx)
 	if err != nil {
 		return nil, toStatus("create volume: read ring", err)
 	}
-	minReplicas, err := parseParameters(req.GetParameters(), ring.Replication)
+	minReplicas, replication, err := parseParameters(req.GetParameters(), spec)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +249,17 @@ func (c *controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeRe
 		return nil, err
 	}
 	defer release()
-	v, err := c.d.meta.CreateVolume(ctx, torus.VolumeInfo{Name: tname, Size: size, MinReplicas: minReplicas, Labels: labels})
+	info := torus.VolumeInfo{Name: tname, Size: size, MinReplicas: minReplicas, Replication: replication, Labels: labels}
+	var v torus.VolumeInfo
+	if src == nil {
+		v, err = c.d.meta.CreateVolume(ctx, info)
+	} else {
+		if _, gerr := c.d.meta.Volume(ctx, tname); gerr == nil {
+			err = fmt.Errorf("volume %s: %w", tname, torus.ErrExist)
+		} else {
+			v, err = snapshots.Clone(ctx, c.d.meta, src.volume, src.snapshot, info, c.d.cfg.SnapshotTimeout, c.d.snap)
+		}
+	}
 	if errors.Is(err, torus.ErrExist) {
 		v, err = c.d.meta.Volume(ctx, tname)
 		if err != nil {
@@ -237,46 +272,93 @@ func (c *controller) CreateVolume(ctx context.Context, req *csipb.CreateVolumeRe
 		case v.Labels[LabelParameters] != labels[LabelParameters]:
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q exists with other parameters (%s, asked %s)",
 				name, v.Labels[LabelParameters], labels[LabelParameters])
-		case !fits(v.Size, req.GetCapacityRange()):
+		case !fits(v.Size, req.GetCapacityRange()) && (src == nil || v.Size != src.size):
 			return nil, status.Errorf(codes.AlreadyExists, "volume %q exists with size %d, outside the capacity range [%d, %d]",
 				name, v.Size, req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+		case !src.madeFrom(v):
+			return nil, status.Errorf(codes.AlreadyExists, "volume %q exists with another content source (%s)", name, parentOf(v))
 		}
-		return &csipb.CreateVolumeResponse{Volume: csiVolume(v)}, nil
+		return c.created(v, req), nil
 	}
 	if err != nil {
 		return nil, toStatus("create volume "+tname, err)
 	}
-	return &csipb.CreateVolumeResponse{Volume: csiVolume(v)}, nil
+	return c.created(v, req), nil
 }
 
-// checkSource refuses a content source: NotFound if it does not exist,
-// InvalidArgument (not supported yet) if it does.
-func (c *controller) checkSource(ctx context.Context, src *csipb.VolumeContentSource) error {
+// created is CreateVolume's answer: the volume, with the request's
+// content source when it has one.
+func (c *controller) created(v torus.VolumeInfo, req *csipb.CreateVolumeRequest) *csipb.CreateVolumeResponse {
+	out := csiVolume(v)
+	out.ContentSource = req.GetVolumeContentSource()
+	return &csipb.CreateVolumeResponse{Volume: out}
+}
+
+// cloneSource is a CreateVolume content source that exists: a snapshot
+// (snapshot != "") or a volume.
+type cloneSource struct {
+	volume, snapshot string
+	size             int64 // the source volume's size
+}
+
+func (s *cloneSource) name() string {
+	if s.snapshot == "" {
+		return "volume " + s.volume
+	}
+	return "snapshot " + SnapshotID(s.volume, s.snapshot)
+}
+
+// madeFrom reports whether v is a clone of s (or s is nil and v no clone).
+func (s *cloneSource) madeFrom(v torus.VolumeInfo) bool {
+	if s == nil || v.Parent == nil {
+		return s == nil && v.Parent == nil
+	}
+	if s.snapshot == "" { // cloned through the implicit snapshot
+		return v.Parent.Volume == s.volume && strings.HasPrefix(v.Parent.Snapshot, snapshots.CloneSnapshotPrefix)
+	}
+	return v.Parent.Volume == s.volume && v.Parent.Snapshot == s.snapshot
+}
+
+func parentOf(v torus.VolumeInfo) string {
+	if v.Parent == nil {
+		return "none"
+	}
+	return SnapshotID(v.Parent.Volume, v.Parent.Snapshot)
+}
+
+// source resolves a content source: nil for none, NotFound if it does not
+// exist.
+func (c *controller) source(ctx context.Context, src *csipb.VolumeContentSource) (*cloneSource, error) {
 	if src == nil {
-		return nil
+		return nil, nil
 	}
 	switch t := src.GetType().(type) {
 	case *csipb.VolumeContentSource_Snapshot:
 		id := t.Snapshot.GetSnapshotId()
 		vol, snap, ok := ParseSnapshotID(id)
 		if !ok {
-			return status.Errorf(codes.NotFound, "source snapshot %q does not exist", id)
+			return nil, status.Errorf(codes.NotFound, "source snapshot %q does not exist", id)
 		}
 		if _, err := c.d.meta.Snapshot(ctx, vol, snap); err != nil {
-			return toStatus("source snapshot "+id, err)
+			return nil, toStatus("source snapshot "+id, err)
 		}
-		return invalid("creating a volume from snapshot %s is not supported yet (Torus has no clones)", id)
+		v, err := c.d.meta.Volume(ctx, vol)
+		if err != nil {
+			return nil, toStatus("source snapshot "+id, err)
+		}
+		return &cloneSource{volume: vol, snapshot: snap, size: v.Size}, nil
 	case *csipb.VolumeContentSource_Volume:
 		id := t.Volume.GetVolumeId()
 		if torus.ValidName(id) != nil {
-			return status.Errorf(codes.NotFound, "source volume %q does not exist", id)
+			return nil, status.Errorf(codes.NotFound, "source volume %q does not exist", id)
 		}
-		if _, err := c.d.meta.Volume(ctx, id); err != nil {
-			return toStatus("source volume "+id, err)
+		v, err := c.d.meta.Volume(ctx, id)
+		if err != nil {
+			return nil, toStatus("source volume "+id, err)
 		}
-		return invalid("cloning volume %s is not supported yet (Torus has no clones)", id)
+		return &cloneSource{volume: id, size: v.Size}, nil
 	}
-	return invalid("unknown volume content source")
+	return nil, invalid("unknown volume content source")
 }
 
 // volume reads a volume by CSI volume ID; an ID that is no valid Torus

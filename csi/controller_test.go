@@ -156,15 +156,17 @@ func TestCreateVolume(t *testing.T) {
 		wantCode(t, err, codes.InvalidArgument, what)
 	}
 	if _, err := f.create("rep-ok", 4096, 0, map[string]string{"replication": "2"}); err != nil {
-		t.Fatalf("replication equal to the cluster's: %v", err)
+		t.Fatalf("replication 2 on 2 peers: %v", err)
 	}
 }
 
-// TestCreateVolumeFromSource: clones are not supported: NotFound for a
-// missing source, InvalidArgument for an existing one.
+// TestCreateVolumeFromSource: a volume from a snapshot or from a volume is
+// a clone of it (Parent set, the content source returned), idempotent for
+// the same source, AlreadyExists for another source, NotFound for a
+// missing source, OutOfRange when the range cannot hold the source.
 func TestCreateVolumeFromSource(t *testing.T) {
 	f := newFixture(t)
-	src, err := f.create("src", 4096, 0, nil)
+	src, err := f.create("src", 8192, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,8 +174,9 @@ func TestCreateVolumeFromSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := func(cs *csipb.VolumeContentSource) *csipb.CreateVolumeRequest {
-		return &csipb.CreateVolumeRequest{Name: "new", VolumeCapabilities: []*csipb.VolumeCapability{mountRW}, VolumeContentSource: cs}
+	req := func(name string, cs *csipb.VolumeContentSource) *csipb.CreateVolumeRequest {
+		return &csipb.CreateVolumeRequest{Name: name, VolumeCapabilities: []*csipb.VolumeCapability{mountRW}, VolumeContentSource: cs,
+			CapacityRange: &csipb.CapacityRange{RequiredBytes: 4096}}
 	}
 	fromSnap := func(id string) *csipb.VolumeContentSource {
 		return &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Snapshot{Snapshot: &csipb.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
@@ -181,18 +184,75 @@ func TestCreateVolumeFromSource(t *testing.T) {
 	fromVol := func(id string) *csipb.VolumeContentSource {
 		return &csipb.VolumeContentSource{Type: &csipb.VolumeContentSource_Volume{Volume: &csipb.VolumeContentSource_VolumeSource{VolumeId: id}}}
 	}
-	_, err = f.c.CreateVolume(f.ctx, req(fromSnap("non-existing-snapshot-id")))
+	_, err = f.c.CreateVolume(f.ctx, req("new", fromSnap("non-existing-snapshot-id")))
 	wantCode(t, err, codes.NotFound, "from a missing snapshot")
-	_, err = f.c.CreateVolume(f.ctx, req(fromSnap(src.VolumeId+"@nope")))
+	_, err = f.c.CreateVolume(f.ctx, req("new", fromSnap(src.VolumeId+"@nope")))
 	wantCode(t, err, codes.NotFound, "from a missing snapshot of an existing volume")
-	_, err = f.c.CreateVolume(f.ctx, req(fromSnap(snap.Snapshot.SnapshotId)))
-	wantCode(t, err, codes.InvalidArgument, "from an existing snapshot")
-	_, err = f.c.CreateVolume(f.ctx, req(fromVol("fake-vol-id")))
+	_, err = f.c.CreateVolume(f.ctx, req("new", fromVol("fake-vol-id")))
 	wantCode(t, err, codes.NotFound, "from a missing volume")
-	_, err = f.c.CreateVolume(f.ctx, req(fromVol(src.VolumeId)))
-	wantCode(t, err, codes.InvalidArgument, "from an existing volume")
+	small := req("new", fromSnap(snap.Snapshot.SnapshotId))
+	small.CapacityRange.LimitBytes = 4096
+	_, err = f.c.CreateVolume(f.ctx, small)
+	wantCode(t, err, codes.OutOfRange, "a range too small for the source")
 	if _, err := f.m.Volume(f.ctx, TorusName("new")); !errors.Is(err, torus.ErrNotExist) {
 		t.Fatalf("a refused create left a volume: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name     string
+		cs       *csipb.VolumeContentSource
+		snapshot string // expected Parent.Snapshot; "" for the implicit one
+	}{
+		{"from-snap", fromSnap(snap.Snapshot.SnapshotId), TorusName("s")},
+		{"from-vol", fromVol(src.VolumeId), ""},
+	} {
+		r, err := f.c.CreateVolume(f.ctx, req(tc.name, tc.cs))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if r.Volume.CapacityBytes != 8192 || r.Volume.ContentSource == nil {
+			t.Fatalf("%s: %+v, want the source's 8192 bytes and the content source", tc.name, r.Volume)
+		}
+		v, err := f.m.Volume(f.ctx, r.Volume.VolumeId)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Parent == nil || v.Parent.Volume != src.VolumeId || tc.snapshot != "" && v.Parent.Snapshot != tc.snapshot {
+			t.Fatalf("%s: parent %+v", tc.name, v.Parent)
+		}
+		again, err := f.c.CreateVolume(f.ctx, req(tc.name, tc.cs))
+		if err != nil || again.Volume.VolumeId != r.Volume.VolumeId {
+			t.Fatalf("%s again: %v %+v", tc.name, err, again)
+		}
+	}
+	_, err = f.c.CreateVolume(f.ctx, req("from-snap", fromVol(src.VolumeId)))
+	wantCode(t, err, codes.AlreadyExists, "the same name from another source")
+	_, err = f.c.CreateVolume(f.ctx, &csipb.CreateVolumeRequest{Name: "from-snap", VolumeCapabilities: []*csipb.VolumeCapability{mountRW},
+		CapacityRange: &csipb.CapacityRange{RequiredBytes: 4096}})
+	wantCode(t, err, codes.AlreadyExists, "the name of a clone without a source")
+	if snaps, _ := f.m.Snapshots(f.ctx, src.VolumeId); len(snaps) != 1 {
+		t.Fatalf("snapshots of the source: %+v, want only s (the implicit one deleted)", snaps)
+	}
+}
+
+// TestCreateVolumeReplication: the replication parameter is stored as the
+// volume's own replication, refused beyond the ring's peers, and
+// minReplicas may not exceed it.
+func TestCreateVolumeReplication(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.create("r1", 4096, 0, map[string]string{"replication": "1", "minReplicas": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := f.m.Volume(f.ctx, TorusName("r1"))
+	if err != nil || v.Replication != 1 || v.MinReplicas != 1 {
+		t.Fatalf("r1: %+v %v, want replication 1, min 1", v, err)
+	}
+	_, err = f.create("r1b", 4096, 0, map[string]string{"replication": "1", "minReplicas": "2"})
+	wantCode(t, err, codes.InvalidArgument, "minReplicas above the volume's replication")
+	_, err = f.create("r3", 4096, 0, map[string]string{"replication": "3"})
+	wantCode(t, err, codes.InvalidArgument, "replication 3 on 2 peers")
+	if s, _ := status.FromError(err); !contains(s.Message(), "2 peers") {
+		t.Fatalf("message %q does not say what the ring has", s.Message())
 	}
 }
 

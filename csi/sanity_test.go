@@ -28,7 +28,6 @@ import (
 var notRun = []struct{ re, reason string }{
 	{`Node Service (NodePublishVolume|NodeUnpublishVolume|NodeStageVolume|NodeUnstageVolume|NodeGetVolumeStats|NodeExpandVolume|NodeGetVolumeHealth|NodeGetStorageHealth|should work|should be idempotent)`,
 		"the Node service is a stub: only NodeGetInfo and NodeGetCapabilities (no capability) are served; NodeStage/NodePublish/NodeExpand/NodeGetVolumeStats are Unimplemented (issue 9: the node service)"},
-	{`should create volume from an existing source snapshot`, "create-from-snapshot needs clones, which the core does not have yet: CreateVolume answers InvalidArgument for an existing source (issue 9: clones and restore)"},
 }
 
 // report is the suite's report, captured for TestSanity's summary.
