@@ -410,9 +410,9 @@ func (a *app) volumeSetCmd() *cobra.Command {
 				}
 				var done []string
 				if st.MinReplicas >= 0 {
-					if ring, err := md.Ring(ctx); err == nil && st.MinReplicas > ring.Replication {
-						return fmt.Errorf("%w: min-replicas %d exceeds the ring's replication %d: every FLUSH would fail",
-							torus.ErrInvalid, st.MinReplicas, ring.Replication)
+					if ring, err := md.Ring(ctx); err == nil && st.MinReplicas > vol.Replicas(ring.Replication) {
+						return fmt.Errorf("%w: min-replicas %d exceeds the volume's replication %d: every FLUSH would fail",
+							torus.ErrInvalid, st.MinReplicas, vol.Replicas(ring.Replication))
 					}
 					vol.MinReplicas = st.MinReplicas
 					if err := md.UpdateVolume(ctx, vol); err != nil {
