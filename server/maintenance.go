@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/torus-storage/torus"
@@ -135,10 +136,22 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 			s.readVolume(ctx, view, v)
 		}
 	}
-	for id, lens := range view.live {
+	view.merge(spec.Replication)
+	return view, nil
+}
+
+// merge computes segs, the union of the volumes' live sets, from volumes
+// and live; replication is the ring's. Pure.
+func (view *clusterView) merge(replication int) {
+	ids := make([]uint64, 0, len(view.live))
+	for id := range view.live {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids) // users in volume order: deterministic
+	for _, id := range ids {
 		v := view.volumes[id]
-		repl := v.Replicas(spec.Replication)
-		for seg, n := range lens {
+		repl := v.Replicas(replication)
+		for seg, n := range view.live[id] {
 			u, ok := view.segs[seg]
 			if !ok || u.length == volume.Unknown {
 				u.length = n
@@ -149,7 +162,14 @@ func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 			view.segs[seg] = u
 		}
 	}
-	return view, nil
+}
+
+// garbage reports whether GC may delete a local segment: no volume's live
+// set names it, its volume's segments are not all kept this pass, and the
+// view is settled. Pure.
+func (view *clusterView) garbage(id torus.SegmentID) bool {
+	_, live := view.segs[id]
+	return !view.unsettled && !live && !view.keep[id.Volume]
 }
 
 // readVolume adds volume v's live set to the view.
@@ -185,12 +205,9 @@ func (s *Server) readVolume(ctx context.Context, view *clusterView, v torus.Volu
 // names, directly or through a checkpoint: segments of deleted volumes
 // too, unless a clone still names them.
 func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, view *clusterView) {
-	if view.unsettled {
-		return
-	}
 	for _, si := range local {
 		id := si.ID
-		if _, live := view.segs[id]; live || view.keep[id.Volume] {
+		if !view.garbage(id) {
 			continue
 		}
 		if err := s.store.Delete(ctx, id); err != nil {
