@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/torus-storage/torus"
 )
@@ -65,6 +66,13 @@ func TestFormatsGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A clone's volume record as etcd stores it (volumes/<name>): the
+	// fields are additive JSON, absent on records written before them.
+	cloneJSON, err := json.Marshal(torus.VolumeInfo{Name: "c", ID: 2, Size: 1 << 20, Created: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC),
+		MinReplicas: 1, Replication: 3, Parent: &torus.VolumeParent{Volume: "src", ID: 1, Snapshot: "s"}, Shares: []uint64{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		data []byte
@@ -73,6 +81,7 @@ func TestFormatsGolden(t *testing.T) {
 		{"checkpoint.hex", ckpt},
 		{"checkpoint-shared.hex", shared},
 		{"head.json", headJSON},
+		{"volume-clone.json", cloneJSON},
 	} {
 		path := filepath.Join("testdata", "golden", c.name)
 		got := string(c.data)
@@ -112,6 +121,11 @@ func TestFormatsGolden(t *testing.T) {
 	}
 	if _, err := DecodeCheckpoint(ckpt, clone.SharesVolume, 256); err != nil {
 		t.Errorf("the parent's version 1 checkpoint read by its clone: %v", err)
+	}
+	var old torus.VolumeInfo // a record from before clones and per-volume replication
+	if err := json.Unmarshal([]byte(`{"name":"v","id":1,"size":4096,"created":"2026-01-01T00:00:00Z","min_replicas":1}`), &old); err != nil ||
+		old.Replication != 0 || old.Parent != nil || old.Shares != nil || old.Replicas(2) != 2 {
+		t.Errorf("an old volume record: %v, %+v", err, old)
 	}
 	var back torus.Head
 	if err := json.Unmarshal(headJSON, &back); err != nil || !sameHead(back, head) {
