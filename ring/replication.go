@@ -6,12 +6,16 @@ import (
 	"github.com/torus-storage/torus"
 )
 
-// CheckReplication reports whether the ring spec describes can place n
-// copies of a segment in distinct failure domains at its rule's level
-// (distinct peers for a RingFormatZones ring): nil when it can, an error
-// wrapping torus.ErrInvalid naming what it has otherwise. n = 0 (the
-// cluster's replication) is always accepted. Used for a volume's own
-// replication (torusctl volume create --replication, the CSI parameter).
+// CheckReplication reports whether a volume may ask the ring spec
+// describes for n copies of each segment: nil when the ring can place them
+// in distinct failure domains at its rule's level (distinct peers for a
+// RingFormatZones ring), or when n is no more than the ring's own
+// replication (a ring with fewer domains than that is already degraded,
+// visibly, and a volume asking no more is placed the same way); an error
+// wrapping torus.ErrInvalid naming what the ring has otherwise, and always
+// when n exceeds the ring's peers. n = 0 (the cluster's replication) is
+// always accepted. Used for a volume's own replication (torusctl volume
+// create --replication, the CSI parameter).
 func CheckReplication(spec torus.RingSpec, n int) error {
 	if n == 0 {
 		return nil
@@ -27,9 +31,9 @@ func CheckReplication(spec torus.RingSpec, n int) error {
 	if n > len(spec.Members) {
 		return fmt.Errorf("%w: replication %d: the ring has %d peers", torus.ErrInvalid, n, len(spec.Members))
 	}
-	if n > h.Domains {
-		return fmt.Errorf("%w: replication %d: the ring has %d %s failure domains, so copies would share one",
-			torus.ErrInvalid, n, h.Domains, h.FailureDomain)
+	if n > h.Domains && n > spec.Replication {
+		return fmt.Errorf("%w: replication %d: the ring has %d %s failure domains, so copies would share one (a volume may ask for more copies than domains only up to the ring's replication %d)",
+			torus.ErrInvalid, n, h.Domains, h.FailureDomain, spec.Replication)
 	}
 	return nil
 }

@@ -516,4 +516,14 @@ func TestCheckReplication(t *testing.T) {
 	if err := CheckReplication(hosts, 3); !errors.Is(err, torus.ErrInvalid) || !strings.Contains(err.Error(), "2 host failure domains") {
 		t.Errorf("replication 3 on 2 hosts: %v, want ErrInvalid naming 2 host domains", err)
 	}
+	// One host, ring replication 2 (degraded already): a volume may ask
+	// for up to 2, placed as degraded as the cluster's own; not for 3.
+	oneHost := hosts
+	oneHost.Members = []torus.RingMember{{ID: "a", Host: "h", Weight: 1}, {ID: "b", Host: "h", Weight: 1}, {ID: "c", Host: "h", Weight: 1}}
+	if err := CheckReplication(oneHost, 2); err != nil {
+		t.Errorf("replication 2 (the ring's) on 1 host: %v", err)
+	}
+	if err := CheckReplication(oneHost, 3); !errors.Is(err, torus.ErrInvalid) {
+		t.Errorf("replication 3 on 1 host with ring replication 2: %v, want ErrInvalid", err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,4 +94,71 @@ func TestCloneSurvivesSourceDeletion(t *testing.T) {
 		t.Fatalf("clone c1 does not read back the snapshot's data (%d bytes)", len(got))
 	}
 	t.Logf("source segment files: %d before its deletion, %d kept for the clone after GC; clone intact", before, after)
+}
+
+// TestVolumeReplicationProcesses, with real processes: on 3 daemons of
+// cluster replication 2, `volume create --replication 1` and
+// `--replication 3` give every segment file of the volume exactly 1 and 3
+// holders (counted in the data directories), stably across GC and healing
+// passes; --replication 3 is refused while the rule is host (one host),
+// --replication 4 always, naming the ring's 3 peers.
+func TestVolumeReplicationProcesses(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, DaemonArgs: []string{"--gc-interval", "1s"}})
+	// The daemons share one host (and have a zone each): with the default
+	// host rule, 3 copies would share a domain beyond the ring's own 2.
+	if out, err := c.CtlErr("volume", "create", "r3", "8MiB", "--replication", "3"); err == nil || !strings.Contains(out, "1 host failure domains") {
+		t.Fatalf("replication 3 on one host: %v: %s", err, out)
+	}
+	c.Ctl("ring", "set-rule", "--failure-domain", "zone")
+	if out, err := c.CtlErr("volume", "create", "r4", "8MiB", "--replication", "4"); err == nil || !strings.Contains(out, "the ring has 3 peers") {
+		t.Fatalf("replication 4 on 3 peers: %v: %s", err, out)
+	}
+	img := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(img, bytes.Repeat([]byte{0x77}, 3<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]uint64{}
+	for _, name := range []string{"r1", "r3"} {
+		c.Ctl("volume", "create", name, "8MiB", "--replication", name[1:])
+		c.Ctl("volume", "import", name, img)
+		r, err := volumeInfo(c, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[name] = r.ID
+	}
+	holders := func(vol uint64) map[string]int {
+		out := map[string]int{}
+		for _, d := range c.Daemons {
+			segs, err := d.Segments(vol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range segs {
+				out[s.ID.String()]++
+			}
+		}
+		return out
+	}
+	exact := func(name string, n int) (bool, string) {
+		h := holders(ids[name])
+		if len(h) == 0 {
+			return false, name + ": no segment files"
+		}
+		for id, k := range h {
+			if k != n {
+				return false, fmt.Sprintf("%s: segment %s has %d holders, want %d", name, id, k, n)
+			}
+		}
+		return true, ""
+	}
+	for name, n := range map[string]int{"r1": 1, "r3": 3} {
+		eventually(t, 30*time.Second, 200*time.Millisecond, name+" at its own replication", func() (bool, string) { return exact(name, n) })
+	}
+	time.Sleep(4 * time.Second) // GC and healing passes
+	for name, n := range map[string]int{"r1": 1, "r3": 3} {
+		if ok, why := exact(name, n); !ok {
+			t.Fatalf("after maintenance passes: %s", why)
+		}
+	}
 }
