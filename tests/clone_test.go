@@ -316,3 +316,36 @@ func TestPerVolumeReplication(t *testing.T) {
 	waitFor(t, time.Minute, "r3 back at exactly 3 copies after the daemon returns", exact("r3", 3))
 	expect(t, ctx, c, "r3", map[int64][]byte{0: pat(3, 3<<20)})
 }
+
+// TestCloneHealsSharedSegments: healing knows segments named only by a
+// clone: after the source and its snapshot are deleted and a daemon is
+// lost past its grace, every sealed segment the clone names (the source's
+// shared ones included) is back at 2 full copies on the survivors, and
+// the clone reads back whole.
+func TestCloneHealsSharedSegments(t *testing.T) {
+	c := testcluster.New(t, testcluster.Options{Daemons: 3, Replication: 2, Server: func(i int, cfg *server.Config) {
+		cfg.GCInterval = time.Second
+		cfg.DownGrace = 2 * time.Second
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c.CreateVolume("src", 8<<20)
+	a := pat(0xA7, 3<<20)
+	writeClose(t, ctx, c, "src", map[int64][]byte{0: a})
+	if _, err := snapshots.Clone(ctx, c.Meta, "src", "", torus.VolumeInfo{Name: "c1"}, time.Minute, closedSnap(c)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Meta.DeleteVolume(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	lo, _, sealed := copies(t, c, "c1")
+	if sealed == 0 || lo < 2 {
+		t.Fatalf("before the loss: %d sealed segments, at least %d copies", sealed, lo)
+	}
+	c.Stop(0)
+	waitFor(t, time.Minute, "the clone's segments back at 2 copies on the survivors", func() bool {
+		lo, _, _ := copies(t, c, "c1")
+		return lo >= 2
+	})
+	expect(t, ctx, c, "c1", map[int64][]byte{0: a})
+}
