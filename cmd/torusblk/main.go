@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
-	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
 	"github.com/torus-storage/torus/internal/devmetrics"
+	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
@@ -34,7 +34,8 @@ import (
 )
 
 type globals struct {
-	etcd, cert, key, ca       string
+	etcd                      string
+	etcdClient                etcdflags.Flags
 	peerCert, peerKey, peerCA string
 	logLevel                  string
 	peerTLS                   *tlsconfig.Reloader // loaded by connect
@@ -60,9 +61,7 @@ func newRoot() *cobra.Command {
 		def = "http://127.0.0.1:2379"
 	}
 	root.PersistentFlags().StringVar(&g.etcd, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
-	root.PersistentFlags().StringVar(&g.cert, "etcd-cert", "", "client certificate for etcd TLS")
-	root.PersistentFlags().StringVar(&g.key, "etcd-key", "", "client key for etcd TLS")
-	root.PersistentFlags().StringVar(&g.ca, "etcd-ca", "", "CA bundle for etcd TLS")
+	g.etcdClient.Register(root.PersistentFlags(), os.Getenv)
 	root.PersistentFlags().StringVar(&g.peerCert, "peer-cert", os.Getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
 	root.PersistentFlags().StringVar(&g.peerKey, "peer-key", os.Getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
 	root.PersistentFlags().StringVar(&g.peerCA, "peer-ca", os.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
@@ -80,18 +79,16 @@ func (g *globals) logger() (*slog.Logger, error) {
 }
 
 func (g *globals) connect(ctx context.Context, log *slog.Logger) (*etcdmeta.Store, *peer.Pool, error) {
-	var eps []string
-	for _, e := range strings.Split(g.etcd, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			eps = append(eps, e)
-		}
-	}
 	ptls, err := tlsconfig.Peer(tlsconfig.Files{Cert: g.peerCert, Key: g.peerKey, CA: g.peerCA}, log)
 	if err != nil {
 		return nil, nil, err
 	}
 	g.peerTLS = ptls
-	meta, err := etcdmeta.New(ctx, etcdmeta.Config{Endpoints: eps, CertFile: g.cert, KeyFile: g.key, CAFile: g.ca, Logger: log})
+	ecfg := etcdmeta.Config{Endpoints: etcdflags.Endpoints(g.etcd), Logger: log}
+	if err := g.etcdClient.Apply(&ecfg); err != nil {
+		return nil, nil, err
+	}
+	meta, err := etcdmeta.New(ctx, ecfg)
 	if err != nil {
 		return nil, nil, err
 	}
