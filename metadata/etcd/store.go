@@ -243,14 +243,45 @@ func (s *Store) isClosed() bool {
 	return s.closed
 }
 
-// req runs fn with the per-request timeout and classifies its error.
+// electionRetries bounds how often req retries a request etcd refused
+// during a leader election; electionBackoff is the first wait between
+// tries (it doubles): together about 3 s, an election or two.
+const (
+	electionRetries = 6
+	electionBackoff = 100 * time.Millisecond
+)
+
+// duringElection reports whether err is etcd saying it had no leader, or
+// lost it while serving a read: the request was not applied, so trying
+// again is safe for reads and writes alike.
+func duringElection(err error) bool {
+	return errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrLeaderChanged)
+}
+
+// req runs fn with the per-request timeout and classifies its error. A
+// request refused during an etcd leader election (a member died) is
+// tried again, up to electionRetries times, so that callers see the
+// election only as latency.
 func (s *Store) req(ctx context.Context, op string, fn func(ctx context.Context) error) error {
 	if s.isClosed() {
 		return fmt.Errorf("metadata/etcd: %s: %w", op, torus.ErrClosed)
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	return s.wrap(ctx, op, fn(rctx))
+	wait := electionBackoff
+	for try := 0; ; try++ {
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		err := fn(rctx)
+		cancel()
+		if err == nil || !duringElection(err) || try == electionRetries || ctx.Err() != nil {
+			return s.wrap(ctx, op, err)
+		}
+		s.log.Debug("etcd is electing a leader; retrying", "op", op, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return s.wrap(ctx, op, err)
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
 }
 
 // txn runs one transaction.
