@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
 	"github.com/torus-storage/torus/internal/testutil"
+	metaetcd "github.com/torus-storage/torus/metadata/etcd"
 )
 
 // nbdcopyRun runs nbdcopy with args (2 minutes at most) and fails the
@@ -165,5 +167,119 @@ func TestEtcdTLSCluster(t *testing.T) {
 	}
 	if out, err := ctlWithEnv(t, c, c.EtcdEnv, "volume", "list"); err != nil || !strings.Contains(out, vol) {
 		t.Fatalf("torusctl with the etcd client certificate: %v\n%s", err, out)
+	}
+}
+
+// etcdctl runs Debian's etcdctl against c's etcd; a failure fails the test.
+func etcdctl(t *testing.T, c *proccluster.Cluster, args ...string) string {
+	t.Helper()
+	bin := testutil.RequireBinary(t, "etcdctl")
+	cmd := exec.Command(bin, append([]string{"--endpoints", c.EtcdURL}, args...)...)
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("etcdctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestEtcdAuth: etcd with authentication on and the role of
+// docs/security.md (readwrite on /torus/ only), created with etcdctl
+// before `torusctl init`. Three torusd, torusblk and torusctl run as that
+// user (TORUS_ETCD_USER, TORUS_ETCD_PASSWORD_FILE): writes and flushes
+// through NBD verify. Refused, each classified as torus.ErrPermission
+// (errors.Is, through metadata/etcd as every binary uses it): a user
+// without the role, the right user with a wrong password, no user at all,
+// and the right user on another prefix; torusctl as the user without the
+// role exits non-zero saying permission denied and naming the user, and
+// torusd as that user exits at once.
+func TestEtcdAuth(t *testing.T) {
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "torus.pw")
+	if err := os.WriteFile(pwFile, []byte("torus-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nobodyFile := filepath.Join(dir, "nobody.pw")
+	if err := os.WriteFile(nobodyFile, []byte("nobody-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	setup := func(c *proccluster.Cluster) {
+		// The commands of docs/security.md.
+		etcdctl(t, c, "user", "add", "root", "--new-user-password=root-pw")
+		etcdctl(t, c, "role", "add", "torus")
+		etcdctl(t, c, "role", "grant-permission", "torus", "readwrite", "--prefix=true", "/torus/")
+		etcdctl(t, c, "user", "add", "torus", "--new-user-password=torus-pw")
+		etcdctl(t, c, "user", "grant-role", "torus", "torus")
+		etcdctl(t, c, "user", "add", "nobody", "--new-user-password=nobody-pw")
+		etcdctl(t, c, "auth", "enable")
+		c.EtcdEnv = append(c.EtcdEnv, "TORUS_ETCD_USER=torus", "TORUS_ETCD_PASSWORD_FILE="+pwFile)
+	}
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, EtcdSetup: setup})
+	if out := etcdctl(t, c, "--user", "root:root-pw", "auth", "status"); !strings.Contains(out, "true") {
+		t.Fatalf("etcd authentication is not on: %s", out)
+	}
+	const vol, blocks = "auth", 2048
+	createVolume(t, c, vol, "8MiB", 0)
+	_, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	w := newWorkload(m, uint64(m.seed), "etcd auth writer")
+	for i := 0; i < 200; i++ {
+		if err := w.step(nc); err != nil {
+			t.Fatalf("workload as etcd user torus: %v", err)
+		}
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, nc, m, "as etcd user torus")
+	ps, err := peerList(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 3 {
+		t.Fatalf("peer list as torus: %s", peerStates(ps))
+	}
+
+	for _, tc := range []struct {
+		name string
+		cfg  metaetcd.Config
+	}{
+		{"user without the role", metaetcd.Config{Username: "nobody", Password: "nobody-pw"}},
+		{"wrong password", metaetcd.Config{Username: "torus", Password: "guess"}},
+		{"no user", metaetcd.Config{}},
+		{"another prefix", metaetcd.Config{Username: "torus", Password: "torus-pw", Prefix: "/other/"}},
+	} {
+		cfg := tc.cfg
+		cfg.Endpoints = []string{c.EtcdURL}
+		cfg.DialTimeout = 5 * time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		md, err := metaetcd.New(ctx, cfg)
+		cancel()
+		if err == nil {
+			md.Close()
+			t.Errorf("%s: connected to an etcd with authentication", tc.name)
+			continue
+		}
+		if !errors.Is(err, torus.ErrPermission) || errors.Is(err, torus.ErrUnavailable) {
+			t.Errorf("%s: %v, want torus.ErrPermission (not ErrUnavailable)", tc.name, err)
+		}
+		t.Logf("%s: %v", tc.name, err)
+	}
+	out, err := ctlWithEnv(t, c, []string{"TORUS_ETCD_USER=nobody", "TORUS_ETCD_PASSWORD_FILE=" + nobodyFile}, "volume", "list")
+	if err == nil || !strings.Contains(out, "permission denied") || !strings.Contains(out, "nobody") || strings.Contains(out, vol) {
+		t.Errorf("torusctl as nobody: %v, want a failure saying permission denied for nobody:\n%s", err, out)
+	}
+	// A torusd as nobody exits at once instead of waiting for etcd.
+	d := &proccluster.Proc{Name: "torusd-nobody", Args: []string{proccluster.Bin(t, "torusd"), "--etcd", c.EtcdURL,
+		"--data-dir", filepath.Join(dir, "dn"), "--peer-address", "127.0.0.31:0", "--http", ""},
+		Env: []string{"TORUS_ETCD_USER=nobody", "TORUS_ETCD_PASSWORD_FILE=" + nobodyFile}}
+	d.Start(t)
+	t.Cleanup(func() { d.Kill(t) })
+	eventually(t, 20*time.Second, 100*time.Millisecond, "torusd as nobody exits", func() (bool, string) {
+		return !d.Running(), d.Output()
+	})
+	if d.ExitCode() == 0 || !strings.Contains(d.Output(), "permission denied") {
+		t.Errorf("torusd as nobody: exit %d, want non-zero saying permission denied:\n%s", d.ExitCode(), d.Output())
 	}
 }
