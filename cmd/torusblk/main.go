@@ -108,7 +108,7 @@ func keepReloading(ctx context.Context, rs ...*tlsconfig.Reloader) {
 }
 
 func newNBDServe(g *globals) *cobra.Command {
-	var listen, httpListen, certFile, keyFile, caFile string
+	var listen, httpListen, certFile, keyFile, caFile, exportsFile string
 	var tlsRequired, readOnly bool
 	cmd := &cobra.Command{
 		Use:   "nbdserve",
@@ -130,8 +130,22 @@ func newNBDServe(g *globals) *cobra.Command {
 			if tlsRequired && tlsCfg == nil {
 				return errors.New("--tls-required needs --tls-cert and --tls-key")
 			}
+			var authz nbd.Authorizer
+			var exportsList *exportList
+			if exportsFile != "" {
+				if caFile == "" {
+					return errors.New("--nbd-exports needs --tls-ca: clients are named by their certificates")
+				}
+				if exportsList, err = loadExportList(exportsFile, log); err != nil {
+					return err
+				}
+				authz = exportsList
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if exportsList != nil {
+				exportsList.keep(ctx)
+			}
 			meta, pool, err := g.connect(ctx, log)
 			if err != nil {
 				return err
@@ -158,7 +172,7 @@ func newNBDServe(g *globals) *cobra.Command {
 				defer hsrv.Close()
 				log.Info("serving metrics", "http", hln.Addr().String())
 			}
-			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired, ReadOnly: readOnly}, exports, log)
+			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired || authz != nil, ReadOnly: readOnly, Authorizer: authz}, exports, log)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
 			log.Info("serving NBD", "listen", ln.Addr().String(), "tls", tlsCfg != nil, "tls_required", tlsRequired)
@@ -182,6 +196,7 @@ func newNBDServe(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&keyFile, "tls-key", "", "server key (PEM)")
 	cmd.Flags().StringVar(&caFile, "tls-ca", "", "CA (PEM) of client certificates; when set, clients must present one it signed")
 	cmd.Flags().BoolVar(&tlsRequired, "tls-required", false, "refuse clients that do not start TLS")
+	cmd.Flags().StringVar(&exportsFile, "nbd-exports", "", "export list: per client certificate name (CN or URI SAN), which volumes (names or globs) and rw or ro; needs --tls-ca, implies --tls-required; reloaded on SIGHUP (docs/security.md)")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "serve every export read-only")
 	return cmd
 }
