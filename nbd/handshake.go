@@ -3,11 +3,13 @@ package nbd
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 
 	"github.com/torus-storage/torus"
 )
@@ -171,7 +173,7 @@ func (c *conn) optList(ctx context.Context, o option) error {
 		return c.replyErr(o.code, repErrPolicy, "listing exports: %v", err)
 	}
 	for _, e := range list {
-		if len(e.Name) > maxString || !validString([]byte(e.Name)) {
+		if len(e.Name) > maxString || !validString([]byte(e.Name)) || c.access(e.Name) == AccessNone {
 			continue
 		}
 		d := binary.BigEndian.AppendUint32(nil, uint32(len(e.Name)))
@@ -256,9 +258,49 @@ func (c *conn) transmissionFlags(readOnly bool) uint16 {
 	return f
 }
 
+// peerCert is the client's verified certificate, nil without one.
+func (c *conn) peerCert() *x509.Certificate {
+	if c.tc == nil {
+		return nil
+	}
+	if certs := c.tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+		return certs[0]
+	}
+	return nil
+}
+
+// access is what the client may do with export name (Config.Authorizer).
+func (c *conn) access(name string) Access {
+	if c.srv.cfg.Authorizer == nil {
+		return AccessReadWrite
+	}
+	return c.srv.cfg.Authorizer.Authorize(c.peerCert(), name)
+}
+
+// authorize checks that the client may see export name; it reports
+// whether the client may only read it.
+func (c *conn) authorize(name string) (readOnly bool, err error) {
+	switch a := c.access(name); a {
+	case AccessNone:
+		who := strings.Join(Names(c.peerCert()), ",")
+		if who == "" {
+			who = "a client without a certificate"
+		}
+		c.log.Warn("nbd: export refused by the export list", "export", name, "client", who)
+		return false, fmt.Errorf("%w: export %q is not in the export list of %s", torus.ErrPermission, name, who)
+	case AccessReadOnly:
+		return true, nil
+	}
+	return false, nil
+}
+
 // open resolves name and acquires its device.
 func (c *conn) open(ctx context.Context, name string) (*export, error) {
 	resolved, err := c.resolve(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	grantRO, err := c.authorize(resolved)
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +314,7 @@ func (c *conn) open(ctx context.Context, name string) (*export, error) {
 		name:  resolved,
 		sd:    sd,
 		dev:   sd.dev,
-		flags: c.transmissionFlags(sd.readOnly),
+		flags: c.transmissionFlags(sd.readOnly || grantRO),
 		meta:  c.neg.structured && c.neg.metaSet && c.neg.metaName == name,
 	}, nil
 }
@@ -289,7 +331,7 @@ func repErrFor(err error) uint32 {
 	switch {
 	case errors.Is(err, ErrServerClosed):
 		return repErrShutdown
-	case errors.Is(err, torus.ErrLocked), errors.Is(err, torus.ErrReadOnly):
+	case errors.Is(err, torus.ErrLocked), errors.Is(err, torus.ErrReadOnly), errors.Is(err, torus.ErrPermission):
 		return repErrPolicy
 	case errors.Is(err, torus.ErrInvalid):
 		return repErrInvalid
@@ -318,7 +360,11 @@ func (c *conn) optInfoGo(ctx context.Context, o option) (*export, error) {
 		}
 		size, flags, resolved = exp.dev.Size(), exp.flags, exp.name
 	} else {
+		var grantRO bool
 		resolved, err = c.resolve(ctx, q.name)
+		if err == nil {
+			grantRO, err = c.authorize(resolved)
+		}
 		if err == nil {
 			info, err = c.lookup(ctx, resolved)
 			haveInfo = true
@@ -327,7 +373,7 @@ func (c *conn) optInfoGo(ctx context.Context, o option) (*export, error) {
 			return nil, c.replyErr(o.code, repErrFor(err), "export %q: %v", q.name, err)
 		}
 		size = info.Size
-		readOnly := info.ReadOnly || c.srv.cfg.ReadOnly || isSnapshot(resolved)
+		readOnly := grantRO || info.ReadOnly || c.srv.cfg.ReadOnly || isSnapshot(resolved)
 		if dev := c.srv.openDev(resolved); dev != nil {
 			size = dev.Size()
 			readOnly = readOnly || dev.ReadOnly()

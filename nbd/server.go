@@ -51,6 +51,15 @@ type Config struct {
 	// TLSRequired refuses every option but STARTTLS and ABORT until TLS
 	// is up (FORCEDTLS mode). Needs TLS.
 	TLSRequired bool
+	// Authorizer, when set, decides per client certificate which exports
+	// a client sees and attaches, and whether read-write (ExportList).
+	// A client it gives AccessNone does not see the export in NBD_OPT_LIST
+	// and is refused it at NBD_OPT_INFO/GO (NBD_REP_ERR_POLICY) and
+	// NBD_OPT_EXPORT_NAME (the connection is closed); AccessReadOnly
+	// serves it read-only to that connection (writes fail with EPERM).
+	// Nil: every client may attach every export. Needs TLS with client
+	// certificates to be useful: a client without one gets nothing.
+	Authorizer Authorizer
 	// MaxInflightRequests bounds the requests one connection has
 	// outstanding; beyond it the server stops reading. Default 128.
 	MaxInflightRequests int

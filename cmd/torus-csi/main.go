@@ -11,11 +11,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/csi"
+	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/peer"
@@ -38,7 +38,7 @@ type flags struct {
 	csi                       csi.Config
 	mode                      string
 	etcd, prefix              string
-	etcdCert, etcdKey, etcdCA string
+	etcdClient                etcdflags.Flags
 	peerCert, peerKey, peerCA string
 	logLevel                  string
 }
@@ -63,9 +63,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 	fs.DurationVar(&f.csi.SnapshotTimeout, "snapshot-timeout", csi.DefaultSnapshotTimeout, "how long CreateSnapshot waits for an attached volume's writer")
 	fs.StringVar(&f.etcd, "etcd", def("TORUS_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env TORUS_ETCD)")
 	fs.StringVar(&f.prefix, "etcd-prefix", def("TORUS_ETCD_PREFIX", etcdmeta.DefaultPrefix), "key prefix of the cluster in etcd (env TORUS_ETCD_PREFIX)")
-	fs.StringVar(&f.etcdCert, "etcd-cert", "", "TLS client certificate for etcd")
-	fs.StringVar(&f.etcdKey, "etcd-key", "", "TLS client key for etcd")
-	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA certificate that signed etcd's certificate")
+	f.etcdClient.Register(fs, getenv)
 	fs.StringVar(&f.peerCert, "peer-cert", getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
 	fs.StringVar(&f.peerKey, "peer-key", getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
 	fs.StringVar(&f.peerCA, "peer-ca", getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
@@ -106,15 +104,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	go tlsconfig.Keep(ctx, hup, tlsconfig.DefaultWatchInterval, ptls)
-	var endpoints []string
-	for _, e := range strings.Split(f.etcd, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			endpoints = append(endpoints, e)
-		}
+	ecfg := etcdmeta.Config{Endpoints: etcdflags.Endpoints(f.etcd), Prefix: f.prefix, Logger: log}
+	if err := f.etcdClient.Apply(&ecfg); err != nil {
+		return err
 	}
-	meta, err := etcdmeta.New(ctx, etcdmeta.Config{
-		Endpoints: endpoints, Prefix: f.prefix, CertFile: f.etcdCert, KeyFile: f.etcdKey, CAFile: f.etcdCA, Logger: log,
-	})
+	meta, err := etcdmeta.New(ctx, ecfg)
 	if err != nil {
 		return fmt.Errorf("cannot reach etcd at %s (set --etcd or TORUS_ETCD): %w", f.etcd, err)
 	}

@@ -21,9 +21,9 @@ func TestFlags(t *testing.T) {
 		f.csi.Mode != csi.ModeAll || f.csi.DriverName != csi.DefaultDriverName {
 		t.Fatalf("parsed %+v", f)
 	}
-	f, err = parse([]string{"--mode", "controller", "--endpoint", "unix:///tmp/c.sock", "--etcd", "http://x:2379", "--etcd-cert", "c", "--etcd-key", "k", "--etcd-ca", "ca"},
+	f, err = parse([]string{"--mode", "controller", "--endpoint", "unix:///tmp/c.sock", "--etcd", "http://x:2379", "--etcd-cert", "c", "--etcd-key", "k", "--etcd-ca", "ca", "--etcd-user", "csi"},
 		func(string) string { return "" }, io.Discard)
-	if err != nil || f.csi.Mode != csi.ModeController || f.etcd != "http://x:2379" || f.etcdCA != "ca" {
+	if err != nil || f.csi.Mode != csi.ModeController || f.etcd != "http://x:2379" || f.etcdClient.CA != "ca" || f.etcdClient.User != "csi" {
 		t.Fatalf("parsed %+v, %v", f, err)
 	}
 	for _, args := range [][]string{

@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
-	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
 	"github.com/torus-storage/torus/internal/devmetrics"
+	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
@@ -34,7 +34,8 @@ import (
 )
 
 type globals struct {
-	etcd, cert, key, ca       string
+	etcd                      string
+	etcdClient                etcdflags.Flags
 	peerCert, peerKey, peerCA string
 	logLevel                  string
 	peerTLS                   *tlsconfig.Reloader // loaded by connect
@@ -60,9 +61,7 @@ func newRoot() *cobra.Command {
 		def = "http://127.0.0.1:2379"
 	}
 	root.PersistentFlags().StringVar(&g.etcd, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
-	root.PersistentFlags().StringVar(&g.cert, "etcd-cert", "", "client certificate for etcd TLS")
-	root.PersistentFlags().StringVar(&g.key, "etcd-key", "", "client key for etcd TLS")
-	root.PersistentFlags().StringVar(&g.ca, "etcd-ca", "", "CA bundle for etcd TLS")
+	g.etcdClient.Register(root.PersistentFlags(), os.Getenv)
 	root.PersistentFlags().StringVar(&g.peerCert, "peer-cert", os.Getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
 	root.PersistentFlags().StringVar(&g.peerKey, "peer-key", os.Getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
 	root.PersistentFlags().StringVar(&g.peerCA, "peer-ca", os.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
@@ -80,18 +79,16 @@ func (g *globals) logger() (*slog.Logger, error) {
 }
 
 func (g *globals) connect(ctx context.Context, log *slog.Logger) (*etcdmeta.Store, *peer.Pool, error) {
-	var eps []string
-	for _, e := range strings.Split(g.etcd, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			eps = append(eps, e)
-		}
-	}
 	ptls, err := tlsconfig.Peer(tlsconfig.Files{Cert: g.peerCert, Key: g.peerKey, CA: g.peerCA}, log)
 	if err != nil {
 		return nil, nil, err
 	}
 	g.peerTLS = ptls
-	meta, err := etcdmeta.New(ctx, etcdmeta.Config{Endpoints: eps, CertFile: g.cert, KeyFile: g.key, CAFile: g.ca, Logger: log})
+	ecfg := etcdmeta.Config{Endpoints: etcdflags.Endpoints(g.etcd), Logger: log}
+	if err := g.etcdClient.Apply(&ecfg); err != nil {
+		return nil, nil, err
+	}
+	meta, err := etcdmeta.New(ctx, ecfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -111,7 +108,7 @@ func keepReloading(ctx context.Context, rs ...*tlsconfig.Reloader) {
 }
 
 func newNBDServe(g *globals) *cobra.Command {
-	var listen, httpListen, certFile, keyFile, caFile string
+	var listen, httpListen, certFile, keyFile, caFile, exportsFile string
 	var tlsRequired, readOnly bool
 	cmd := &cobra.Command{
 		Use:   "nbdserve",
@@ -133,8 +130,22 @@ func newNBDServe(g *globals) *cobra.Command {
 			if tlsRequired && tlsCfg == nil {
 				return errors.New("--tls-required needs --tls-cert and --tls-key")
 			}
+			var authz nbd.Authorizer
+			var exportsList *exportList
+			if exportsFile != "" {
+				if caFile == "" {
+					return errors.New("--nbd-exports needs --tls-ca: clients are named by their certificates")
+				}
+				if exportsList, err = loadExportList(exportsFile, log); err != nil {
+					return err
+				}
+				authz = exportsList
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if exportsList != nil {
+				exportsList.keep(ctx)
+			}
 			meta, pool, err := g.connect(ctx, log)
 			if err != nil {
 				return err
@@ -161,7 +172,7 @@ func newNBDServe(g *globals) *cobra.Command {
 				defer hsrv.Close()
 				log.Info("serving metrics", "http", hln.Addr().String())
 			}
-			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired, ReadOnly: readOnly}, exports, log)
+			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired || authz != nil, ReadOnly: readOnly, Authorizer: authz}, exports, log)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
 			log.Info("serving NBD", "listen", ln.Addr().String(), "tls", tlsCfg != nil, "tls_required", tlsRequired)
@@ -185,6 +196,7 @@ func newNBDServe(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&keyFile, "tls-key", "", "server key (PEM)")
 	cmd.Flags().StringVar(&caFile, "tls-ca", "", "CA (PEM) of client certificates; when set, clients must present one it signed")
 	cmd.Flags().BoolVar(&tlsRequired, "tls-required", false, "refuse clients that do not start TLS")
+	cmd.Flags().StringVar(&exportsFile, "nbd-exports", "", "export list: per client certificate name (CN or URI SAN), which volumes (names or globs) and rw or ro; needs --tls-ca, implies --tls-required; reloaded on SIGHUP (docs/security.md)")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "serve every export read-only")
 	return cmd
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
+	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
@@ -27,22 +28,23 @@ import (
 )
 
 type flags struct {
-	etcd, etcdCert, etcdKey, etcdCA string
-	dataDir, size                   string
-	peerAddr, advertise, httpAddr   string
-	zone, location                  string
-	loc                             torus.Location
-	autoJoin, dev                   bool
-	nbdListen                       string
-	devEtcdClient, devEtcdPeer      string
-	rebalanceRate                   string
-	downGrace, heartbeatTTL         time.Duration
-	gcInterval, scrubInterval       time.Duration
-	scrubRate                       string
-	logLevel                        string
-	peerCert, peerKey, peerCA       string
-	httpCert, httpKey               string
-	pprof, secure                   bool
+	etcd                          string
+	etcdClient                    etcdflags.Flags
+	dataDir, size                 string
+	peerAddr, advertise, httpAddr string
+	zone, location                string
+	loc                           torus.Location
+	autoJoin, dev                 bool
+	nbdListen                     string
+	devEtcdClient, devEtcdPeer    string
+	rebalanceRate                 string
+	downGrace, heartbeatTTL       time.Duration
+	gcInterval, scrubInterval     time.Duration
+	scrubRate                     string
+	logLevel                      string
+	peerCert, peerKey, peerCA     string
+	httpCert, httpKey             string
+	pprof, secure                 bool
 }
 
 func main() {
@@ -57,9 +59,7 @@ func parse(args []string) (*flags, error) {
 	fs := flag.NewFlagSet("torusd", flag.ContinueOnError)
 	def := os.Getenv("TORUS_ETCD")
 	fs.StringVar(&f.etcd, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
-	fs.StringVar(&f.etcdCert, "etcd-cert", "", "client certificate for etcd TLS")
-	fs.StringVar(&f.etcdKey, "etcd-key", "", "client key for etcd TLS")
-	fs.StringVar(&f.etcdCA, "etcd-ca", "", "CA bundle for etcd TLS")
+	f.etcdClient.Register(fs, os.Getenv)
 	fs.StringVar(&f.dataDir, "data-dir", "torus-data", "directory for this daemon's data")
 	fs.StringVar(&f.size, "size", "", "most bytes to store: 10GiB, 500MiB, or N% of the filesystem (default 1GiB; 4GiB with --dev)")
 	fs.StringVar(&f.peerAddr, "peer-address", "127.0.0.1:40000", "address:port for the peer protocol")
@@ -188,9 +188,11 @@ func run(args []string) error {
 		}
 		f.autoJoin = true
 	}
-	meta, err := connectEtcd(ctx, etcdmeta.Config{
-		Endpoints: endpoints, CertFile: f.etcdCert, KeyFile: f.etcdKey, CAFile: f.etcdCA, Logger: log,
-	}, log)
+	ecfg := etcdmeta.Config{Endpoints: endpoints, Logger: log}
+	if err := f.etcdClient.Apply(&ecfg); err != nil {
+		return err
+	}
+	meta, err := connectEtcd(ctx, ecfg, log)
 	if err != nil {
 		return err
 	}

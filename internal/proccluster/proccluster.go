@@ -220,10 +220,23 @@ func (p *Proc) Output() string {
 
 // Cluster is etcd plus daemons, started by New.
 type Cluster struct {
-	t       testing.TB
-	Dir     string
+	t   testing.TB
+	Dir string
+	// EtcdURL is etcd's client URL; with Options.EtcdMembers > 1 the
+	// members' URLs, comma-separated (what --etcd takes).
 	EtcdURL string
-	Etcd    *Proc
+	// Etcd is the first etcd member; EtcdMembers all of them.
+	Etcd        *Proc
+	EtcdMembers []*Proc
+	// EtcdURLs are the members' client URLs, in order.
+	EtcdURLs []string
+	// EtcdCerts is the certificates directory of an EtcdTLS cluster: its
+	// own CA, etcd.eN.crt per member and client.torus.crt, which every
+	// Torus process gets through TORUS_ETCD_CERT/KEY/CA.
+	EtcdCerts string
+	// EtcdEnv is given to every torusd, torusblk and torusctl started
+	// after it is set (TORUS_ETCD_*; Options.EtcdSetup may add to it).
+	EtcdEnv []string
 	Daemons []*Daemon
 	NBD     []*Proc
 	// Opts are the options New was called with (defaults filled in).
@@ -287,6 +300,15 @@ type Options struct {
 	// environment) and "ctl" (torusctl) into Cluster.Certs. etcd and
 	// HTTP stay plain.
 	Secure bool
+	// EtcdMembers is the size of the etcd cluster (default 1), each
+	// member on its own 127.0.0.5x address.
+	EtcdMembers int
+	// EtcdTLS runs etcd with TLS between members and for clients
+	// (--client-cert-auth), with certificates from `torusctl certs`.
+	EtcdTLS bool
+	// EtcdSetup runs once etcd answers, before `torusctl init` (to
+	// create users and enable authentication, say).
+	EtcdSetup func(c *Cluster)
 	// Links puts a proxy (netns.Proxy, in the test process) on each
 	// daemon's links: Daemon.PeerLink in front of its peer port (the
 	// daemon advertises the proxy's address with --advertise-address, so
@@ -309,15 +331,7 @@ func New(t testing.TB, o Options) *Cluster {
 		o.Replication = 2
 	}
 	c := &Cluster{t: t, Dir: t.TempDir(), Opts: o}
-	cport, pport := FreePort(t, "127.0.0.1"), FreePort(t, "127.0.0.1")
-	c.EtcdURL = fmt.Sprintf("http://127.0.0.1:%d", cport)
-	c.Etcd = &Proc{Name: "etcd", Args: []string{etcdBin,
-		"--name", "e0", "--data-dir", filepath.Join(c.Dir, "etcd"),
-		"--listen-client-urls", c.EtcdURL, "--advertise-client-urls", c.EtcdURL,
-		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", pport),
-		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", pport),
-		"--initial-cluster", fmt.Sprintf("e0=http://127.0.0.1:%d", pport),
-		"--log-level", "error"}}
+	c.etcdProcs(etcdBin)
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.DumpLogs()
@@ -328,7 +342,9 @@ func New(t testing.TB, o Options) *Cluster {
 		for _, d := range c.Daemons {
 			d.Kill(t)
 		}
-		c.Etcd.Kill(t)
+		for _, e := range c.EtcdMembers {
+			e.Kill(t)
+		}
 		for _, h := range c.hosts {
 			h.close()
 		}
@@ -347,8 +363,15 @@ func New(t testing.TB, o Options) *Cluster {
 			c.Ctl(args...)
 		}
 	}
-	c.Etcd.Start(t)
-	c.WaitHTTP(c.EtcdURL+"/health", 30*time.Second)
+	for _, e := range c.EtcdMembers {
+		e.Start(t)
+	}
+	for _, u := range c.EtcdURLs {
+		c.WaitEtcd(u, 30*time.Second)
+	}
+	if o.EtcdSetup != nil {
+		o.EtcdSetup(c)
+	}
 	args := []string{"init", "--replication", fmt.Sprint(o.Replication)}
 	if o.SegmentSize != "" {
 		args = append(args, "--segment-size", o.SegmentSize)
@@ -401,7 +424,7 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 			"--peer-key", filepath.Join(c.Certs, "daemon.key"), "--peer-ca", filepath.Join(c.Certs, "ca.crt"))
 	}
 	args = append(args, o.DaemonArgs...)
-	d.Proc = &Proc{Name: fmt.Sprintf("torusd-%d", i), Args: args}
+	d.Proc = &Proc{Name: fmt.Sprintf("torusd-%d", i), Args: args, Env: append([]string(nil), c.EtcdEnv...)}
 	d.Start(t)
 	c.Daemons = append(c.Daemons, d)
 	return d
@@ -436,7 +459,7 @@ func (c *Cluster) StartNBDEnv(env []string, extra ...string) (*Proc, string) {
 	addr := fmt.Sprintf("%s:%d", ip, FreePort(t, ip))
 	p := &Proc{Name: fmt.Sprintf("torusblk-%d", len(c.NBD)),
 		Args: append([]string{Bin(t, "torusblk"), "--etcd", c.EtcdURL, "--log-level", "debug", "nbdserve", "--listen", addr}, extra...),
-		Env:  env}
+		Env:  append(append([]string(nil), c.EtcdEnv...), env...)}
 	p.Start(t)
 	c.NBD = append(c.NBD, p)
 	c.WaitTCP(addr, 30*time.Second)
@@ -459,7 +482,7 @@ func (c *Cluster) CtlErr(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Bin(c.t, "torusctl"), append([]string{"--etcd", c.EtcdURL}, args...)...)
-	cmd.Env = append(os.Environ(), c.PeerEnv("ctl")...)
+	cmd.Env = append(append(os.Environ(), c.EtcdEnv...), c.PeerEnv("ctl")...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -507,7 +530,7 @@ func (c *Cluster) WaitTCP(addr string, d time.Duration) {
 // With TORUS_KEEP_LOGS=DIR the whole output of every process is also
 // written to DIR/TEST/PROCESS.log.
 func (c *Cluster) DumpLogs() {
-	procs := []*Proc{c.Etcd}
+	procs := append([]*Proc(nil), c.EtcdMembers...)
 	for _, d := range c.Daemons {
 		procs = append(procs, d.Proc)
 	}
@@ -549,7 +572,7 @@ func (c *Cluster) CtlJSON(v any, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, Bin(c.t, "torusctl"), append([]string{"--etcd", c.EtcdURL, "-o", "json"}, args...)...)
-	cmd.Env = append(os.Environ(), c.PeerEnv("ctl")...)
+	cmd.Env = append(append(os.Environ(), c.EtcdEnv...), c.PeerEnv("ctl")...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

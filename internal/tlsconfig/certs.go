@@ -142,6 +142,40 @@ func IssueClient(dir, name string, o IssueOptions) error {
 	return issue(dir, f.Cert, f.Key, tmpl, o)
 }
 
+// EtcdFiles are the files of etcd member name in dir: its certificate
+// (etcd's --cert-file and --peer-cert-file), key and the CA.
+func EtcdFiles(dir, name string) Files {
+	return Files{Cert: filepath.Join(dir, "etcd."+name+".crt"), Key: filepath.Join(dir, "etcd."+name+".key"),
+		CA: filepath.Join(dir, CACert)}
+}
+
+// IssueEtcd issues dir/etcd.NAME.crt and etcd.NAME.key, signed by the CA
+// in dir, for etcd member NAME reached at hosts (IP addresses or DNS
+// names): TLS server and client usage, as etcd uses one certificate for
+// clients and for its peers. It carries no Torus role, so it opens no
+// daemon's peer port.
+func IssueEtcd(dir, name string, hosts []string, o IssueOptions) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w: etcd member name %q: use letters, digits, '.', '_' and '-'", torus.ErrInvalid, name)
+	}
+	if len(hosts) == 0 {
+		return fmt.Errorf("%w: an etcd certificate needs at least one host (IP address or DNS name)", torus.ErrInvalid)
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name, Organization: []string{"Torus"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != "" {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	f := EtcdFiles(dir, name)
+	return issue(dir, f.Cert, f.Key, tmpl, o)
+}
+
 // EnsureDev makes sure dir holds a CA, a daemon certificate for hosts and
 // a client certificate "root", creating what is missing (torusd --dev
 // --secure on first start). It reports whether it created anything.

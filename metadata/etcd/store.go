@@ -43,6 +43,13 @@ type Config struct {
 	// the CA that signed the servers' certificates. Any of them set
 	// enables TLS.
 	CertFile, KeyFile, CAFile string
+	// Username and Password authenticate to an etcd with authentication
+	// enabled (etcdctl auth enable); empty Username: none, or the common
+	// name of CertFile when etcd runs with --client-cert-auth. A refused
+	// user (wrong password, no role on the prefix) fails New with an error
+	// wrapping torus.ErrPermission. docs/security.md gives the etcdctl
+	// commands of a role limited to Prefix.
+	Username, Password string
 	// DialTimeout bounds connecting and the initial probe in New.
 	DialTimeout time.Duration
 	// RequestTimeout bounds every request.
@@ -87,6 +94,9 @@ func (c Config) Validate() error {
 	}
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return fmt.Errorf("metadata/etcd: %w: --etcd-cert and --etcd-key go together", torus.ErrInvalid)
+	}
+	if c.Username == "" && c.Password != "" {
+		return fmt.Errorf("metadata/etcd: %w: an etcd password without a user", torus.ErrInvalid)
 	}
 	return nil
 }
@@ -153,10 +163,15 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: cfg.RequestTimeout,
 		TLS:                  tc,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
 		Logger:               zap.NewNop(),
 		Context:              context.WithoutCancel(ctx),
 	})
 	if err != nil {
+		if authError(err) {
+			return nil, fmt.Errorf("metadata/etcd: connect to %s as %q: %w: %w", strings.Join(cfg.Endpoints, ","), cfg.Username, torus.ErrPermission, err)
+		}
 		return nil, fmt.Errorf("metadata/etcd: connect to %s: %w: %w", strings.Join(cfg.Endpoints, ","), torus.ErrUnavailable, err)
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -182,8 +197,22 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 // Endpoints returns the configured endpoints.
 func (s *Store) Endpoints() []string { return append([]string(nil), s.cfg.Endpoints...) }
 
+// authError reports whether err is etcd refusing the caller's identity:
+// a wrong user or password, a user without permission on a key, or
+// authentication required and not given. These are not transient.
+func authError(err error) bool {
+	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrAuthFailed, rpctypes.ErrUserEmpty,
+		rpctypes.ErrUserNotFound, rpctypes.ErrInvalidAuthToken, rpctypes.ErrInvalidAuthMgmt} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // wrap classifies an etcd client error. Expired or revoked leases become
-// torus.ErrClosed; a canceled caller context stays itself; everything else
+// torus.ErrClosed; etcd refusing the caller's user or role becomes
+// torus.ErrPermission; a canceled caller context stays itself; everything else
 // (timeouts, connection failures) wraps torus.ErrUnavailable and names the
 // endpoints.
 func (s *Store) wrap(ctx context.Context, op string, err error) error {
@@ -197,6 +226,13 @@ func (s *Store) wrap(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("metadata/etcd: %s: %w", op, ctx.Err())
 	case s.isClosed():
 		return fmt.Errorf("metadata/etcd: %s: %w", op, torus.ErrClosed)
+	case authError(err):
+		who := s.cfg.Username
+		if who == "" {
+			who = "(no etcd user)"
+		}
+		return fmt.Errorf("metadata/etcd: %s: etcd at %s refused %s (check its role on %s): %w: %w",
+			op, strings.Join(s.cfg.Endpoints, ","), who, s.cfg.Prefix, torus.ErrPermission, err)
 	}
 	return fmt.Errorf("metadata/etcd: %s: etcd at %s: %w: %w", op, strings.Join(s.cfg.Endpoints, ","), torus.ErrUnavailable, err)
 }
@@ -207,14 +243,45 @@ func (s *Store) isClosed() bool {
 	return s.closed
 }
 
-// req runs fn with the per-request timeout and classifies its error.
+// electionRetries bounds how often req retries a request etcd refused
+// during a leader election; electionBackoff is the first wait between
+// tries (it doubles): together about 3 s, an election or two.
+const (
+	electionRetries = 6
+	electionBackoff = 100 * time.Millisecond
+)
+
+// duringElection reports whether err is etcd saying it had no leader, or
+// lost it while serving a read: the request was not applied, so trying
+// again is safe for reads and writes alike.
+func duringElection(err error) bool {
+	return errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrLeaderChanged)
+}
+
+// req runs fn with the per-request timeout and classifies its error. A
+// request refused during an etcd leader election (a member died) is
+// tried again, up to electionRetries times, so that callers see the
+// election only as latency.
 func (s *Store) req(ctx context.Context, op string, fn func(ctx context.Context) error) error {
 	if s.isClosed() {
 		return fmt.Errorf("metadata/etcd: %s: %w", op, torus.ErrClosed)
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	return s.wrap(ctx, op, fn(rctx))
+	wait := electionBackoff
+	for try := 0; ; try++ {
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		err := fn(rctx)
+		cancel()
+		if err == nil || !duringElection(err) || try == electionRetries || ctx.Err() != nil {
+			return s.wrap(ctx, op, err)
+		}
+		s.log.Debug("etcd is electing a leader; retrying", "op", op, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return s.wrap(ctx, op, err)
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
 }
 
 // txn runs one transaction.

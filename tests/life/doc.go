@@ -28,6 +28,11 @@
 // dropped (ambiguous head commits), followed by a writer crash; and
 // nbdcopy --connections=4 through a replica SIGKILL and restart.
 //
+// Security (issue 12): mutual TLS on the peer port (secure_test.go); a
+// 3-member etcd with TLS between members and for clients, its leader
+// SIGKILLed between nbdcopy writes, and etcd authentication with a role
+// limited to /torus/ (etcdsec_test.go).
+//
 // The package has only tests. Run with `go test ./tests/life` (part of
 // `make test`); `-short` skips it. The robustness test runs briefly by
 // default; TORUS_ROBUSTNESS=long (`make robustness`) runs it long, and

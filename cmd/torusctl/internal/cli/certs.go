@@ -22,7 +22,9 @@ func (a *app) certsCmd() *cobra.Command {
 		Long: `certs creates, in --certs-dir, a CA (ca.crt, ca.key), daemon certificates
 (daemon.crt, daemon.key: role daemon, for torusd's --peer-cert) and client
 certificates (client.NAME.crt, client.NAME.key: role client, for torusblk,
-torusctl and torus-csi). Keys are ECDSA P-256, written with mode 0600.
+torusctl and torus-csi; also etcd client certificates, whose NAME is the etcd
+user under --client-cert-auth) and etcd member certificates (etcd.NAME.crt,
+etcd.NAME.key: for etcd's --cert-file and --peer-cert-file). Keys are ECDSA P-256, written with mode 0600.
 Existing files are kept unless --overwrite. Keep ca.key off the daemons.`,
 	}
 	pf := cmd.PersistentFlags()
@@ -51,6 +53,17 @@ Existing files are kept unless --overwrite. Keep ca.key off the daemons.`,
 			}
 			f := tlsconfig.DaemonFiles(dir)
 			return a.say(map[string]any{"cert": f.Cert, "key": f.Key, "hosts": args}, "created %s and %s for %v", f.Cert, f.Key, args)
+		},
+	}, &cobra.Command{
+		Use:   "etcd NAME HOST...",
+		Short: "Issue etcd.NAME.crt and etcd.NAME.key for etcd member NAME at the hosts (server and peer TLS)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := tlsconfig.IssueEtcd(dir, args[0], args[1:], opts()); err != nil {
+				return err
+			}
+			f := tlsconfig.EtcdFiles(dir, args[0])
+			return a.say(map[string]any{"cert": f.Cert, "key": f.Key, "hosts": args[1:]}, "created %s and %s for %v", f.Cert, f.Key, args[1:])
 		},
 	}, &cobra.Command{
 		Use:   "client NAME",

@@ -63,3 +63,46 @@ func TestCerts(t *testing.T) {
 		t.Fatalf("daemon without a CA: %v, want ErrNotExist", err)
 	}
 }
+
+// TestCertsEtcd: `certs etcd NAME HOST...` writes etcd.NAME.crt/key for
+// the hosts, usable as etcd's server and peer certificate (both usages),
+// with no Torus role, and verifying against the CA.
+func TestCertsEtcd(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	for _, args := range [][]string{
+		{"certs", "init-ca", "--certs-dir", dir},
+		{"certs", "etcd", "--certs-dir", dir, "e0", "127.0.0.21", "etcd0.example"},
+	} {
+		if out, _, err := run(t, nil, false, args...); err != nil || !strings.Contains(out, "created") {
+			t.Fatalf("%v: %q %v", args, out, err)
+		}
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "etcd.e0.crt"), filepath.Join(dir, "etcd.e0.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := peer.RoleOf(leaf); got != "" {
+		t.Errorf("etcd certificate has role %q, want none", got)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "etcd0.example", KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+			t.Errorf("usage %v: %v", usage, err)
+		}
+	}
+	if len(leaf.IPAddresses) != 1 || leaf.IPAddresses[0].String() != "127.0.0.21" {
+		t.Errorf("IP SANs %v", leaf.IPAddresses)
+	}
+	if _, _, err := run(t, nil, false, "certs", "etcd", "--certs-dir", dir, "bad/name", "h"); !errors.Is(err, torus.ErrInvalid) {
+		t.Errorf("bad member name: %v, want ErrInvalid", err)
+	}
+}

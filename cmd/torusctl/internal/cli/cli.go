@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/metadata/etcd"
 )
 
@@ -26,12 +27,12 @@ const DefaultEtcd = "http://127.0.0.1:2379"
 
 // Global holds the global flags.
 type Global struct {
-	Etcd     []string // endpoints
-	Prefix   string   // key prefix
-	CertFile string
-	KeyFile  string
-	CAFile   string
-	Output   string // "table" or "json"
+	Etcd   []string // endpoints
+	Prefix string   // key prefix
+	// EtcdClient: --etcd-cert, --etcd-key, --etcd-ca, --etcd-user,
+	// --etcd-password-file.
+	EtcdClient etcdflags.Flags
+	Output     string // "table" or "json"
 	// Peer TLS files (--peer-cert, --peer-key, --peer-ca): the client
 	// certificate that reaches the daemons (volume scrub, snapshots of
 	// closed volumes). Repairing (volume scrub without --check) needs a
@@ -98,13 +99,11 @@ func snapshotClosedVolume(ctx context.Context, md torus.Metadata, _ Global, volu
 
 // OpenEtcd is the default Deps.Open.
 func OpenEtcd(ctx context.Context, g Global) (torus.Metadata, error) {
-	s, err := etcd.New(ctx, etcd.Config{
-		Endpoints: g.Etcd,
-		CertFile:  g.CertFile,
-		KeyFile:   g.KeyFile,
-		CAFile:    g.CAFile,
-		Prefix:    g.Prefix,
-	})
+	cfg := etcd.Config{Endpoints: g.Etcd, Prefix: g.Prefix}
+	if err := g.EtcdClient.Apply(&cfg); err != nil {
+		return nil, err
+	}
+	s, err := etcd.New(ctx, cfg)
 	if err != nil {
 		if errors.Is(err, torus.ErrUnavailable) {
 			return nil, fmt.Errorf("cannot reach etcd at %s (set --etcd or TORUS_ETCD): %w", strings.Join(g.Etcd, ","), err)
@@ -196,9 +195,7 @@ peers, the ring, volumes and snapshots.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.etcdStr, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
 	pf.StringVar(&a.g.Prefix, "etcd-prefix", prefix, "key prefix of the cluster in etcd (env TORUS_ETCD_PREFIX)")
-	pf.StringVar(&a.g.CertFile, "etcd-cert", "", "TLS client certificate for etcd")
-	pf.StringVar(&a.g.KeyFile, "etcd-key", "", "TLS client key for etcd")
-	pf.StringVar(&a.g.CAFile, "etcd-ca", "", "CA certificate that signed etcd's certificate")
+	a.g.EtcdClient.Register(pf, deps.Getenv)
 	pf.StringVar(&a.g.PeerCert, "peer-cert", deps.Getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
 	pf.StringVar(&a.g.PeerKey, "peer-key", deps.Getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
 	pf.StringVar(&a.g.PeerCA, "peer-ca", deps.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
