@@ -53,6 +53,7 @@ type memVolume struct {
 	snapshots map[string]torus.Snapshot
 	requests  map[string]bool
 	results   map[string]string
+	attached  *torus.VolumeAttachment // PutAttachment; nil when not published
 }
 
 var _ torus.Metadata = (*Memory)(nil)
