@@ -22,14 +22,15 @@ type VolumeAttachment struct {
 const MaxNodeIDLen = 256
 
 // ValidNodeID checks a node ID: 1..MaxNodeIDLen bytes of UTF-8 without
-// control characters or spaces. Errors wrap ErrInvalid.
+// control characters, spaces or '/' (a Kubernetes node name qualifies).
+// Errors wrap ErrInvalid.
 func ValidNodeID(id string) error {
 	if id == "" || len(id) > MaxNodeIDLen {
 		return fmt.Errorf("torus: %w: node ID must be 1..%d bytes, got %d", ErrInvalid, MaxNodeIDLen, len(id))
 	}
 	for _, r := range id {
-		if r == unicode.ReplacementChar || unicode.IsControl(r) || unicode.IsSpace(r) {
-			return fmt.Errorf("torus: %w: node ID %q has a control or space character", ErrInvalid, id)
+		if r == unicode.ReplacementChar || r == '/' || unicode.IsControl(r) || unicode.IsSpace(r) {
+			return fmt.Errorf("torus: %w: node ID %q has a '/', space or control character", ErrInvalid, id)
 		}
 	}
 	return nil
@@ -39,12 +40,20 @@ func ValidNodeID(id string) error {
 // published to. Each method is one compare-and-swap in etcd, so two
 // controllers racing to publish a volume to different nodes cannot both win.
 type Attachments interface {
+	// RegisterNode records that a CSI node service runs on node id (its
+	// NodeGetInfo ID), with the time; a repeat refreshes the time. The
+	// record is not leased: a node that is down stays known. ErrInvalid
+	// for a bad ID (ValidNodeID).
+	RegisterNode(ctx context.Context, id string) error
+	// NodeRegistered reports whether RegisterNode was called for id.
+	NodeRegistered(ctx context.Context, id string) (bool, error)
 	// PutAttachment stores a (Since set to now) if the volume has no
 	// attachment, and returns it. If the volume has one already, nothing
 	// changes and the stored one is returned with a nil error: the caller
 	// compares Node and ReadOnly (the same node is an idempotent
 	// repeat, another node is a refusal naming it). ErrNotExist for a
-	// missing volume; ErrInvalid for a bad node ID (ValidNodeID).
+	// missing volume or a node never registered (the message says which);
+	// ErrInvalid for a bad node ID (ValidNodeID).
 	PutAttachment(ctx context.Context, a VolumeAttachment) (VolumeAttachment, error)
 	// Attachment reads the volume's attachment, ok=false when it has none.
 	// ErrNotExist for a missing volume.

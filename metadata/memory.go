@@ -29,6 +29,7 @@ type Memory struct {
 	sessions    map[int64]*memSession
 	defExport   string
 	statuses    map[string]torus.VolumeStatus
+	csiNodes    map[string]time.Time // RegisterNode
 	watchers    map[chan struct{}]struct{}
 	done        chan struct{} // closed by Close; ends watch goroutines
 }
@@ -66,6 +67,7 @@ func NewMemory() *Memory {
 		sessions: make(map[int64]*memSession),
 		watchers: make(map[chan struct{}]struct{}),
 		statuses: make(map[string]torus.VolumeStatus),
+		csiNodes: make(map[string]time.Time),
 		done:     make(chan struct{}),
 	}
 }

@@ -8,6 +8,29 @@ import (
 	"github.com/torus-storage/torus"
 )
 
+// RegisterNode implements torus.Attachments.
+func (m *Memory) RegisterNode(ctx context.Context, id string) error {
+	if err := torus.ValidNodeID(id); err != nil {
+		return fmt.Errorf("metadata: register node: %w", err)
+	}
+	if err := m.enter(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	m.csiNodes[id] = time.Now().UTC()
+	return nil
+}
+
+// NodeRegistered implements torus.Attachments.
+func (m *Memory) NodeRegistered(ctx context.Context, id string) (bool, error) {
+	if err := m.enter(ctx); err != nil {
+		return false, err
+	}
+	defer m.mu.Unlock()
+	_, ok := m.csiNodes[id]
+	return ok, nil
+}
+
 // PutAttachment implements torus.Attachments.
 func (m *Memory) PutAttachment(ctx context.Context, a torus.VolumeAttachment) (torus.VolumeAttachment, error) {
 	if err := torus.ValidNodeID(a.Node); err != nil {
@@ -20,6 +43,9 @@ func (m *Memory) PutAttachment(ctx context.Context, a torus.VolumeAttachment) (t
 	v, err := m.volumeLocked("attach", a.Volume)
 	if err != nil {
 		return torus.VolumeAttachment{}, err
+	}
+	if _, ok := m.csiNodes[a.Node]; !ok {
+		return torus.VolumeAttachment{}, fmt.Errorf("metadata: attach %q: node %q: %w (no CSI node service registered it)", a.Volume, a.Node, torus.ErrNotExist)
 	}
 	if v.attached != nil {
 		return *v.attached, nil

@@ -10,9 +10,35 @@ import (
 	"github.com/torus-storage/torus"
 )
 
+// RegisterNode implements torus.Attachments: a plain put of
+// csinodes/<id> = {"since": now}.
+func (s *Store) RegisterNode(ctx context.Context, id string) error {
+	if err := torus.ValidNodeID(id); err != nil {
+		return fmt.Errorf("metadata/etcd: register node: %w", err)
+	}
+	return s.req(ctx, "register node", func(ctx context.Context) error {
+		_, err := s.cli.Put(ctx, s.k.csiNode(id), encode(struct {
+			Since time.Time `json:"since"`
+		}{time.Now().UTC()}))
+		return err
+	})
+}
+
+// NodeRegistered implements torus.Attachments.
+func (s *Store) NodeRegistered(ctx context.Context, id string) (bool, error) {
+	if torus.ValidNodeID(id) != nil {
+		return false, nil
+	}
+	resp, err := s.txn(ctx, "node registered", nil, []clientv3.Op{clientv3.OpGet(s.k.csiNode(id), clientv3.WithCountOnly())}, nil)
+	if err != nil {
+		return false, err
+	}
+	return resp.Responses[0].GetResponseRange().Count > 0, nil
+}
+
 // PutAttachment implements torus.Attachments. Transaction: volume exists,
-// attachment absent → put attach/<name>; else read the volume (count) and
-// the stored attachment.
+// node registered, attachment absent → put attach/<name>; else read the
+// volume (count), the node (count) and the stored attachment.
 func (s *Store) PutAttachment(ctx context.Context, a torus.VolumeAttachment) (torus.VolumeAttachment, error) {
 	const op = "attach"
 	if err := torus.ValidNodeID(a.Node); err != nil {
@@ -24,9 +50,10 @@ func (s *Store) PutAttachment(ctx context.Context, a torus.VolumeAttachment) (to
 	a.Since = time.Now().UTC()
 	key := s.k.attach(a.Volume)
 	resp, err := s.txn(ctx, op,
-		[]clientv3.Cmp{exists(s.k.volume(a.Volume)), absent(key)},
+		[]clientv3.Cmp{exists(s.k.volume(a.Volume)), exists(s.k.csiNode(a.Node)), absent(key)},
 		[]clientv3.Op{clientv3.OpPut(key, encode(a))},
-		[]clientv3.Op{clientv3.OpGet(s.k.volume(a.Volume), clientv3.WithCountOnly()), clientv3.OpGet(key)})
+		[]clientv3.Op{clientv3.OpGet(s.k.volume(a.Volume), clientv3.WithCountOnly()),
+			clientv3.OpGet(s.k.csiNode(a.Node), clientv3.WithCountOnly()), clientv3.OpGet(key)})
 	if err != nil {
 		return torus.VolumeAttachment{}, err
 	}
@@ -37,11 +64,14 @@ func (s *Store) PutAttachment(ctx context.Context, a torus.VolumeAttachment) (to
 	if resp.Responses[0].GetResponseRange().Count == 0 {
 		return torus.VolumeAttachment{}, errNoVolume(op, a.Volume)
 	}
-	if len(r[1]) == 0 {
+	if resp.Responses[1].GetResponseRange().Count == 0 {
+		return torus.VolumeAttachment{}, fmt.Errorf("metadata/etcd: attach %q: node %q: %w (no CSI node service registered it)", a.Volume, a.Node, torus.ErrNotExist)
+	}
+	if len(r[2]) == 0 {
 		return torus.VolumeAttachment{}, fmt.Errorf("metadata/etcd: attach %q: %w: changed concurrently", a.Volume, torus.ErrConflict)
 	}
 	var cur torus.VolumeAttachment
-	return cur, decode(op, r[1][0], &cur)
+	return cur, decode(op, r[2][0], &cur)
 }
 
 // Attachment implements torus.Attachments.

@@ -18,7 +18,21 @@ func testAttachments(t *testing.T, m torus.Metadata) {
 	initCluster(t, m)
 	createVolume(t, m, "v", 1<<20)
 
-	_, err := m.PutAttachment(ctx, torus.VolumeAttachment{Volume: "nope", Node: "a"})
+	wantErr(t, m.RegisterNode(ctx, ""), torus.ErrInvalid, "RegisterNode of an empty ID")
+	wantErr(t, m.RegisterNode(ctx, "a/b"), torus.ErrInvalid, "RegisterNode of an ID with '/'")
+	if ok, err := m.NodeRegistered(ctx, "node-a"); err != nil || ok {
+		t.Fatalf("NodeRegistered before RegisterNode = %v, %v", ok, err)
+	}
+	_, err := m.PutAttachment(ctx, torus.VolumeAttachment{Volume: "v", Node: "node-a"})
+	wantErr(t, err, torus.ErrNotExist, "PutAttachment to a node never registered")
+	must(t, m.RegisterNode(ctx, "node-a"), "RegisterNode")
+	must(t, m.RegisterNode(ctx, "node-a"), "RegisterNode again")
+	must(t, m.RegisterNode(ctx, "node-b"), "RegisterNode b")
+	if ok, err := m.NodeRegistered(ctx, "node-a"); err != nil || !ok {
+		t.Fatalf("NodeRegistered after RegisterNode = %v, %v", ok, err)
+	}
+
+	_, err = m.PutAttachment(ctx, torus.VolumeAttachment{Volume: "nope", Node: "node-a"})
 	wantErr(t, err, torus.ErrNotExist, "PutAttachment of a missing volume")
 	_, err = m.PutAttachment(ctx, torus.VolumeAttachment{Volume: "v", Node: ""})
 	wantErr(t, err, torus.ErrInvalid, "PutAttachment with an empty node")
@@ -110,6 +124,9 @@ func testAttachRace(t *testing.T, m torus.Metadata) {
 	initCluster(t, m)
 	createVolume(t, m, "v", 1<<20)
 	const n = 6
+	for i := range n {
+		must(t, m.RegisterNode(ctx, string(rune('a'+i))), "RegisterNode")
+	}
 	var wg sync.WaitGroup
 	got := make([]torus.VolumeAttachment, n)
 	errs := make([]error, n)
