@@ -32,6 +32,7 @@ type nodeFixture struct {
 	state string
 	ctl   csipb.ControllerClient
 	node  csipb.NodeClient
+	stop  func() error // closes the client and the driver
 }
 
 const testNode = "node-a"
@@ -52,6 +53,23 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 	// Registered after the first TempDir, so it runs before the temporary
 	// directories are removed: nothing a failed test mounted stays behind.
 	t.Cleanup(func() { unmountUnder(t, os.TempDir()+"/"+strings.ReplaceAll(t.Name(), "/", "_")) })
+	f.start(t)
+	return f
+}
+
+// restart stops the driver and starts a new one on the same state
+// directory and attacher.
+func (f *nodeFixture) restart(t *testing.T) *nodeFixture {
+	t.Helper()
+	mustOK(t, f.stop(), "stop the driver")
+	g := *f
+	g.start(t)
+	return &g
+}
+
+func (f *nodeFixture) start(t *testing.T) {
+	t.Helper()
+	ctx, m := f.ctx, f.meta
 	d, err := csi.New(csi.Config{Endpoint: "unix://" + filepath.Join(t.TempDir(), "csi.sock"), Mode: csi.ModeAll, NodeID: testNode, StateDir: f.state},
 		csi.Deps{
 			Meta:           m,
@@ -72,7 +90,7 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	f.ctl, f.node = csipb.NewControllerClient(conn), csipb.NewNodeClient(conn)
-	return f
+	f.stop = func() error { _ = conn.Close(); return d.Close() }
 }
 
 func (f *nodeFixture) volume(name string, size int64) {
@@ -366,4 +384,40 @@ func TestNodeExpandXFS(t *testing.T) {
 	mustOK(t, err, "unpublish")
 	_, err = f.node.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: "x1", StagingTargetPath: staging})
 	mustOK(t, err, "unstage")
+}
+
+// TestNodeRestart: the node service is stopped and a new one started on
+// the same state directory (the attachment outlives it, as the production
+// attach process does): staging again is idempotent, the mount and the
+// data are intact, and unpublish and unstage clean up what the first
+// process did.
+func TestNodeRestart(t *testing.T) {
+	f := newNodeFixture(t)
+	ctx := f.ctx
+	f.volume("r1", 64<<20)
+	staging := filepath.Join(t.TempDir(), "staging")
+	stage := &csipb.NodeStageVolumeRequest{VolumeId: "r1", StagingTargetPath: staging, VolumeCapability: capExt4}
+	_, err := f.node.NodeStageVolume(ctx, stage)
+	mustOK(t, err, "stage")
+	tgt := filepath.Join(t.TempDir(), "target")
+	_, err = f.node.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: "r1", StagingTargetPath: staging, TargetPath: tgt, VolumeCapability: capExt4})
+	mustOK(t, err, "publish")
+	mustOK(t, os.WriteFile(filepath.Join(tgt, "before"), []byte("kept"), 0o644), "write")
+
+	g := f.restart(t)
+	_, err = g.node.NodeStageVolume(ctx, stage)
+	mustOK(t, err, "stage after the restart")
+	if got, err := os.ReadFile(filepath.Join(tgt, "before")); err != nil || string(got) != "kept" {
+		t.Fatalf("file after the restart: %q, %v", got, err)
+	}
+	_, err = g.node.NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: "r1", TargetPath: tgt})
+	mustOK(t, err, "unpublish after the restart")
+	_, err = g.node.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: "r1", StagingTargetPath: staging})
+	mustOK(t, err, "unstage after the restart")
+	if isMounted(t, staging) || isMounted(t, tgt) || f.loop.device("r1") != "" {
+		t.Fatal("the restarted node service left a mount or the device")
+	}
+	if _, err := os.Stat(filepath.Join(f.state, "volumes", "r1.json")); !os.IsNotExist(err) {
+		t.Fatalf("state file after unstage: %v", err)
+	}
 }
