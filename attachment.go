@@ -60,8 +60,9 @@ type Attachments interface {
 	Attachment(ctx context.Context, volume string) (a VolumeAttachment, ok bool, err error)
 	// DeleteAttachment removes the volume's attachment if it names node
 	// and, in the same step, the volume's writer record (as ForceUnlock),
-	// so that the next Lock increments the epoch and fences any writer the
-	// node may still run: its stores and head commits fail with ErrFenced.
+	// so that any writer the node may still run is fenced: its head
+	// commits fail with ErrFenced at once, and its stores once the next
+	// Lock has incremented the epoch.
 	// removed=false, with nothing changed, when the volume has no
 	// attachment to node (already removed, attached to another node, or
 	// the volume does not exist): unpublish is idempotent.

@@ -326,8 +326,14 @@ func (n *node) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnstageVolu
 	if ok && len(st.Targets) > 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s: volume %s is still published at %s", op, id, st.Targets[0].Path)
 	}
-	if err := n.unmount(staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "%s: %v", op, err)
+	paths := []string{staging}
+	if ok && st.StagingPath != staging {
+		paths = append(paths, st.StagingPath) // staged elsewhere: that mount is this volume's too
+	}
+	for _, p := range paths {
+		if err := n.unmount(p); err != nil {
+			return nil, status.Errorf(codes.Internal, "%s: %v", op, err)
+		}
 	}
 	att, err := n.attacher(op)
 	if err != nil {
