@@ -28,6 +28,11 @@
 // dropped (ambiguous head commits), followed by a writer crash; and
 // nbdcopy --connections=4 through a replica SIGKILL and restart.
 //
+// The CSI driver's process test (csi_test.go) runs torus-csi controller
+// and node processes: publish refusals naming the holder survive a SIGKILL
+// of the controller (the attachment lives in etcd), a node refuses to stage
+// a volume published elsewhere, and etcd down is Unavailable naming it.
+//
 // The package has only tests. Run with `go test ./tests/life` (part of
 // `make test`); `-short` skips it. The robustness test runs briefly by
 // default; TORUS_ROBUSTNESS=long (`make robustness`) runs it long, and
