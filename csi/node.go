@@ -204,7 +204,14 @@ func (n *node) mountStaging(ctx context.Context, st nodeState) error {
 	}
 	opts := append([]string(nil), st.MountFlags...)
 	if st.ReadOnly {
+		// A read-only device cannot replay a journal: mount without it.
 		opts = append(opts, "ro")
+		switch st.FSType {
+		case "ext4", "ext3":
+			opts = append(opts, "noload")
+		case "xfs":
+			opts = append(opts, "norecovery")
+		}
 	}
 	if err := n.d.mounter.Mount(st.Device, st.StagingPath, st.FSType, opts); err != nil {
 		return status.Errorf(codes.Internal, "%s: mount %s at %s: %v", op, st.Device, st.StagingPath, err)

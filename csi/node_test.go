@@ -151,7 +151,8 @@ func isMounted(t *testing.T, path string) bool {
 // TestNodeMountLifecycle: publish to node-a and refusal of node-b; stage
 // formats an empty device as ext4 and mounts it; publish bind-mounts it
 // (read-only honoured); data survives unstage and restage (no reformat);
-// stats report bytes and inodes; every step
+// a read-only stage mounts it read-only; stats report bytes and inodes;
+// every step
 // is idempotent; unstage cleans up the mount, the device and the state file.
 func TestNodeMountLifecycle(t *testing.T) {
 	f := newNodeFixture(t)
@@ -255,6 +256,20 @@ func TestNodeMountLifecycle(t *testing.T) {
 	}
 	_, err = f.node.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: "v1", StagingTargetPath: staging})
 	mustOK(t, err, "unstage again")
+
+	// Read-only (SINGLE_NODE_READER_ONLY): a read-only device, mounted
+	// without journal replay; reads work, writes fail.
+	ro := &csipb.VolumeCapability{AccessType: capExt4.AccessType, AccessMode: &csipb.VolumeCapability_AccessMode{Mode: csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY}}
+	_, err = f.node.NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: "v1", StagingTargetPath: staging, VolumeCapability: ro})
+	mustOK(t, err, "stage read-only")
+	if got, err := os.ReadFile(filepath.Join(staging, "f")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("file on the read-only stage: %d bytes, %v", len(got), err)
+	}
+	if err := os.WriteFile(filepath.Join(staging, "h"), data, 0o644); err == nil {
+		t.Fatal("write on a read-only stage succeeded")
+	}
+	_, err = f.node.NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: "v1", StagingTargetPath: staging})
+	mustOK(t, err, "unstage read-only")
 }
 
 // TestNodeNeverFormatsData: a device that holds data blkid cannot name is
