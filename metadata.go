@@ -27,6 +27,9 @@ type Session interface {
 // store is unreachable, with an error that wraps ErrUnavailable and names the
 // endpoints.
 type Metadata interface {
+	// Attachments records which node a volume is published to (CSI).
+	Attachments
+
 	// NewSession grants a lease of the given TTL and keeps it alive until
 	// Close or until ctx ends.
 	NewSession(ctx context.Context, ttl time.Duration) (Session, error)

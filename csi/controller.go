@@ -28,8 +28,8 @@ type controller struct {
 }
 
 // controllerCaps are the advertised controller capabilities. Not
-// advertised (and answered Unimplemented): PUBLISH_UNPUBLISH_VOLUME,
-// MODIFY_VOLUME, LIST_VOLUMES_PUBLISHED_NODES, SINGLE_NODE_MULTI_WRITER.
+// advertised (and answered Unimplemented): MODIFY_VOLUME,
+// LIST_VOLUMES_PUBLISHED_NODES, SINGLE_NODE_MULTI_WRITER.
 var controllerCaps = []csipb.ControllerServiceCapability_RPC_Type{
 	csipb.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 	csipb.ControllerServiceCapability_RPC_CLONE_VOLUME,
@@ -42,6 +42,8 @@ var controllerCaps = []csipb.ControllerServiceCapability_RPC_Type{
 	csipb.ControllerServiceCapability_RPC_GET_VOLUME,
 	csipb.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 	csipb.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+	csipb.ControllerServiceCapability_RPC_PUBLISH_UNPUBLISH_VOLUME,
+	csipb.ControllerServiceCapability_RPC_PUBLISH_READONLY,
 }
 
 func (c *controller) ControllerGetCapabilities(ctx context.Context, _ *csipb.ControllerGetCapabilitiesRequest) (*csipb.ControllerGetCapabilitiesResponse, error) {

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
 
 	"github.com/torus-storage/torus"
 )
@@ -37,6 +39,8 @@ const (
 	// DefaultVolumeSize is the size of a volume whose CreateVolume gives
 	// no capacity range.
 	DefaultVolumeSize = 1 << 30
+	// DefaultStateDir is where the node service keeps its state files.
+	DefaultStateDir = "/var/lib/torus-csi"
 )
 
 // Config configures a Driver.
@@ -56,6 +60,13 @@ type Config struct {
 	// SnapshotTimeout bounds how long CreateSnapshot waits for the writer
 	// of an attached volume to take the snapshot.
 	SnapshotTimeout time.Duration
+	// StateDir is where the node service keeps a state file per staged
+	// volume (volumes/VOLUME.json), read again after a restart. It must
+	// outlive the process (a host directory).
+	StateDir string
+	// DefaultFSType is the filesystem of a mount volume whose capability
+	// names none (fs_type ""): ext4 unless set.
+	DefaultFSType string
 }
 
 // EnsureDefaults fills zero fields.
@@ -72,6 +83,12 @@ func (c *Config) EnsureDefaults() {
 	if c.SnapshotTimeout == 0 {
 		c.SnapshotTimeout = DefaultSnapshotTimeout
 	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.DefaultFSType == "" {
+		c.DefaultFSType = "ext4"
+	}
 }
 
 // Validate checks the configuration. Errors wrap torus.ErrInvalid.
@@ -84,6 +101,15 @@ func (c Config) Validate() error {
 	case ModeNode, ModeAll:
 		if c.NodeID == "" {
 			return fmt.Errorf("csi: %w: mode %s needs a node ID (--node-id)", torus.ErrInvalid, c.Mode)
+		}
+		if err := torus.ValidNodeID(c.NodeID); err != nil {
+			return fmt.Errorf("csi: --node-id: %w", err)
+		}
+		if c.DefaultFSType == "" || !supportedFS[c.DefaultFSType] {
+			return fmt.Errorf("csi: %w: default filesystem %q (ext4, ext3, xfs, btrfs)", torus.ErrInvalid, c.DefaultFSType)
+		}
+		if !filepath.IsAbs(c.StateDir) {
+			return fmt.Errorf("csi: %w: state directory %q must be an absolute path", torus.ErrInvalid, c.StateDir)
 		}
 	default:
 		return fmt.Errorf("csi: %w: mode %q (use controller, node or all)", torus.ErrInvalid, c.Mode)
@@ -119,6 +145,14 @@ type Deps struct {
 	// as writer briefly through the peers (volume.SnapshotClosed in
 	// production). Required in controller mode.
 	SnapshotClosed func(ctx context.Context, md torus.Metadata, volume, name string) error
+	// Attacher attaches volumes as block devices on this node (see
+	// Attacher). Without one, the node service's stage, expand and health
+	// answer FailedPrecondition ("no attach backend").
+	Attacher Attacher
+	// Mounter mounts and unmounts (default mount.New("")); Exec runs the
+	// filesystem resize tools (default k8s.io/utils/exec.New()).
+	Mounter mount.Interface
+	Exec    utilexec.Interface
 	// Logger: Debug for every call, Info for calls that fail with a
 	// client-side code (NotFound, AlreadyExists, InvalidArgument, ...),
 	// Warn for Internal, Unavailable and DataLoss. Default: discard.
@@ -132,6 +166,12 @@ type Driver struct {
 	meta torus.Metadata
 	snap func(ctx context.Context, md torus.Metadata, volume, name string) error
 	log  *slog.Logger
+
+	// Node service.
+	attacher Attacher
+	mounter  mount.Interface
+	exec     utilexec.Interface
+	states   stateStore
 
 	busyMu sync.Mutex
 	busy   map[string]bool // volume and snapshot names with a call in flight
@@ -161,7 +201,15 @@ func New(cfg Config, deps Deps) (*Driver, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Driver{cfg: cfg, meta: deps.Meta, snap: deps.SnapshotClosed, log: log, busy: make(map[string]bool)}, nil
+	d := &Driver{cfg: cfg, meta: deps.Meta, snap: deps.SnapshotClosed, log: log, busy: make(map[string]bool),
+		attacher: deps.Attacher, mounter: deps.Mounter, exec: deps.Exec, states: stateStore{dir: cfg.StateDir}}
+	if d.mounter == nil {
+		d.mounter = mount.New("")
+	}
+	if d.exec == nil {
+		d.exec = defaultExec()
+	}
+	return d, nil
 }
 
 // Start listens on the endpoint and serves in a goroutine owned by the
@@ -177,6 +225,12 @@ func (d *Driver) Start(ctx context.Context) error {
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if d.cfg.node() {
+		// A controller publishes only to a node that registered.
+		if err := d.meta.RegisterNode(ctx, d.cfg.NodeID); err != nil {
+			return fmt.Errorf("csi: register node %s: %w", d.cfg.NodeID, err)
+		}
 	}
 	path, _ := socketPath(d.cfg.Endpoint)
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {

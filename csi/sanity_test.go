@@ -2,8 +2,11 @@ package csi_test
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,48 +16,115 @@ import (
 	"github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 	"github.com/onsi/gomega"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/csi"
 	"github.com/torus-storage/torus/internal/testcluster"
+	"github.com/torus-storage/torus/internal/testutil"
 	"github.com/torus-storage/torus/volume"
 )
 
 // notRun are the csi-sanity specs this driver does not run yet, each with
 // the reason, matched against the spec's full text. Ginkgo skips them by
 // filter (no t.Skip), and the test lists every one in its output.
-var notRun = []struct{ re, reason string }{
-	{`Node Service (NodePublishVolume|NodeUnpublishVolume|NodeStageVolume|NodeUnstageVolume|NodeGetVolumeStats|NodeExpandVolume|NodeGetVolumeHealth|NodeGetStorageHealth|should work|should be idempotent)`,
-		"the Node service is a stub: only NodeGetInfo and NodeGetCapabilities (no capability) are served; NodeStage/NodePublish/NodeExpand/NodeGetVolumeStats are Unimplemented (issue 9: the node service)"},
-}
+var notRun = []struct{ re, reason string }{}
 
 // report is the suite's report, captured for TestSanity's summary.
 var report types.Report
 
 var _ = ginkgo.ReportAfterSuite("torus csi sanity summary", func(r ginkgo.Report) { report = r })
 
-// TestSanity runs csi-sanity (github.com/kubernetes-csi/csi-test/v5, the
-// Identity and Controller specs) against the driver in mode "all" on a
-// unix socket, over an in-process cluster: embedded etcd and one storage
-// daemon (snapshots of closed volumes open them through the peers). It
-// fails if any spec fails; it logs the pass/fail/skip counts and every
-// spec not run, with its reason.
+// sanityAccessEnv selects the access type of one csi-sanity run (mount or
+// block) in the child process TestSanity starts for it: Ginkgo runs a
+// suite once per process.
+const sanityAccessEnv = "TORUS_CSI_SANITY_ACCESS"
+
+// TestSanity runs csi-sanity (github.com/kubernetes-csi/csi-test/v5: the
+// Identity, Controller and Node specs) twice, once with filesystem
+// volumes and once with raw block volumes, each in a child process (this
+// test binary again, with TORUS_CSI_SANITY_ACCESS set). Each run serves
+// the driver in mode "all" on a unix socket over an in-process cluster
+// (embedded etcd and one storage daemon), with a real NodeStage: the
+// loop-device attacher (loopAttacher), mkfs, mount and bind mounts. It
+// fails if any spec fails; it logs the pass/fail/skip counts of each run
+// and every spec not run, with its reason.
 func TestSanity(t *testing.T) {
-	if testing.Short() {
-		t.Log("-short: csi-sanity needs an in-process cluster (about 30 s); run without -short")
+	if access := os.Getenv(sanityAccessEnv); access != "" {
+		runSanity(t, access)
 		return
 	}
+	testutil.SkipShort(t, "csi-sanity needs an in-process cluster and real mounts (about 30 s)")
+	testutil.Require(t, "root (loop devices, mounts)", testutil.Root())
+	for _, b := range []string{"losetup", "blkid", "mkfs.ext4", "mkfs.xfs", "xfs_growfs"} {
+		testutil.RequireBinary(t, b)
+	}
+	for _, access := range []string{"mount", "block"} {
+		t.Run(access, func(t *testing.T) {
+			args := []string{"-test.run=^TestSanity$", "-test.count=1", "-test.v"}
+			if d, ok := t.Deadline(); ok {
+				args = append(args, "-test.timeout="+time.Until(d).Round(time.Second).String())
+			}
+			cmd := exec.Command(os.Args[0], args...)
+			cmd.Env = append(os.Environ(), sanityAccessEnv+"="+access)
+			out, err := cmd.CombinedOutput()
+			summary := ""
+			for _, l := range strings.Split(string(out), "\n") {
+				_, r, ok := strings.Cut(l, reportPrefix)
+				if !ok {
+					continue
+				}
+				t.Log(r)
+				if strings.HasPrefix(r, "csi-sanity:") {
+					summary = r
+				}
+			}
+			if err != nil {
+				t.Errorf("csi-sanity (%s volumes) failed: %v\n%s", access, err, tail(string(out), 60))
+			}
+			if summary == "" {
+				t.Errorf("csi-sanity (%s volumes) printed no summary", access)
+			}
+		})
+	}
+}
+
+// reportPrefix marks the child's report lines, which the parent relays.
+const reportPrefix = "sanity-report: "
+
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	ls := strings.Split(s, "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// runSanity is one csi-sanity run, in the child process.
+func runSanity(t *testing.T, access string) {
 	c := testcluster.New(t, testcluster.Options{Daemons: 1, Replication: 1})
+	// ext4 grows online only with CAP_SYS_RESOURCE (a privileged node
+	// plugin has it; some sandboxes do not): without it, mount volumes
+	// default to XFS, which grows online with CAP_SYS_ADMIN.
+	fs := "ext4"
+	if !hasCap(unix.CAP_SYS_RESOURCE) {
+		fs = "xfs"
+	}
+	t.Logf(reportPrefix+"%s volumes: default filesystem %s (CAP_SYS_RESOURCE %v); attacher: loop device over a sparse file (loopAttacher)", access, fs, hasCap(unix.CAP_SYS_RESOURCE))
 	sock := filepath.Join(t.TempDir(), "csi.sock")
-	d, err := csi.New(csi.Config{Endpoint: "unix://" + sock, Mode: csi.ModeAll, NodeID: "sanity-node", SnapshotTimeout: 10 * time.Second},
+	loop := newLoopAttacher(t, c.Meta, "sanity-node")
+	d, err := csi.New(csi.Config{Endpoint: "unix://" + sock, Mode: csi.ModeAll, NodeID: "sanity-node", SnapshotTimeout: 10 * time.Second,
+		StateDir: t.TempDir(), DefaultFSType: fs},
 		csi.Deps{
 			Meta: c.Meta,
 			SnapshotClosed: func(ctx context.Context, md torus.Metadata, vol, name string) error {
 				return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: c.Pool, Logger: c.Log}, vol, name)
 			},
-			Logger: c.Log,
+			Attacher: loop,
+			Logger:   c.Log,
 		})
 	if err != nil {
 		t.Fatal(err)
@@ -67,9 +137,14 @@ func TestSanity(t *testing.T) {
 
 	cfg := sanity.NewTestConfig()
 	cfg.Address = d.Endpoint()
-	cfg.TargetPath = filepath.Join(t.TempDir(), "target")
-	cfg.StagingPath = filepath.Join(t.TempDir(), "staging")
 	cfg.IdempotentCount = 2
+	cfg.TestVolumeAccessType = access
+	cfg.TestVolumeSize = 512 << 20 // XFS needs 300 MiB; the loop files are sparse
+	cfg.TestVolumeExpandSize = 1 << 30
+	root := t.TempDir()
+	t.Cleanup(func() { unmountUnder(t, root) })
+	cfg.TargetPath = filepath.Join(root, "target")
+	cfg.StagingPath = filepath.Join(root, "staging")
 	sc := sanity.GinkgoTest(&cfg)
 	defer sc.Finalize()
 
@@ -94,16 +169,16 @@ func TestSanity(t *testing.T) {
 			passed++
 		case s.State.Is(types.SpecStateFailureStates):
 			failed++
-			t.Errorf("FAILED: %s: %s", s.FullText(), s.Failure.Message)
+			t.Errorf(reportPrefix+"FAILED: %s: %s", s.FullText(), s.Failure.Message)
 		case s.State == types.SpecStatePending:
 			pending++
-			t.Logf("pending (disabled upstream with XIt): %s", s.FullText())
+			t.Logf(reportPrefix+"pending (disabled upstream with XIt): %s", s.FullText())
 		case s.State == types.SpecStateSkipped:
 			skipped++
-			t.Logf("skipped: %s: %s", s.FullText(), skipReason(s))
+			t.Logf(reportPrefix+"skipped: %s: %s", s.FullText(), skipReason(s))
 		}
 	}
-	t.Logf("csi-sanity: %d passed, %d failed, %d skipped, %d pending in %v", passed, failed, skipped, pending, took.Round(time.Second))
+	t.Logf(reportPrefix+"csi-sanity: %s volumes: %d passed, %d failed, %d skipped, %d pending in %v", access, passed, failed, skipped, pending, took.Round(time.Second))
 	if !ok && failed == 0 {
 		t.Error("csi-sanity suite failed outside any spec (see the ginkgo output)")
 	}
@@ -125,6 +200,21 @@ func skipReason(s types.SpecReport) string {
 		return "the spec skipped itself: " + m
 	}
 	return "skipped (no reason given)"
+}
+
+// hasCap reports whether the process has capability c in its effective set.
+func hasCap(c int) bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && n&(1<<uint(c)) != 0
+		}
+	}
+	return false
 }
 
 // waitReady waits until the driver's Probe says ready (the daemon's first

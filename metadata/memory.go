@@ -29,6 +29,7 @@ type Memory struct {
 	sessions    map[int64]*memSession
 	defExport   string
 	statuses    map[string]torus.VolumeStatus
+	csiNodes    map[string]time.Time // RegisterNode
 	watchers    map[chan struct{}]struct{}
 	done        chan struct{} // closed by Close; ends watch goroutines
 }
@@ -53,6 +54,7 @@ type memVolume struct {
 	snapshots map[string]torus.Snapshot
 	requests  map[string]bool
 	results   map[string]string
+	attached  *torus.VolumeAttachment // PutAttachment; nil when not published
 }
 
 var _ torus.Metadata = (*Memory)(nil)
@@ -65,6 +67,7 @@ func NewMemory() *Memory {
 		sessions: make(map[int64]*memSession),
 		watchers: make(map[chan struct{}]struct{}),
 		statuses: make(map[string]torus.VolumeStatus),
+		csiNodes: make(map[string]time.Time),
 		done:     make(chan struct{}),
 	}
 }

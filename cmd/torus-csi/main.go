@@ -61,6 +61,8 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 	fs.StringVar(&f.csi.NodeID, "node-id", getenv("NODE_ID"), "this node's ID, required for node and all (env NODE_ID)")
 	fs.StringVar(&f.csi.DriverName, "driver-name", csi.DefaultDriverName, "CSI driver name (the StorageClass provisioner)")
 	fs.DurationVar(&f.csi.SnapshotTimeout, "snapshot-timeout", csi.DefaultSnapshotTimeout, "how long CreateSnapshot waits for an attached volume's writer")
+	fs.StringVar(&f.csi.StateDir, "state-dir", csi.DefaultStateDir, "node modes: directory of the node service's state files (a host directory)")
+	fs.StringVar(&f.csi.DefaultFSType, "default-fs-type", "ext4", "node modes: filesystem of a mount volume whose capability names none")
 	fs.StringVar(&f.etcd, "etcd", def("TORUS_ETCD", "http://127.0.0.1:2379"), "etcd endpoints, comma-separated (env TORUS_ETCD)")
 	fs.StringVar(&f.prefix, "etcd-prefix", def("TORUS_ETCD_PREFIX", etcdmeta.DefaultPrefix), "key prefix of the cluster in etcd (env TORUS_ETCD_PREFIX)")
 	f.etcdClient.Register(fs, getenv)

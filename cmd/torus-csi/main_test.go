@@ -18,7 +18,7 @@ func TestFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if f.etcd != env["TORUS_ETCD"] || f.prefix != "/k8s/" || f.csi.Endpoint != env["CSI_ENDPOINT"] || f.csi.NodeID != "n1" ||
-		f.csi.Mode != csi.ModeAll || f.csi.DriverName != csi.DefaultDriverName {
+		f.csi.Mode != csi.ModeAll || f.csi.DriverName != csi.DefaultDriverName || f.csi.StateDir != csi.DefaultStateDir || f.csi.DefaultFSType != "ext4" {
 		t.Fatalf("parsed %+v", f)
 	}
 	f, err = parse([]string{"--mode", "controller", "--endpoint", "unix:///tmp/c.sock", "--etcd", "http://x:2379", "--etcd-cert", "c", "--etcd-key", "k", "--etcd-ca", "ca", "--etcd-user", "csi"},
@@ -32,6 +32,9 @@ func TestFlags(t *testing.T) {
 		{"--endpoint", "tcp://0.0.0.0:1", "--node-id", "n"},
 		{"--endpoint", "unix://relative/path", "--node-id", "n"},
 		{"--node-id", "n", "extra"},
+		{"--node-id", "a node"},
+		{"--node-id", "n", "--state-dir", "relative"},
+		{"--node-id", "n", "--default-fs-type", "zfs"},
 	} {
 		if _, err := parse(args, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("parse(%s) accepted", strings.Join(args, " "))

@@ -18,6 +18,8 @@ func (k keys) epoch(name string) string      { return k.p + "epochs/" + name }
 func (k keys) lock(name string) string       { return k.p + "locks/" + name }
 func (k keys) head(name string) string       { return k.p + "heads/" + name }
 func (k keys) status(name string) string     { return k.p + "status/" + name }
+func (k keys) attach(name string) string     { return k.p + "attach/" + name }
+func (k keys) csiNode(id string) string      { return k.p + "csinodes/" + id }
 func (k keys) defaultExport() string         { return k.p + "default-export" }
 func (k keys) snapshot(vol, s string) string { return k.p + "snapshots/" + vol + "/" + s }
 func (k keys) snapReq(vol, s string) string  { return k.p + "snapreq/" + vol + "/" + s }

@@ -66,6 +66,8 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 		{"CommitHead", testCommitHead},
 		{"ForceUnlock", testForceUnlock},
 		{"DeleteVolume", testDeleteVolume},
+		{"Attachments", testAttachments},
+		{"AttachRace", testAttachRace},
 		{"Snapshots", testSnapshots},
 		{"CloneVolume", testCloneVolume},
 		{"RestoreSnapshot", testRestoreSnapshot},

@@ -33,6 +33,11 @@
 // SIGKILLed between nbdcopy writes, and etcd authentication with a role
 // limited to /torus/ (etcdsec_test.go).
 //
+// The CSI driver's process test (csi_test.go) runs torus-csi controller
+// and node processes: publish refusals naming the holder survive a SIGKILL
+// of the controller (the attachment lives in etcd), a node refuses to stage
+// a volume published elsewhere, and etcd down is Unavailable naming it.
+//
 // The package has only tests. Run with `go test ./tests/life` (part of
 // `make test`); `-short` skips it. The robustness test runs briefly by
 // default; TORUS_ROBUSTNESS=long (`make robustness`) runs it long, and
