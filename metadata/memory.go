@@ -437,6 +437,15 @@ func (m *Memory) volumeLocked(op, name string) (*memVolume, error) {
 	return v, nil
 }
 
+// snapshotLocked returns volume's snapshot name, or ErrNotExist for op.
+func (v *memVolume) snapshotLocked(op, volume, name string) (torus.Snapshot, error) {
+	s, ok := v.snapshots[name]
+	if !ok {
+		return torus.Snapshot{}, fmt.Errorf("metadata: %s: snapshot %s@%s: %w", op, volume, name, torus.ErrNotExist)
+	}
+	return s, nil
+}
+
 // CreateVolume implements torus.Metadata. It needs an initialized cluster
 // (ErrNotInitialized).
 func (m *Memory) CreateVolume(ctx context.Context, v torus.VolumeInfo) (torus.VolumeInfo, error) {
@@ -465,9 +474,9 @@ func (m *Memory) CloneVolume(ctx context.Context, v torus.VolumeInfo, volume, sn
 	if err != nil {
 		return torus.VolumeInfo{}, err
 	}
-	snap, ok := src.snapshots[snapshot]
-	if !ok {
-		return torus.VolumeInfo{}, fmt.Errorf("metadata: clone volume %q: snapshot %s@%s: %w", v.Name, volume, snapshot, torus.ErrNotExist)
+	snap, err := src.snapshotLocked(fmt.Sprintf("clone volume %q", v.Name), volume, snapshot)
+	if err != nil {
+		return torus.VolumeInfo{}, err
 	}
 	v, head, err := rules.Clone(v, src.info, snap)
 	if err != nil {
@@ -743,9 +752,9 @@ func (m *Memory) RestoreSnapshot(ctx context.Context, epoch uint64, volume, name
 	if err := v.fenced("restore snapshot", epoch); err != nil {
 		return torus.Head{}, err
 	}
-	snap, ok := v.snapshots[name]
-	if !ok {
-		return torus.Head{}, fmt.Errorf("metadata: restore snapshot %s@%s: %w", volume, name, torus.ErrNotExist)
+	snap, err := v.snapshotLocked("restore snapshot", volume, name)
+	if err != nil {
+		return torus.Head{}, err
 	}
 	v.head = rules.Restore(v.head, snap, epoch)
 	m.notifyLocked()
@@ -811,9 +820,9 @@ func (m *Memory) Snapshot(ctx context.Context, volume, name string) (torus.Snaps
 	if err != nil {
 		return torus.Snapshot{}, err
 	}
-	s, ok := v.snapshots[name]
-	if !ok {
-		return torus.Snapshot{}, fmt.Errorf("metadata: snapshot %s@%s: %w", volume, name, torus.ErrNotExist)
+	s, err := v.snapshotLocked("snapshot", volume, name)
+	if err != nil {
+		return torus.Snapshot{}, err
 	}
 	s.Head = cloneHead(s.Head)
 	return s, nil
@@ -829,8 +838,8 @@ func (m *Memory) DeleteSnapshot(ctx context.Context, volume, name string) error 
 	if err != nil {
 		return err
 	}
-	if _, ok := v.snapshots[name]; !ok {
-		return fmt.Errorf("metadata: delete snapshot %s@%s: %w", volume, name, torus.ErrNotExist)
+	if _, err := v.snapshotLocked("delete snapshot", volume, name); err != nil {
+		return err
 	}
 	delete(v.snapshots, name)
 	m.notifyLocked()
