@@ -309,6 +309,10 @@ type Options struct {
 	// EtcdSetup runs once etcd answers, before `torusctl init` (to
 	// create users and enable authentication, say).
 	EtcdSetup func(c *Cluster)
+	// Locations gives daemon i `--location Locations[i]` (e.g.
+	// "host=a") instead of its own zone z<i>; daemons past the end of
+	// the list get the zone.
+	Locations []string
 	// Links puts a proxy (netns.Proxy, in the test process) on each
 	// daemon's links: Daemon.PeerLink in front of its peer port (the
 	// daemon advertises the proxy's address with --advertise-address, so
@@ -409,7 +413,12 @@ func (c *Cluster) AddDaemon(o Options) *Daemon {
 	}
 	args := []string{Bin(t, "torusd"), "--etcd", etcd, "--data-dir", d.DataDir, "--size", "4GiB",
 		"--peer-address", d.ListenAddr, "--advertise-address", d.PeerAddr,
-		"--http", d.HTTPAddr, "--zone", fmt.Sprintf("z%d", i), "--log-level", "debug"}
+		"--http", d.HTTPAddr, "--log-level", "debug"}
+	if i < len(o.Locations) {
+		args = append(args, "--location", o.Locations[i])
+	} else {
+		args = append(args, "--zone", fmt.Sprintf("z%d", i))
+	}
 	if !o.NoAutoJoin {
 		args = append(args, "--auto-join")
 	}
