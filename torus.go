@@ -418,6 +418,13 @@ type RingSpec struct {
 	// in preference order: they are its desired holders while they are
 	// usable (see ring.Pinned). Empty for most clusters.
 	Pins map[string][]string `json:"pins,omitempty"`
+	// Rules gives a volume (by decimal volume ID) its own placement rule,
+	// a failure-domain level that replaces FailureDomain for its segments
+	// (RingFormatHierarchy only). The walk is the same for every rule, so
+	// a rule moves no data: it says which domains healing keeps apart and
+	// what Placement.Health holds the topology to. Empty for most
+	// clusters.
+	Rules map[string]string `json:"rules,omitempty"`
 }
 
 // Failure-domain levels, from the largest. A Location names a path

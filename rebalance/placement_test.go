@@ -3,6 +3,8 @@ package rebalance
 import (
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/torus-storage/torus"
@@ -145,6 +147,51 @@ func TestPlanTooFewHosts(t *testing.T) {
 	for _, s := range segs {
 		if len(s.Holders) != 3 {
 			t.Fatalf("%s: holders %v, want 3", s.ID, s.Holders)
+		}
+	}
+}
+
+// TestPlanVolumeRule: a volume's own rule (RingSpec.Rules) steers healing.
+// Two zones of two hosts, replication 2, ring rule host. With zone z0
+// down, the segments of a volume with rule zone wait for z0 (no copy into
+// z1, which holds the other copy), while under the ring's rule alone they
+// are healed onto z1's other host.
+func TestPlanVolumeRule(t *testing.T) {
+	var ms []torus.RingMember
+	for z := range 2 {
+		for h := range 2 {
+			ms = append(ms, torus.RingMember{ID: fmt.Sprintf("z%d-h%d", z, h), Zone: fmt.Sprintf("z%d", z),
+				Host: fmt.Sprintf("z%dh%d", z, h), Weight: 1 << 40})
+		}
+	}
+	spec := torus.RingSpec{Version: 1, Replication: 2, Members: ms, Format: torus.RingFormatHierarchy}
+	plain := mustRing(t, spec)
+	segs := place(plain, 300, 10)
+	vol := strconv.FormatUint(segs[0].ID.Volume, 10)
+	spec.Rules = map[string]string{vol: torus.DomainZone}
+	ruled, err := ring.Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := allUp(ms)
+	up["z0-h0"], up["z0-h1"] = false, false
+	p, err := Compute(Input{Ring: ruled, Up: up, Segments: segs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Copies) != 0 || p.UnderReplicated != len(segs) {
+		t.Errorf("rule zone, zone z0 down: %d copies, %d under-replicated; want 0 and %d", len(p.Copies), p.UnderReplicated, len(segs))
+	}
+	p, err = Compute(Input{Ring: plain, Up: up, Segments: segs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Copies) != len(segs) {
+		t.Errorf("rule host, zone z0 down: %d copies, want one per segment (%d)", len(p.Copies), len(segs))
+	}
+	for _, c := range p.Copies {
+		if !strings.HasPrefix(c.To, "z1-") {
+			t.Errorf("copy %v goes to zone z0, which is down", c)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package ring
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -294,4 +295,102 @@ func TestPinned(t *testing.T) {
 	if e, err := Build(torus.RingSpec{Version: 4, Replication: 2}); err != nil || e.Lookup(other, 2, nil) != nil || e.Version() != 4 {
 		t.Errorf("empty: %v %v", e, err)
 	}
+}
+
+// TestVolumeRule: a volume's own rule (RingSpec.Rules) changes which
+// domains its healing keeps apart and what Health holds it to, and moves
+// nothing: its Lookup is the ring's. Two zones of two hosts, replication
+// 2, ring rule host; volume 7 has rule zone. With zone z0 down, the ring's
+// segments get their second desired copy on the other host of z1, while
+// volume 7's wait for z0 (one desired holder), and Health names volume 7.
+func TestVolumeRule(t *testing.T) {
+	ms := topo(2, 1, 2, 1)
+	spec := hier(2, "host", ms)
+	spec.Rules = map[string]string{"7": "zone"}
+	p, err := Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := mustNew(t, hier(2, "host", ms))
+	z0Down := func(id string) bool { return strings.HasPrefix(id, "z0-") }
+	for i := 0; i < 500; i++ {
+		ruled := torus.SegmentID{Volume: 7, Epoch: 1, Seq: uint64(i)}.Key()
+		other := torus.SegmentID{Volume: 8, Epoch: 1, Seq: uint64(i)}.Key()
+		for _, k := range [][]byte{ruled, other} {
+			if got, want := p.Lookup(k, 2, nil), base.Lookup(k, 2, nil); !slices.Equal(got, want) {
+				t.Fatalf("key %s: Lookup %v, without rules %v: a rule must move nothing", k, got, want)
+			}
+			if got := p.Desired(k, nil); len(got) != 2 || got[0][:2] == got[1][:2] {
+				t.Fatalf("key %s: Desired %v with every peer up, want one copy in each zone", k, got)
+			}
+		}
+		if got := p.Desired(ruled, z0Down); len(got) != 1 {
+			t.Fatalf("volume 7 (rule zone), zone z0 down: Desired %v, want one holder (wait for z0)", got)
+		}
+		if got := p.Desired(other, z0Down); len(got) != 2 {
+			t.Fatalf("volume 8 (ring rule host), zone z0 down: Desired %v, want both hosts of z1", got)
+		}
+	}
+	if h := p.Health(nil); h.Degraded {
+		t.Errorf("health with every peer up: %+v", h)
+	}
+	h := p.Health(z0Down)
+	if !h.Degraded || h.FailureDomain != "zone" || !strings.Contains(h.Reason, "volume 7 (rule zone)") {
+		t.Errorf("health with zone z0 down: %+v, want degraded naming volume 7", h)
+	}
+	if h := base.Health(z0Down); h.Degraded {
+		t.Errorf("without rules, health with zone z0 down: %+v (two hosts are left)", h)
+	}
+	if v := p.Exclude(z0Down).Desired(torus.SegmentID{Volume: 7, Epoch: 1}.Key(), nil); len(v) != 2 {
+		// Excluded members are gone, not down: the topology has one zone,
+		// so volume 7 fills from it (degraded, as Health says).
+		t.Errorf("volume 7 in a view without zone z0: Desired %v, want 2 holders", v)
+	}
+	for name, rules := range map[string]map[string]string{
+		"bad volume": {"x7": "zone"},
+		"volume 0":   {"0": "zone"},
+		"bad level":  {"7": "room"},
+		"peer level": {"7": "peer"},
+	} {
+		s := hier(2, "host", ms)
+		s.Rules = rules
+		if _, err := Build(s); err == nil {
+			t.Errorf("%s: Build succeeded", name)
+		}
+	}
+	old := torus.RingSpec{Version: 1, Replication: 2, Members: ms, Rules: map[string]string{"7": "zone"}}
+	if _, err := Build(old); err == nil || !strings.Contains(err.Error(), "ring format") {
+		t.Errorf("rules on a format 1 ring: %v, want an error naming the format", err)
+	}
+}
+
+// TestSpecGolden pins the stored form of a ring spec (JSON in etcd) with
+// a rule, per-volume rules and pins, and its placement: the golden file
+// holds the JSON, then the desired holders of a few keys of a ruled, a
+// pinned and a plain volume.
+func TestSpecGolden(t *testing.T) {
+	spec := hier(2, "host", topo(2, 1, 2, 1))
+	spec.Rules = map[string]string{"7": "zone"}
+	spec.Pins = map[string][]string{"9": {"z1-r0-h1-d0", "z0-r0-h0-d0"}}
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back torus.RingSpec
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Build(back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = append(b, '\n')
+	down := func(id string) bool { return strings.HasPrefix(id, "z0-") }
+	for _, vol := range []uint64{7, 8, 9} {
+		for seq := range uint64(3) {
+			k := torus.SegmentID{Volume: vol, Epoch: 1, Seq: seq}.Key()
+			b = fmt.Appendf(b, "%s desired %v, zone z0 down %v\n", k, p.Desired(k, nil), p.Desired(k, down))
+		}
+	}
+	golden(t, "spec-rules-pins", b)
 }

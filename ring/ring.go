@@ -21,6 +21,9 @@ type Ring struct {
 	vnodes      int
 	format      int
 	rule        int // failure-domain level of the rule: levelZone..levelHost, or levelPeer
+	// volRule holds the volumes with a rule of their own (RingSpec.Rules):
+	// volume ID to level. Shared by exclude's views; never written after New.
+	volRule map[uint64]int
 
 	members []torus.RingMember // sorted by ID
 	// dom[l][m] is member m's domain index at level l; domSize[l][d] the
@@ -53,8 +56,9 @@ var levelNames = [...]string{torus.DomainZone, torus.DomainRack, torus.DomainHos
 // It fails with an error wrapping torus.ErrInvalid when spec has no members,
 // an empty or duplicate member ID, a member weight <= 0, Replication < 1,
 // VirtualNodes outside 0..4096, an unknown Format, or a FailureDomain that
-// is not a level ("" is host) or is set on a RingFormatZones ring. New
-// ignores spec.Pins (see Build).
+// is not a level ("" is host) or is set on a RingFormatZones ring, or a
+// per-volume rule (spec.Rules) that names no volume ID > 0 or no level, or
+// is set on a RingFormatZones ring. New ignores spec.Pins (see Build).
 func New(spec torus.RingSpec) (*Ring, error) {
 	if len(spec.Members) == 0 {
 		return nil, fmt.Errorf("ring: no members: %w", torus.ErrInvalid)
@@ -70,6 +74,10 @@ func New(spec torus.RingSpec) (*Ring, error) {
 		return nil, fmt.Errorf("ring: virtual nodes %d must be 1..4096: %w", spec.VirtualNodes, torus.ErrInvalid)
 	}
 	format, rule, err := formatRule(spec)
+	if err != nil {
+		return nil, err
+	}
+	volRule, err := volumeRules(spec, format)
 	if err != nil {
 		return nil, err
 	}
@@ -103,6 +111,7 @@ func New(spec torus.RingSpec) (*Ring, error) {
 		vnodes:      vnodes,
 		format:      format,
 		rule:        rule,
+		volRule:     volRule,
 		members:     members,
 	}
 	type point struct {
@@ -164,6 +173,39 @@ func formatRule(spec torus.RingSpec) (format, rule int, err error) {
 	}
 	return 0, 0, fmt.Errorf("ring: unknown ring format %d (this build reads formats %d and %d; upgrade it): %w",
 		spec.Format, torus.RingFormatZones, torus.RingFormatHierarchy, torus.ErrInvalid)
+}
+
+// volumeRules parses spec.Rules: decimal volume ID to level.
+func volumeRules(spec torus.RingSpec, format int) (map[uint64]int, error) {
+	if len(spec.Rules) == 0 {
+		return nil, nil
+	}
+	if format != torus.RingFormatHierarchy {
+		return nil, fmt.Errorf("ring: per-volume rules need ring format %d (torusctl ring set-rule), not %d: %w",
+			torus.RingFormatHierarchy, format, torus.ErrInvalid)
+	}
+	out := make(map[uint64]int, len(spec.Rules))
+	for vol, d := range spec.Rules {
+		id, err := strconv.ParseUint(vol, 10, 64)
+		if err != nil || id == 0 || strconv.FormatUint(id, 10) != vol {
+			return nil, fmt.Errorf("ring: rule for volume %q: want a decimal volume ID: %w", vol, torus.ErrInvalid)
+		}
+		l := slices.Index(levelNames[:numLevels], d)
+		if l < 0 {
+			return nil, fmt.Errorf("ring: rule for volume %s: failure domain %q: want zone, rack or host: %w", vol, d, torus.ErrInvalid)
+		}
+		out[id] = l
+	}
+	return out, nil
+}
+
+// ruleFor is the rule's level for key's segment: its volume's own rule,
+// else the ring's.
+func (r *Ring) ruleFor(key []byte) int {
+	if l, ok := r.volRule[keyVolume(key)]; ok {
+		return l
+	}
+	return r.rule
 }
 
 // pointCount is round(vnodes * weight / meanWeight), at least 1, computed
@@ -299,28 +341,55 @@ func (r *Ring) Domains(level string) int {
 // skip does not reject: the placement is degraded when there are fewer
 // than Replication, since Lookup then fills replicas from a domain it has
 // already used. Whenever there are enough, every Lookup(key, Replication(),
-// skip) puts its replicas in distinct domains at that level.
+// skip) puts its replicas in distinct domains at that level. A volume with
+// a rule of its own (RingSpec.Rules) is held to its level: when the ring's
+// rule is met but a volume's is not, the lowest such volume is named.
 func (r *Ring) Health(skip func(id string) bool) torus.PlacementHealth {
+	h := health(levelNames[r.rule], r.usableDomains(r.rule, skip), r.replication)
+	if h.Degraded || len(r.volRule) == 0 {
+		return h
+	}
+	vols := make([]uint64, 0, len(r.volRule))
+	for vol := range r.volRule {
+		vols = append(vols, vol)
+	}
+	slices.Sort(vols)
+	for _, vol := range vols {
+		l := r.volRule[vol]
+		if n := r.usableDomains(l, skip); n < r.replication {
+			v := health(levelNames[l], n, r.replication)
+			v.Reason = fmt.Sprintf("volume %d (rule %s): %s", vol, levelNames[l], v.Reason)
+			return v
+		}
+	}
+	return h
+}
+
+// usableDomains counts the domains at level among the members skip does
+// not reject (at levelPeer, the members).
+func (r *Ring) usableDomains(level int, skip func(id string) bool) int {
 	seen := make(map[int32]bool)
 	for i, m := range r.members {
 		if skip != nil && skip(m.ID) {
 			continue
 		}
-		if r.rule == levelPeer {
+		if level == levelPeer {
 			seen[int32(i)] = true
 		} else {
-			seen[r.dom[r.rule][i]] = true
+			seen[r.dom[level][i]] = true
 		}
 	}
-	return health(levelNames[r.rule], len(seen), r.replication)
+	return len(seen)
 }
 
 // Desired implements torus.Placement: Lookup(key, Replication(), down),
-// keeping only the first replica of each failure domain at the rule's
-// level unless the members span fewer such domains than Replication.
+// keeping only the first replica of each failure domain at the level of
+// key's rule (its volume's, else the ring's) unless the members span fewer
+// such domains than Replication.
 func (r *Ring) Desired(key []byte, down func(id string) bool) []string {
 	ids := r.Lookup(key, r.replication, down)
-	if r.rule == levelPeer || len(r.domSize[r.rule]) < r.replication || len(ids) < 2 {
+	rule := r.ruleFor(key)
+	if rule == levelPeer || len(r.domSize[rule]) < r.replication || len(ids) < 2 {
 		return ids
 	}
 	var seen [8]int32
@@ -328,7 +397,7 @@ func (r *Ring) Desired(key []byte, down func(id string) bool) []string {
 	out := ids[:0]
 	for _, id := range ids {
 		i, _ := slices.BinarySearchFunc(r.members, id, func(m torus.RingMember, id string) int { return strings.Compare(m.ID, id) })
-		d := r.dom[r.rule][i]
+		d := r.dom[rule][i]
 		if slices.Contains(used, d) {
 			continue
 		}
@@ -512,6 +581,7 @@ func (r *Ring) exclude(skip func(id string) bool) *Ring {
 		vnodes:      r.vnodes,
 		format:      r.format,
 		rule:        r.rule,
+		volRule:     r.volRule,
 	}
 	newIdx := make([]int32, len(r.members))
 	for i, m := range r.members {

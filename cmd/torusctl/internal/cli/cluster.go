@@ -98,6 +98,10 @@ func (a *app) ringCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				names, err := volumeNames(ctx, md, ring)
+				if err != nil {
+					return err
+				}
 				return a.emit(ring, func(w io.Writer) {
 					fmt.Fprintf(w, "version %d, replication %d, %d virtual nodes, %d members\n",
 						ring.Version, ring.Replication, ring.VirtualNodes, len(ring.Members))
@@ -109,11 +113,12 @@ func (a *app) ringCmd() *cobra.Command {
 							row(w, m.ID, dash(m.Location().String()), m.Weight)
 						}
 					}
+					writeVolumePlacement(w, ring, names)
 				})
 			})
 		},
 	})
-	cmd.AddCommand(a.ringSetRuleCmd())
+	cmd.AddCommand(a.ringSetRuleCmd(), a.ringUnsetRuleCmd(), a.ringPinCmd(), a.ringUnpinCmd())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "set-replication N",
 		Short: "Change the replication factor (writes a new ring version)",
