@@ -3,6 +3,7 @@ package life
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,4 +155,93 @@ func TestHostFailureDomain(t *testing.T) {
 	nc.Close()
 	nc2 := reattach(t, c, nil, addr, vol, blocks*blockSize, 30*time.Second)
 	mustVerify(t, nc2, m, "through a fresh writer after host a returned")
+}
+
+// TestRingFormatUpgrade: a cluster whose ring is in the format written
+// before failure domains existed (format 1, zones only) keeps working, and
+// `torusctl ring set-rule` switches it to the hierarchy format. Its
+// daemons are on distinct hosts with no racks, so the switch moves
+// nothing: every live segment keeps exactly its holders, and every flushed
+// block reads back before and after.
+func TestRingFormatUpgrade(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2,
+		Locations: []string{"zone=z0,host=h0", "zone=z1,host=h1", "zone=z2,host=h2"}})
+	md := metaClient(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	// Rewrite the ring as an older torusctl stored it: no format, no rule.
+	old, err := md.Ring(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Version++
+	old.Format, old.FailureDomain = 0, ""
+	if err := md.SetRing(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if out := c.Ctl("ring", "get"); !strings.Contains(out, "format 1, failure domain peer") {
+		t.Fatalf("ring get after writing a format-1 ring:\n%s", out)
+	}
+
+	const vol, blocks = "upg", 4096 // 16 MiB
+	createVolume(t, c, vol, "16MiB", 0)
+	_, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	w := newWorkload(m, uint64(m.seed), "writer")
+	for i := 0; i < 200; i++ {
+		if err := w.step(nc); err != nil {
+			t.Fatalf("workload on the format-1 ring: %v", err)
+		}
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, nc, m, "on the format-1 ring")
+	nc.Close()
+	holders := func() map[torus.SegmentID]string {
+		cs, err := takeCensus(ctx, c, md, vol, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u := cs.underReplicated(); len(u) > 0 {
+			t.Fatalf("under-replicated: %s", strings.Join(u, "; "))
+		}
+		out := map[torus.SegmentID]string{}
+		for _, id := range cs.sortedLive() {
+			if !cs.speculative[id] {
+				var ds []string
+				for _, h := range cs.holders[id] {
+					ds = append(ds, fmt.Sprint(h.daemon))
+				}
+				slices.Sort(ds)
+				out[id] = strings.Join(ds, ",")
+			}
+		}
+		return out
+	}
+	before := holders()
+
+	out := c.Ctl("ring", "set-rule", "--failure-domain", "host")
+	if !strings.Contains(out, "failure domain host; placement ok (3 host domains for replication 2)") {
+		t.Fatalf("set-rule: %s", out)
+	}
+	// Give the daemons several maintenance passes on the new ring.
+	time.Sleep(10 * time.Second)
+	after := holders()
+	for id, h := range before {
+		if after[id] != h {
+			t.Errorf("segment %v held by daemons [%s] before the switch, [%s] after: the switch must move nothing", id, h, after[id])
+		}
+	}
+	nc2 := reattach(t, c, nil, addr, vol, blocks*blockSize, 30*time.Second)
+	for i := 0; i < 50; i++ {
+		if err := w.step(nc2); err != nil {
+			t.Fatalf("workload on the format-2 ring: %v", err)
+		}
+	}
+	if err := w.doFlush(nc2); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, nc2, m, "after set-rule")
 }
