@@ -73,6 +73,44 @@ func (e *LockedError) Is(target error) bool {
 	return target == ErrLocked
 }
 
+// errorKinds name the sentinels for ErrorKind, in the order it tries them:
+// an error wrapping several classes is named by the first.
+var errorKinds = []struct {
+	err  error
+	name string
+}{
+	{ErrUnavailable, "unavailable"},
+	{ErrFenced, "fenced"},
+	{ErrCorrupt, "corrupt"},
+	{ErrNoSpace, "no-space"},
+	{ErrOutOfRange, "out-of-range"},
+	{ErrNotExist, "not-exist"},
+	{ErrExist, "exist"},
+	{ErrInvalid, "invalid"},
+	{ErrLocked, "locked"},
+	{ErrInUse, "in-use"},
+	{ErrReadOnly, "read-only"},
+	{ErrClosed, "closed"},
+	{ErrConflict, "conflict"},
+	{ErrNotInitialized, "not-initialized"},
+	{ErrPermission, "permission"},
+}
+
+// ErrorKind names the class of err for metric labels: the sentinel it
+// wraps, as a short word ("unavailable", "fenced", "not-exist", ...), or
+// "other"; "" for nil. A fixed set of values, so labels stay bounded.
+func ErrorKind(err error) string {
+	if err == nil {
+		return ""
+	}
+	for _, k := range errorKinds {
+		if errors.Is(err, k.err) {
+			return k.name
+		}
+	}
+	return "other"
+}
+
 // IsTransient reports whether err is worth retrying later: the cluster may
 // heal, a peer may come back, a lease may expire.
 func IsTransient(err error) bool {

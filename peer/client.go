@@ -41,6 +41,16 @@ type ClientConfig struct {
 	// other handshake failures (the daemon is down, or serves plain TCP)
 	// wrap torus.ErrUnavailable. Nil: plain TCP.
 	TLS func(host string) *tls.Config
+	// Observe, when set, is called once per request after its answer
+	// (or failure) with the request's op (Op.String), how long it took
+	// from send to answer, and its error (nil on success): the hook
+	// metrics use. It runs on the caller's goroutine and must not block.
+	Observe func(op string, took time.Duration, err error)
+	// ObservePeer is Observe for a Pool: the pool calls it with the peer
+	// ID of the client the request went through, and with op "dial" when
+	// it cannot connect to the peer at all. A Client dialed directly
+	// ignores it.
+	ObservePeer func(id, op string, took time.Duration, err error)
 }
 
 // Client defaults.
@@ -288,11 +298,22 @@ func (c *Client) ctxError(ctx context.Context, op string) error {
 func (c *Client) call(ctx context.Context, op Op, fixed, data, dst []byte) (Response, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	defer cancel()
+	start := time.Now()
 	pc, err := c.start(ctx, op, fixed, data)
 	if err != nil {
+		c.observe(op, start, err)
 		return Response{}, err
 	}
-	return c.wait(ctx, pc, dst)
+	resp, err := c.wait(ctx, pc, dst)
+	c.observe(op, start, err)
+	return resp, err
+}
+
+// observe reports a finished request to ClientConfig.Observe.
+func (c *Client) observe(op Op, start time.Time, err error) {
+	if c.cfg.Observe != nil {
+		c.cfg.Observe(op.String(), time.Since(start), err)
+	}
 }
 
 // sentCall is a request written to a connection whose answer is awaited.
@@ -410,14 +431,17 @@ func (c *Client) AppendAsync(ctx context.Context, epoch uint64, seg torus.Segmen
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
+	start := time.Now()
 	pc, err := c.start(ctx, OpAppend, fixed, p)
 	if err != nil {
 		cancel()
+		c.observe(OpAppend, start, err)
 		return func() error { return err }
 	}
 	return func() error {
 		defer cancel()
 		_, err := c.wait(ctx, pc, nil)
+		c.observe(OpAppend, start, err)
 		return err
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/torus-storage/torus"
 )
@@ -80,8 +81,16 @@ func (p *Pool) Peer(ctx context.Context, id string) (torus.PeerService, error) {
 		e.c.closeWith(fmt.Errorf("peer %q moved from %s to %s: %w", id, e.addr, addr, torus.ErrUnavailable))
 		e.c, e.addr = nil, ""
 	}
-	c, err := Dial(ctx, addr, p.cfg, p.log.With("peer_id", id))
+	cfg := p.cfg
+	if obs := cfg.ObservePeer; obs != nil {
+		cfg.Observe = func(op string, took time.Duration, err error) { obs(id, op, took, err) }
+	}
+	start := time.Now()
+	c, err := Dial(ctx, addr, cfg, p.log.With("peer_id", id))
 	if err != nil {
+		if cfg.ObservePeer != nil {
+			cfg.ObservePeer(id, "dial", time.Since(start), err)
+		}
 		return nil, fmt.Errorf("peer pool: peer %q: %w", id, err)
 	}
 	p.mu.Lock()

@@ -25,6 +25,7 @@ type metrics struct {
 	scrubErrors    prometheus.Counter
 	repaired       prometheus.Counter
 	refused        *prometheus.CounterVec
+	ops            *opMetrics
 }
 
 // peerRefused counts a request the peer server refused (peer.ServerConfig.Refused).
@@ -37,6 +38,7 @@ func newMetrics(s *Server) *metrics {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := &metrics{reg: reg}
 	labels := prometheus.Labels{"peer": s.id}
+	m.ops = newOpMetrics(reg, labels)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "torus_store_used_bytes", Help: "Bytes held by the local segment store.", ConstLabels: labels,
 	}, func() float64 { return float64(s.store.Usage().Used) }))

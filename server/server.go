@@ -119,7 +119,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("server: peer id: %w", err)
 	}
 	s.log = s.log.With("peer", s.id)
-	s.local = peer.NewLocal(s.store, s.log)
+	s.metrics = newMetrics(s)
+	s.local = peer.NewLocal(meteredStore{s.store, s.metrics.ops}, s.log)
 	// Learn every volume's epoch before accepting a single append.
 	if err := s.refreshEpochs(ctx); err != nil {
 		return err
@@ -133,7 +134,6 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if s.advert == "" {
 		s.advert = s.peerLn.Addr().String()
 	}
-	s.metrics = newMetrics(s)
 	s.psrv = peer.NewServer(s.local, peer.ServerConfig{TLS: s.cfg.PeerTLS, Refused: s.metrics.peerRefused}, s.log)
 	s.goAttach(func(context.Context) {
 		if err := s.psrv.Serve(s.peerLn); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, torus.ErrClosed) {
@@ -141,7 +141,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 	})
 
-	s.pool = peer.NewPool(peer.NewResolver(s.meta, 0).Resolve, peer.ClientConfig{TLS: s.cfg.PeerClientTLS}, s.log)
+	s.pool = peer.NewPool(peer.NewResolver(s.meta, 0).Resolve,
+		peer.ClientConfig{TLS: s.cfg.PeerClientTLS, ObservePeer: s.metrics.ops.observePeer}, s.log)
 	if s.cfg.HTTPListen != "" {
 		if err := s.startHTTP(); err != nil {
 			return err

@@ -11,7 +11,6 @@ package devmetrics
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -32,22 +31,9 @@ const (
 	KindOther       = "other"
 )
 
-// Kind classifies err by the torus error class it wraps.
-func Kind(err error) string {
-	switch {
-	case errors.Is(err, torus.ErrUnavailable):
-		return KindUnavailable
-	case errors.Is(err, torus.ErrFenced):
-		return KindFenced
-	case errors.Is(err, torus.ErrCorrupt):
-		return KindCorrupt
-	case errors.Is(err, torus.ErrNoSpace):
-		return KindNoSpace
-	case errors.Is(err, torus.ErrOutOfRange):
-		return KindOutOfRange
-	}
-	return KindOther
-}
+// Kind classifies err by the torus error class it wraps (torus.ErrorKind:
+// the constants above, or another class's name).
+func Kind(err error) string { return torus.ErrorKind(err) }
 
 // DegradedWindow is how long after replicas were last dropped (or unflushed
 // bytes last carried to a new segment) a volume reports degraded.
