@@ -84,6 +84,7 @@ func newMetrics(s *Server) *metrics {
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "torus_peer_refused_total", Help: "Peer protocol requests refused for the caller's certificate role (role \"plain\": a plain connection to a TLS daemon; \"unauthenticated\", op \"handshake\": a failed TLS handshake).", ConstLabels: labels},
 		[]string{"role", "op"})
+	m.refused.WithLabelValues("unauthenticated", "handshake") // from 0, for rate()
 	reg.MustRegister(m.refused)
 	reg.MustRegister(m.healCopied, m.healDeleted, m.gcDeleted, m.maintenanceErr, m.scrubChecked, m.scrubErrors, m.repaired)
 	return m

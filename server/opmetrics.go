@@ -49,6 +49,9 @@ func newOpMetrics(reg prometheus.Registerer, labels prometheus.Labels) *opMetric
 	for _, op := range []string{"append", "sync", "read"} {
 		m.storeSeconds.WithLabelValues(op)
 		m.rpcSeconds.WithLabelValues(op)
+		for _, kind := range []string{"no-space", "corrupt", "other"} {
+			m.storeErrors.WithLabelValues(op, kind)
+		}
 	}
 	return m
 }
@@ -59,7 +62,11 @@ func (m *opMetrics) observePeer(id, op string, took time.Duration, err error) {
 	m.rpcSeconds.WithLabelValues(op).Observe(took.Seconds())
 	if err != nil {
 		m.rpcErrors.WithLabelValues(id, op, torus.ErrorKind(err)).Inc()
+		return
 	}
+	// A peer this daemon talks to gets its error series at 0, so that
+	// rate() and alerts see the first failure.
+	m.rpcErrors.WithLabelValues(id, op, "unavailable")
 }
 
 func (m *opMetrics) store(op string, start time.Time, err error) {
