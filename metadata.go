@@ -29,6 +29,8 @@ type Session interface {
 type Metadata interface {
 	// Attachments records which node a volume is published to (CSI).
 	Attachments
+	// EventLog keeps the cluster's bounded event history.
+	EventLog
 
 	// NewSession grants a lease of the given TTL and keeps it alive until
 	// Close or until ctx ends.

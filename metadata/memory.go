@@ -30,6 +30,8 @@ type Memory struct {
 	defExport   string
 	statuses    map[string]torus.VolumeStatus
 	csiNodes    map[string]time.Time // RegisterNode
+	events      []torus.Event        // RecordEvent, oldest first
+	eventSeq    uint64
 	watchers    map[chan struct{}]struct{}
 	done        chan struct{} // closed by Close; ends watch goroutines
 }

@@ -20,6 +20,7 @@ func (k keys) head(name string) string       { return k.p + "heads/" + name }
 func (k keys) status(name string) string     { return k.p + "status/" + name }
 func (k keys) attach(name string) string     { return k.p + "attach/" + name }
 func (k keys) csiNode(id string) string      { return k.p + "csinodes/" + id }
+func (k keys) events() string                { return k.p + "events/" }
 func (k keys) defaultExport() string         { return k.p + "default-export" }
 func (k keys) snapshot(vol, s string) string { return k.p + "snapshots/" + vol + "/" + s }
 func (k keys) snapReq(vol, s string) string  { return k.p + "snapreq/" + vol + "/" + s }

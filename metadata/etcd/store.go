@@ -647,10 +647,12 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 }
 
 // signals reports whether events should wake watchers: any event outside
-// status/, which daemons rewrite every few seconds and nobody reacts to.
+// status/, which daemons rewrite every few seconds and nobody reacts to,
+// and events/, the event history (a report, not state).
 func (s *Store) signals(evs []*clientv3.Event) bool {
 	for _, ev := range evs {
-		if !strings.HasPrefix(string(ev.Kv.Key), s.k.status("")) {
+		k := string(ev.Kv.Key)
+		if !strings.HasPrefix(k, s.k.status("")) && !strings.HasPrefix(k, s.k.events()) {
 			return true
 		}
 	}

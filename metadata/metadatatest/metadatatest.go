@@ -68,6 +68,8 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 		{"DeleteVolume", testDeleteVolume},
 		{"Attachments", testAttachments},
 		{"AttachRace", testAttachRace},
+		{"Events", testEvents},
+		{"EventBounds", testEventBounds},
 		{"Snapshots", testSnapshots},
 		{"CloneVolume", testCloneVolume},
 		{"RestoreSnapshot", testRestoreSnapshot},
