@@ -84,6 +84,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		return fmt.Errorf("listing peers: %w", err)
 	}
 	live := s.liveness(peers)
+	s.notePeers(ctx, spec, live.reallyUp)
 	s.reportPlacement(r.Health(func(id string) bool { return live.draining[id] }))
 	inv, err := s.inventory(ctx, live.reallyUp)
 	if err != nil {
@@ -113,6 +114,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		left += c.Length - c.Have
 	}
 	s.pending.Store(left)
+	s.noteHealing(ctx, left, len(copies))
 	if len(plan.Unavailable) > 0 {
 		s.log.Error("segments with no copy on an up peer", "count", len(plan.Unavailable), "first", plan.Unavailable[0])
 	}

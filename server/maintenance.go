@@ -259,6 +259,7 @@ func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string
 		s.metrics.scrubErrors.Inc()
 		s.log.Error("heal: source copy is bad; trying another holder", "segment", seg, "source", from,
 			"problem", ce.Check.Problem, "blocks", ce.Check.BadBlocks)
+		s.noteScrub(ctx, []scrub.Finding{{Segment: seg, Peer: from, Problem: ce.Check.Problem, BadBlocks: ce.Check.BadBlocks, Action: scrub.ActionFound}})
 		errs = append(errs, err)
 	}
 	return fmt.Errorf("copying %s to %s: no good source: %w", seg, to, errors.Join(errs...))

@@ -96,6 +96,9 @@ func (s *Server) scrubOwn(ctx context.Context, view *clusterView, seg torus.Segm
 	}, scrub.Options{Repair: true, Only: s.id, Limit: lim, Logger: s.log})
 	s.metrics.scrubChecked.Add(float64(res.CheckedBytes))
 	s.metrics.repaired.Add(float64(res.RepairedBytes))
+	if ctx.Err() == nil { // findings of a scrub cut short by shutdown are not news
+		s.noteScrub(ctx, res.Findings)
+	}
 	s.unrepMu.Lock()
 	defer s.unrepMu.Unlock()
 	if s.unrepairable == nil {

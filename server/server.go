@@ -51,6 +51,7 @@ type Server struct {
 	downMu            sync.Mutex
 	downSince         map[string]time.Time
 	lastHealth        map[string]torus.VolumeHealth
+	events            eventState
 	fullLevel         atomic.Int32 // 0, 80 or 90: the last fullness warning given
 	sessMu            sync.Mutex
 	session           torus.Session
@@ -188,6 +189,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		s.goAttachCtx(runCtx, s.scrubLoop)
 	}
 	s.ready.Store(true)
+	s.recordEvent(ctx, torus.Event{Kind: torus.EventPeerUp, Severity: torus.SeverityInfo, Peer: s.id,
+		Message: fmt.Sprintf("peer %s started (%s, %s)", s.id, s.advert, s.cfg.Location)})
 	s.log.Info("torusd started", "peer_address", s.advert, "peer_tls", s.cfg.PeerTLS != nil, "http_tls", s.cfg.HTTPTLS != nil, "http", s.HTTPAddr(), "location", s.cfg.Location.String(),
 		"capacity", s.cfg.Capacity, "data_dir", s.cfg.DataDir)
 	return nil

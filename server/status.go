@@ -109,9 +109,10 @@ func (s *Server) publishStatus(ctx context.Context, view *clusterView, replicati
 		}
 	}
 	st := volumeStatuses(view, replication, segs, live.reallyUp, plan, s.id, unionBlocks(reported, s.unrepairableBlocks()))
+	seed := s.seedHealth(ctx)
 	s.downMu.Lock()
 	if s.lastHealth == nil {
-		s.lastHealth = make(map[string]torus.VolumeHealth)
+		s.lastHealth = seed
 	}
 	var changed []torus.VolumeStatus
 	for _, v := range st {
@@ -121,6 +122,7 @@ func (s *Server) publishStatus(ctx context.Context, view *clusterView, replicati
 		}
 	}
 	s.downMu.Unlock()
+	s.noteHealth(ctx, changed)
 	for _, v := range changed {
 		if v.Health == torus.VolumeHealthy {
 			s.log.Info("volume healthy", "volume", v.Volume)

@@ -338,6 +338,7 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 		return fail(err)
 	}
 	v.log.Info("opened for writing", "owner", opt.Owner, "sealed", len(v.head.Sealed), "mapped", idx.Mapped())
+	v.noteOpened(ctx, head, openLen)
 	v.wg.Add(4)
 	go v.compactor()
 	go v.appender()
@@ -455,6 +456,9 @@ func (v *Volume) fence(cause error) error {
 	if v.fenced == nil {
 		v.fenced = fmt.Errorf("volume %s epoch %d: %w (%v)", v.name, v.epoch, torus.ErrFenced, cause)
 		v.log.Warn("writer fenced", "cause", cause)
+		if !v.closed { // (Close waits for the goroutine only if it starts before)
+			v.noteFenced(cause)
+		}
 	}
 	return v.fenced
 }

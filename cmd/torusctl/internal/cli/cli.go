@@ -201,7 +201,7 @@ peers, the ring, volumes and snapshots.`,
 	pf.StringVar(&a.g.PeerCA, "peer-ca", deps.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	pf.StringVarP(&a.g.Output, "output", "o", "table", "output format: table or json")
 
-	root.AddCommand(a.initCmd(), a.statusCmd(), a.peerCmd(), a.ringCmd(), a.volumeCmd(), a.snapshotCmd(), a.certsCmd())
+	root.AddCommand(a.initCmd(), a.statusCmd(), a.peerCmd(), a.ringCmd(), a.volumeCmd(), a.snapshotCmd(), a.certsCmd(), a.eventsCmd())
 	return root
 }
 
