@@ -166,9 +166,13 @@ func (f *fuseFile) flush(op string) fuse.Status {
 
 // Flush is close(2) of a descriptor: writes through it are made durable,
 // so a close that returns 0 lost nothing.
-func (f *fuseFile) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status { return f.flush("flush") }
+func (f *fuseFile) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	return f.flush("flush")
+}
 
-func (f *fuseFile) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status { return f.flush("fsync") }
+func (f *fuseFile) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
+	return f.flush("fsync")
+}
 
 func (f *fuseFile) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {}
 
