@@ -20,6 +20,7 @@ import (
 
 func newFuse(g *globals) *cobra.Command {
 	var readOnly bool
+	var lockWait time.Duration
 	cmd := &cobra.Command{
 		Use:   "fuse VOLUME[@SNAPSHOT] FILE",
 		Short: "Serve a volume as the regular file FILE on a FUSE mount (blocks until SIGTERM or unmount)",
@@ -50,9 +51,7 @@ and further I/O through it fails (EIO), never lost silently.`,
 			keepReloading(ctx, g.peerTLS)
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s fuse %s pid %d", host, file, os.Getpid())
-			octx, cancel := context.WithTimeout(ctx, time.Minute)
-			dev, err := export.New(meta, pool, owner, log).Open(octx, name, readOnly)
-			cancel()
+			dev, err := openWaiting(ctx, export.New(meta, pool, owner, log), name, readOnly, lockWait, log)
 			if err != nil {
 				return fmt.Errorf("open %s: %w", name, err)
 			}
@@ -60,7 +59,28 @@ and further I/O through it fails (EIO), never lost silently.`,
 		},
 	}
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "serve the volume read-only (no writer lock; a point-in-time view)")
+	cmd.Flags().DurationVar(&lockWait, "lock-wait", 0, "how long to wait for the writer lock when another writer holds it (e.g. the lease of a crashed torusblk, which expires within 10 s); 0: fail at once")
 	return cmd
+}
+
+// openWaiting opens the volume, retrying while another writer holds its
+// lock, for up to wait.
+func openWaiting(ctx context.Context, ex *export.Exports, name string, readOnly bool, wait time.Duration, log *slog.Logger) (torus.Device, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		octx, cancel := context.WithTimeout(ctx, time.Minute)
+		dev, err := ex.Open(octx, name, readOnly)
+		cancel()
+		if err == nil || !errors.Is(err, torus.ErrLocked) || time.Now().After(deadline) {
+			return dev, err
+		}
+		log.Info("volume locked by another writer; waiting for its lease to end", "volume", name, "err", err, "until", deadline.Format(time.RFC3339))
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // serveFuse mounts dev as file and serves it until ctx ends (SIGTERM) or

@@ -54,6 +54,11 @@ type Options struct {
 	// exit after SIGTERM before it sends SIGKILL (default 30 s).
 	ReadyTimeout time.Duration
 	StopTimeout  time.Duration
+	// LockWait is how long torusblk waits for the writer lock of a volume
+	// another process holds (torusblk --lock-wait; default 30 s): after a
+	// crash of the previous torusblk, its lease expires within the lock
+	// TTL (volume.DefaultLockTTL, 10 s).
+	LockWait time.Duration
 	// Logger: Info for attach and detach, Warn for a dead attachment
 	// cleaned up or a process killed. Default: discard.
 	Logger *slog.Logger
@@ -91,6 +96,9 @@ func New(opt Options) (*Attacher, error) {
 	}
 	if opt.StopTimeout <= 0 {
 		opt.StopTimeout = 30 * time.Second
+	}
+	if opt.LockWait <= 0 {
+		opt.LockWait = 30 * time.Second
 	}
 	log := opt.Logger
 	if log == nil {
@@ -133,9 +141,7 @@ func (a *Attacher) Attach(ctx context.Context, volume string, readOnly bool) (At
 		return Attachment{}, err
 	}
 	st = state{Attachment: Attachment{Volume: volume, File: filepath.Join(a.opt.StateDir, volume+".fuse"), ReadOnly: readOnly}}
-	if isFuse(st.File) { // left by a process that died
-		_ = unix.Unmount(st.File, unix.MNT_DETACH)
-	}
+	unmountStale(st.File)
 	if err := a.start(&st); err != nil {
 		return Attachment{}, err
 	}
@@ -178,7 +184,7 @@ func (a *Attacher) start(st *state) error {
 	}
 	defer logf.Close()
 	args := append([]string(nil), a.opt.Args...)
-	args = append(args, "fuse")
+	args = append(args, "fuse", "--lock-wait", a.opt.LockWait.String())
 	if st.ReadOnly {
 		args = append(args, "--read-only")
 	}
@@ -293,9 +299,7 @@ func (a *Attacher) cleanup(ctx context.Context, st state) error {
 	if err := a.stop(st); err != nil {
 		return err
 	}
-	if isFuse(st.File) {
-		_ = unix.Unmount(st.File, unix.MNT_DETACH)
-	}
+	unmountStale(st.File)
 	if err := os.Remove(st.File); err != nil && !errors.Is(err, os.ErrNotExist) {
 		a.log.Warn("attach: remove FUSE file", "file", st.File, "err", err)
 	}
@@ -409,6 +413,14 @@ const fuseMagic = 0x65735546
 func isFuse(path string) bool {
 	var s unix.Statfs_t
 	return unix.Statfs(path, &s) == nil && s.Type == fuseMagic
+}
+
+// unmountStale detaches whatever is mounted on file: the mount of a
+// process that died answers ENOTCONN to statfs, so it is not recognized as
+// FUSE, but it still covers the file. Not mounted is no error.
+func unmountStale(file string) {
+	for unix.Unmount(file, unix.MNT_DETACH) == nil {
+	}
 }
 
 // loopBacking is the file behind a loop device, "" when none.

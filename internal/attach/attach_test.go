@@ -209,3 +209,78 @@ func TestAttachWriteDetach(t *testing.T) {
 		t.Errorf("volume size %d", vol.Size())
 	}
 }
+
+// TestAttachAfterProcessDeath: when the torusblk fuse process dies
+// (SIGKILL), Get no longer reports the attachment and List shows it dead;
+// the next Attach cleans up the stale loop device and FUSE mount, waits
+// for the dead writer's lease (torusblk --lock-wait) and attaches again
+// with a new process; data fsynced before the death reads back.
+func TestAttachAfterProcessDeath(t *testing.T) {
+	requireTools(t)
+	c := testcluster.New(t, testcluster.Options{Daemons: 1, Replication: 1})
+	c.CreateVolume("vol1", 32<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	a := newAttacher(t, c, t.TempDir())
+	at, err := a.Attach(ctx, "vol1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Detach(context.Background(), "vol1") })
+	data := make([]byte, 256<<10)
+	_, _ = rand.Read(data)
+	f, err := os.OpenFile(at.Device, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	if err := syscall.Kill(at.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, ok, err := a.Get("vol1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Get still reports the attachment 10 s after its process was killed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if list, err := a.List(); err != nil || len(list) != 1 || list[0].Alive {
+		t.Fatalf("List after the kill: %+v, %v; want one dead attachment", list, err)
+	}
+
+	start := time.Now()
+	again, err := a.Attach(ctx, "vol1", false)
+	if err != nil {
+		t.Fatalf("Attach after the process died: %v", err)
+	}
+	t.Logf("re-attached in %v (waiting for the dead writer's lease)", time.Since(start).Round(time.Millisecond))
+	if again.PID == at.PID {
+		t.Fatalf("re-attach kept the dead process %d", at.PID)
+	}
+	f, err = os.Open(again.Device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	back := make([]byte, len(data))
+	if _, err := f.ReadAt(back, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(back, data) {
+		t.Fatal("data fsynced before the process died does not read back after the re-attach")
+	}
+}
