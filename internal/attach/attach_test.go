@@ -102,7 +102,8 @@ func devSize(t *testing.T, dev string) int64 {
 
 // TestAttachWriteDetach: a real cluster (embedded etcd, one daemon) and the
 // real torusblk binary. Attach starts a detached torusblk fuse process (its
-// own session) and a direct-I/O loop device of the volume's size; data
+// own session) and a loop device of the volume's size in direct-I/O mode
+// (/sys/block/loopN/loop/dio); data
 // written and fsynced through the loop device is read back through a new
 // Attacher on the same state directory (a restarted caller), which finds
 // the attachment alive; a resize of the volume reaches the loop device;
@@ -123,6 +124,9 @@ func TestAttachWriteDetach(t *testing.T) {
 	t.Cleanup(func() { _ = a.Detach(context.Background(), "vol1") })
 	if sid, err := unix.Getsid(at.PID); err != nil || sid != at.PID {
 		t.Errorf("torusblk fuse (pid %d) session %d, %v: want its own session", at.PID, sid, err)
+	}
+	if dio, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(at.Device), "loop", "dio")); err != nil || strings.TrimSpace(string(dio)) != "1" {
+		t.Errorf("loop device %s direct I/O: %q %v, want 1", at.Device, dio, err)
 	}
 	if got := devSize(t, at.Device); got != 64<<20 {
 		t.Fatalf("device %s has %d bytes, want %d", at.Device, got, 64<<20)
