@@ -67,7 +67,9 @@ func TestStateGolden(t *testing.T) {
 
 // requireTools skips (fails under TORUS_REQUIRE_TOOLS=1) without root,
 // /dev/fuse or losetup.
-func requireTools(t *testing.T) {
+func requireTools(t *testing.T) { requireToolsB(t) }
+
+func requireToolsB(t testing.TB) {
 	t.Helper()
 	testutil.SkipShort(t, "attach tests run torusblk fuse processes and loop devices")
 	testutil.Require(t, "root (FUSE mounts, loop devices)", testutil.Root())
@@ -76,7 +78,7 @@ func requireTools(t *testing.T) {
 	testutil.RequireBinary(t, "losetup")
 }
 
-func newAttacher(t *testing.T, c *testcluster.Cluster, dir string) *Attacher {
+func newAttacher(t testing.TB, c *testcluster.Cluster, dir string) *Attacher {
 	t.Helper()
 	a, err := New(Options{Bin: proccluster.Bin(t, "torusblk"), StateDir: dir, Meta: c.Meta, Logger: c.Log,
 		Args: []string{"--etcd", strings.Join(c.Endpoints, ","), "--log-level", "debug"}})
