@@ -157,6 +157,17 @@ func newAttacher(f flags, meta torus.Metadata, log *slog.Logger) (*attach.Attach
 	if err != nil {
 		return nil, err
 	}
+	args, err := torusblkArgs(f)
+	if err != nil {
+		return nil, err
+	}
+	return attach.New(attach.Options{Bin: bin, StateDir: filepath.Join(f.csi.StateDir, "attach"), Args: args, Meta: meta,
+		Logger: log.With("component", "attach")})
+}
+
+// torusblkArgs are torusblk's global flags for this process's cluster:
+// etcd, prefix, etcd and peer TLS (files made absolute), log level.
+func torusblkArgs(f flags) ([]string, error) {
 	args := []string{"--etcd", f.etcd, "--etcd-prefix", f.prefix, "--log-level", f.logLevel}
 	for _, fl := range []struct{ name, path string }{
 		{"--etcd-cert", f.etcdClient.Cert}, {"--etcd-key", f.etcdClient.Key}, {"--etcd-ca", f.etcdClient.CA},
@@ -176,8 +187,7 @@ func newAttacher(f flags, meta torus.Metadata, log *slog.Logger) (*attach.Attach
 	if f.etcdClient.User != "" {
 		args = append(args, "--etcd-user", f.etcdClient.User)
 	}
-	return attach.New(attach.Options{Bin: bin, StateDir: filepath.Join(f.csi.StateDir, "attach"), Args: args, Meta: meta,
-		Logger: log.With("component", "attach")})
+	return args, nil
 }
 
 // torusblkPath resolves --torusblk: the flag's value, else torusblk next

@@ -65,3 +65,24 @@ func TestTorusblkPath(t *testing.T) {
 		t.Fatalf("none: %v", err)
 	}
 }
+
+// TestTorusblkArgs: the attach processes get this process's etcd, prefix,
+// TLS and authentication settings, file paths made absolute (they run in /).
+func TestTorusblkArgs(t *testing.T) {
+	f, err := parse([]string{"--node-id", "n", "--endpoint", "unix:///tmp/n.sock", "--etcd", "https://e:2379", "--etcd-prefix", "/k/",
+		"--etcd-cert", "c.crt", "--etcd-key", "/abs/c.key", "--etcd-user", "csi", "--peer-ca", "p/ca.crt", "--log-level", "debug"},
+		func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, err := torusblkArgs(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	want := []string{"--etcd", "https://e:2379", "--etcd-prefix", "/k/", "--log-level", "debug",
+		"--etcd-cert", filepath.Join(wd, "c.crt"), "--etcd-key", "/abs/c.key", "--peer-ca", filepath.Join(wd, "p/ca.crt"), "--etcd-user", "csi"}
+	if strings.Join(args, " ") != strings.Join(want, " ") {
+		t.Fatalf("args\n%q\nwant\n%q", args, want)
+	}
+}

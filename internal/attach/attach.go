@@ -11,8 +11,9 @@
 // attachments there and checks that the process and the loop device are
 // still the ones it started.
 //
-// Every method is idempotent and they are serialized: Attach of an
-// attached volume returns it, Detach of one not attached succeeds.
+// Every method is idempotent, and the methods are serialized per volume
+// (calls for different volumes run in parallel): Attach of an attached
+// volume returns it, Detach of one not attached succeeds.
 package attach
 
 import (
@@ -80,7 +81,35 @@ type Attachment struct {
 type Attacher struct {
 	opt Options
 	log *slog.Logger
-	mu  sync.Mutex // serializes every operation
+
+	mu    sync.Mutex
+	locks map[string]*volumeLock // by volume; held by the volume's current call
+}
+
+type volumeLock struct {
+	mu    sync.Mutex
+	users int // calls holding or waiting for mu; the entry goes at 0
+}
+
+// lock serializes the calls for one volume.
+func (a *Attacher) lock(volume string) (unlock func()) {
+	a.mu.Lock()
+	l := a.locks[volume]
+	if l == nil {
+		l = &volumeLock{}
+		a.locks[volume] = l
+	}
+	l.users++
+	a.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		a.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(a.locks, volume)
+		}
+		a.mu.Unlock()
+	}
 }
 
 // New returns an Attacher. Errors wrap torus.ErrInvalid.
@@ -107,7 +136,7 @@ func New(opt Options) (*Attacher, error) {
 	if err := os.MkdirAll(opt.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("attach: state directory: %w", err)
 	}
-	return &Attacher{opt: opt, log: log}, nil
+	return &Attacher{opt: opt, log: log, locks: make(map[string]*volumeLock)}, nil
 }
 
 // Attach attaches volume (VOLUME or VOLUME@SNAPSHOT, read-only if readOnly)
@@ -121,8 +150,7 @@ func (a *Attacher) Attach(ctx context.Context, volume string, readOnly bool) (At
 	if err := validVolume(volume); err != nil {
 		return Attachment{}, fmt.Errorf("attach: %w", err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	defer a.lock(volume)()
 	st, ok, err := a.load(volume)
 	if err != nil {
 		return Attachment{}, err
@@ -264,8 +292,7 @@ func (a *Attacher) Detach(ctx context.Context, volume string) error {
 	if err := validVolume(volume); err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	defer a.lock(volume)()
 	st, ok, err := a.load(volume)
 	if err != nil || !ok {
 		return err
@@ -331,8 +358,7 @@ func (a *Attacher) Get(volume string) (Attachment, bool, error) {
 	if err := validVolume(volume); err != nil {
 		return Attachment{}, false, fmt.Errorf("attach: %w", err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	defer a.lock(volume)()
 	st, ok, err := a.load(volume)
 	if err != nil || !ok {
 		return Attachment{}, false, err
@@ -347,8 +373,6 @@ func (a *Attacher) Get(volume string) (Attachment, bool, error) {
 // List returns every recorded attachment, sorted by volume, each with
 // Alive set.
 func (a *Attacher) List() ([]Attachment, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	names, err := filepath.Glob(filepath.Join(a.opt.StateDir, "*.json"))
 	if err != nil {
 		return nil, err
@@ -375,8 +399,7 @@ func (a *Attacher) Resize(ctx context.Context, volume string) error {
 	if err := validVolume(volume); err != nil {
 		return fmt.Errorf("resize: %w", err)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	defer a.lock(volume)()
 	st, ok, err := a.load(volume)
 	if err != nil {
 		return err

@@ -290,3 +290,58 @@ func TestAttachAfterProcessDeath(t *testing.T) {
 		t.Fatal("data fsynced before the process died does not read back after the re-attach")
 	}
 }
+
+// TestAttachParallel: calls for different volumes run in parallel, calls
+// for one volume are serialized (three racing Attach calls of a volume
+// start one process).
+func TestAttachParallel(t *testing.T) {
+	requireTools(t)
+	c := testcluster.New(t, testcluster.Options{Daemons: 1, Replication: 1})
+	c.CreateVolume("va", 16<<20)
+	c.CreateVolume("vb", 16<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a := newAttacher(t, c, t.TempDir())
+	type res struct {
+		at  Attachment
+		err error
+	}
+	out := make(chan res, 6)
+	for _, v := range []string{"va", "vb", "va", "vb", "va", "vb"} {
+		go func() {
+			at, err := a.Attach(ctx, v, false)
+			out <- res{at, err}
+		}()
+	}
+	pids := map[string]map[int]bool{"va": {}, "vb": {}}
+	for range 6 {
+		r := <-out
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		pids[r.at.Volume][r.at.PID] = true
+	}
+	t.Cleanup(func() {
+		_ = a.Detach(context.Background(), "va")
+		_ = a.Detach(context.Background(), "vb")
+	})
+	if len(pids["va"]) != 1 || len(pids["vb"]) != 1 {
+		t.Fatalf("processes per volume: %v, want one each", pids)
+	}
+	list, err := a.List()
+	if err != nil || len(list) != 2 || !list[0].Alive || !list[1].Alive {
+		t.Fatalf("List: %+v %v", list, err)
+	}
+	errs := make(chan error, 2)
+	for _, v := range []string{"va", "vb"} {
+		go func() { errs <- a.Detach(ctx, v) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if list, _ := a.List(); len(list) != 0 {
+		t.Fatalf("List after Detach: %+v", list)
+	}
+}
