@@ -5,22 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
+	"github.com/torus-storage/torus/internal/devmetrics"
+	"github.com/torus-storage/torus/nbd"
 )
 
 func newFuse(g *globals) *cobra.Command {
 	var readOnly bool
 	var lockWait time.Duration
+	var httpListen string
 	cmd := &cobra.Command{
 		Use:   "fuse VOLUME[@SNAPSHOT] FILE",
 		Short: "Serve a volume as the regular file FILE on a FUSE mount (blocks until SIGTERM or unmount)",
@@ -51,7 +57,20 @@ and further I/O through it fails (EIO), never lost silently.`,
 			keepReloading(ctx, g.peerTLS)
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s fuse %s pid %d", host, file, os.Getpid())
-			dev, err := openWaiting(ctx, export.New(meta, pool, owner, log), name, readOnly, lockWait, log)
+			var exports nbd.Exports = export.New(meta, pool, owner, log)
+			if httpListen != "" {
+				reg := prometheus.NewRegistry()
+				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+				exports = devmetrics.New(reg).Exports(exports)
+				hln, err := net.Listen("tcp", httpListen)
+				if err != nil {
+					return err
+				}
+				hsrv := serveHTTP(hln, reg, log)
+				defer hsrv.Close()
+				log.Info("serving metrics", "http", hln.Addr().String())
+			}
+			dev, err := openWaiting(ctx, exports, name, readOnly, lockWait, log)
 			if err != nil {
 				return fmt.Errorf("open %s: %w", name, err)
 			}
@@ -59,13 +78,14 @@ and further I/O through it fails (EIO), never lost silently.`,
 		},
 	}
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "serve the volume read-only (no writer lock; a point-in-time view)")
+	cmd.Flags().StringVar(&httpListen, "http", "", "address:port to serve /metrics (Prometheus: the volume's client metrics, as nbdserve) and /healthz on; empty: none")
 	cmd.Flags().DurationVar(&lockWait, "lock-wait", 0, "how long to wait for the writer lock when another writer holds it (e.g. the lease of a crashed torusblk, which expires within 10 s); 0: fail at once")
 	return cmd
 }
 
 // openWaiting opens the volume, retrying while another writer holds its
 // lock, for up to wait.
-func openWaiting(ctx context.Context, ex *export.Exports, name string, readOnly bool, wait time.Duration, log *slog.Logger) (torus.Device, error) {
+func openWaiting(ctx context.Context, ex nbd.Exports, name string, readOnly bool, wait time.Duration, log *slog.Logger) (torus.Device, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		octx, cancel := context.WithTimeout(ctx, time.Minute)

@@ -5,6 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,11 +133,13 @@ func randBytes(n int) []byte {
 // TestFuseFsyncDurable: data written to the FUSE file and fsynced is in
 // the volume even when the process is SIGKILLed right after (fsync is the
 // volume's FLUSH); the file reads back what was written, has the volume's
-// size, follows a resize, and refuses a truncate.
+// size, follows a resize, and refuses a truncate; --http serves the
+// volume's client metrics.
 func TestFuseFsyncDurable(t *testing.T) {
 	c := testcluster.New(t, testcluster.Options{Daemons: 1, Replication: 1})
 	c.CreateVolume("vol1", 32<<20)
-	p := startFuse(t, c, "vol1", 32<<20)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", proccluster.FreePort(t, "127.0.0.1"))
+	p := startFuse(t, c, "vol1", 32<<20, "--http", httpAddr)
 	f, err := os.OpenFile(p.file, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +160,21 @@ func TestFuseFsyncDurable(t *testing.T) {
 		t.Errorf("truncate: %v, want EPERM", err)
 	}
 	f.Close()
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var written float64
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, `torus_client_bytes_total{dir="write",volume="vol1"} `); ok {
+			_, _ = fmt.Sscan(v, &written)
+		}
+	}
+	if written != float64(len(data)) {
+		t.Errorf("metrics: %v bytes written to vol1, want %d", written, len(data))
+	}
 
 	ctx := context.Background()
 	v, err := c.Meta.Volume(ctx, "vol1")
