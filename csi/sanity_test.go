@@ -22,6 +22,8 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/csi"
+	"github.com/torus-storage/torus/internal/attach"
+	"github.com/torus-storage/torus/internal/proccluster"
 	"github.com/torus-storage/torus/internal/testcluster"
 	"github.com/torus-storage/torus/internal/testutil"
 	"github.com/torus-storage/torus/volume"
@@ -42,18 +44,28 @@ var _ = ginkgo.ReportAfterSuite("torus csi sanity summary", func(r ginkgo.Report
 // suite once per process.
 const sanityAccessEnv = "TORUS_CSI_SANITY_ACCESS"
 
+// sanityAttacherEnv selects the attacher of one run: "loop" (the test's
+// loopAttacher, a loop device over a sparse file) or "fuse" (the
+// production internal/attach: a real torusblk fuse process serving the
+// volume from the cluster, and a loop device over its file).
+const sanityAttacherEnv = "TORUS_CSI_SANITY_ATTACHER"
+
 // TestSanity runs csi-sanity (github.com/kubernetes-csi/csi-test/v5: the
-// Identity, Controller and Node specs) twice, once with filesystem
-// volumes and once with raw block volumes, each in a child process (this
-// test binary again, with TORUS_CSI_SANITY_ACCESS set). Each run serves
-// the driver in mode "all" on a unix socket over an in-process cluster
-// (embedded etcd and one storage daemon), with a real NodeStage: the
-// loop-device attacher (loopAttacher), mkfs, mount and bind mounts. It
+// Identity, Controller and Node specs) four times: filesystem volumes and
+// raw block volumes, each with the test's loop-device attacher
+// (loopAttacher: subtests mount and block) and with the production
+// attacher (internal/attach: a real torusblk fuse process per attached
+// volume and a direct-I/O loop device over its file, so every byte goes
+// through Torus; subtests mount-fuse and block-fuse). Each run is a child
+// process (this test binary again, with TORUS_CSI_SANITY_ACCESS and
+// TORUS_CSI_SANITY_ATTACHER set) serving the driver in mode "all" on a
+// unix socket over an in-process cluster (embedded etcd and one storage
+// daemon), with a real NodeStage: attach, mkfs, mount and bind mounts. It
 // fails if any spec fails; it logs the pass/fail/skip counts of each run
 // and every spec not run, with its reason.
 func TestSanity(t *testing.T) {
 	if access := os.Getenv(sanityAccessEnv); access != "" {
-		runSanity(t, access)
+		runSanity(t, access, os.Getenv(sanityAttacherEnv))
 		return
 	}
 	testutil.SkipShort(t, "csi-sanity needs an in-process cluster and real mounts (about 30 s)")
@@ -61,14 +73,22 @@ func TestSanity(t *testing.T) {
 	for _, b := range []string{"losetup", "blkid", "mkfs.ext4", "mkfs.xfs", "xfs_growfs"} {
 		testutil.RequireBinary(t, b)
 	}
-	for _, access := range []string{"mount", "block"} {
-		t.Run(access, func(t *testing.T) {
+	for _, run := range []struct{ name, access, attacher string }{
+		{"mount", "mount", "loop"}, {"block", "block", "loop"},
+		{"mount-fuse", "mount", "fuse"}, {"block-fuse", "block", "fuse"},
+	} {
+		access := run.access
+		t.Run(run.name, func(t *testing.T) {
+			if run.attacher == "fuse" {
+				_, err := os.Stat("/dev/fuse")
+				testutil.Require(t, "/dev/fuse (the torusblk fuse attacher)", err)
+			}
 			args := []string{"-test.run=^TestSanity$", "-test.count=1", "-test.v"}
 			if d, ok := t.Deadline(); ok {
 				args = append(args, "-test.timeout="+time.Until(d).Round(time.Second).String())
 			}
 			cmd := exec.Command(os.Args[0], args...)
-			cmd.Env = append(os.Environ(), sanityAccessEnv+"="+access)
+			cmd.Env = append(os.Environ(), sanityAccessEnv+"="+access, sanityAttacherEnv+"="+run.attacher)
 			out, err := cmd.CombinedOutput()
 			summary := ""
 			for _, l := range strings.Split(string(out), "\n") {
@@ -82,10 +102,10 @@ func TestSanity(t *testing.T) {
 				}
 			}
 			if err != nil {
-				t.Errorf("csi-sanity (%s volumes) failed: %v\n%s", access, err, tail(string(out), 60))
+				t.Errorf("csi-sanity (%s volumes, %s attacher) failed: %v\n%s", access, run.attacher, err, tail(string(out), 60))
 			}
 			if summary == "" {
-				t.Errorf("csi-sanity (%s volumes) printed no summary", access)
+				t.Errorf("csi-sanity (%s volumes, %s attacher) printed no summary", access, run.attacher)
 			}
 		})
 	}
@@ -104,7 +124,7 @@ func tail(s string, n int) string {
 }
 
 // runSanity is one csi-sanity run, in the child process.
-func runSanity(t *testing.T, access string) {
+func runSanity(t *testing.T, access, attacher string) {
 	c := testcluster.New(t, testcluster.Options{Daemons: 1, Replication: 1})
 	// ext4 grows online only with CAP_SYS_RESOURCE (a privileged node
 	// plugin has it; some sandboxes do not): without it, mount volumes
@@ -113,9 +133,29 @@ func runSanity(t *testing.T, access string) {
 	if !hasCap(unix.CAP_SYS_RESOURCE) {
 		fs = "xfs"
 	}
-	t.Logf(reportPrefix+"%s volumes: default filesystem %s (CAP_SYS_RESOURCE %v); attacher: loop device over a sparse file (loopAttacher)", access, fs, hasCap(unix.CAP_SYS_RESOURCE))
+	var att csi.Attacher
+	switch attacher {
+	case "fuse":
+		a, err := attach.New(attach.Options{Bin: proccluster.Bin(t, "torusblk"), StateDir: t.TempDir(), Meta: c.Meta, Logger: c.Log,
+			Args: []string{"--etcd", strings.Join(c.Endpoints, ",")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			list, _ := a.List()
+			for _, at := range list {
+				if err := a.Detach(context.Background(), at.Volume); err != nil {
+					t.Errorf("detach %s after the suite: %v", at.Volume, err)
+				}
+			}
+		})
+		att = a.CSI()
+		t.Logf(reportPrefix+"%s volumes: default filesystem %s (CAP_SYS_RESOURCE %v); attacher: torusblk fuse + direct-I/O loop device (internal/attach)", access, fs, hasCap(unix.CAP_SYS_RESOURCE))
+	default:
+		att = newLoopAttacher(t, c.Meta, "sanity-node")
+		t.Logf(reportPrefix+"%s volumes: default filesystem %s (CAP_SYS_RESOURCE %v); attacher: loop device over a sparse file (loopAttacher)", access, fs, hasCap(unix.CAP_SYS_RESOURCE))
+	}
 	sock := filepath.Join(t.TempDir(), "csi.sock")
-	loop := newLoopAttacher(t, c.Meta, "sanity-node")
 	d, err := csi.New(csi.Config{Endpoint: "unix://" + sock, Mode: csi.ModeAll, NodeID: "sanity-node", SnapshotTimeout: 10 * time.Second,
 		StateDir: t.TempDir(), DefaultFSType: fs},
 		csi.Deps{
@@ -123,7 +163,7 @@ func runSanity(t *testing.T, access string) {
 			SnapshotClosed: func(ctx context.Context, md torus.Metadata, vol, name string) error {
 				return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: c.Pool, Logger: c.Log}, vol, name)
 			},
-			Attacher: loop,
+			Attacher: att,
 			Logger:   c.Log,
 		})
 	if err != nil {
@@ -178,7 +218,7 @@ func runSanity(t *testing.T, access string) {
 			t.Logf(reportPrefix+"skipped: %s: %s", s.FullText(), skipReason(s))
 		}
 	}
-	t.Logf(reportPrefix+"csi-sanity: %s volumes: %d passed, %d failed, %d skipped, %d pending in %v", access, passed, failed, skipped, pending, took.Round(time.Second))
+	t.Logf(reportPrefix+"csi-sanity: %s volumes, %s attacher: %d passed, %d failed, %d skipped, %d pending in %v", access, attacher, passed, failed, skipped, pending, took.Round(time.Second))
 	if !ok && failed == 0 {
 		t.Error("csi-sanity suite failed outside any spec (see the ginkgo output)")
 	}

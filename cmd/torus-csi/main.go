@@ -10,11 +10,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/csi"
+	"github.com/torus-storage/torus/internal/attach"
 	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
@@ -41,6 +44,7 @@ type flags struct {
 	etcdClient                etcdflags.Flags
 	peerCert, peerKey, peerCA string
 	logLevel                  string
+	torusblk                  string
 }
 
 // parse reads the flags; defaults come from the environment as for
@@ -70,6 +74,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 	fs.StringVar(&f.peerKey, "peer-key", getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
 	fs.StringVar(&f.peerCA, "peer-ca", getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.torusblk, "torusblk", "", "node modes: the torusblk binary that serves attached volumes (torusblk fuse); default: torusblk next to this binary, else on PATH")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -117,8 +122,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer meta.Close()
 	pool := peer.NewPool(peer.NewResolver(meta, 0).Resolve, peer.ClientConfig{TLS: tlsconfig.PeerClient(ptls)}, log)
 	defer pool.Close()
+	var attacher csi.Attacher
+	if f.csi.Mode != csi.ModeController {
+		a, err := newAttacher(f, meta, log)
+		if err != nil {
+			return err
+		}
+		attacher = a.CSI()
+	}
 	d, err := csi.New(f.csi, csi.Deps{
-		Meta: meta,
+		Meta:     meta,
+		Attacher: attacher,
 		SnapshotClosed: func(ctx context.Context, md torus.Metadata, vol, name string) error {
 			return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, vol, name)
 		},
@@ -133,4 +147,64 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	<-ctx.Done()
 	log.Info("torus-csi: stopping")
 	return d.Close()
+}
+
+// newAttacher is the node service's attach backend: detached `torusblk
+// fuse` processes and loop devices, recorded under STATEDIR/attach, with
+// this process's etcd and peer settings passed on.
+func newAttacher(f flags, meta torus.Metadata, log *slog.Logger) (*attach.Attacher, error) {
+	bin, err := torusblkPath(f.torusblk)
+	if err != nil {
+		return nil, err
+	}
+	args, err := torusblkArgs(f)
+	if err != nil {
+		return nil, err
+	}
+	return attach.New(attach.Options{Bin: bin, StateDir: filepath.Join(f.csi.StateDir, "attach"), Args: args, Meta: meta,
+		Logger: log.With("component", "attach")})
+}
+
+// torusblkArgs are torusblk's global flags for this process's cluster:
+// etcd, prefix, etcd and peer TLS (files made absolute), log level.
+func torusblkArgs(f flags) ([]string, error) {
+	args := []string{"--etcd", f.etcd, "--etcd-prefix", f.prefix, "--log-level", f.logLevel}
+	for _, fl := range []struct{ name, path string }{
+		{"--etcd-cert", f.etcdClient.Cert}, {"--etcd-key", f.etcdClient.Key}, {"--etcd-ca", f.etcdClient.CA},
+		{"--etcd-password-file", f.etcdClient.PasswordFile},
+		{"--peer-cert", f.peerCert}, {"--peer-key", f.peerKey}, {"--peer-ca", f.peerCA},
+	} {
+		if fl.path == "" {
+			continue
+		}
+		// The process runs in /: relative paths would name other files.
+		p, err := filepath.Abs(fl.path)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, fl.name, p)
+	}
+	if f.etcdClient.User != "" {
+		args = append(args, "--etcd-user", f.etcdClient.User)
+	}
+	return args, nil
+}
+
+// torusblkPath resolves --torusblk: the flag's value, else torusblk next
+// to this binary, else on PATH.
+func torusblkPath(flag string) (string, error) {
+	if flag != "" {
+		return filepath.Abs(flag)
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "torusblk")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("torusblk")
+	if err != nil {
+		return "", fmt.Errorf("node mode needs torusblk (the attach backend): none next to torus-csi nor on PATH; set --torusblk: %w", err)
+	}
+	return filepath.Abs(p)
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -39,5 +41,48 @@ func TestFlags(t *testing.T) {
 		if _, err := parse(args, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("parse(%s) accepted", strings.Join(args, " "))
 		}
+	}
+}
+
+// TestTorusblkPath: --torusblk is taken as given (made absolute); without
+// it, torusblk on PATH is found; with neither, node mode fails naming
+// --torusblk.
+func TestTorusblkPath(t *testing.T) {
+	if p, err := torusblkPath("bin/torusblk"); err != nil || !filepath.IsAbs(p) || !strings.HasSuffix(p, "/bin/torusblk") {
+		t.Fatalf("flag: %q %v", p, err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "torusblk")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir)
+	if p, err := torusblkPath(""); err != nil || p != bin {
+		t.Fatalf("PATH: %q %v, want %s", p, err, bin)
+	}
+	t.Setenv("PATH", t.TempDir())
+	if _, err := torusblkPath(""); err == nil || !strings.Contains(err.Error(), "--torusblk") {
+		t.Fatalf("none: %v", err)
+	}
+}
+
+// TestTorusblkArgs: the attach processes get this process's etcd, prefix,
+// TLS and authentication settings, file paths made absolute (they run in /).
+func TestTorusblkArgs(t *testing.T) {
+	f, err := parse([]string{"--node-id", "n", "--endpoint", "unix:///tmp/n.sock", "--etcd", "https://e:2379", "--etcd-prefix", "/k/",
+		"--etcd-cert", "c.crt", "--etcd-key", "/abs/c.key", "--etcd-user", "csi", "--peer-ca", "p/ca.crt", "--log-level", "debug"},
+		func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, err := torusblkArgs(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	want := []string{"--etcd", "https://e:2379", "--etcd-prefix", "/k/", "--log-level", "debug",
+		"--etcd-cert", filepath.Join(wd, "c.crt"), "--etcd-key", "/abs/c.key", "--peer-ca", filepath.Join(wd, "p/ca.crt"), "--etcd-user", "csi"}
+	if strings.Join(args, " ") != strings.Join(want, " ") {
+		t.Fatalf("args\n%q\nwant\n%q", args, want)
 	}
 }

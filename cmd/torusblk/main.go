@@ -1,5 +1,7 @@
 // Command torusblk is the client side of Torus: it serves volumes over NBD
-// (nbdserve) and attaches them through the kernel's NBD driver (nbd).
+// (nbdserve), attaches them through the kernel's NBD driver (nbd), and
+// serves one volume as a regular file on a FUSE mount (fuse), which a loop
+// device makes a block device without NBD.
 package main
 
 import (
@@ -34,7 +36,7 @@ import (
 )
 
 type globals struct {
-	etcd                      string
+	etcd, prefix              string
 	etcdClient                etcdflags.Flags
 	peerCert, peerKey, peerCA string
 	logLevel                  string
@@ -61,12 +63,17 @@ func newRoot() *cobra.Command {
 		def = "http://127.0.0.1:2379"
 	}
 	root.PersistentFlags().StringVar(&g.etcd, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
+	prefix := os.Getenv("TORUS_ETCD_PREFIX")
+	if prefix == "" {
+		prefix = etcdmeta.DefaultPrefix
+	}
+	root.PersistentFlags().StringVar(&g.prefix, "etcd-prefix", prefix, "key prefix of the cluster in etcd (env TORUS_ETCD_PREFIX)")
 	g.etcdClient.Register(root.PersistentFlags(), os.Getenv)
 	root.PersistentFlags().StringVar(&g.peerCert, "peer-cert", os.Getenv("TORUS_PEER_CERT"), "client certificate for mutual TLS to the daemons (env TORUS_PEER_CERT)")
 	root.PersistentFlags().StringVar(&g.peerKey, "peer-key", os.Getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
 	root.PersistentFlags().StringVar(&g.peerCA, "peer-ca", os.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
-	root.AddCommand(newNBDServe(g), newNBDAttach(g))
+	root.AddCommand(newNBDServe(g), newNBDAttach(g), newFuse(g))
 	return root
 }
 
@@ -84,7 +91,7 @@ func (g *globals) connect(ctx context.Context, log *slog.Logger) (*etcdmeta.Stor
 		return nil, nil, err
 	}
 	g.peerTLS = ptls
-	ecfg := etcdmeta.Config{Endpoints: etcdflags.Endpoints(g.etcd), Logger: log}
+	ecfg := etcdmeta.Config{Endpoints: etcdflags.Endpoints(g.etcd), Prefix: g.prefix, Logger: log}
 	if err := g.etcdClient.Apply(&ecfg); err != nil {
 		return nil, nil, err
 	}

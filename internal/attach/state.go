@@ -1,0 +1,139 @@
+package attach
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/torus-storage/torus"
+)
+
+// StateVersion is the version of the state files. A file of another
+// version is refused (ErrCorrupt): the attacher does not guess.
+const StateVersion = 1
+
+// state is one attachment as recorded in STATEDIR/VOLUME.json
+// (testdata/state-v1.json is the golden file). It is written as soon as
+// the torusblk process has started, before the loop device exists, so a
+// crash at any point leaves something a restarted caller can find and
+// undo.
+type state struct {
+	Version int `json:"version"`
+	Attachment
+	// StartTime is the process's start time (/proc/PID/stat field 22,
+	// clock ticks since boot): a PID reused by another process does not
+	// pass for the attachment's.
+	StartTime uint64 `json:"start_time"`
+}
+
+func encodeState(s state) ([]byte, error) {
+	s.Version = StateVersion
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+func decodeState(b []byte) (state, error) {
+	var s state
+	if err := json.Unmarshal(b, &s); err != nil {
+		return state{}, fmt.Errorf("attach: state: %w: %w", torus.ErrCorrupt, err)
+	}
+	if s.Version != StateVersion {
+		return state{}, fmt.Errorf("attach: state: %w: version %d (this attacher reads %d)", torus.ErrCorrupt, s.Version, StateVersion)
+	}
+	if validVolume(s.Volume) != nil || s.File == "" || s.PID <= 0 {
+		return state{}, fmt.Errorf("attach: state: %w: volume %q, file %q, pid %d", torus.ErrCorrupt, s.Volume, s.File, s.PID)
+	}
+	return s, nil
+}
+
+// validVolume accepts a volume name or VOLUME@SNAPSHOT.
+func validVolume(v string) error {
+	vol, snap, ok := strings.Cut(v, "@")
+	if err := torus.ValidName(vol); err != nil {
+		return err
+	}
+	if ok {
+		return torus.ValidName(snap)
+	}
+	return nil
+}
+
+func (a *Attacher) statePath(volume string) string {
+	return filepath.Join(a.opt.StateDir, volume+".json")
+}
+
+// load reads a volume's state; ok=false when there is none.
+func (a *Attacher) load(volume string) (state, bool, error) {
+	p := a.statePath(volume)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return state{}, false, nil
+	}
+	if err != nil {
+		return state{}, false, fmt.Errorf("attach: read state: %w", err)
+	}
+	s, err := decodeState(b)
+	if err != nil {
+		return state{}, false, fmt.Errorf("%w (%s)", err, p)
+	}
+	if s.Volume != volume {
+		return state{}, false, fmt.Errorf("attach: state %s: %w: names volume %q", p, torus.ErrCorrupt, s.Volume)
+	}
+	return s, true, nil
+}
+
+// save writes a state durably: a temporary file, fsync, rename, fsync of
+// the directory.
+func (a *Attacher) save(s state) error {
+	b, err := encodeState(s)
+	if err != nil {
+		return fmt.Errorf("attach: encode state: %w", err)
+	}
+	dir := a.opt.StateDir
+	f, err := os.CreateTemp(dir, s.Volume+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("attach: write state: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, a.statePath(s.Volume))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("attach: write state: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// remove deletes a volume's state; none is success.
+func (a *Attacher) remove(volume string) error {
+	if err := os.Remove(a.statePath(volume)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("attach: remove state: %w", err)
+	}
+	return syncDir(a.opt.StateDir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("attach: sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("attach: sync %s: %w", dir, err)
+	}
+	return nil
+}
