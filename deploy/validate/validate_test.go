@@ -265,6 +265,7 @@ func TestChartValues(t *testing.T) {
 	objs := renderChart(t, map[string]any{
 		"image":        map[string]any{"repository": "registry.example/torus", "tag": "v9.9.9"},
 		"etcd":         map[string]any{"endpoints": "https://etcd-a:2379,https://etcd-b:2379", "tls": map[string]any{"enabled": true, "secretName": "my-etcd-certs"}},
+		"peerTLS":      map[string]any{"enabled": true, "daemonSecretName": "my-daemon-cert", "clientSecretName": "my-client-cert"},
 		"storageClass": map[string]any{"replication": "3", "minReplicas": "2", "fsType": "xfs"},
 		"node":         map[string]any{"kubeletDir": "/data/kubelet"},
 	})
@@ -274,7 +275,9 @@ func TestChartValues(t *testing.T) {
 		switch x := o.obj.(type) {
 		case *corev1.ConfigMap:
 			if x.Data["TORUS_ETCD"] != "https://etcd-a:2379,https://etcd-b:2379" || x.Data["TORUS_ETCD_CERT"] != "/etc/torus/etcd-tls/tls.crt" ||
-				x.Data["TORUS_ETCD_KEY"] != "/etc/torus/etcd-tls/tls.key" || x.Data["TORUS_ETCD_CA"] != "/etc/torus/etcd-tls/ca.crt" {
+				x.Data["TORUS_ETCD_KEY"] != "/etc/torus/etcd-tls/tls.key" || x.Data["TORUS_ETCD_CA"] != "/etc/torus/etcd-tls/ca.crt" ||
+				x.Data["TORUS_PEER_CERT"] != "/etc/torus/peer-tls/tls.crt" || x.Data["TORUS_PEER_KEY"] != "/etc/torus/peer-tls/tls.key" ||
+				x.Data["TORUS_PEER_CA"] != "/etc/torus/peer-tls/ca.crt" {
 				t.Errorf("ConfigMap %s: %v", x.Name, x.Data)
 			}
 		case *storagev1.StorageClass:
@@ -288,8 +291,12 @@ func TestChartValues(t *testing.T) {
 		}
 		for _, v := range spec.Volumes {
 			if v.Secret != nil {
-				if v.Secret.SecretName != "my-etcd-certs" || v.Secret.Optional == nil || *v.Secret.Optional {
-					t.Errorf("%s: volume %s: secret %s optional %v, want my-etcd-certs required", o.key(), v.Name, v.Secret.SecretName, v.Secret.Optional)
+				want := map[string]string{"etcd-tls": "my-etcd-certs", "peer-tls": "my-client-cert"}[v.Name]
+				if o.gvk.Kind == "DaemonSet" && o.name() == "torus/torusd" && v.Name == "peer-tls" {
+					want = "my-daemon-cert"
+				}
+				if v.Secret.SecretName != want || v.Secret.Optional == nil || *v.Secret.Optional {
+					t.Errorf("%s: volume %s: secret %s optional %v, want %s required", o.key(), v.Name, v.Secret.SecretName, v.Secret.Optional, want)
 				}
 				sawSecret++
 			}
@@ -306,8 +313,8 @@ func TestChartValues(t *testing.T) {
 			}
 		}
 	}
-	if sawSecret != 3 || sawImage != 3 {
-		t.Errorf("%d secret volumes and %d Torus containers, want 3 and 3", sawSecret, sawImage)
+	if sawSecret != 6 || sawImage != 3 {
+		t.Errorf("%d secret volumes and %d Torus containers, want 6 and 3", sawSecret, sawImage)
 	}
 }
 
