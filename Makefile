@@ -7,7 +7,7 @@ DATA ?= torus-data
 PKGS := ./...
 FUZZTIME ?= 1m
 
-.PHONY: all deps build run test lint unit bench robustness fuzz clean
+.PHONY: all deps build run test lint unit bench robustness fuzz clean deploy-test
 
 all: build
 
@@ -32,7 +32,13 @@ lint:
 # not judged here; results go to a scratch directory).
 test: deps build lint
 	TORUS_REQUIRE_TOOLS=1 TORUS_BIN=$(CURDIR)/$(BIN) $(GO) test -race -timeout 30m $(PKGS)
+	$(MAKE) --no-print-directory deploy-test
 	out=$$(mktemp -d) && $(GO) run ./bench -quick -strict -out $$out && rm -rf $$out
+
+# deploy/kubernetes and charts/torus validated offline (deploy/validate, a
+# module of its own: the Kubernetes and helm modules stay out of go.mod).
+deploy-test: build
+	cd deploy/validate && $(GO) mod download && $(GO) vet ./... && TORUS_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./...
 
 unit:
 	$(GO) test -short $(PKGS)

@@ -74,6 +74,7 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.peerCA, "peer-ca", os.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "debug, info, warn or error")
 	root.AddCommand(newNBDServe(g), newNBDAttach(g), newFuse(g))
+	addFlex(root, g, os.Args) // flex.go: FlexVolume driver
 	return root
 }
 
