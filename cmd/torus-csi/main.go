@@ -165,29 +165,10 @@ func newAttacher(f flags, meta torus.Metadata, log *slog.Logger) (*attach.Attach
 		Logger: log.With("component", "attach")})
 }
 
-// torusblkArgs are torusblk's global flags for this process's cluster:
-// etcd, prefix, etcd and peer TLS (files made absolute), log level.
+// torusblkArgs are torusblk's global flags for this process's cluster.
 func torusblkArgs(f flags) ([]string, error) {
-	args := []string{"--etcd", f.etcd, "--etcd-prefix", f.prefix, "--log-level", f.logLevel}
-	for _, fl := range []struct{ name, path string }{
-		{"--etcd-cert", f.etcdClient.Cert}, {"--etcd-key", f.etcdClient.Key}, {"--etcd-ca", f.etcdClient.CA},
-		{"--etcd-password-file", f.etcdClient.PasswordFile},
-		{"--peer-cert", f.peerCert}, {"--peer-key", f.peerKey}, {"--peer-ca", f.peerCA},
-	} {
-		if fl.path == "" {
-			continue
-		}
-		// The process runs in /: relative paths would name other files.
-		p, err := filepath.Abs(fl.path)
-		if err != nil {
-			return nil, err
-		}
-		args = append(args, fl.name, p)
-	}
-	if f.etcdClient.User != "" {
-		args = append(args, "--etcd-user", f.etcdClient.User)
-	}
-	return args, nil
+	return attach.Cluster{Etcd: f.etcd, Prefix: f.prefix, EtcdClient: f.etcdClient,
+		PeerCert: f.peerCert, PeerKey: f.peerKey, PeerCA: f.peerCA, LogLevel: f.logLevel}.Args()
 }
 
 // torusblkPath resolves --torusblk: the flag's value, else torusblk next

@@ -51,15 +51,10 @@ type flexAttacher interface {
 	Detach(ctx context.Context, volume, device string) error
 }
 
-// flexBackend opens the attach backend for the cluster at etcd.
-type flexBackend func(ctx context.Context, etcd string, log *slog.Logger) (flexAttacher, error)
-
-// errNoBackend: this build has no attach backend for flex.
-var errNoBackend = fmt.Errorf("%w: no attach backend in this build of torusblk flex (the FUSE + loop backend, internal/attach, is not wired in yet)", torus.ErrUnavailable)
-
-func noFlexBackend(context.Context, string, *slog.Logger) (flexAttacher, error) {
-	return nil, errNoBackend
-}
+// flexBackend opens the attach backend for the cluster at etcd, keeping
+// its state under stateDir (flex's --state-dir). If the result is an
+// io.Closer, flex closes it when the call is done.
+type flexBackend func(ctx context.Context, etcd, stateDir string, log *slog.Logger) (flexAttacher, error)
 
 // flexProgram is the name a FlexVolume driver has inside its vendor~driver
 // directory: copied (or linked) there as "torus", this binary acts as
@@ -70,7 +65,7 @@ const flexProgram = "torus"
 // started as the FlexVolume driver (argv[0] "torus"), makes the command
 // line "flex ARGS...".
 func addFlex(root *cobra.Command, g *globals, argv []string) {
-	root.AddCommand(newFlex(g, noFlexBackend))
+	root.AddCommand(newFlex(g, attachBackend(g)))
 	if args, ok := flexArgs(argv); ok {
 		root.SetArgs(args)
 	}
@@ -78,8 +73,12 @@ func addFlex(root *cobra.Command, g *globals, argv []string) {
 
 // flexArgs is the command line of a program started as argv: "flex
 // ARGS..." when argv[0]'s base name is the driver's name.
+//
+// A command line that starts with a flag is a torusblk one even then: the
+// attach backend starts this same binary as `torus --etcd ... fuse ...`.
+// The kubelet always passes the call (init, mount, ...) first.
 func flexArgs(argv []string) ([]string, bool) {
-	if len(argv) == 0 || filepath.Base(argv[0]) != flexProgram {
+	if len(argv) == 0 || filepath.Base(argv[0]) != flexProgram || (len(argv) > 1 && strings.HasPrefix(argv[1], "-")) {
 		return nil, false
 	}
 	return append([]string{"flex"}, argv[1:]...), true
@@ -393,9 +392,12 @@ func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err e
 	if err := d.writeState(st); err != nil {
 		return err
 	}
-	att, err := d.backend(ctx, etcd, d.log)
+	att, err := d.backend(ctx, etcd, d.stateDir, d.log)
 	if err != nil {
 		return d.undo(ctx, st, nil, err)
+	}
+	if c, ok := att.(io.Closer); ok {
+		defer c.Close()
 	}
 	dev, err := att.Attach(ctx, o.Volume, o.ReadOnly)
 	if err != nil {
@@ -485,9 +487,12 @@ func (d *flexDriver) unmount(ctx context.Context, mountDir string) error {
 		return nil // nothing of ours (or unmounted already)
 	}
 	if st.Device != "" {
-		att, err := d.backend(ctx, st.Etcd, d.log)
+		att, err := d.backend(ctx, st.Etcd, d.stateDir, d.log)
 		if err != nil {
 			return err
+		}
+		if c, ok := att.(io.Closer); ok {
+			defer c.Close()
 		}
 		if err := att.Detach(ctx, st.Volume, st.Device); err != nil {
 			return fmt.Errorf("detach %s (%s): %w", st.Volume, st.Device, err)

@@ -44,7 +44,7 @@ func TestFlexDriverProcess(t *testing.T) {
 		}
 	}
 	root := &cobra.Command{Use: "torusblk", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newFlex(&globals{etcd: "http://127.0.0.1:2379"}, func(context.Context, string, *slog.Logger) (flexAttacher, error) {
+	root.AddCommand(newFlex(&globals{etcd: "http://127.0.0.1:2379"}, func(context.Context, string, string, *slog.Logger) (flexAttacher, error) {
 		return loopFlex{dir: dir}, nil
 	}))
 	root.SetArgs(append([]string{"flex"}, args...))
@@ -350,23 +350,6 @@ func TestFlexFailures(t *testing.T) {
 	}
 }
 
-// TestFlexNoBackend: the binary as built today answers mount with a clear
-// Failure (no attach backend), and answers init, as the FlexVolume driver
-// when started as "torus".
-func TestFlexNoBackend(t *testing.T) {
-	d := &flexDriver{stateDir: t.TempDir(), backend: noFlexBackend}
-	r := d.run(context.Background(), []string{"mount", filepath.Join(t.TempDir(), "m"), `{"volume":"v1"}`})
-	if r.Status != flexFailure || !strings.Contains(r.Message, "no attach backend") {
-		t.Fatalf("%+v", r)
-	}
-	if !errors.Is(errNoBackend, torus.ErrUnavailable) {
-		t.Fatal("errNoBackend is not ErrUnavailable")
-	}
-	if m, _ := filepath.Glob(filepath.Join(d.stateDir, "mounts", "*")); len(m) != 0 {
-		t.Fatalf("state left: %v", m)
-	}
-}
-
 func TestFlexArgs(t *testing.T) {
 	for _, c := range []struct {
 		argv []string
@@ -376,6 +359,8 @@ func TestFlexArgs(t *testing.T) {
 		{[]string{"/usr/libexec/kubernetes/kubelet-plugins/volume/exec/torus~torus/torus", "init"}, []string{"flex", "init"}, true},
 		{[]string{"torus", "mount", "/m", "{}"}, []string{"flex", "mount", "/m", "{}"}, true},
 		{[]string{"/usr/local/bin/torusblk", "flex", "init"}, nil, false},
+		// The attach backend starts the driver binary itself as torusblk.
+		{[]string{"/x/torus~torus/torus", "--etcd", "http://e:2379", "fuse", "v", "/f"}, nil, false},
 		{nil, nil, false},
 	} {
 		got, ok := flexArgs(c.argv)
