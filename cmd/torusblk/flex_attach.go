@@ -57,6 +57,8 @@ func (f *flexAttach) Attach(ctx context.Context, volume string, ro bool) (string
 	return at.Device, err
 }
 
-func (f *flexAttach) Detach(ctx context.Context, volume, _ string) error { return f.a.Detach(ctx, volume) }
+func (f *flexAttach) Detach(ctx context.Context, volume, _ string) error {
+	return f.a.Detach(ctx, volume)
+}
 
 func (f *flexAttach) Close() error { return f.md.Close() }
