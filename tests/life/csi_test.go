@@ -22,9 +22,19 @@ import (
 // returns the process and a connection to it.
 func csiProc(t *testing.T, c *proccluster.Cluster, name, dir string, args ...string) (*proccluster.Proc, *grpc.ClientConn) {
 	t.Helper()
+	return csiProcOn(t, c, nil, name, dir, args...)
+}
+
+// csiProcOn is csiProc on host h (a network namespace; nil: this one).
+// Its unix socket is reachable from here whatever the namespace.
+func csiProcOn(t *testing.T, c *proccluster.Cluster, h *proccluster.Host, name, dir string, args ...string) (*proccluster.Proc, *grpc.ClientConn) {
+	t.Helper()
 	sock := filepath.Join(dir, name+".sock")
 	p := &proccluster.Proc{Name: name, Args: append([]string{proccluster.Bin(t, "torus-csi"),
 		"--endpoint", "unix://" + sock, "--etcd", c.EtcdURL, "--log-level", "debug"}, args...)}
+	if h != nil {
+		p.NS = h.NS
+	}
 	p.Start(t)
 	t.Cleanup(func() {
 		if t.Failed() {
