@@ -1,15 +1,12 @@
 package csi
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
@@ -20,6 +17,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/blockdev"
 )
 
 // node is the CSI Node service: it stages a volume (attach through the
@@ -45,8 +43,6 @@ const (
 	// deviceWait bounds how long NodeStage and NodeExpand wait for the
 	// device to show the volume's size.
 	deviceWait = 30 * time.Second
-	// emptyProbe is how much of a device is read before formatting.
-	emptyProbe = 1 << 20
 )
 
 func (n *node) NodeGetInfo(ctx context.Context, _ *csipb.NodeGetInfoRequest) (*csipb.NodeGetInfoResponse, error) {
@@ -187,7 +183,7 @@ func (n *node) mountStaging(ctx context.Context, st nodeState) error {
 	if mounted {
 		return nil
 	}
-	fs, err := probeDevice(ctx, st.Device)
+	fs, err := blockdev.Probe(ctx, st.Device)
 	if err != nil {
 		return status.Errorf(Code(err), "%s: %v", op, err)
 	}
@@ -195,7 +191,7 @@ func (n *node) mountStaging(ctx context.Context, st nodeState) error {
 	case fs == "" && st.ReadOnly:
 		return status.Errorf(codes.FailedPrecondition, "%s: volume %s has no filesystem and is attached read-only: nothing to mount", op, st.Volume)
 	case fs == "":
-		if err := mkfs(ctx, st.FSType, st.Device); err != nil {
+		if err := blockdev.Mkfs(ctx, st.FSType, st.Device); err != nil {
 			return status.Errorf(codes.Internal, "%s: %v", op, err)
 		}
 		n.d.log.Info("csi: formatted", "volume", st.Volume, "device", st.Device, "fs", st.FSType)
@@ -215,64 +211,6 @@ func (n *node) mountStaging(ctx context.Context, st nodeState) error {
 	}
 	if err := n.d.mounter.Mount(st.Device, st.StagingPath, st.FSType, opts); err != nil {
 		return status.Errorf(codes.Internal, "%s: mount %s at %s: %v", op, st.Device, st.StagingPath, err)
-	}
-	return nil
-}
-
-// probeDevice reports the filesystem on dev ("" when the device reads as
-// empty). It reads the first MiB first: a read error is an error, never
-// "empty", so a device that cannot be read is never formatted. A device
-// whose first MiB is not all zeros and that blkid does not recognise is
-// refused (ErrInUse): it holds data this node cannot name.
-func probeDevice(ctx context.Context, dev string) (string, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return "", fmt.Errorf("open %s: %w: %w", dev, torus.ErrUnavailable, err)
-	}
-	buf := make([]byte, emptyProbe)
-	k, err := io.ReadFull(f, buf)
-	f.Close()
-	if err != nil && !(errors.Is(err, io.ErrUnexpectedEOF) && k > 0) {
-		return "", fmt.Errorf("read the first MiB of %s (not formatting a device that cannot be read): %w: %w", dev, torus.ErrUnavailable, err)
-	}
-	zero := !bytes.ContainsFunc(buf[:k], func(r rune) bool { return r != 0 })
-	out, err := exec.CommandContext(ctx, "blkid", "-p", "-o", "export", dev).Output()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee) && ee.ExitCode() == 2: // nothing found
-		if !zero {
-			return "", fmt.Errorf("%w: %s holds data but blkid finds no signature: not formatting it", torus.ErrInUse, dev)
-		}
-		return "", nil
-	case err != nil:
-		return "", fmt.Errorf("blkid -p %s (not formatting): %w", dev, err)
-	}
-	vals := map[string]string{}
-	for _, l := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			vals[k] = v
-		}
-	}
-	if t := vals["TYPE"]; t != "" {
-		return t, nil
-	}
-	return "", fmt.Errorf("%w: %s has a signature that is not a filesystem (%s): not formatting it", torus.ErrInUse, dev, strings.TrimSpace(strings.ReplaceAll(string(out), "\n", " ")))
-}
-
-// mkfs makes a filesystem of type fs on dev.
-func mkfs(ctx context.Context, fs, dev string) error {
-	var args []string
-	switch fs {
-	case "ext4", "ext3":
-		args = []string{"-F", "-q", dev}
-	case "xfs", "btrfs":
-		args = []string{"-f", "-q", dev}
-	default:
-		return fmt.Errorf("%w: filesystem %q", torus.ErrInvalid, fs)
-	}
-	out, err := exec.CommandContext(ctx, "mkfs."+fs, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("mkfs.%s %s: %w: %s", fs, dev, err, bytes.TrimSpace(out))
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/statefile"
 )
 
 // Attacher makes a Torus volume a block device on this node and keeps it
@@ -137,58 +138,22 @@ func (st stateStore) load(volume string) (nodeState, bool, error) {
 	return s, true, nil
 }
 
-// save writes a volume's state durably: a temporary file, fsync, rename,
-// fsync of the directory.
+// save writes a volume's state durably (statefile.Write).
 func (st stateStore) save(s nodeState) error {
 	b, err := encodeNodeState(s)
 	if err != nil {
 		return fmt.Errorf("csi: encode node state: %w", err)
 	}
-	dir := filepath.Dir(st.path(s.Volume))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("csi: node state directory: %w", err)
+	if err := statefile.Write(st.path(s.Volume), b, 0o600); err != nil {
+		return fmt.Errorf("csi: node state: %w", err)
 	}
-	f, err := os.CreateTemp(dir, s.Volume+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("csi: write node state: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, st.path(s.Volume))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("csi: write node state: %w", err)
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // remove deletes a volume's state; none is success.
 func (st stateStore) remove(volume string) error {
-	if err := os.Remove(st.path(volume)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := statefile.Remove(st.path(volume)); err != nil {
 		return fmt.Errorf("csi: remove node state: %w", err)
-	}
-	return syncDir(filepath.Dir(st.path(volume)))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("csi: sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("csi: sync %s: %w", dir, err)
 	}
 	return nil
 }

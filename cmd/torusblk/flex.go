@@ -17,7 +17,6 @@ package main
 // STATEDIR/flex.log). No systemd, no D-Bus: mounts are made with mount(2).
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -27,16 +26,16 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/blockdev"
+	"github.com/torus-storage/torus/internal/statefile"
 )
 
 // flexAttacher is what flex needs of an attach backend: a block device for
@@ -291,31 +290,14 @@ func (d *flexDriver) readState(mountDir string) (flexState, bool, error) {
 	return st, true, nil
 }
 
-// writeState writes st atomically (temporary file, fsync, rename).
+// writeState writes st durably (statefile.Write).
 func (d *flexDriver) writeState(st flexState) error {
 	st.Version = flexStateVersion
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	p := d.statePath(st.MountDir)
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	return statefile.Write(d.statePath(st.MountDir), append(b, '\n'), 0o600)
 }
 
 // lock serialises flex calls on this node (one file lock on the state
@@ -407,7 +389,7 @@ func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err e
 	if err := d.writeState(st); err != nil {
 		return d.undo(ctx, st, att, err)
 	}
-	fs, err := probeDevice(ctx, dev)
+	fs, err := blockdev.Probe(ctx, dev)
 	if err != nil {
 		return d.undo(ctx, st, att, err)
 	}
@@ -416,7 +398,7 @@ func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err e
 		return d.undo(ctx, st, att, fmt.Errorf("%w: volume %s is empty and attached read-only: nothing to mount (mount it read-write once to format it)", torus.ErrInvalid, o.Volume))
 	case fs == "":
 		d.log.Info("flex: formatting an empty volume", "volume", o.Volume, "device", dev, "fs", o.FSType)
-		if err := mkfs(ctx, o.FSType, dev); err != nil {
+		if err := blockdev.Mkfs(ctx, o.FSType, dev); err != nil {
 			return d.undo(ctx, st, att, err)
 		}
 	case fs != o.FSType:
@@ -538,60 +520,4 @@ func unescapeMountinfo(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-// probeDevice reports the filesystem on dev ("" when the device reads as
-// empty). The first MiB is read first: a read error is an error, never
-// "empty", so a device that cannot be read is never formatted. A device
-// whose first MiB is not all zeros and in which blkid finds nothing is
-// refused (ErrInUse): it holds data this driver cannot name.
-func probeDevice(ctx context.Context, dev string) (string, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return "", fmt.Errorf("open %s: %w: %w", dev, torus.ErrUnavailable, err)
-	}
-	buf := make([]byte, 1<<20)
-	k, err := io.ReadFull(f, buf)
-	f.Close()
-	if err != nil && !(errors.Is(err, io.ErrUnexpectedEOF) && k > 0) {
-		return "", fmt.Errorf("read the first MiB of %s (not formatting a device that cannot be read): %w: %w", dev, torus.ErrUnavailable, err)
-	}
-	zero := bytes.Count(buf[:k], []byte{0}) == k
-	out, err := exec.CommandContext(ctx, "blkid", "-p", "-o", "export", dev).Output()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee) && ee.ExitCode() == 2: // nothing found
-		if !zero {
-			return "", fmt.Errorf("%w: %s holds data but blkid finds no signature: not formatting it", torus.ErrInUse, dev)
-		}
-		return "", nil
-	case err != nil:
-		return "", fmt.Errorf("blkid -p %s (not formatting): %w", dev, err)
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(l, "TYPE="); ok && v != "" {
-			return v, nil
-		}
-	}
-	return "", fmt.Errorf("%w: %s has a signature that is not a filesystem (%s): not formatting it", torus.ErrInUse, dev, strings.Join(strings.Fields(string(out)), " "))
-}
-
-// mkfs makes a filesystem of type fs on dev.
-func mkfs(ctx context.Context, fs, dev string) error {
-	var args []string
-	switch fs {
-	case "ext4", "ext3":
-		args = []string{"-F", "-q", dev}
-	case "xfs", "btrfs":
-		args = []string{"-f", "-q", dev}
-	default:
-		return fmt.Errorf("%w: filesystem %q", torus.ErrInvalid, fs)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "mkfs."+fs, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("mkfs.%s %s: %w: %s", fs, dev, err, bytes.TrimSpace(out))
-	}
-	return nil
 }

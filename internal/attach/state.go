@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/statefile"
 )
 
 // StateVersion is the version of the state files. A file of another
@@ -88,52 +89,22 @@ func (a *Attacher) load(volume string) (state, bool, error) {
 	return s, true, nil
 }
 
-// save writes a state durably: a temporary file, fsync, rename, fsync of
-// the directory.
+// save writes a state durably (statefile.Write).
 func (a *Attacher) save(s state) error {
 	b, err := encodeState(s)
 	if err != nil {
 		return fmt.Errorf("attach: encode state: %w", err)
 	}
-	dir := a.opt.StateDir
-	f, err := os.CreateTemp(dir, s.Volume+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("attach: write state: %w", err)
+	if err := statefile.Write(a.statePath(s.Volume), b, 0o600); err != nil {
+		return fmt.Errorf("attach: %w", err)
 	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, a.statePath(s.Volume))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("attach: write state: %w", err)
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // remove deletes a volume's state; none is success.
 func (a *Attacher) remove(volume string) error {
-	if err := os.Remove(a.statePath(volume)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := statefile.Remove(a.statePath(volume)); err != nil {
 		return fmt.Errorf("attach: remove state: %w", err)
-	}
-	return syncDir(a.opt.StateDir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("attach: sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("attach: sync %s: %w", dir, err)
 	}
 	return nil
 }
