@@ -5,21 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
-	"github.com/torus-storage/torus/internal/devmetrics"
 	"github.com/torus-storage/torus/nbd"
 )
 
@@ -58,18 +54,11 @@ and further I/O through it fails (EIO), never lost silently.`,
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s fuse %s pid %d", host, file, os.Getpid())
 			var exports nbd.Exports = export.New(meta, pool, owner, log)
-			if httpListen != "" {
-				reg := prometheus.NewRegistry()
-				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-				exports = devmetrics.New(reg).Exports(exports)
-				hln, err := net.Listen("tcp", httpListen)
-				if err != nil {
-					return err
-				}
-				hsrv := serveHTTP(hln, reg, log)
-				defer hsrv.Close()
-				log.Info("serving metrics", "http", hln.Addr().String())
+			exports, stopHTTP, err := withMetrics(exports, httpListen, log)
+			if err != nil {
+				return err
 			}
+			defer stopHTTP()
 			dev, err := openWaiting(ctx, exports, name, readOnly, lockWait, log)
 			if err != nil {
 				return fmt.Errorf("open %s: %w", name, err)

@@ -168,18 +168,11 @@ func newNBDServe(g *globals) *cobra.Command {
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
 			var exports nbd.Exports = export.New(meta, pool, owner, log)
-			if httpListen != "" {
-				reg := prometheus.NewRegistry()
-				reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-				exports = devmetrics.New(reg).Exports(exports)
-				hln, err := net.Listen("tcp", httpListen)
-				if err != nil {
-					return err
-				}
-				hsrv := serveHTTP(hln, reg, log)
-				defer hsrv.Close()
-				log.Info("serving metrics", "http", hln.Addr().String())
+			exports, stopHTTP, err := withMetrics(exports, httpListen, log)
+			if err != nil {
+				return err
 			}
+			defer stopHTTP()
 			srv := nbd.NewServer(nbd.Config{TLS: tlsCfg, TLSRequired: tlsRequired || authz != nil, ReadOnly: readOnly, Authorizer: authz}, exports, log)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(ln) }()
@@ -210,6 +203,24 @@ func newNBDServe(g *globals) *cobra.Command {
 }
 
 // serveHTTP serves /metrics from reg and /healthz on ln until closed.
+// withMetrics instruments exports with per-volume client metrics served on
+// httpListen's /metrics; with no address it returns exports as they are.
+// stop closes the HTTP server.
+func withMetrics(exports nbd.Exports, httpListen string, log *slog.Logger) (_ nbd.Exports, stop func(), err error) {
+	if httpListen == "" {
+		return exports, func() {}, nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	hln, err := net.Listen("tcp", httpListen)
+	if err != nil {
+		return nil, nil, err
+	}
+	hsrv := serveHTTP(hln, reg, log)
+	log.Info("serving metrics", "http", hln.Addr().String())
+	return devmetrics.New(reg).Exports(exports), func() { hsrv.Close() }, nil
+}
+
 func serveHTTP(ln net.Listener, reg *prometheus.Registry, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
