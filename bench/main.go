@@ -266,7 +266,7 @@ func writeTLSCost(w io.Writer, costs []TLSCost) {
 	}
 	fmt.Fprintf(w, "\nTLS on the peer protocol (%s / %s, same run):\n", TargetTorus2TLS, TargetTorus2)
 	for _, c := range costs {
-		fmt.Fprintf(w, "  %-16s %8s → %8s %-5s  ratio %.2f  p50 ratio %s\n", c.Job, formatValue(c.Plain),
+		fmt.Fprintf(w, "  %-20s %8s → %8s %-5s  ratio %.2f  p50 ratio %s\n", c.Job, formatValue(c.Plain),
 			formatValue(c.TLS), c.Metric, c.Ratio, formatRatio(c.P50Ratio))
 	}
 }
