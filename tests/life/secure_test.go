@@ -1,14 +1,23 @@
 package life
 
 import (
+	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
+	"github.com/torus-storage/torus/internal/tlsconfig"
+	"github.com/torus-storage/torus/peer"
 )
 
 // refusedTotal sums torus_peer_refused_total over the running daemons (0
@@ -128,4 +137,153 @@ func TestSecureCluster(t *testing.T) {
 
 	_, addr2 := c.StartNBD()
 	mustVerify(t, reattach(t, c, nil, addr2, vol, blocks*blockSize, 30*time.Second), m, "through a fresh torusblk")
+}
+
+// segmentDigests hashes every segment file in the daemon's data
+// directory, by path, and returns one segment's ID.
+func segmentDigests(t *testing.T, d *proccluster.Daemon) (map[string][32]byte, torus.SegmentID) {
+	t.Helper()
+	out := map[string][32]byte{}
+	var some torus.SegmentID
+	root := filepath.Join(d.DataDir, "segments")
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		id, perr := torus.ParseSegmentID(e.Name())
+		if perr != nil {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		out[p] = sha256.Sum256(b)
+		if id.Kind == torus.KindData {
+			some = id
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) == 0 || some.Volume == 0 {
+		t.Fatalf("no data segment under %s", root)
+	}
+	return out, some
+}
+
+// TestSecurePeerRefusals: a running torusd with mutual TLS on its peer
+// port, holding a volume's segments, refuses each of these callers, each a
+// subtest: no certificate, a certificate of another CA, an expired
+// certificate of the cluster CA, a certificate of the cluster CA with no
+// Torus role (an etcd member's), and a client-role certificate asking
+// what only daemons may (Delete, Append and Sync at RepairEpoch). After
+// each, every segment file on the daemon's disk is unchanged byte for byte
+// (SHA-256 of each), and the daemon counted the refusal.
+func TestSecurePeerRefusals(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 1, Replication: 1, Secure: true})
+	const vol, blocks = "refuse", 1024 // 4 MiB
+	createVolume(t, c, vol, "4MiB", 0)
+	blk, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	w := newWorkload(m, uint64(m.seed), "writer")
+	for i := 0; i < 100; i++ {
+		if err := w.step(nc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatal(err)
+	}
+	nc.Abort()
+	blk.Signal(t, syscall.SIGTERM) // flushes and releases: nothing else writes
+	d := c.Daemons[0]
+	before, seg := segmentDigests(t, d)
+
+	other := t.TempDir()
+	if err := tlsconfig.InitCA(other, tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconfig.IssueClient(other, "blk", tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	past := func() time.Time { return time.Now().Add(-48 * time.Hour) }
+	if err := tlsconfig.IssueClient(c.Certs, "expired", tlsconfig.IssueOptions{Lifetime: 24 * time.Hour, Now: past}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconfig.IssueEtcd(c.Certs, "stray", []string{"127.0.0.1"}, tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(c.Certs, tlsconfig.CACert)
+	withCA := func(f tlsconfig.Files) *tlsconfig.Files { f.CA = ca; return &f }
+	ctx := context.Background()
+	refused := func() float64 { n, _ := refusedTotal(c); return n }
+	for _, tc := range []struct {
+		name  string
+		files *tlsconfig.Files // nil: plain
+		// try makes the refused requests; each must fail.
+		try func(cl *peer.Client) []error
+	}{
+		{"no certificate", nil, nil},
+		{"another CA", withCA(tlsconfig.ClientFiles(other, "blk")), nil},
+		{"expired", withCA(tlsconfig.ClientFiles(c.Certs, "expired")), nil},
+		{"no role", withCA(tlsconfig.EtcdFiles(c.Certs, "stray")), func(cl *peer.Client) []error {
+			_, err := cl.Usage(ctx)
+			return []error{err, cl.Delete(ctx, seg)}
+		}},
+		{"client role", withCA(tlsconfig.ClientFiles(c.Certs, "blk")), func(cl *peer.Client) []error {
+			_, serr := cl.Sync(ctx, torus.RepairEpoch, seg)
+			return []error{cl.Delete(ctx, seg), cl.Append(ctx, torus.RepairEpoch, seg, 0, []byte("evil")), serr}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n0 := refused()
+			cfg := peer.ClientConfig{RequestTimeout: 10 * time.Second}
+			if tc.files != nil {
+				r, err := tlsconfig.New("test client", *tc.files, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.TLS = r.Client
+			}
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			cl, err := peer.Dial(dctx, d.PeerAddr, cfg, nil)
+			if err == nil {
+				defer cl.Close()
+				try := tc.try
+				if try == nil {
+					try = func(cl *peer.Client) []error {
+						return []error{cl.Delete(ctx, seg), cl.Append(ctx, torus.RepairEpoch, seg, 0, []byte("evil"))}
+					}
+				}
+				for i, err := range try(cl) {
+					if err == nil {
+						t.Fatalf("request %d was served", i)
+					}
+					if tc.try != nil && !errors.Is(err, torus.ErrPermission) {
+						t.Errorf("request %d: %v, want ErrPermission", i, err)
+					}
+				}
+			}
+			after, _ := segmentDigests(t, d)
+			if len(after) != len(before) {
+				t.Fatalf("%d segment files before, %d after", len(before), len(after))
+			}
+			for p, h := range before {
+				if after[p] != h {
+					t.Fatalf("%s changed", p)
+				}
+			}
+			eventually(t, 10*time.Second, 100*time.Millisecond, "the refusal counted", func() (bool, string) {
+				n := refused()
+				return n > n0, fmt.Sprintf("torus_peer_refused_total %v, was %v", n, n0)
+			})
+		})
+	}
+	// The daemon still serves: a fresh torusblk reads everything back.
+	_, addr2 := c.StartNBD()
+	mustVerify(t, reattach(t, c, nil, addr2, vol, blocks*blockSize, 30*time.Second), m, "after the refusals")
 }
