@@ -104,6 +104,40 @@ func TestDevSecure(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("https /metrics: %d", resp.StatusCode)
 	}
+	// The HTTP port: pprof is off without --pprof; plain HTTP is not
+	// served; a client trusting another CA refuses the daemon.
+	if resp, err := hc.Get("https://" + httpAddr + "/debug/pprof/"); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("https /debug/pprof/ without --pprof: %d, want 404", resp.StatusCode)
+	}
+	plain := &http.Client{Timeout: 5 * time.Second}
+	if resp, err := plain.Get("http://" + httpAddr + "/metrics"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP /metrics served by an HTTPS port")
+		}
+	}
+	other := t.TempDir()
+	if err := tlsconfig.InitCA(other, tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	opool := x509.NewCertPool()
+	opool.AppendCertsFromPEM(mustRead(t, filepath.Join(other, tlsconfig.CACert)))
+	oc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: opool}}}
+	if resp, err := oc.Get("https://" + httpAddr + "/metrics"); err == nil {
+		resp.Body.Close()
+		t.Fatal("a client trusting another CA accepted the daemon's HTTPS certificate")
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // devSecureBattery is TestDevSecure's NBD part: qemu-img and nbdcopy over
