@@ -12,7 +12,11 @@
 //   - qemu-nbd: the same file served by qemu-nbd;
 //   - torus-1d-r1, torus-3d-r2, torus-3d-r3: etcd, N torusd and torusblk
 //     nbdserve from ./bin, with replication 1, 2 and 3. They are reported as
-//     skipped when a binary is missing.
+//     skipped when a binary is missing;
+//   - torus-3d-r2-tls: torus-3d-r2 with mutual TLS on the peer protocol
+//     (certificates from `torusctl certs`), run right after it; the report's
+//     tls_cost gives TLS / plain per job (TLSCosts), the cost of TLS on the
+//     peer protocol measured in the same run.
 //
 // Every target runs the same fio jobs (Jobs), NBD targets through fio's nbd
 // engine. Ratios are to nbdkit. The Torus targets also report peak RSS and

@@ -239,6 +239,7 @@ func writeExtras(w io.Writer, rep Report) {
 		}
 		fmt.Fprintln(w)
 	}
+	writeTLSCost(w, rep.TLSCost)
 	pass, fail, na := 0, 0, 0
 	for _, a := range rep.Aims {
 		switch a.Status {
@@ -255,6 +256,18 @@ func writeExtras(w io.Writer, rep Report) {
 		if a.Status == AimFail {
 			fmt.Fprintf(w, "  missed: %s (got %s)\n", a.Aim, a.Got)
 		}
+	}
+}
+
+// writeTLSCost prints what mutual TLS on the peer protocol costs each job.
+func writeTLSCost(w io.Writer, costs []TLSCost) {
+	if len(costs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nTLS on the peer protocol (%s / %s, same run):\n", TargetTorus2TLS, TargetTorus2)
+	for _, c := range costs {
+		fmt.Fprintf(w, "  %-20s %8s → %8s %-5s  ratio %.2f  p50 ratio %s\n", c.Job, formatValue(c.Plain),
+			formatValue(c.TLS), c.Metric, c.Ratio, formatRatio(c.P50Ratio))
 	}
 }
 
@@ -344,6 +357,7 @@ func (b *bench) Run(ctx context.Context) Report {
 	b.baselines(ctx)
 	b.torus(ctx)
 	ComputeRatios(b.rep.Results)
+	b.rep.TLSCost = TLSCosts(b.jobs, b.rep.Results)
 	b.rep.Aims = CheckAims(b.jobs, b.rep.Results, b.rep.Heal, b.rep.Procs)
 	b.rep.Finished = time.Now().UTC()
 	b.rep.Host.LoadEnd = loadAvg()

@@ -16,7 +16,11 @@ const (
 	TargetQemuNBD = "qemu-nbd"
 	TargetTorus1  = "torus-1d-r1"
 	TargetTorus2  = "torus-3d-r2"
-	TargetTorus3  = "torus-3d-r3"
+	// TargetTorus2TLS is TargetTorus2 with mutual TLS on the peer
+	// protocol (every torusd and torusblk with certificates): the pair
+	// gives the cost of TLS in the same run (TLSCosts).
+	TargetTorus2TLS = "torus-3d-r2-tls"
+	TargetTorus3    = "torus-3d-r3"
 )
 
 // TargetStatus says what became of one target in a run.
@@ -268,6 +272,51 @@ type Report struct {
 	Heal     *HealResult     `json:"heal,omitempty"`
 	Procs    []ProcResources `json:"resources,omitempty"`
 	Aims     []AimResult     `json:"aims"`
+	// TLSCost compares TargetTorus2TLS with TargetTorus2, job by job.
+	TLSCost []TLSCost `json:"tls_cost,omitempty"`
+}
+
+// TLSCost is what mutual TLS on the peer protocol costs one job:
+// TargetTorus2TLS against TargetTorus2 in the same run.
+type TLSCost struct {
+	Job    string `json:"job"`
+	Metric Metric `json:"metric"`
+	// Plain and TLS are the headline values of the two targets.
+	Plain float64 `json:"plain"`
+	TLS   float64 `json:"tls"`
+	// Ratio is TLS / Plain: 1 costs nothing, 0.8 is 20% slower.
+	Ratio float64 `json:"ratio"`
+	// P50Ratio is the TLS target's p50 latency over the plain one's (0:
+	// not available).
+	P50Ratio float64 `json:"p50_ratio,omitempty"`
+}
+
+// TLSCosts pairs the TargetTorus2TLS and TargetTorus2 results of each job,
+// in the order of jobs; a job that failed or did not run on either target
+// has no entry.
+func TLSCosts(jobs []Job, results []Result) []TLSCost {
+	get := func(target, job string) (Result, bool) {
+		for _, r := range results {
+			if r.Target == target && r.Job == job && r.Error == "" && r.Value > 0 {
+				return r, true
+			}
+		}
+		return Result{}, false
+	}
+	var out []TLSCost
+	for _, j := range jobs {
+		p, ok1 := get(TargetTorus2, j.Name)
+		t, ok2 := get(TargetTorus2TLS, j.Name)
+		if !ok1 || !ok2 {
+			continue
+		}
+		c := TLSCost{Job: j.Name, Metric: j.Metric, Plain: p.Value, TLS: t.Value, Ratio: t.Value / p.Value}
+		if p.P50Ns > 0 && t.P50Ns > 0 {
+			c.P50Ratio = float64(t.P50Ns) / float64(p.P50Ns)
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // ReportSettings records the run's settings in plain units.

@@ -128,3 +128,30 @@ func TestExitCode(t *testing.T) {
 		t.Errorf("Torus failure with -strict: exit %d", c)
 	}
 }
+
+// TestTLSCosts: the TLS target's value over the plain R2 one per job, in
+// job order; a job failed on either side has no entry.
+func TestTLSCosts(t *testing.T) {
+	jobs := Jobs()
+	rs := []Result{
+		{Target: TargetTorus2, Job: JobSeqWrite, Value: 200, P50Ns: 1000},
+		{Target: TargetTorus2TLS, Job: JobSeqWrite, Value: 150, P50Ns: 1500},
+		{Target: TargetTorus2, Job: JobRandRead, Value: 1000},
+		{Target: TargetTorus2TLS, Job: JobRandRead, Value: 900},
+		{Target: TargetTorus2, Job: JobRandWrite, Value: 100},
+		{Target: TargetTorus2TLS, Job: JobRandWrite, Error: "died"},
+		{Target: TargetTorus3, Job: JobDurable, Value: 10},
+	}
+	got := TLSCosts(jobs, rs)
+	if len(got) != 2 || got[0].Job != JobSeqWrite || got[1].Job != JobRandRead {
+		t.Fatalf("TLSCosts = %+v", got)
+	}
+	if got[0].Ratio != 0.75 || got[0].P50Ratio != 1.5 || got[1].Ratio != 0.9 || got[1].P50Ratio != 0 {
+		t.Fatalf("ratios: %+v", got)
+	}
+	var b strings.Builder
+	writeTLSCost(&b, got)
+	if !strings.Contains(b.String(), "ratio 0.75") || !strings.Contains(b.String(), TargetTorus2TLS) {
+		t.Fatalf("printed:\n%s", b.String())
+	}
+}

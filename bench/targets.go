@@ -70,6 +70,9 @@ type TorusSpec struct {
 	Name        string
 	Daemons     int
 	Replication int
+	// PeerTLS runs every torusd and torusblk with mutual TLS on the peer
+	// protocol, with certificates from `torusctl certs`.
+	PeerTLS bool
 }
 
 // TorusSpecs are the Torus targets, in the order they run.
@@ -77,13 +80,38 @@ func TorusSpecs() []TorusSpec {
 	return []TorusSpec{
 		{Name: TargetTorus1, Daemons: 1, Replication: 1},
 		{Name: TargetTorus2, Daemons: 3, Replication: 2},
+		{Name: TargetTorus2TLS, Daemons: 3, Replication: 2, PeerTLS: true},
 		{Name: TargetTorus3, Daemons: 3, Replication: 3},
 	}
 }
 
 // Desc describes the spec in words.
 func (s TorusSpec) Desc() string {
-	return fmt.Sprintf("Torus, %d torusd, replication %d, torusblk nbdserve", s.Daemons, s.Replication)
+	d := fmt.Sprintf("Torus, %d torusd, replication %d, torusblk nbdserve", s.Daemons, s.Replication)
+	if s.PeerTLS {
+		d += ", mutual TLS 1.3 on the peer protocol"
+	}
+	return d
+}
+
+// PeerTLSArgs issues a CA, a daemon certificate for 127.0.0.1 and a client
+// certificate "blk" into dir with torusctl, and returns the peer TLS flags
+// of torusd and of torusblk.
+func PeerTLSArgs(ctx context.Context, binDir, dir string) (daemon, client []string, err error) {
+	ctl := filepath.Join(binDir, "torusctl")
+	for _, argv := range [][]string{
+		{ctl, "certs", "init-ca", "--certs-dir", dir},
+		{ctl, "certs", "daemon", "--certs-dir", dir, "127.0.0.1", "localhost"},
+		{ctl, "certs", "client", "--certs-dir", dir, "blk"},
+	} {
+		if _, err := RunCmd(ctx, 30*time.Second, argv...); err != nil {
+			return nil, nil, err
+		}
+	}
+	ca := filepath.Join(dir, "ca.crt")
+	daemon = []string{"--peer-cert", filepath.Join(dir, "daemon.crt"), "--peer-key", filepath.Join(dir, "daemon.key"), "--peer-ca", ca}
+	client = []string{"--peer-cert", filepath.Join(dir, "client.blk.crt"), "--peer-key", filepath.Join(dir, "client.blk.key"), "--peer-ca", ca}
+	return daemon, client, nil
 }
 
 // TorusBinaries are the programs a Torus target needs, in bin/.
@@ -209,6 +237,16 @@ func StartTorus(ctx context.Context, g *Procs, opts TorusOptions, spec TorusSpec
 	if _, err := c.Ctl(ctx, "init", "--replication", strconv.Itoa(spec.Replication)); err != nil {
 		return nil, err
 	}
+	var daemonTLS, clientTLS []string
+	if spec.PeerTLS {
+		dir, err := g.TempDir("certs-*")
+		if err != nil {
+			return nil, err
+		}
+		if daemonTLS, clientTLS, err = PeerTLSArgs(ctx, binDir, dir); err != nil {
+			return nil, err
+		}
+	}
 	for i := range spec.Daemons {
 		dir, err := g.TempDir(fmt.Sprintf("torusd%d-*", i))
 		if err != nil {
@@ -218,6 +256,7 @@ func StartTorus(ctx context.Context, g *Procs, opts TorusOptions, spec TorusSpec
 		argv := []string{filepath.Join(binDir, "torusd"), "--etcd", clientURL,
 			"--data-dir", dir, "--size", FormatSize(opts.DaemonSize), "--peer-address", d.PeerAddr,
 			"--http", d.HTTP, "--auto-join"}
+		argv = append(argv, daemonTLS...)
 		d.Proc, err = g.Start(spec.Name+"-"+d.Name, append(argv, opts.DaemonArgs...)...)
 		if err != nil {
 			return nil, err
@@ -248,8 +287,8 @@ func StartTorus(ctx context.Context, g *Procs, opts TorusOptions, spec TorusSpec
 		return nil, err
 	}
 	c.NBDPort = ports[len(ports)-1]
-	c.Blk, err = g.Start(spec.Name+"-torusblk", filepath.Join(binDir, "torusblk"), "--etcd", clientURL,
-		"nbdserve", "--listen", Addr(c.NBDPort))
+	blk := append([]string{filepath.Join(binDir, "torusblk"), "--etcd", clientURL}, clientTLS...)
+	c.Blk, err = g.Start(spec.Name+"-torusblk", append(blk, "nbdserve", "--listen", Addr(c.NBDPort))...)
 	if err != nil {
 		return nil, err
 	}

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"crypto/x509"
 	"fmt"
+	"os"
 	"path"
 	"strings"
+	"sync/atomic"
 
 	"github.com/torus-storage/torus"
 )
@@ -147,4 +149,46 @@ func contains(ss []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// ExportListFile is an Authorizer backed by an export list file: it
+// serves the list read last, and Reload reads the file again. A file that
+// fails to read or parse on Reload leaves the previous list in force. Safe
+// for concurrent use. torusblk nbdserve --nbd-exports and torusd --dev
+// --secure use it.
+type ExportListFile struct {
+	path string
+	cur  atomic.Pointer[ExportList]
+}
+
+// LoadExportListFile reads and parses the export list at path. Errors wrap
+// torus.ErrInvalid (a line that does not parse) or the read error.
+func LoadExportListFile(path string) (*ExportListFile, error) {
+	f := &ExportListFile{path: path}
+	if err := f.Reload(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Path is the file's path.
+func (f *ExportListFile) Path() string { return f.path }
+
+// Reload reads the file again; on error the previous list stays.
+func (f *ExportListFile) Reload() error {
+	b, err := os.ReadFile(f.path)
+	if err != nil {
+		return fmt.Errorf("export list: %w", err)
+	}
+	list, err := ParseExportList(b)
+	if err != nil {
+		return fmt.Errorf("export list %s: %w", f.path, err)
+	}
+	f.cur.Store(list)
+	return nil
+}
+
+// Authorize implements Authorizer with the current list.
+func (f *ExportListFile) Authorize(cert *x509.Certificate, export string) Access {
+	return f.cur.Load().Authorize(cert, export)
 }

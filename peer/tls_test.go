@@ -51,7 +51,7 @@ type tlsDaemon struct {
 
 var tlsSeg = torus.SegmentID{Volume: 7, Epoch: 3, Seq: 1, Kind: torus.KindData}
 
-func startTLSDaemon(t *testing.T) *tlsDaemon {
+func startTLSDaemon(t testing.TB) *tlsDaemon {
 	t.Helper()
 	d := &tlsDaemon{dir: t.TempDir(), store: storage.NewMemory(1 << 20), log: &syncBuffer{}}
 	if _, err := tlsconfig.EnsureDev(d.dir, []string{"127.0.0.1"}); err != nil {

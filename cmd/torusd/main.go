@@ -45,6 +45,7 @@ type flags struct {
 	peerCert, peerKey, peerCA     string
 	httpCert, httpKey             string
 	pprof, secure                 bool
+	nbdExports                    string
 }
 
 func main() {
@@ -74,6 +75,7 @@ func parse(args []string) (*flags, error) {
 	fs.StringVar(&f.httpKey, "http-key", os.Getenv("TORUS_HTTP_KEY"), "key of --http-cert (env TORUS_HTTP_KEY)")
 	fs.BoolVar(&f.pprof, "pprof", false, "serve /debug/pprof on the HTTP port")
 	fs.BoolVar(&f.secure, "secure", false, "with --dev: TLS on the peer, NBD and HTTP ports, with certificates in DATA-DIR/certs (created on first start)")
+	fs.StringVar(&f.nbdExports, "nbd-exports", "", "with --dev --secure: NBD export list (per client certificate name, which volumes, rw or ro; reloaded on SIGHUP; default DATA-DIR/certs/nbd-exports, created on first start granting client root rw on every volume)")
 	fs.BoolVar(&f.autoJoin, "auto-join", false, "add this daemon to the ring at start")
 	fs.BoolVar(&f.dev, "dev", false, "one-machine mode: embedded etcd, auto-join, NBD server, volume \"demo\"")
 	fs.StringVar(&f.nbdListen, "nbd-listen", "127.0.0.1:10809", "with --dev: NBD server address")
@@ -105,6 +107,9 @@ func parse(args []string) (*flags, error) {
 	}
 	if f.secure && (f.peerCert != "" || f.peerKey != "" || f.peerCA != "" || f.httpCert != "" || f.httpKey != "") {
 		return nil, errors.New("--secure uses the certificates in DATA-DIR/certs: leave out --peer-* and --http-*")
+	}
+	if f.nbdExports != "" && !f.secure {
+		return nil, errors.New("--nbd-exports goes with --dev --secure: clients are named by their certificates")
 	}
 	if (f.httpCert == "") != (f.httpKey == "") {
 		return nil, errors.New("--http-cert and --http-key go together")
@@ -284,8 +289,15 @@ func devNBD(ctx context.Context, f *flags, sec security, meta *etcdmeta.Store, s
 	nbdCfg := nbd.Config{}
 	if f.secure {
 		// The daemon's certificate, and client certificates of the
-		// cluster CA required (FORCEDTLS).
+		// cluster CA required (FORCEDTLS); the export list says which
+		// client may attach what.
 		nbdCfg.TLS, nbdCfg.TLSRequired = sec.peer.Server(), true
+		list, err := nbd.LoadExportListFile(sec.exports)
+		if err != nil {
+			return nil, fmt.Errorf("--nbd-exports: %w", err)
+		}
+		nbdCfg.Authorizer = list
+		go keepExportList(ctx, list, log)
 	}
 	nbdSrv := nbd.NewServer(nbdCfg, export.New(meta, pool, owner, log), log)
 	go func() {
@@ -298,14 +310,15 @@ func devNBD(ctx context.Context, f *flags, sec security, meta *etcdmeta.Store, s
 		fmt.Printf(`
 Torus is running securely (one machine, etcd at %s, data in %s).
 Peer, NBD and HTTP ports use TLS with the certificates in %s
-(CA ca.crt; the NBD client certificate for libnbd and qemu is in %s).
+(CA ca.crt; the NBD client certificate for libnbd and qemu is in %s;
+the NBD export list is %s, read again on SIGHUP).
 Volume "demo" (1 GiB) is served over NBD with TLS at %s. Try:
 
   nbdinfo 'nbds://%s/demo?tls-certificates=%s'
   bin/torusctl --peer-cert %s --peer-key %s --peer-ca %s volume list
 
 Metrics: https://%s/metrics   Stop with Ctrl-C (volumes are flushed and released).
-`, strings.Join(meta.Endpoints(), ","), f.dataDir, sec.dir, sec.nbdDir, addr, addr, sec.nbdDir,
+`, strings.Join(meta.Endpoints(), ","), f.dataDir, sec.dir, sec.nbdDir, sec.exports, addr, addr, sec.nbdDir,
 			tlsconfig.ClientFiles(sec.dir, "root").Cert, tlsconfig.ClientFiles(sec.dir, "root").Key,
 			tlsconfig.ClientFiles(sec.dir, "root").CA, srv.HTTPAddr())
 		return nbdSrv, nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/torus-storage/torus"
@@ -33,5 +34,17 @@ func TestLocationFlag(t *testing.T) {
 		if c.bad != (err != nil) || (!c.bad && got != c.want) {
 			t.Errorf("location(%q, %q) = %+v, %v; want %+v, bad %v", c.flag, c.zone, got, err, c.want, c.bad)
 		}
+	}
+}
+
+// TestNBDExportsNeedsSecure: --nbd-exports names clients by their
+// certificates, so it is refused without --dev --secure.
+func TestNBDExportsNeedsSecure(t *testing.T) {
+	if _, err := parse([]string{"--dev", "--nbd-exports", "x"}); err == nil || !strings.Contains(err.Error(), "--secure") {
+		t.Fatalf("--nbd-exports without --secure: %v", err)
+	}
+	f, err := parse([]string{"--dev", "--secure", "--nbd-exports", "x"})
+	if err != nil || f.nbdExports != "x" {
+		t.Fatalf("--dev --secure --nbd-exports x: %+v %v", f, err)
 	}
 }

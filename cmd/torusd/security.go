@@ -1,12 +1,19 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
+
+	"github.com/torus-storage/torus/nbd"
 
 	"github.com/torus-storage/torus/internal/tlsconfig"
 )
@@ -17,6 +24,7 @@ type security struct {
 	peer, http *tlsconfig.Reloader
 	dir        string // with --dev --secure: the certificates directory
 	nbdDir     string // with --dev --secure: the client files for libnbd/qemu
+	exports    string // with --dev --secure: the NBD export list file
 }
 
 func (s security) peerServer() *tls.Config {
@@ -59,6 +67,13 @@ func loadSecurity(f *flags, log *slog.Logger) (security, error) {
 		if err := writeNBDClientDir(sec.dir, sec.nbdDir); err != nil {
 			return sec, err
 		}
+		sec.exports = f.nbdExports
+		if sec.exports == "" {
+			sec.exports = filepath.Join(sec.dir, DefaultExportList)
+			if err := writeDefaultExportList(sec.exports); err != nil {
+				return sec, err
+			}
+		}
 		peerFiles = tlsconfig.DaemonFiles(sec.dir)
 		httpFiles = tlsconfig.Files{Cert: peerFiles.Cert, Key: peerFiles.Key}
 	}
@@ -92,4 +107,52 @@ func writeNBDClientDir(certs, dir string) error {
 		}
 	}
 	return nil
+}
+
+// DefaultExportList is the export list torusd --dev --secure creates in
+// DATA-DIR/certs when --nbd-exports is not given.
+const DefaultExportList = "nbd-exports"
+
+// defaultExportList grants the client certificate --secure creates
+// ("root") read-write access to every volume.
+const defaultExportList = `# NBD export list of torusd --dev --secure (docs/security.md, "NBD export lists").
+# NAME   ACCESS  EXPORT...   (volume names or globs; vol@snap for snapshots)
+root     rw      *
+`
+
+// writeDefaultExportList writes defaultExportList to path unless a file is
+// already there (an edited list survives restarts).
+func writeDefaultExportList(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("--secure: %w", err)
+	}
+	if _, err := f.WriteString(defaultExportList); err != nil {
+		f.Close()
+		return fmt.Errorf("--secure: %w", err)
+	}
+	return f.Close()
+}
+
+// keepExportList reads the export list again on each SIGHUP until ctx
+// ends; a list that does not parse is logged and the previous one stays.
+func keepExportList(ctx context.Context, list *nbd.ExportListFile, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := list.Reload(); err != nil {
+				log.Warn("export list not reloaded; keeping the previous one", "err", err)
+			} else {
+				log.Info("export list reloaded", "file", list.Path())
+			}
+		}
+	}
 }

@@ -6,11 +6,13 @@
 package etcdflags
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 )
 
@@ -39,10 +41,26 @@ func (f *Flags) Register(fs FlagSet, getenv func(string) string) {
 }
 
 // Apply copies the settings into cfg, reading the password file (one
-// line; a trailing newline is dropped). A password file without a user, or
-// one that cannot be read, fails with an error wrapping torus.ErrInvalid.
+// line; a trailing newline is dropped). The TLS files are loaded into
+// cfg.TLS, a configuration that reads them again whenever they changed at
+// each new connection to etcd (tlsconfig.Reloader.EtcdClient): a rotated
+// etcd client certificate or CA is used from the next connection on, with
+// no restart. TLS files that do not load, a password file without a user,
+// or one that cannot be read, fail with an error wrapping
+// torus.ErrInvalid. The password is read once: etcd's client keeps the
+// password it was created with.
 func (f Flags) Apply(cfg *etcdmeta.Config) error {
 	cfg.CertFile, cfg.KeyFile, cfg.CAFile = f.Cert, f.Key, f.CA
+	r, err := tlsconfig.Etcd(tlsconfig.Files{Cert: f.Cert, Key: f.Key, CA: f.CA}, cfg.Logger)
+	if err != nil {
+		if errors.Is(err, torus.ErrInvalid) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", torus.ErrInvalid, err)
+	}
+	if r != nil {
+		cfg.TLS = r.EtcdClient()
+	}
 	cfg.Username = f.User
 	if f.PasswordFile == "" {
 		return nil

@@ -10,11 +10,20 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/tlsconfig"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 )
 
 func TestRegisterEnvAndFlags(t *testing.T) {
-	env := map[string]string{"TORUS_ETCD_CERT": "c.crt", "TORUS_ETCD_USER": "torus"}
+	certs := t.TempDir()
+	if err := tlsconfig.InitCA(certs, tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconfig.IssueClient(certs, "torus", tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cf := tlsconfig.ClientFiles(certs, "torus")
+	env := map[string]string{"TORUS_ETCD_CERT": cf.Cert, "TORUS_ETCD_USER": "torus"}
 	var f Flags
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	f.Register(fs, func(k string) string { return env[k] })
@@ -22,14 +31,14 @@ func TestRegisterEnvAndFlags(t *testing.T) {
 	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := fs.Parse([]string{"--etcd-key", "c.key", "--etcd-password-file", pw}); err != nil {
+	if err := fs.Parse([]string{"--etcd-key", cf.Key, "--etcd-password-file", pw}); err != nil {
 		t.Fatal(err)
 	}
 	var cfg etcdmeta.Config
 	if err := f.Apply(&cfg); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.CertFile != "c.crt" || cfg.KeyFile != "c.key" || cfg.Username != "torus" || cfg.Password != "s3cret" {
+	if cfg.CertFile != cf.Cert || cfg.KeyFile != cf.Key || cfg.Username != "torus" || cfg.Password != "s3cret" || cfg.TLS == nil {
 		t.Fatalf("config %+v", cfg)
 	}
 
@@ -49,6 +58,8 @@ func TestApplyRefuses(t *testing.T) {
 	for _, f := range []Flags{
 		{PasswordFile: "/nonexistent"},            // no user
 		{User: "u", PasswordFile: "/nonexistent"}, // unreadable
+		{Cert: "/nonexistent.crt", Key: "/nonexistent.key"},
+		{Cert: "/nonexistent.crt"}, // no key
 	} {
 		var cfg etcdmeta.Config
 		if err := f.Apply(&cfg); !errors.Is(err, torus.ErrInvalid) {

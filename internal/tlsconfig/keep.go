@@ -26,15 +26,15 @@ func Peer(files Files, logger *slog.Logger) (*Reloader, error) {
 
 // Keep reloads every non-nil reloader on each signal from hup (SIGHUP)
 // and whenever its files change (checked every interval), until ctx ends.
+// It receives from hup until then even with no reloader, so a process that
+// has nothing to reload still survives SIGHUP (the caller registered hup
+// with signal.Notify, and stops it when Keep returns).
 func Keep(ctx context.Context, hup <-chan os.Signal, interval time.Duration, rs ...*Reloader) {
 	var live []*Reloader
 	for _, r := range rs {
 		if r != nil {
 			live = append(live, r)
 		}
-	}
-	if len(live) == 0 {
-		return
 	}
 	done := make(chan struct{})
 	for _, r := range live {

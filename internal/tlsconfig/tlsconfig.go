@@ -73,11 +73,17 @@ type Reloader struct {
 // New loads files (certificate and key required; CA optional) and returns
 // their reloader. what names the set in errors and logs ("peer TLS").
 func New(what string, files Files, logger *slog.Logger) (*Reloader, error) {
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
 	if files.Cert == "" || files.Key == "" {
 		return nil, fmt.Errorf("%w: %s: certificate and key go together", torus.ErrInvalid, what)
+	}
+	return newReloader(what, files, logger)
+}
+
+// newReloader is New without the certificate requirement (Etcd: a CA
+// alone is a valid etcd client configuration).
+func newReloader(what string, files Files, logger *slog.Logger) (*Reloader, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
 	r := &Reloader{files: files, what: what, log: logger}
 	st, err := r.load()
@@ -109,11 +115,14 @@ func (r *Reloader) stamp() string {
 
 func (r *Reloader) load() (*state, error) {
 	stamp := r.stamp()
-	cert, err := tls.LoadX509KeyPair(r.files.Cert, r.files.Key)
-	if err != nil {
-		return nil, fmt.Errorf("%s: loading %s and %s: %w", r.what, r.files.Cert, r.files.Key, err)
+	st := &state{stamp: stamp}
+	if r.files.Cert != "" || r.files.Key != "" {
+		cert, err := tls.LoadX509KeyPair(r.files.Cert, r.files.Key)
+		if err != nil {
+			return nil, fmt.Errorf("%s: loading %s and %s: %w", r.what, r.files.Cert, r.files.Key, err)
+		}
+		st.cert = &cert
 	}
-	st := &state{cert: &cert, stamp: stamp}
 	if r.files.CA != "" {
 		pem, err := os.ReadFile(r.files.CA)
 		if err != nil {
@@ -153,13 +162,23 @@ func (r *Reloader) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		if r.stamp() != r.cur.Load().stamp {
-			r.Reload()
-		}
+		r.ReloadIfChanged()
+	}
+}
+
+// ReloadIfChanged reloads the files when their size or modification time
+// differ from those of the files loaded last; on error the current
+// contents stay (Reload).
+func (r *Reloader) ReloadIfChanged() {
+	if r.stamp() != r.cur.Load().stamp {
+		r.Reload()
 	}
 }
 
 func leafName(c *tls.Certificate) string {
+	if c == nil {
+		return ""
+	}
 	if c.Leaf != nil {
 		return c.Leaf.Subject.CommonName
 	}
@@ -224,4 +243,61 @@ func PeerClient(r *Reloader) func(host string) *tls.Config {
 		return nil
 	}
 	return r.Client
+}
+
+// Etcd loads the etcd client's TLS files (--etcd-cert, --etcd-key,
+// --etcd-ca): nil (plain, or the system roots for https endpoints) when
+// none is set. The certificate is optional (an etcd without
+// --client-cert-auth needs only its CA), but certificate and key go
+// together.
+func Etcd(files Files, logger *slog.Logger) (*Reloader, error) {
+	if !files.Enabled() {
+		return nil, nil
+	}
+	if err := files.Validate("etcd TLS (--etcd-cert, --etcd-key, --etcd-ca)", false); err != nil {
+		return nil, err
+	}
+	return newReloader("etcd TLS", files, logger)
+}
+
+// ErrNoServerCertificate is wrapped when a server presents no certificate.
+var ErrNoServerCertificate = errors.New("tlsconfig: the server presented no certificate")
+
+// EtcdClient returns the configuration of an etcd client (TLS 1.2 and up,
+// as etcd allows). At every handshake, that is whenever the client
+// connects or reconnects to an etcd member, it first reloads the files if
+// they changed (ReloadIfChanged), so a rotated client certificate or CA
+// bundle is used from the next connection on without a restart and without
+// touching established connections; it presents the current certificate
+// (none without one) and verifies etcd's against the current CA (the
+// system roots without one) and the host dialed.
+func (r *Reloader) EtcdClient() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			r.ReloadIfChanged()
+			if st := r.cur.Load(); st.cert != nil {
+				return st.cert, nil
+			}
+			return &tls.Certificate{}, nil // none: the server decides
+		},
+		// The server's certificate is verified in VerifyConnection
+		// against the CA current at the handshake; the static check
+		// would use a CA fixed when the configuration was made.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			r.ReloadIfChanged()
+			if len(cs.PeerCertificates) == 0 {
+				return fmt.Errorf("%s: %w", r.what, ErrNoServerCertificate)
+			}
+			opts := x509.VerifyOptions{Roots: r.cur.Load().pool, DNSName: cs.ServerName, Intermediates: x509.NewCertPool()}
+			for _, c := range cs.PeerCertificates[1:] {
+				opts.Intermediates.AddCert(c)
+			}
+			if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+				return fmt.Errorf("%s: %w", r.what, err)
+			}
+			return nil
+		},
+	}
 }

@@ -243,3 +243,25 @@ func TestKeepReloadsOnSignal(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestKeepWithoutReloadersTakesSignals: with nothing to reload, Keep still
+// receives from hup until ctx ends, so the binary's signal.Notify stays in
+// force and SIGHUP does not kill it (torusblk without certificates once
+// died of it).
+func TestKeepWithoutReloadersTakesSignals(t *testing.T) {
+	ctx, cancel := testContext(t)
+	hup := make(chan os.Signal) // unbuffered: a send completes only if Keep receives
+	done := make(chan struct{})
+	go func() { Keep(ctx, hup, time.Hour, nil, nil); close(done) }()
+	for i := 0; i < 3; i++ {
+		select {
+		case hup <- syscall.SIGHUP:
+		case <-done:
+			t.Fatal("Keep returned with ctx live")
+		case <-time.After(10 * time.Second):
+			t.Fatal("Keep did not receive SIGHUP")
+		}
+	}
+	cancel()
+	<-done
+}

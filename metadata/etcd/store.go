@@ -50,6 +50,11 @@ type Config struct {
 	// wrapping torus.ErrPermission. docs/security.md gives the etcdctl
 	// commands of a role limited to Prefix.
 	Username, Password string
+	// TLS, when set, is the client TLS configuration, used instead of
+	// CertFile, KeyFile and CAFile (which then only name the files in
+	// messages). internal/etcdflags sets it to one that reloads rotated
+	// files at every connection (tlsconfig.Reloader.EtcdClient).
+	TLS *tls.Config
 	// DialTimeout bounds connecting and the initial probe in New.
 	DialTimeout time.Duration
 	// RequestTimeout bounds every request.
@@ -102,6 +107,9 @@ func (c Config) Validate() error {
 }
 
 func (c Config) tlsConfig() (*tls.Config, error) {
+	if c.TLS != nil {
+		return c.TLS, nil
+	}
 	if c.CertFile == "" && c.KeyFile == "" && c.CAFile == "" {
 		return nil, nil
 	}

@@ -10,12 +10,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
 	"github.com/torus-storage/torus/internal/testutil"
+	"github.com/torus-storage/torus/internal/tlsconfig"
 	metaetcd "github.com/torus-storage/torus/metadata/etcd"
 )
 
@@ -282,4 +284,111 @@ func TestEtcdAuth(t *testing.T) {
 	if d.ExitCode() == 0 || !strings.Contains(d.Output(), "permission denied") {
 		t.Errorf("torusd as nobody: exit %d, want non-zero saying permission denied:\n%s", d.ExitCode(), d.Output())
 	}
+}
+
+// TestEtcdCertRotation: the etcd client certificate of running torusd and
+// torusblk processes is rotated under write load, and the old certificate
+// then expires; every process keeps working with the new one. The cluster
+// (3 TLS etcd members with --client-cert-auth, 2 torusd, torusblk) starts
+// with a client certificate "torus" that expires about 30 s later. A
+// writer keeps writing through NBD while the certificate files are
+// replaced by a long-lived certificate and every Torus process gets
+// SIGHUP. Once the old certificate has expired (etcd refuses it: torusctl
+// with a saved copy cannot list volumes), every etcd member is restarted
+// in turn, so every Torus process must connect to etcd again, which only
+// the new certificate allows. Then: no write or flush failed, both
+// daemons are still up in `peer list` past their heartbeat TTL, and
+// everything flushed verifies.
+func TestEtcdCertRotation(t *testing.T) {
+	const life = 30 * time.Second
+	var expires time.Time
+	var oldFiles []string
+	saved := t.TempDir()
+	c := startCluster(t, proccluster.Options{Daemons: 2, Replication: 2, EtcdMembers: 3, EtcdTLS: true,
+		EtcdSetup: func(c *proccluster.Cluster) {
+			// Reissue "torus" to expire soon, before any Torus process
+			// starts, and keep a copy.
+			now := time.Now()
+			expires = now.Add(life)
+			o := tlsconfig.IssueOptions{Overwrite: true, Lifetime: time.Hour, Now: func() time.Time { return now.Add(life - time.Hour) }}
+			if err := tlsconfig.IssueClient(c.EtcdCerts, "torus", o); err != nil {
+				t.Fatal(err)
+			}
+			f := tlsconfig.ClientFiles(c.EtcdCerts, "torus")
+			for _, p := range []string{f.Cert, f.Key} {
+				dst := filepath.Join(saved, filepath.Base(p))
+				if err := os.WriteFile(dst, mustReadFile(t, p), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				oldFiles = append(oldFiles, dst)
+			}
+		}})
+	const vol, blocks = "erot", 2048 // 8 MiB
+	createVolume(t, c, vol, "8MiB", 0)
+	blk, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	w := newWorkload(m, uint64(m.seed), "rotation writer")
+	stop := w.background(nc)
+	defer stop()
+
+	if time.Until(expires) < 5*time.Second {
+		t.Fatalf("the cluster took too long to start: the short-lived certificate expires in %v", time.Until(expires))
+	}
+	if err := tlsconfig.IssueClient(c.EtcdCerts, "torus", tlsconfig.IssueOptions{Overwrite: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range c.Daemons {
+		d.Signal(t, syscall.SIGHUP)
+	}
+	blk.Signal(t, syscall.SIGHUP)
+	t.Logf("rotated the etcd client certificate; the old one expires in %v", time.Until(expires).Round(time.Second))
+	time.Sleep(time.Until(expires) + time.Second)
+
+	ca := "TORUS_ETCD_CA=" + filepath.Join(c.EtcdCerts, "ca.crt")
+	if out, err := ctlWithEnv(t, c, []string{ca, "TORUS_ETCD_CERT=" + oldFiles[0], "TORUS_ETCD_KEY=" + oldFiles[1]}, "volume", "list"); err == nil {
+		t.Fatalf("etcd accepted the expired client certificate:\n%s", out)
+	}
+	for i, e := range c.EtcdMembers {
+		e.Kill(t)
+		e.Start(t)
+		c.WaitEtcd(c.EtcdURLs[i], 30*time.Second)
+		t.Logf("restarted etcd member e%d", i)
+		time.Sleep(time.Second)
+	}
+	time.Sleep(heartbeatTTL + downGrace + detectSlack)
+	stop()
+	if we, fe, log := w.errors(); we+fe > 0 {
+		t.Errorf("%d failed writes, %d failed flushes through the rotation and etcd restarts:\n%s", we, fe, strings.Join(log, "\n"))
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatalf("flush after the etcd restarts: %v", err)
+	}
+	ps, err := peerList(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		if p.State != torus.PeerUp {
+			t.Fatalf("after the rotation and etcd restarts: %s", peerStates(ps))
+		}
+	}
+	if len(ps) != 2 {
+		t.Fatalf("peer list: %s", peerStates(ps))
+	}
+	mustVerify(t, nc, m, "after the rotation")
+	for _, d := range c.Daemons {
+		if out := d.Output(); strings.Contains(out, "certificate has expired") || strings.Contains(out, "expired certificate") {
+			t.Errorf("a torusd presented the expired certificate to etcd:\n%s", tail(out, 30))
+		}
+	}
+}
+
+func mustReadFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

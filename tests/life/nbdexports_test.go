@@ -1,6 +1,7 @@
 package life
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -97,4 +98,96 @@ func runErrLife(bin string, args ...string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
 	return string(out), err
+}
+
+// libnbdDir lays out a client certificate as libnbd expects
+// (tls-certificates=DIR), with ca as the CA that verifies the server.
+func libnbdDir(t *testing.T, f tlsconfig.Files, ca string) string {
+	t.Helper()
+	d := t.TempDir()
+	for src, dst := range map[string]string{ca: "ca-cert.pem", f.Cert: "client-cert.pem", f.Key: "client-key.pem"} {
+		if src == "" {
+			continue
+		}
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, dst), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
+// TestNBDRefusals: torusblk nbdserve with client certificates required
+// (--tls-ca) and an export list ("vm rw vm-a", "ops ro vm-a"), over a
+// volume vm-a that client vm filled. Each of these nbdcopy writers into
+// vm-a is refused, each a subtest: no client certificate, a certificate of
+// another CA, an expired certificate of the right CA, a certificate of the
+// right CA whose name the list does not grant ("guest"), and a read-only
+// grant ("ops": the wrong role for writing). After each, vm-a reads back
+// byte for byte what vm wrote.
+func TestNBDRefusals(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 1, Replication: 1})
+	createVolume(t, c, "vm-a", "4MiB", 0)
+	certs := filepath.Join(c.Dir, "nbd-certs")
+	c.Ctl("certs", "init-ca", "--certs-dir", certs)
+	c.Ctl("certs", "daemon", "--certs-dir", certs, "127.0.0.101", "127.0.0.102")
+	for _, n := range []string{"vm", "ops", "guest"} {
+		c.Ctl("certs", "client", "--certs-dir", certs, n)
+	}
+	past := func() time.Time { return time.Now().Add(-48 * time.Hour) }
+	if err := tlsconfig.IssueClient(certs, "vm-old", tlsconfig.IssueOptions{Lifetime: 24 * time.Hour, Now: past}); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := tlsconfig.InitCA(other, tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconfig.IssueClient(other, "vm", tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	list := filepath.Join(c.Dir, "exports")
+	if err := os.WriteFile(list, []byte("vm rw vm-a\nvm-old rw vm-a\nops ro vm-a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := tlsconfig.DaemonFiles(certs)
+	_, addr := c.StartNBD("--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA, "--nbd-exports", list)
+	ca := f.CA
+	nbds := func(dir string) string { return "nbds://" + addr + "/vm-a?tls-certificates=" + dir }
+	vm := libnbdDir(t, tlsconfig.ClientFiles(certs, "vm"), ca)
+	dir := t.TempDir()
+	src, want := randomFile(t, dir, "a.img", 4<<20)
+	evil, _ := randomFile(t, dir, "evil.img", 4<<20)
+	nbdcopyRun(t, "--flush", src, nbds(vm))
+
+	for _, tc := range []struct {
+		name string
+		dir  string
+	}{
+		{"no certificate", libnbdDir(t, tlsconfig.Files{}, ca)},
+		{"another CA", libnbdDir(t, tlsconfig.ClientFiles(other, "vm"), ca)},
+		{"expired", libnbdDir(t, tlsconfig.ClientFiles(certs, "vm-old"), ca)},
+		{"not in the export list", libnbdDir(t, tlsconfig.ClientFiles(certs, "guest"), ca)},
+		{"read-only grant", libnbdDir(t, tlsconfig.ClientFiles(certs, "ops"), ca)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bin := testutil.RequireBinary(t, "nbdcopy")
+			out, err := runErrLife(bin, "--flush", evil, nbds(tc.dir))
+			t.Logf("refused: %s", strings.TrimSpace(out))
+			if err == nil {
+				t.Fatalf("nbdcopy into vm-a succeeded:\n%s", out)
+			}
+			got := filepath.Join(t.TempDir(), "got.img")
+			nbdcopyRun(t, nbds(vm), got)
+			b, err := os.ReadFile(got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(b, want) {
+				t.Fatal("vm-a changed after a refused write")
+			}
+		})
+	}
 }

@@ -1,14 +1,27 @@
 package life
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/proccluster"
+	"github.com/torus-storage/torus/internal/testutil"
+	"github.com/torus-storage/torus/internal/tlsconfig"
+	"github.com/torus-storage/torus/peer"
 )
 
 // refusedTotal sums torus_peer_refused_total over the running daemons (0
@@ -128,4 +141,308 @@ func TestSecureCluster(t *testing.T) {
 
 	_, addr2 := c.StartNBD()
 	mustVerify(t, reattach(t, c, nil, addr2, vol, blocks*blockSize, 30*time.Second), m, "through a fresh torusblk")
+}
+
+// segmentDigests hashes every segment file in the daemon's data
+// directory, by path, and returns one segment's ID.
+func segmentDigests(t *testing.T, d *proccluster.Daemon) (map[string][32]byte, torus.SegmentID) {
+	t.Helper()
+	out := map[string][32]byte{}
+	var some torus.SegmentID
+	root := filepath.Join(d.DataDir, "segments")
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		id, perr := torus.ParseSegmentID(e.Name())
+		if perr != nil {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		out[p] = sha256.Sum256(b)
+		if id.Kind == torus.KindData {
+			some = id
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) == 0 || some.Volume == 0 {
+		t.Fatalf("no data segment under %s", root)
+	}
+	return out, some
+}
+
+// TestSecurePeerRefusals: a running torusd with mutual TLS on its peer
+// port, holding a volume's segments, refuses each of these callers, each a
+// subtest: no certificate, a certificate of another CA, an expired
+// certificate of the cluster CA, a certificate of the cluster CA with no
+// Torus role (an etcd member's), and a client-role certificate asking
+// what only daemons may (Delete, Append and Sync at RepairEpoch). After
+// each, every segment file on the daemon's disk is unchanged byte for byte
+// (SHA-256 of each), and the daemon counted the refusal.
+func TestSecurePeerRefusals(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 1, Replication: 1, Secure: true})
+	const vol, blocks = "refuse", 1024 // 4 MiB
+	createVolume(t, c, vol, "4MiB", 0)
+	blk, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	w := newWorkload(m, uint64(m.seed), "writer")
+	for i := 0; i < 100; i++ {
+		if err := w.step(nc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatal(err)
+	}
+	nc.Abort()
+	blk.Signal(t, syscall.SIGTERM) // flushes and releases: nothing else writes
+	d := c.Daemons[0]
+	before, seg := segmentDigests(t, d)
+
+	other := t.TempDir()
+	if err := tlsconfig.InitCA(other, tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconfig.IssueClient(other, "blk", tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	past := func() time.Time { return time.Now().Add(-48 * time.Hour) }
+	if err := tlsconfig.IssueClient(c.Certs, "expired", tlsconfig.IssueOptions{Lifetime: 24 * time.Hour, Now: past}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconfig.IssueEtcd(c.Certs, "stray", []string{"127.0.0.1"}, tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(c.Certs, tlsconfig.CACert)
+	withCA := func(f tlsconfig.Files) *tlsconfig.Files { f.CA = ca; return &f }
+	ctx := context.Background()
+	refused := func() float64 { n, _ := refusedTotal(c); return n }
+	for _, tc := range []struct {
+		name  string
+		files *tlsconfig.Files // nil: plain
+		// try makes the refused requests; each must fail.
+		try func(cl *peer.Client) []error
+	}{
+		{"no certificate", nil, nil},
+		{"another CA", withCA(tlsconfig.ClientFiles(other, "blk")), nil},
+		{"expired", withCA(tlsconfig.ClientFiles(c.Certs, "expired")), nil},
+		{"no role", withCA(tlsconfig.EtcdFiles(c.Certs, "stray")), func(cl *peer.Client) []error {
+			_, err := cl.Usage(ctx)
+			return []error{err, cl.Delete(ctx, seg)}
+		}},
+		{"client role", withCA(tlsconfig.ClientFiles(c.Certs, "blk")), func(cl *peer.Client) []error {
+			_, serr := cl.Sync(ctx, torus.RepairEpoch, seg)
+			return []error{cl.Delete(ctx, seg), cl.Append(ctx, torus.RepairEpoch, seg, 0, []byte("evil")), serr}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n0 := refused()
+			cfg := peer.ClientConfig{RequestTimeout: 10 * time.Second}
+			if tc.files != nil {
+				r, err := tlsconfig.New("test client", *tc.files, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.TLS = r.Client
+			}
+			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			cl, err := peer.Dial(dctx, d.PeerAddr, cfg, nil)
+			if err == nil {
+				defer cl.Close()
+				try := tc.try
+				if try == nil {
+					try = func(cl *peer.Client) []error {
+						return []error{cl.Delete(ctx, seg), cl.Append(ctx, torus.RepairEpoch, seg, 0, []byte("evil"))}
+					}
+				}
+				for i, err := range try(cl) {
+					if err == nil {
+						t.Fatalf("request %d was served", i)
+					}
+					if tc.try != nil && !errors.Is(err, torus.ErrPermission) {
+						t.Errorf("request %d: %v, want ErrPermission", i, err)
+					}
+				}
+			}
+			after, _ := segmentDigests(t, d)
+			if len(after) != len(before) {
+				t.Fatalf("%d segment files before, %d after", len(before), len(after))
+			}
+			for p, h := range before {
+				if after[p] != h {
+					t.Fatalf("%s changed", p)
+				}
+			}
+			eventually(t, 10*time.Second, 100*time.Millisecond, "the refusal counted", func() (bool, string) {
+				n := refused()
+				return n > n0, fmt.Sprintf("torus_peer_refused_total %v, was %v", n, n0)
+			})
+		})
+	}
+	// The daemon still serves: a fresh torusblk reads everything back.
+	_, addr2 := c.StartNBD()
+	mustVerify(t, reattach(t, c, nil, addr2, vol, blocks*blockSize, 30*time.Second), m, "after the refusals")
+}
+
+// rotateCA replaces the CA of c.Certs by a new one and reissues every
+// certificate with it (daemon for 127.0.0.11-40, clients blk and ctl);
+// ca.crt becomes the bundle of both CAs, so that connections made with
+// either side's old certificate still verify while the rotation goes on.
+// It returns the old CA's PEM.
+func rotateCA(t *testing.T, c *proccluster.Cluster) []byte {
+	t.Helper()
+	caPath := filepath.Join(c.Certs, tlsconfig.CACert)
+	old := mustReadFile(t, caPath)
+	o := tlsconfig.IssueOptions{Overwrite: true}
+	if err := tlsconfig.InitCA(c.Certs, o); err != nil {
+		t.Fatal(err)
+	}
+	var hosts []string
+	for i := 0; i < 30; i++ {
+		hosts = append(hosts, fmt.Sprintf("127.0.0.%d", 11+i))
+	}
+	if err := tlsconfig.IssueDaemon(c.Certs, hosts, o); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"blk", "ctl"} {
+		if err := tlsconfig.IssueClient(c.Certs, n, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bundle := append(mustReadFile(t, caPath), old...)
+	writeAtomically(t, caPath, bundle)
+	return old
+}
+
+// writeAtomically replaces path by data through a rename, as `torusctl
+// certs` does, so a reloading process never reads half a file.
+func writeAtomically(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSecureRotationUnderFio: every certificate of a mutual-TLS cluster
+// (3 torusd, replication 2, torusblk) is replaced, CA included, while fio
+// writes through torusblk with crc32c verify and an fsync every 32 writes.
+// The new CA is added to the bundle, every daemon and client certificate
+// is reissued by it, every process gets SIGHUP, and then every daemon is
+// restarted in turn, so every peer connection (torusblk to daemons,
+// daemons to daemons) is made again with the new certificates. fio must
+// exit 0 (no I/O error, no verify error) and no request may be refused.
+// Then the old CA is dropped from the bundle and SIGHUP sent again: a
+// client certificate of the old CA is refused, and a fresh torusblk with
+// the new one reads the volume.
+func TestSecureRotationUnderFio(t *testing.T) {
+	fio := testutil.RequireBinary(t, "fio")
+	c := startCluster(t, proccluster.Options{Daemons: 3, Replication: 2, Secure: true})
+	const vol = "rot"
+	createVolume(t, c, vol, "64MiB", 0)
+	blk, addr := c.StartNBD()
+	oldClient := t.TempDir()
+	for _, f := range []string{"client.blk.crt", "client.blk.key"} {
+		writeAtomically(t, filepath.Join(oldClient, f), mustReadFile(t, filepath.Join(c.Certs, f)))
+	}
+	const runtime = 25 * time.Second
+	args := []string{"--name=rotation", "--ioengine=nbd", "--uri=nbd://" + addr + "/" + vol,
+		"--rw=randwrite", "--bs=64k", "--size=32M", "--loops=100000", fmt.Sprintf("--runtime=%d", int(runtime.Seconds())),
+		"--iodepth=4", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--fsync=32", "--randrepeat=0"}
+	ctx, cancel := context.WithTimeout(context.Background(), runtime+90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, fio, args...)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	time.Sleep(3 * time.Second)
+
+	oldCA := rotateCA(t, c)
+	for _, d := range c.Daemons {
+		d.Signal(t, syscall.SIGHUP)
+	}
+	blk.Signal(t, syscall.SIGHUP)
+	t.Logf("rotated every certificate at %v", time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	rollingRestart(t, c, time.Second, syscall.SIGTERM)
+	restartDone := time.Since(start)
+	var err error
+	select {
+	case err = <-exited:
+	case <-ctx.Done():
+		err = <-exited
+	}
+	t.Logf("fio exited after %v (rotation and rolling restart over at %v): %v", time.Since(start).Round(time.Millisecond), restartDone.Round(time.Millisecond), err)
+	if err != nil {
+		t.Fatalf("fio --verify=crc32c --fsync=32 failed during the rotation: %v\n%s\n...\n%s", err, errLines(out.String(), 10), tail(out.String(), 15))
+	}
+	if time.Since(start) < restartDone {
+		t.Fatal("fio ended before the rotation did")
+	}
+	if n, desc := refusedTotal(c); n != 0 {
+		t.Fatalf("%v requests refused during the rotation (%s)", n, desc)
+	}
+	// The served daemon certificate is the new one.
+	df := tlsconfig.DaemonFiles(c.Certs)
+	pair, err := tls.LoadX509KeyPair(df.Cert, df.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", c.Daemons[0].PeerAddr, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := conn.ConnectionState().PeerCertificates[0].Raw
+	conn.Close()
+	if !bytes.Equal(served, pair.Certificate[0]) {
+		t.Fatal("a restarted daemon serves a certificate other than the reissued one")
+	}
+
+	// Drop the old CA.
+	caPath := filepath.Join(c.Certs, tlsconfig.CACert)
+	bundle := mustReadFile(t, caPath)
+	writeAtomically(t, caPath, bytes.TrimSuffix(bundle, oldCA))
+	for _, d := range c.Daemons {
+		d.Signal(t, syscall.SIGHUP)
+	}
+	blk.Signal(t, syscall.SIGHUP)
+	old := tlsconfig.Files{Cert: filepath.Join(oldClient, "client.blk.crt"), Key: filepath.Join(oldClient, "client.blk.key"), CA: caPath}
+	eventually(t, 15*time.Second, 200*time.Millisecond, "the old CA's client certificate refused", func() (bool, string) {
+		r, err := tlsconfig.New("old client", old, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		cl, err := peer.Dial(dctx, c.Daemons[0].PeerAddr, peer.ClientConfig{TLS: r.Client, RequestTimeout: 5 * time.Second}, nil)
+		if err != nil {
+			return true, err.Error()
+		}
+		defer cl.Close()
+		_, err = cl.Usage(dctx)
+		return err != nil, fmt.Sprint(err)
+	})
+	blk.Signal(t, syscall.SIGTERM)
+	_, addr2 := c.StartNBD()
+	nc := reattach(t, c, nil, addr2, vol, 64<<20, 30*time.Second)
+	buf := make([]byte, blockSize)
+	if err := nc.ReadAt(buf, 0); err != nil {
+		t.Fatalf("a torusblk with the new certificates cannot read: %v", err)
+	}
 }
