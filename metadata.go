@@ -105,7 +105,9 @@ type Metadata interface {
 	// volume's epoch, returning the new epoch. It fails with a
 	// *LockedError (ErrLocked) naming the holder if another writer holds
 	// the volume.
-	Lock(ctx context.Context, s Session, volume string, owner string) (epoch uint64, err error)
+	// w gives the writer's Owner (required) and Identity; the store sets
+	// Epoch and Since.
+	Lock(ctx context.Context, s Session, volume string, w WriterInfo) (epoch uint64, err error)
 	// Unlock releases the lock if epoch still holds it; otherwise no-op.
 	Unlock(ctx context.Context, volume string, epoch uint64) error
 	// ForceUnlock removes any writer record. The old writer is fenced by

@@ -241,6 +241,11 @@ type WriterInfo struct {
 	Owner string    `json:"owner"` // e.g. "torusblk@host:10809 pid 123"
 	Epoch uint64    `json:"epoch"`
 	Since time.Time `json:"since"`
+	// Identity is the common name of the peer client certificate the
+	// writer talks to the daemons with ("" on a plain cluster). A daemon
+	// that requires TLS accepts a client's appends, syncs and fences at an
+	// epoch only from the identity that locked it (docs/security.md).
+	Identity string `json:"identity,omitempty"`
 }
 
 // Head is the authoritative pointer to a volume's state, stored in etcd and

@@ -265,7 +265,7 @@ func TestDeleteVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	epoch, err := f.m.Lock(f.ctx, f.ses, v.VolumeId, "torusblk@node-a")
+	epoch, err := f.m.Lock(f.ctx, f.ses, v.VolumeId, torus.WriterInfo{Owner: "torusblk@node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func TestSnapshots(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument, "snapshot parameters")
 
 	// b is attached: its writer takes the snapshot on request.
-	epoch, err := f.m.Lock(f.ctx, f.ses, b.VolumeId, "writer")
+	epoch, err := f.m.Lock(f.ctx, f.ses, b.VolumeId, torus.WriterInfo{Owner: "writer"})
 	if err != nil {
 		t.Fatal(err)
 	}

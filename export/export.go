@@ -6,7 +6,6 @@ package export
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"strings"
 
 	"github.com/torus-storage/torus"
@@ -16,22 +15,22 @@ import (
 
 // Exports implements nbd.Exports over a Torus cluster.
 type Exports struct {
+	deps  volume.Deps
 	meta  torus.Metadata
-	peers torus.PeerPool
 	owner string
-	log   *slog.Logger
 }
 
 // New returns exports served by a process described by owner (stored in
 // each volume's writer lock, e.g. "torusblk@host:10809 pid 42").
-func New(meta torus.Metadata, peers torus.PeerPool, owner string, logger *slog.Logger) *Exports {
-	return &Exports{meta: meta, peers: peers, owner: owner, log: logger}
+// deps are the cluster's (deps.Identity is stored in the locks too).
+func New(deps volume.Deps, owner string) *Exports {
+	return &Exports{deps: deps, meta: deps.Meta, owner: owner}
 }
 
 // Open opens name: a volume for writing (taking its writer lock), or
 // read-only; "vol@snap" opens a snapshot, always read-only.
 func (e *Exports) Open(ctx context.Context, name string, readOnly bool) (torus.Device, error) {
-	deps := volume.Deps{Meta: e.meta, Peers: e.peers, Logger: e.log}
+	deps := e.deps
 	if vol, snap, ok := strings.Cut(name, "@"); ok {
 		return volume.Open(ctx, deps, vol, volume.Options{ReadOnly: true, Snapshot: snap, Owner: e.owner})
 	}

@@ -20,16 +20,16 @@ func ExampleMemory() {
 	_, _ = m.CreateVolume(ctx, torus.VolumeInfo{Name: "vol", Size: 1 << 30})
 
 	s1, _ := m.NewSession(ctx, 10*time.Second)
-	e1, _ := m.Lock(ctx, s1, "vol", "writer-1")
+	e1, _ := m.Lock(ctx, s1, "vol", torus.WriterInfo{Owner: "writer-1"})
 	fmt.Println("writer-1 epoch", e1, m.CommitHead(ctx, "vol", e1, torus.Head{Epoch: e1, NextSeq: 1}))
 
 	s2, _ := m.NewSession(ctx, 10*time.Second)
-	_, err := m.Lock(ctx, s2, "vol", "writer-2")
+	_, err := m.Lock(ctx, s2, "vol", torus.WriterInfo{Owner: "writer-2"})
 	fmt.Println(err)
 
 	m.ExpireSession(s1.ID()) // writer-1's lease runs out
 	<-s1.Done()
-	e2, _ := m.Lock(ctx, s2, "vol", "writer-2")
+	e2, _ := m.Lock(ctx, s2, "vol", torus.WriterInfo{Owner: "writer-2"})
 	fmt.Println("writer-2 epoch", e2)
 	err = m.CommitHead(ctx, "vol", e1, torus.Head{Epoch: e1, NextSeq: 2})
 	fmt.Println("writer-1 fenced:", errors.Is(err, torus.ErrFenced))

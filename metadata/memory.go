@@ -615,8 +615,8 @@ func (m *Memory) DeleteVolume(ctx context.Context, name string) error {
 }
 
 // Lock implements torus.Metadata.
-func (m *Memory) Lock(ctx context.Context, s torus.Session, volume, owner string) (uint64, error) {
-	if owner == "" {
+func (m *Memory) Lock(ctx context.Context, s torus.Session, volume string, w torus.WriterInfo) (uint64, error) {
+	if w.Owner == "" {
 		return 0, fmt.Errorf("metadata: lock %q: %w: empty owner", volume, torus.ErrInvalid)
 	}
 	if err := m.enter(ctx); err != nil {
@@ -636,7 +636,7 @@ func (m *Memory) Lock(ctx context.Context, s torus.Session, volume, owner string
 			&torus.LockedError{Volume: volume, Holder: v.writer.Owner, Epoch: v.writer.Epoch})
 	}
 	v.epoch++
-	v.writer = &torus.WriterInfo{Owner: owner, Epoch: v.epoch, Since: time.Now().UTC()}
+	v.writer = &torus.WriterInfo{Owner: w.Owner, Identity: w.Identity, Epoch: v.epoch, Since: time.Now().UTC()}
 	v.writerSes = ms.id
 	m.notifyLocked()
 	return v.epoch, nil

@@ -38,7 +38,7 @@ func TestMemorySetFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Lock(ctx, short, "v", "w"); err != nil {
+	if _, err := m.Lock(ctx, short, "v", torus.WriterInfo{Owner: "w"}); err != nil {
 		t.Fatal(err)
 	}
 	down := fmt.Errorf("etcd 127.0.0.1:1 unreachable: %w", torus.ErrUnavailable)
@@ -63,7 +63,7 @@ func TestMemorySetFailure(t *testing.T) {
 	if _, ok, err := m.Writer(ctx, "v"); err != nil || ok {
 		t.Fatalf("lock of the expired session: ok=%v err=%v, want gone", ok, err)
 	}
-	if _, err := m.Lock(ctx, long, "v", "w2"); err != nil {
+	if _, err := m.Lock(ctx, long, "v", torus.WriterInfo{Owner: "w2"}); err != nil {
 		t.Fatalf("Lock after recovery: %v", err)
 	}
 }
@@ -75,7 +75,7 @@ func TestMemorySessionCloseDuringFailure(t *testing.T) {
 	_ = m.InitCluster(ctx, torus.ClusterConfig{})
 	_, _ = m.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: 4096})
 	s, _ := m.NewSession(ctx, time.Hour)
-	if _, err := m.Lock(ctx, s, "v", "w"); err != nil {
+	if _, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w"}); err != nil {
 		t.Fatal(err)
 	}
 	m.SetFailure(torus.ErrUnavailable)

@@ -93,11 +93,19 @@ func (sc *serverConn) refusePlain(first byte) {
 
 // authorize checks a request of a TLS connection against the caller's
 // role, logging and counting a refusal. Plain servers trust every caller.
-func (sc *serverConn) authorize(r Request) error {
+func (sc *serverConn) authorize(ctx context.Context, r Request) error {
 	if sc.s.cfg.TLS == nil {
 		return nil
 	}
 	err := Authorize(sc.id, r)
+	if check := sc.s.cfg.WriterCheck; err == nil && check != nil && sc.id.Role == RoleClient {
+		switch r.Op {
+		case OpAppend, OpSync:
+			err = check(ctx, sc.id, r.Seg.Volume, r.Epoch)
+		case OpFence:
+			err = check(ctx, sc.id, r.Volume, r.Epoch)
+		}
+	}
 	if err != nil {
 		sc.log.Warn("peer request refused", "op", r.Op, "seg", r.Seg.String(), "volume", r.Volume, "epoch", r.Epoch, "err", err)
 		if f := sc.s.cfg.Refused; f != nil {

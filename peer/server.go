@@ -48,6 +48,13 @@ type ServerConfig struct {
 	// failed TLS handshake (role "unauthenticated", op "handshake": no
 	// certificate, another CA's, expired); a daemon counts them in a metric.
 	Refused func(id Identity, role, op string)
+	// WriterCheck, when set, is asked on a TLS server whether a client
+	// certificate id may write to volume at epoch (its Append, Sync and
+	// Fence requests, after Authorize allowed them): the daemon answers
+	// from the volume's writer lock, which names the identity that locked
+	// the epoch. An error (wrapping torus.ErrPermission for a refusal) is
+	// the request's answer, counted like Authorize's refusals.
+	WriterCheck func(ctx context.Context, id Identity, volume, epoch uint64) error
 }
 
 // Server defaults.
@@ -475,7 +482,7 @@ func (sc *serverConn) serve(j *job) {
 	defer cancel()
 	svc, r := sc.s.svc, j.req
 	var resp Response
-	err := sc.authorize(r)
+	err := sc.authorize(ctx, r)
 	switch {
 	case err != nil:
 	case r.Op == OpAppend:

@@ -135,7 +135,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if s.advert == "" {
 		s.advert = s.peerLn.Addr().String()
 	}
-	s.psrv = peer.NewServer(s.local, peer.ServerConfig{TLS: s.cfg.PeerTLS, Refused: s.metrics.peerRefused}, s.log)
+	s.psrv = peer.NewServer(s.local, peer.ServerConfig{TLS: s.cfg.PeerTLS, Refused: s.metrics.peerRefused,
+		WriterCheck: newWriterLocks(s.meta).check}, s.log)
 	s.goAttach(func(context.Context) {
 		if err := s.psrv.Serve(s.peerLn); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, torus.ErrClosed) {
 			s.log.Error("peer server stopped", "err", err)

@@ -137,14 +137,14 @@ func TestFencingFollowsEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e1, err := meta.Lock(ctx, sess, "v", "w1")
+	e1, err := meta.Lock(ctx, sess, "v", torus.WriterInfo{Owner: "w1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := meta.Unlock(ctx, "v", e1); err != nil {
 		t.Fatal(err)
 	}
-	e2, err := meta.Lock(ctx, sess, "v", "w2")
+	e2, err := meta.Lock(ctx, sess, "v", torus.WriterInfo{Owner: "w2"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,9 +16,15 @@ import (
 
 // Deps are a volume's collaborators.
 type Deps struct {
-	Meta   torus.Metadata
-	Peers  torus.PeerPool
-	Logger *slog.Logger // nil: discard
+	Meta  torus.Metadata
+	Peers torus.PeerPool
+	// Identity is the common name of the peer client certificate Peers
+	// talks to the daemons with ("" on a plain cluster). A writer stores
+	// it in its lock: daemons that require TLS take a writer's appends,
+	// syncs and fences only from the identity that locked the epoch
+	// (torus.WriterInfo.Identity).
+	Identity string
+	Logger   *slog.Logger // nil: discard
 }
 
 // Options control Open.
@@ -141,6 +147,8 @@ type Volume struct {
 	snap  string
 	ro    bool
 	owner string
+	// identity is Deps.Identity, stored in the lock.
+	identity string
 
 	ctx     context.Context // lives until Close
 	cancel  context.CancelFunc
@@ -233,6 +241,7 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 		snap:        opt.Snapshot,
 		ro:          opt.ReadOnly || opt.Snapshot != "",
 		owner:       opt.Owner,
+		identity:    deps.Identity,
 		reqs:        make(chan *writeReq, 256),
 		ctl:         make(chan *ctlReq),
 		compactKick: make(chan struct{}, 1),
@@ -297,7 +306,7 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 	if err != nil {
 		return fmt.Errorf("volume %s: session: %w", v.name, err)
 	}
-	epoch, err := v.meta.Lock(ctx, s, v.name, opt.Owner)
+	epoch, err := v.meta.Lock(ctx, s, v.name, torus.WriterInfo{Owner: opt.Owner, Identity: v.identity})
 	if err != nil {
 		_ = s.Close(context.WithoutCancel(ctx))
 		return fmt.Errorf("volume %s: %w", v.name, err)

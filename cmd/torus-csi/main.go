@@ -134,7 +134,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Meta:     meta,
 		Attacher: attacher,
 		SnapshotClosed: func(ctx context.Context, md torus.Metadata, vol, name string) error {
-			return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, vol, name)
+			return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Identity: ptls.CommonName(), Logger: log}, vol, name)
 		},
 		Logger: log,
 	})

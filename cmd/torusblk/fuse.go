@@ -17,6 +17,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
 	"github.com/torus-storage/torus/nbd"
+	"github.com/torus-storage/torus/volume"
 )
 
 func newFuse(g *globals) *cobra.Command {
@@ -53,7 +54,7 @@ and further I/O through it fails (EIO), never lost silently.`,
 			keepReloading(ctx, g.peerTLS)
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s fuse %s pid %d", host, file, os.Getpid())
-			var exports nbd.Exports = export.New(meta, pool, owner, log)
+			var exports nbd.Exports = export.New(volume.Deps{Meta: meta, Peers: pool, Identity: g.peerTLS.CommonName(), Logger: log}, owner)
 			exports, stopHTTP, err := withMetrics(exports, httpListen, log)
 			if err != nil {
 				return err

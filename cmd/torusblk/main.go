@@ -33,6 +33,7 @@ import (
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
 	"github.com/torus-storage/torus/peer"
+	"github.com/torus-storage/torus/volume"
 )
 
 type globals struct {
@@ -167,7 +168,7 @@ func newNBDServe(g *globals) *cobra.Command {
 			}
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s nbd %s pid %d", host, ln.Addr(), os.Getpid())
-			var exports nbd.Exports = export.New(meta, pool, owner, log)
+			var exports nbd.Exports = export.New(volume.Deps{Meta: meta, Peers: pool, Identity: g.peerTLS.CommonName(), Logger: log}, owner)
 			exports, stopHTTP, err := withMetrics(exports, httpListen, log)
 			if err != nil {
 				return err
@@ -290,7 +291,7 @@ func newNBDAttach(g *globals) *cobra.Command {
 			}
 			host, _ := os.Hostname()
 			owner := fmt.Sprintf("torusblk@%s %s pid %d", host, dev, os.Getpid())
-			srv := nbd.NewServer(nbd.Config{}, export.New(meta, pool, owner, log), log)
+			srv := nbd.NewServer(nbd.Config{}, export.New(volume.Deps{Meta: meta, Peers: pool, Identity: g.peerTLS.CommonName(), Logger: log}, owner), log)
 			go srv.ServeConn(srvConn)
 			attachErr := nbd.AttachKernel(ctx, dev, cliConn, args[0])
 			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

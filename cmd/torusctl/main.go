@@ -32,11 +32,11 @@ func deps() cli.Deps {
 // export), reaching the peers through a pool resolving IDs via md.Peers.
 func openVolume(ctx context.Context, md torus.Metadata, g cli.Global, name string, opt cli.VolumeOptions) (torus.Device, func(), error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool, err := newPool(md, g, log)
+	pool, id, err := newPoolIdentity(md, g, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	v, err := volume.Open(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, name,
+	v, err := volume.Open(ctx, volume.Deps{Meta: md, Peers: pool, Identity: id, Logger: log}, name,
 		volume.Options{ReadOnly: opt.ReadOnly, Snapshot: opt.Snapshot, Owner: opt.Owner})
 	if err != nil {
 		pool.Close()
@@ -57,9 +57,16 @@ func peers(md torus.Metadata, g cli.Global) (torus.PeerPool, func(), error) {
 
 // newPool is a peer pool that resolves IDs via md.Peers.
 func newPool(md torus.Metadata, g cli.Global, log *slog.Logger) (*peer.Pool, error) {
+	pool, _, err := newPoolIdentity(md, g, log)
+	return pool, err
+}
+
+// newPoolIdentity is newPool with the common name of its client
+// certificate ("" on a plain cluster), for volume.Deps.Identity.
+func newPoolIdentity(md torus.Metadata, g cli.Global, log *slog.Logger) (*peer.Pool, string, error) {
 	ptls, err := tlsconfig.Peer(tlsconfig.Files{Cert: g.PeerCert, Key: g.PeerKey, CA: g.PeerCA}, log)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	return peer.NewPool(func(ctx context.Context, id string) (string, error) {
 		peers, err := md.Peers(ctx)
@@ -72,7 +79,7 @@ func newPool(md torus.Metadata, g cli.Global, log *slog.Logger) (*peer.Pool, err
 			}
 		}
 		return "", fmt.Errorf("%w: peer %s is not registered", torus.ErrUnavailable, id)
-	}, peer.ClientConfig{TLS: tlsconfig.PeerClient(ptls)}, log), nil
+	}, peer.ClientConfig{TLS: tlsconfig.PeerClient(ptls)}, log), ptls.CommonName(), nil
 }
 
 // snapshotClosed opens a volume without a writer as writer, snapshots it
@@ -80,10 +87,10 @@ func newPool(md torus.Metadata, g cli.Global, log *slog.Logger) (*peer.Pool, err
 // that resolves IDs via md.Peers. Warnings go to stderr.
 func snapshotClosed(ctx context.Context, md torus.Metadata, g cli.Global, vol, name string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	pool, err := newPool(md, g, log)
+	pool, id, err := newPoolIdentity(md, g, log)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Logger: log}, vol, name)
+	return volume.SnapshotClosed(ctx, volume.Deps{Meta: md, Peers: pool, Identity: id, Logger: log}, vol, name)
 }

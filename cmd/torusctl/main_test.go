@@ -149,7 +149,7 @@ func cmdWriter(ts *testscript.TestScript, neg bool, args []string) {
 	s := openStore(ts)
 	ses, err := s.NewSession(ctx, 10*time.Second)
 	ts.Check(err)
-	epoch, err := s.Lock(ctx, ses, vol, owner)
+	epoch, err := s.Lock(ctx, ses, vol, torus.WriterInfo{Owner: owner})
 	ts.Check(err)
 	ts.Check(s.CommitHead(ctx, vol, epoch, torus.Head{Epoch: epoch, Sealed: []torus.SegmentRef{
 		{ID: torus.SegmentID{Volume: 1, Epoch: epoch, Seq: 1}, Length: 4096}}, NextSeq: 2}))

@@ -25,6 +25,7 @@ import (
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/server"
 	"github.com/torus-storage/torus/storage"
+	"github.com/torus-storage/torus/volume"
 )
 
 type flags struct {
@@ -299,7 +300,7 @@ func devNBD(ctx context.Context, f *flags, sec security, meta *etcdmeta.Store, s
 		nbdCfg.Authorizer = list
 		go keepExportList(ctx, list, log)
 	}
-	nbdSrv := nbd.NewServer(nbdCfg, export.New(meta, pool, owner, log), log)
+	nbdSrv := nbd.NewServer(nbdCfg, export.New(volume.Deps{Meta: meta, Peers: pool, Logger: log}, owner), log)
 	go func() {
 		if err := nbdSrv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, nbd.ErrServerClosed) {
 			log.Error("nbd server stopped", "err", err)

@@ -27,7 +27,7 @@ func TestRetryJoinsPendingRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	epoch, err := m.Lock(ctx, s, "v", "w")
+	epoch, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w"})
 	if err != nil {
 		t.Fatal(err)
 	}

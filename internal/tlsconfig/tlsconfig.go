@@ -136,6 +136,27 @@ func (r *Reloader) load() (*state, error) {
 	return st, nil
 }
 
+// CommonName is the subject common name of the current certificate: the
+// identity a peer client shows the daemons ("" for a nil Reloader or one
+// without a certificate).
+func (r *Reloader) CommonName() string {
+	if r == nil {
+		return ""
+	}
+	st := r.cur.Load()
+	if st == nil || st.cert == nil || len(st.cert.Certificate) == 0 {
+		return ""
+	}
+	leaf := st.cert.Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(st.cert.Certificate[0]); err != nil {
+			return ""
+		}
+	}
+	return leaf.Subject.CommonName
+}
+
 // Reload reads the files again. On error the current contents stay in use
 // (a half-written certificate does not take a port down).
 func (r *Reloader) Reload() error {

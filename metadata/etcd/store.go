@@ -924,9 +924,9 @@ func (s *Store) DeleteVolume(ctx context.Context, name string) error {
 // Lock implements torus.Metadata. Transaction: volume record is the one
 // read, epoch unchanged since read, lock absent → put the writer record
 // under the session's lease and epoch+1.
-func (s *Store) Lock(ctx context.Context, ses torus.Session, volume, owner string) (uint64, error) {
+func (s *Store) Lock(ctx context.Context, ses torus.Session, volume string, owner torus.WriterInfo) (uint64, error) {
 	const op = "lock"
-	if owner == "" {
+	if owner.Owner == "" {
 		return 0, fmt.Errorf("metadata/etcd: lock %q: %w: empty owner", volume, torus.ErrInvalid)
 	}
 	es, err := s.session(ses)
@@ -953,7 +953,7 @@ func (s *Store) Lock(ctx context.Context, ses torus.Session, volume, owner strin
 			return 0, err
 		}
 		e++
-		w := torus.WriterInfo{Owner: owner, Epoch: e, Since: time.Now().UTC()}
+		w := torus.WriterInfo{Owner: owner.Owner, Identity: owner.Identity, Epoch: e, Since: time.Now().UTC()}
 		resp, err := s.txn(ctx, op,
 			[]clientv3.Cmp{
 				clientv3.Compare(clientv3.CreateRevision(s.k.volume(volume)), "=", r[0][0].CreateRevision),

@@ -64,7 +64,7 @@ func testAttachments(t *testing.T, m torus.Metadata) {
 
 	// A writer of node-a holds the volume.
 	s := newSession(t, m, 10*time.Second)
-	e1, err := m.Lock(ctx, s, "v", "node-a writer")
+	e1, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "node-a writer"})
 	must(t, err, "Lock")
 
 	removed, err := m.DeleteAttachment(ctx, "v", "node-b")
@@ -103,7 +103,7 @@ func testAttachments(t *testing.T, m torus.Metadata) {
 		t.Fatalf("PutAttachment after detach = %+v", b)
 	}
 	s2 := newSession(t, m, 10*time.Second)
-	e2, err := m.Lock(ctx, s2, "v", "node-b writer")
+	e2, err := m.Lock(ctx, s2, "v", torus.WriterInfo{Owner: "node-b writer"})
 	must(t, err, "Lock by node-b")
 	if e2 <= e1 {
 		t.Fatalf("node-b's epoch %d not above node-a's %d", e2, e1)

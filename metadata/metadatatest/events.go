@@ -71,3 +71,19 @@ func testEventBounds(t *testing.T, m torus.Metadata) {
 		t.Errorf("kept from %q to seq %d, want from \"5\" to the last (%d)", evs[0].Message, evs[len(evs)-1].Seq, last.Seq)
 	}
 }
+
+// testLockIdentity: the writer record keeps the identity Lock was given.
+func testLockIdentity(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	createVolume(t, m, "v", 1<<20)
+	s, err := m.NewSession(ctx, 10*time.Second)
+	must(t, err, "NewSession")
+	defer s.Close(ctx)
+	e, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w1", Identity: "blk", Epoch: 99})
+	must(t, err, "Lock")
+	w, ok, err := m.Writer(ctx, "v")
+	if err != nil || !ok || w.Identity != "blk" || w.Owner != "w1" || w.Epoch != e || e == 99 {
+		t.Fatalf("Writer after Lock with an identity = %+v %v %v (epoch %d)", w, ok, err, e)
+	}
+}

@@ -69,6 +69,7 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 		{"Attachments", testAttachments},
 		{"AttachRace", testAttachRace},
 		{"Events", testEvents},
+		{"LockIdentity", testLockIdentity},
 		{"EventBounds", testEventBounds},
 		{"Snapshots", testSnapshots},
 		{"CloneVolume", testCloneVolume},
@@ -387,7 +388,7 @@ func testSessionClose(t *testing.T, m torus.Metadata) {
 		t.Fatal("new session is done")
 	}
 	must(t, m.Heartbeat(ctx, s, "p", torus.Beat{}), "Heartbeat")
-	_, err = m.Lock(ctx, s, "v", "w1")
+	_, err = m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w1"})
 	must(t, err, "Lock")
 	must(t, s.Close(ctx), "Session.Close")
 	waitClosed(t, s.Done(), "Done after Close")
@@ -424,7 +425,7 @@ func testSessionExpiry(t *testing.T, m torus.Metadata) {
 	setMembers(t, m, "p")
 	s := newSession(t, m, 10*time.Second)
 	must(t, m.Heartbeat(ctx, s, "p", torus.Beat{Used: 1}), "Heartbeat")
-	e1, err := m.Lock(ctx, s, "v", "w1")
+	e1, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w1"})
 	must(t, err, "Lock")
 	must(t, m.CommitHead(ctx, "v", e1, torus.Head{Epoch: e1, NextSeq: 1}), "CommitHead")
 
@@ -440,11 +441,11 @@ func testSessionExpiry(t *testing.T, m torus.Metadata) {
 	if err := m.Heartbeat(ctx, s, "p", torus.Beat{Used: 1}); err == nil {
 		t.Fatal("Heartbeat with an expired session succeeded")
 	}
-	if _, err := m.Lock(ctx, s, "v", "w1"); err == nil {
+	if _, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w1"}); err == nil {
 		t.Fatal("Lock with an expired session succeeded")
 	}
 	s2 := newSession(t, m, 10*time.Second)
-	e2, err := m.Lock(ctx, s2, "v", "w2")
+	e2, err := m.Lock(ctx, s2, "v", torus.WriterInfo{Owner: "w2"})
 	must(t, err, "Lock after expiry")
 	if e2 <= e1 {
 		t.Fatalf("epoch after takeover %d, want > %d", e2, e1)
@@ -730,13 +731,13 @@ func testLock(t *testing.T, m torus.Metadata) {
 	v := createVolume(t, m, "v", 1<<20)
 	s1 := newSession(t, m, 10*time.Second)
 	s2 := newSession(t, m, 10*time.Second)
-	_, err := m.Lock(ctx, s1, "nope", "w1")
+	_, err := m.Lock(ctx, s1, "nope", torus.WriterInfo{Owner: "w1"})
 	wantErr(t, err, torus.ErrNotExist, "Lock missing volume")
-	_, err = m.Lock(ctx, s1, "v", "")
+	_, err = m.Lock(ctx, s1, "v", torus.WriterInfo{Owner: ""})
 	wantErr(t, err, torus.ErrInvalid, "Lock with empty owner")
 
 	before := time.Now().Add(-time.Second)
-	e1, err := m.Lock(ctx, s1, "v", "w1")
+	e1, err := m.Lock(ctx, s1, "v", torus.WriterInfo{Owner: "w1"})
 	must(t, err, "Lock")
 	if e1 != 1 {
 		t.Fatalf("first epoch = %d, want 1", e1)
@@ -746,7 +747,7 @@ func testLock(t *testing.T, m torus.Metadata) {
 	if !ok || w.Owner != "w1" || w.Epoch != e1 || w.Since.Before(before) {
 		t.Fatalf("Writer = %+v ok=%v, want w1 at epoch %d", w, ok, e1)
 	}
-	_, err = m.Lock(ctx, s2, "v", "w2")
+	_, err = m.Lock(ctx, s2, "v", torus.WriterInfo{Owner: "w2"})
 	wantErr(t, err, torus.ErrLocked, "Lock by another writer")
 	var le *torus.LockedError
 	if !errors.As(err, &le) || le.Holder != "w1" || le.Epoch != e1 || le.Volume != "v" || le.InUse {
@@ -755,7 +756,7 @@ func testLock(t *testing.T, m torus.Metadata) {
 	if !strings.Contains(err.Error(), "w1") {
 		t.Fatalf("lock error %q does not name the holder", err)
 	}
-	_, err = m.Lock(ctx, s1, "v", "w1")
+	_, err = m.Lock(ctx, s1, "v", torus.WriterInfo{Owner: "w1"})
 	wantErr(t, err, torus.ErrLocked, "Lock again by the holder")
 
 	must(t, m.Unlock(ctx, "v", e1+7), "Unlock with a wrong epoch")
@@ -769,7 +770,7 @@ func testLock(t *testing.T, m torus.Metadata) {
 	must(t, m.Unlock(ctx, "v", e1), "second Unlock")
 	must(t, m.Unlock(ctx, "nope", 1), "Unlock of a missing volume")
 
-	e2, err := m.Lock(ctx, s2, "v", "w2")
+	e2, err := m.Lock(ctx, s2, "v", torus.WriterInfo{Owner: "w2"})
 	must(t, err, "Lock after Unlock")
 	if e2 != e1+1 {
 		t.Fatalf("epoch after relock = %d, want %d", e2, e1+1)
@@ -801,7 +802,7 @@ func testLockRace(t *testing.T, m torus.Metadata) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e, err := m.Lock(ctx, s, "v", fmt.Sprintf("w%d", i))
+			e, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: fmt.Sprintf("w%d", i)})
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -890,7 +891,7 @@ func testCommitHead(t *testing.T, m torus.Metadata) {
 	s2 := newSession(t, m, 10*time.Second)
 	wantErr(t, m.CommitHead(ctx, "v", 0, torus.Head{}), torus.ErrFenced, "CommitHead without a lock")
 	wantErr(t, m.CommitHead(ctx, "nope", 1, torus.Head{}), torus.ErrNotExist, "CommitHead missing volume")
-	e1, err := m.Lock(ctx, s1, "v", "w1")
+	e1, err := m.Lock(ctx, s1, "v", torus.WriterInfo{Owner: "w1"})
 	must(t, err, "Lock")
 	wantErr(t, m.CommitHead(ctx, "v", e1+1, torus.Head{}), torus.ErrFenced, "CommitHead with a future epoch")
 	h1 := sampleHead(e1)
@@ -910,7 +911,7 @@ func testCommitHead(t *testing.T, m torus.Metadata) {
 	// Another writer takes over (forced): the old epoch is fenced.
 	must(t, m.ForceUnlock(ctx, "v"), "ForceUnlock")
 	wantErr(t, m.CommitHead(ctx, "v", e1, sampleHead(e1)), torus.ErrFenced, "CommitHead after ForceUnlock")
-	e2, err := m.Lock(ctx, s2, "v", "w2")
+	e2, err := m.Lock(ctx, s2, "v", torus.WriterInfo{Owner: "w2"})
 	must(t, err, "Lock by w2")
 	if e2 <= e1 {
 		t.Fatalf("epoch %d after takeover, want > %d", e2, e1)
@@ -937,7 +938,7 @@ func testForceUnlock(t *testing.T, m torus.Metadata) {
 	wantErr(t, m.ForceUnlock(ctx, "nope"), torus.ErrNotExist, "ForceUnlock missing volume")
 	must(t, m.ForceUnlock(ctx, "v"), "ForceUnlock without a writer")
 	s1 := newSession(t, m, 10*time.Second)
-	e1, err := m.Lock(ctx, s1, "v", "w1")
+	e1, err := m.Lock(ctx, s1, "v", torus.WriterInfo{Owner: "w1"})
 	must(t, err, "Lock")
 	must(t, m.ForceUnlock(ctx, "v"), "ForceUnlock")
 	if _, ok, _ := m.Writer(ctx, "v"); ok {
@@ -947,7 +948,7 @@ func testForceUnlock(t *testing.T, m torus.Metadata) {
 		t.Fatal("ForceUnlock ended the old writer's session")
 	}
 	s2 := newSession(t, m, 10*time.Second)
-	e2, err := m.Lock(ctx, s2, "v", "w2")
+	e2, err := m.Lock(ctx, s2, "v", torus.WriterInfo{Owner: "w2"})
 	must(t, err, "Lock after ForceUnlock")
 	if e2 != e1+1 {
 		t.Fatalf("epoch after ForceUnlock+Lock = %d, want %d", e2, e1+1)
@@ -970,7 +971,7 @@ func testDeleteVolume(t *testing.T, m torus.Metadata) {
 	must(t, m.RequestSnapshot(ctx, "v", "r1"), "RequestSnapshot")
 	must(t, m.SetDefaultExport(ctx, "v"), "SetDefaultExport")
 	s := newSession(t, m, 10*time.Second)
-	e, err := m.Lock(ctx, s, "v", "torusblk@host pid 7")
+	e, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "torusblk@host pid 7"})
 	must(t, err, "Lock")
 
 	err = m.DeleteVolume(ctx, "v")
@@ -1014,7 +1015,7 @@ func testDeleteVolume(t *testing.T, m torus.Metadata) {
 	if len(snaps) != 0 || len(reqs) != 0 {
 		t.Fatalf("recreated volume inherited snapshots %v or requests %v", snaps, reqs)
 	}
-	e2, err := m.Lock(ctx, s, "v", "w")
+	e2, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w"})
 	must(t, err, "Lock recreated")
 	if e2 != 1 {
 		t.Fatalf("first epoch of the recreated volume = %d, want 1", e2)
@@ -1062,7 +1063,7 @@ func testSnapshots(t *testing.T, m torus.Metadata) {
 
 	// Fenced creation by a writer.
 	ses := newSession(t, m, 10*time.Second)
-	e, err := m.Lock(ctx, ses, "v", "w")
+	e, err := m.Lock(ctx, ses, "v", torus.WriterInfo{Owner: "w"})
 	must(t, err, "Lock")
 	wantErr(t, m.CreateSnapshot(ctx, e+1, torus.Snapshot{Volume: "v", Name: "c"}), torus.ErrFenced, "CreateSnapshot future epoch")
 	must(t, m.CreateSnapshot(ctx, e, torus.Snapshot{Volume: "v", Name: "c"}), "CreateSnapshot at the writer's epoch")
@@ -1303,7 +1304,7 @@ func testWatch(t *testing.T, m torus.Metadata) {
 	waitSignal(t, ch, "CreateVolume")
 	drain(ch)
 	s := newSession(t, m, 10*time.Second)
-	e, err := m.Lock(ctx, s, "v", "w")
+	e, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w"})
 	must(t, err, "Lock")
 	waitSignal(t, ch, "Lock")
 	drain(ch)
@@ -1437,7 +1438,7 @@ func testRestoreSnapshot(t *testing.T, m torus.Metadata) {
 	snapHead.Open, snapHead.NextSeq = nil, 5
 	must(t, m.CreateSnapshot(ctx, 0, torus.Snapshot{Volume: "v", Name: "s", Head: snapHead}), "CreateSnapshot")
 	ses := newSession(t, m, 10*time.Second)
-	e, err := m.Lock(ctx, ses, "v", "restorer")
+	e, err := m.Lock(ctx, ses, "v", torus.WriterInfo{Owner: "restorer"})
 	must(t, err, "Lock")
 	must(t, m.CommitHead(ctx, "v", e, sampleHead(e)), "CommitHead")
 

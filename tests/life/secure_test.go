@@ -446,3 +446,86 @@ func TestSecureRotationUnderFio(t *testing.T) {
 		t.Fatalf("a torusblk with the new certificates cannot read: %v", err)
 	}
 }
+
+// TestWriterLockIdentity: on a TLS cluster a client certificate may write
+// to a volume only at an epoch whose writer lock names it. torusblk (client
+// certificate "blk") holds the volume; another valid client certificate
+// ("intruder") appends at the writer's epoch, syncs, and fences a higher
+// epoch: each is refused with ErrPermission and counted, nothing is
+// stored, and the real writer goes on writing and flushing at its epoch.
+func TestWriterLockIdentity(t *testing.T) {
+	c := startCluster(t, proccluster.Options{Daemons: 1, Replication: 1, Secure: true})
+	md := metaClient(t, c)
+	const vol, blocks = "owned", 1024
+	createVolume(t, c, vol, "4MiB", 0)
+	_, addr := c.StartNBD()
+	nc := attach(t, nil, addr, vol, blocks*blockSize)
+	m := newModel(seed(t), blocks)
+	w := newWorkload(m, uint64(m.seed), "writer")
+	for i := 0; i < 50; i++ {
+		if err := w.step(nc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vi, err := md.Volume(ctx, vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wi, ok, err := md.Writer(ctx, vol)
+	if err != nil || !ok || wi.Identity != "blk" {
+		t.Fatalf("writer lock %+v %v %v, want identity \"blk\" (torusblk's client certificate)", wi, ok, err)
+	}
+	if err := tlsconfig.IssueClient(c.Certs, "intruder", tlsconfig.IssueOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	files := tlsconfig.ClientFiles(c.Certs, "intruder")
+	files.CA = filepath.Join(c.Certs, tlsconfig.CACert)
+	r, err := tlsconfig.New("intruder", files, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.Daemons[0]
+	cl, err := peer.Dial(ctx, d.PeerAddr, peer.ClientConfig{TLS: r.Client, RequestTimeout: 10 * time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	head, err := md.Head(ctx, vol)
+	if err != nil || len(head.Sealed) == 0 {
+		t.Fatalf("head %+v %v: want sealed segments", head, err)
+	}
+	n0, _ := refusedTotal(c)
+	planted := torus.SegmentID{Volume: vi.ID, Epoch: wi.Epoch, Seq: 9999}
+	_, serr := cl.Sync(ctx, wi.Epoch, head.Sealed[0].ID)
+	for i, err := range []error{
+		cl.Append(ctx, wi.Epoch, planted, 0, []byte("evil")),
+		serr,
+		cl.Fence(ctx, vi.ID, wi.Epoch+1),
+	} {
+		if !errors.Is(err, torus.ErrPermission) {
+			t.Errorf("intruder request %d: %v, want ErrPermission", i, err)
+		}
+	}
+	if _, err := os.Stat(d.SegmentPath(planted)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the intruder's segment %s exists on the daemon: %v", planted, err)
+	}
+	eventually(t, 10*time.Second, 100*time.Millisecond, "the refusals counted", func() (bool, string) {
+		n, _ := refusedTotal(c)
+		return n >= n0+3, fmt.Sprintf("torus_peer_refused_total %v, was %v", n, n0)
+	})
+	// The holder was not fenced by the intruder's attempt.
+	for i := 0; i < 50; i++ {
+		if err := w.step(nc); err != nil {
+			t.Fatalf("the writer after the intruder: %v", err)
+		}
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatalf("flush after the intruder: %v", err)
+	}
+	mustVerify(t, nc, m, "after the intruder")
+}

@@ -27,7 +27,7 @@ func setup(t *testing.T) (*metadata.Memory, uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := m.Lock(ctx, s, "v", "w")
+	e, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w"})
 	if err != nil {
 		t.Fatal(err)
 	}
