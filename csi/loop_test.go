@@ -73,7 +73,7 @@ func (l *loopAttacher) Attach(ctx context.Context, volume string, readOnly bool)
 			stop()
 			return csi.Attachment{}, err
 		}
-		epoch, err := l.meta.Lock(ctx, ses, volume, torus.WriterInfo{Owner: "loop-test@"+l.node})
+		epoch, err := l.meta.Lock(ctx, ses, volume, torus.WriterInfo{Owner: "loop-test@" + l.node})
 		if err != nil {
 			_ = ses.Close(ctx)
 			stop()

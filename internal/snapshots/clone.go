@@ -78,7 +78,7 @@ func Restore(ctx context.Context, md torus.Metadata, volume, name string) (torus
 		return torus.Head{}, err
 	}
 	defer ses.Close(context.WithoutCancel(ctx))
-	epoch, err := md.Lock(ctx, ses, volume, torus.WriterInfo{Owner: "snapshot restore "+name})
+	epoch, err := md.Lock(ctx, ses, volume, torus.WriterInfo{Owner: "snapshot restore " + name})
 	if err != nil {
 		return torus.Head{}, fmt.Errorf("restore %s@%s: the volume must not be attached: %w", volume, name, err)
 	}
