@@ -158,9 +158,10 @@ function renderRing(ring, peers) {
     const arc = svg("path", { d, fill: "none", stroke: color, "stroke-width": W, "data-ring-member": m.id, "data-peer-state": st });
     arc.append(svg("title", {}, m.id + " (" + st + ", weight " + m.weight + ")"));
     parts.push(arc);
-    const mid = (a0 + a1) / 2, L = R + W / 2 + 14;
-    parts.push(svg("text", { x: L * Math.cos(mid), y: L * Math.sin(mid), "text-anchor": "middle", "dominant-baseline": "middle" },
-      (m.id.length > 12 ? m.id.slice(0, 12) : m.id) + " ·" + st));
+    const mid = (a0 + a1) / 2, L = R + W / 2 + 8, c = Math.cos(mid);
+    const anchor = c > 0.2 ? "start" : c < -0.2 ? "end" : "middle";
+    parts.push(svg("text", { x: L * c, y: L * Math.sin(mid), "text-anchor": anchor, "dominant-baseline": "middle" },
+      (m.id.length > 8 ? m.id.slice(0, 8) : m.id) + " · " + st));
     a += span;
   }
   parts.push(svg("text", { x: 0, y: -6, "text-anchor": "middle", "font-size": "14" }, "ring v" + ring.version));
@@ -175,6 +176,10 @@ function renderEvents(evs) {
     state.afterSeq = Math.max(state.afterSeq, e.seq);
   }
   state.events.length = Math.min(state.events.length, MAX_EVENTS);
+  if (state.events.length === 0) {
+    $("events").replaceChildren(el("li", { class: "muted" }, "No events recorded yet."));
+    return;
+  }
   $("events").replaceChildren(...state.events.map((e) => el("li", { class: e.severity, "data-event-kind": e.kind, "data-seq": e.seq },
     el("time", { datetime: e.time }, new Date(e.time).toLocaleTimeString()), e.kind + ": " + e.message)));
 }
