@@ -34,6 +34,7 @@ const page = browser.pages()[0] || await browser.newPage();
 const consoleErrors = [];
 page.on("pageerror", (e) => consoleErrors.push(String(e)));
 page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+page.on("response", (r) => { if (r.status() >= 400) consoleErrors.push(r.status() + " " + r.url()); });
 await page.goto(url);
 
 // What the page shows, read off its data attributes.
