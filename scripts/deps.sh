@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Torus needs on Debian: the Go
-# modules, and the Debian packages of the NBD clients, fio, qemu tools, nbdkit
-# and etcd used by the tests and the benchmark. Safe to run again: it installs
+# modules, the Debian packages of the NBD clients, fio, qemu tools, nbdkit,
+# etcd and chromium used by the tests and the benchmark, and the npm
+# packages of the dashboard test (tests/ui). Safe to run again: it installs
 # only what is missing.
 set -euo pipefail
 
@@ -36,6 +37,9 @@ declare -A pkgs=(
 	[losetup]=mount
 	[ip]=iproute2
 	[certtool]=gnutls-bin
+	[chromium]=chromium
+	[node]=nodejs
+	[npm]=npm
 )
 missing=()
 for prog in "${!pkgs[@]}"; do
@@ -59,3 +63,12 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/d
 	systemctl disable etcd >/dev/null 2>&1 || true
 fi
 go mod download
+# The dashboard test (tests/life TestDashboard) drives Debian's chromium
+# with playwright-core, pinned by tests/ui/package-lock.json; npm ci never
+# downloads a browser of its own.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -f "$root/tests/ui/node_modules/.package-lock.json" ] ||
+	! cmp -s "$root/tests/ui/package-lock.json" "$root/tests/ui/node_modules/.package-lock.json.ci"; then
+	echo "deps: npm ci in tests/ui"
+	(cd "$root/tests/ui" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.package-lock.json.ci)
+fi

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/torus-storage/torus/peer"
+	"github.com/torus-storage/torus/ui"
 )
 
 type metrics struct {
@@ -126,6 +127,9 @@ func (s *Server) startHTTP() error {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	dash := ui.Handler(s.meta, s.log) // read-only dashboard and its JSON API
+	mux.Handle("/ui/", dash)
+	mux.Handle("/api/v1/", dash)
 	if s.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

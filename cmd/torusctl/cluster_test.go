@@ -13,6 +13,7 @@ import (
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/cmd/torusctl/internal/cli"
 	"github.com/torus-storage/torus/internal/testcluster"
+	"github.com/torus-storage/torus/report"
 	"github.com/torus-storage/torus/server"
 	"github.com/torus-storage/torus/volume"
 )
@@ -208,7 +209,7 @@ func TestPeerLifecycle(t *testing.T) {
 		t.Fatal("data unreadable from the remaining copy")
 	}
 	out = mustCtl(t, c, "-o", "json", "status")
-	var st cli.Status
+	var st report.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +219,7 @@ func TestPeerLifecycle(t *testing.T) {
 	// The last peer holds every segment once: the volume is degraded.
 	waitFor(t, "a degraded status", 30*time.Second, func() bool {
 		out, _, _ := ctl(t, c, "-o", "json", "status")
-		var st cli.Status
+		var st report.Status
 		_ = json.Unmarshal([]byte(out), &st)
 		return st.VolumeHealth["degraded"] == 1 && st.UnderReplicated > 0
 	})

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/report"
 )
 
 func (a *app) initCmd() *cobra.Command {
@@ -64,7 +65,7 @@ func (a *app) peerCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
-				peers, err := md.Peers(ctx)
+				peers, err := report.ReadPeers(ctx, md)
 				if err != nil {
 					return err
 				}
@@ -94,19 +95,20 @@ func (a *app) ringCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
-				ring, err := md.Ring(ctx)
+				view, err := report.ReadRing(ctx, md)
 				if err != nil {
 					return err
 				}
+				ring := view.RingSpec
 				names, err := volumeNames(ctx, md, ring)
 				if err != nil {
 					return err
 				}
-				return a.emit(ring, func(w io.Writer) {
+				return a.emit(view, func(w io.Writer) {
 					fmt.Fprintf(w, "version %d, replication %d, %d virtual nodes, %d members\n",
 						ring.Version, ring.Replication, ring.VirtualNodes, len(ring.Members))
 					fmt.Fprintf(w, "format %d, failure domain %s; placement %s\n", max(ring.Format, torus.RingFormatZones),
-						ruleName(ring), placementSummary(PlacementHealth(ring, nil)))
+						ruleName(ring), placementSummary(view.Placement))
 					if len(ring.Members) > 0 {
 						row(w, "ID", "LOCATION", "WEIGHT")
 						for _, m := range ring.Members {

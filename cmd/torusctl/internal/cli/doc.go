@@ -15,7 +15,7 @@
 // since the first may predate it), then writes a ring without them and
 // deletes their records; --force skips the drain for dead peers.
 //
-// Pure helpers (ResolvePeers, AddToRing, RemoveFromRing, Summarize, Bar)
+// Pure helpers (ResolvePeers, AddToRing, RemoveFromRing, Bar)
 // are exported and unit-tested; progress bars are drawn only when
 // Deps.IsTerminal says stdout is a terminal.
 //

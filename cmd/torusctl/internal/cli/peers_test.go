@@ -14,6 +14,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/metadata"
+	"github.com/torus-storage/torus/report"
 )
 
 // keepOpen stops torusctl's Close from closing the shared test store.
@@ -281,7 +282,7 @@ func TestStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st Status
+	var st report.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)
 	}

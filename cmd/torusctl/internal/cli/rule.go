@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/report"
 	"github.com/torus-storage/torus/ring"
 )
 
@@ -108,17 +109,6 @@ func SetPins(spec torus.RingSpec, vol uint64, peers []string) (next torus.RingSp
 		return spec, false, err
 	}
 	return next, true, nil
-}
-
-// PlacementHealth is the health of spec's placement over the members skip
-// does not reject; degraded with the build error as reason when spec
-// cannot be built.
-func PlacementHealth(spec torus.RingSpec, skip func(id string) bool) torus.PlacementHealth {
-	p, err := ring.Build(spec)
-	if err != nil {
-		return torus.PlacementHealth{Replication: spec.Replication, Degraded: true, Reason: err.Error()}
-	}
-	return p.Health(skip)
 }
 
 func placementSummary(h torus.PlacementHealth) string {
@@ -313,7 +303,7 @@ func (a *app) setPins(ctx context.Context, md torus.Metadata, name string, ids [
 // sayPlacement reports a written ring with its placement health, and
 // warns on stderr when it is degraded.
 func (a *app) sayPlacement(next torus.RingSpec, format string, args ...any) error {
-	h := PlacementHealth(next, nil)
+	h := report.PlacementHealth(next, nil)
 	if h.Degraded {
 		fmt.Fprintf(a.errOut, "warning: placement degraded: %s\n", h.Reason)
 	}

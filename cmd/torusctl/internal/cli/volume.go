@@ -13,6 +13,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/snapshots"
+	"github.com/torus-storage/torus/report"
 	"github.com/torus-storage/torus/ring"
 )
 
@@ -185,34 +186,6 @@ the segments the clone still names are kept. --size may grow the clone
 	return cmd
 }
 
-// volumeRow is one line of volume list; -o json prints these. The status
-// fields are null for a volume the daemons have not reported yet.
-type volumeRow struct {
-	Name        string    `json:"name"`
-	ID          uint64    `json:"id"`
-	Size        int64     `json:"size"`
-	Created     time.Time `json:"created"`
-	MinReplicas int       `json:"min_replicas"`
-	// Replication is the volume's own replication (0: the cluster's).
-	Replication int `json:"replication"`
-	// Parent is SRC@SNAPSHOT for a clone, "" otherwise.
-	Parent string `json:"parent,omitempty"`
-	// Labels are the volume's labels ({} when none).
-	Labels map[string]string `json:"labels"`
-	Writer string            `json:"writer"` // "" when closed
-	Epoch  uint64            `json:"epoch,omitempty"`
-	// From the published torus.VolumeStatus:
-	Used            *int64     `json:"used"`             // bytes of live segments, one copy
-	Health          *string    `json:"health"`           // healthy, degraded, unavailable
-	UnderReplicated *int       `json:"under_replicated"` // live segments with too few copies
-	Unavailable     *int       `json:"unavailable"`      // live segments with no up copy
-	PendingBytes    *int64     `json:"pending_bytes"`    // bytes healing still has to copy
-	StatusUpdated   *time.Time `json:"status_updated"`
-	// Damage says what scrub or maintenance found beyond redundancy:
-	// unrepairable blocks, or live segments that cannot be read.
-	Damage string `json:"damage,omitempty"`
-}
-
 func (a *app) volumeListCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
@@ -223,41 +196,9 @@ status the daemons publish every few seconds; "-" means not reported yet.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.with(cmd, func(ctx context.Context, md torus.Metadata) error {
-				vols, err := md.Volumes(ctx)
+				rows, err := report.ReadVolumes(ctx, md)
 				if err != nil {
 					return err
-				}
-				statuses, err := md.VolumeStatuses(ctx)
-				if err != nil {
-					return err
-				}
-				rows := make([]volumeRow, 0, len(vols))
-				for _, v := range vols {
-					r := volumeRow{Name: v.Name, ID: v.ID, Size: v.Size, Created: v.Created, MinReplicas: v.MinReplicas,
-						Replication: v.Replication, Labels: v.Labels}
-					if p := v.Parent; p != nil {
-						r.Parent = p.Volume + "@" + p.Snapshot
-					}
-					if r.Labels == nil {
-						r.Labels = map[string]string{}
-					}
-					w, ok, err := md.Writer(ctx, v.Name)
-					if errors.Is(err, torus.ErrNotExist) {
-						continue // deleted meanwhile
-					}
-					if err != nil {
-						return err
-					}
-					if ok {
-						r.Writer, r.Epoch = w.Owner, w.Epoch
-					}
-					if s, ok := statuses[v.Name]; ok {
-						h := string(s.Health)
-						r.Used, r.Health, r.UnderReplicated, r.Unavailable, r.PendingBytes, r.StatusUpdated =
-							&s.Used, &h, &s.UnderReplicated, &s.Unavailable, &s.PendingBytes, &s.Updated
-						r.Damage = damage(s)
-					}
-					rows = append(rows, r)
 				}
 				return a.emit(rows, func(w io.Writer) {
 					row(w, "NAME", "SIZE", "USED", "WRITER", "MIN-REPLICAS", "HEALTH", "UNDER-REPL", "PENDING")
