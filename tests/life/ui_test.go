@@ -189,4 +189,10 @@ func TestDashboard(t *testing.T) {
 	if st := b.Wait(t, "4-healed", `document.getElementById('healing').dataset.healing === 'idle' && `+volHealth+` === 'healthy'`, 90*time.Second); !st.OK {
 		t.Fatalf("the page never showed %s healthy again after healing: %s", vol, st.Error)
 	}
+	// The recent events tell the story: the peer went down, the volume
+	// degraded, healing ran, the volume is healthy again.
+	if st := b.Wait(t, "5-events", `['peer-down', 'volume-degraded', 'heal-started', 'heal-finished', 'volume-healthy'].every(
+		(k) => document.querySelector('#events li[data-event-kind="' + k + '"]'))`, 30*time.Second); !st.OK {
+		t.Fatalf("the page's recent events lack peer-down, volume-degraded, heal-started, heal-finished or volume-healthy: %s", st.Error)
+	}
 }
