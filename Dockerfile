@@ -11,7 +11,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/torus-storage/torus/internal/version.Version=${VERSION}" \
         -o /out/ ./cmd/torusd ./cmd/torusctl ./cmd/torusblk ./cmd/torus-csi
 
 # Run stage: what the node plugin shells out to (mkfs, blkid, resize2fs,

@@ -14,9 +14,13 @@ all: build
 deps:
 	@scripts/deps.sh
 
+# The commit goes into `torusd --version` and friends (internal/version).
+COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
+LDFLAGS := -X github.com/torus-storage/torus/internal/version.commit=$(COMMIT)
+
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/torusd ./cmd/torusctl ./cmd/torusblk ./cmd/torus-csi
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/torusd ./cmd/torusctl ./cmd/torusblk ./cmd/torus-csi
 
 # The main job: embedded etcd, one daemon, a 1 GiB volume "demo" on NBD at
 # 127.0.0.1:10809. Data stays in $(DATA) across restarts.

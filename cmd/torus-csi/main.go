@@ -20,13 +20,11 @@ import (
 	"github.com/torus-storage/torus/internal/attach"
 	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
+	"github.com/torus-storage/torus/internal/version"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/volume"
 )
-
-// version is set with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -40,6 +38,7 @@ func main() {
 type flags struct {
 	csi                       csi.Config
 	mode                      string
+	showVersion               bool
 	etcd, prefix              string
 	etcdClient                etcdflags.Flags
 	peerCert, peerKey, peerCA string
@@ -74,6 +73,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 	fs.StringVar(&f.peerKey, "peer-key", getenv("TORUS_PEER_KEY"), "key of --peer-cert (env TORUS_PEER_KEY)")
 	fs.StringVar(&f.peerCA, "peer-ca", getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.showVersion, "version", false, "print the version, commit and format versions and exit")
 	fs.StringVar(&f.torusblk, "torusblk", "", "node modes: the torusblk binary that serves attached volumes (torusblk fuse); default: torusblk next to this binary, else on PATH")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -82,7 +82,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 		return f, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	f.csi.Mode = csi.Mode(f.mode)
-	f.csi.Version = version
+	f.csi.Version = version.Version
 	f.csi.EnsureDefaults()
 	if err := f.csi.Validate(); err != nil {
 		return f, err
@@ -94,6 +94,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	f, err := parse(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
+	}
+	if f.showVersion {
+		_, err := fmt.Fprintln(os.Stdout, version.String("torus-csi"))
+		return err
 	}
 	if err != nil {
 		return err

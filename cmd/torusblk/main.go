@@ -30,6 +30,7 @@ import (
 	"github.com/torus-storage/torus/internal/devmetrics"
 	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
+	"github.com/torus-storage/torus/internal/version"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
 	"github.com/torus-storage/torus/peer"
@@ -58,7 +59,9 @@ func newRoot() *cobra.Command {
 		Short:         "Serve and attach Torus volumes as block devices",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.String("torusblk"),
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	def := os.Getenv("TORUS_ETCD")
 	if def == "" {
 		def = "http://127.0.0.1:2379"

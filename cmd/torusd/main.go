@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -16,10 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
 	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
+	"github.com/torus-storage/torus/internal/version"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/nbd"
 	"github.com/torus-storage/torus/peer"
@@ -29,7 +31,9 @@ import (
 )
 
 type flags struct {
-	etcd                          string
+	etcd, prefix                  string
+	config                        string
+	showVersion                   bool
 	etcdClient                    etcdflags.Flags
 	dataDir, size                 string
 	peerAddr, advertise, httpAddr string
@@ -58,9 +62,17 @@ func main() {
 
 func parse(args []string) (*flags, error) {
 	f := &flags{}
-	fs := flag.NewFlagSet("torusd", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("torusd", pflag.ContinueOnError)
+	fs.SortFlags = false
 	def := os.Getenv("TORUS_ETCD")
+	fs.StringVar(&f.config, "config", os.Getenv("TORUS_CONFIG"), "file of settings, one `flag = value` per line (# comments); flags on the command line win (env TORUS_CONFIG)")
+	fs.BoolVar(&f.showVersion, "version", false, "print the version, commit and format versions and exit")
 	fs.StringVar(&f.etcd, "etcd", def, "etcd endpoints, comma-separated (env TORUS_ETCD)")
+	prefix := os.Getenv("TORUS_ETCD_PREFIX")
+	if prefix == "" {
+		prefix = etcdmeta.DefaultPrefix
+	}
+	fs.StringVar(&f.prefix, "etcd-prefix", prefix, "key prefix of the cluster in etcd (env TORUS_ETCD_PREFIX)")
 	f.etcdClient.Register(fs, os.Getenv)
 	fs.StringVar(&f.dataDir, "data-dir", "torus-data", "directory for this daemon's data")
 	fs.StringVar(&f.size, "size", "", "most bytes to store: 10GiB, 500MiB, or N% of the filesystem (default 1GiB; 4GiB with --dev)")
@@ -95,6 +107,14 @@ func parse(args []string) (*flags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	if f.showVersion {
+		return f, nil
+	}
+	if f.config != "" {
+		if err := applyConfig(fs, f.config); err != nil {
+			return nil, err
+		}
+	}
 	loc, err := location(f.location, f.zone, os.Hostname)
 	if err != nil {
 		return nil, err
@@ -121,9 +141,13 @@ func parse(args []string) (*flags, error) {
 func run(args []string) error {
 	f, err := parse(args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, pflag.ErrHelp) {
 			return nil
 		}
+		return err
+	}
+	if f.showVersion {
+		_, err := fmt.Println(version.String("torusd"))
 		return err
 	}
 	var level slog.Level
@@ -194,7 +218,7 @@ func run(args []string) error {
 		}
 		f.autoJoin = true
 	}
-	ecfg := etcdmeta.Config{Endpoints: endpoints, Logger: log}
+	ecfg := etcdmeta.Config{Endpoints: endpoints, Prefix: f.prefix, Logger: log}
 	if err := f.etcdClient.Apply(&ecfg); err != nil {
 		return err
 	}
@@ -384,4 +408,41 @@ func location(flag, zone string, hostname func() (string, error)) (torus.Locatio
 		return loc, fmt.Errorf("--location %s: %w (pass host=NAME if the hostname is not a valid value)", loc, err)
 	}
 	return loc, nil
+}
+
+// applyConfig sets the flags named in the config file path that the
+// command line did not set. Each line is `name = value` (or `name: value`)
+// with a flag's name, without dashes; blank lines and lines starting with #
+// are skipped. An unknown name, a line without a value separator, or a
+// value the flag refuses is an error naming the line.
+func applyConfig(fs *pflag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, "=")
+		if j := strings.IndexByte(line, ':'); j >= 0 && (!ok || j < len(name)) {
+			name, value, ok = line[:j], line[j+1:], true
+		}
+		name, value = strings.TrimSpace(name), strings.Trim(strings.TrimSpace(value), `"`)
+		if !ok || name == "" {
+			return fmt.Errorf("--config %s:%d: want `name = value`, got %q", path, i+1, line)
+		}
+		fl := fs.Lookup(name)
+		if fl == nil || name == "config" || name == "version" {
+			return fmt.Errorf("--config %s:%d: unknown setting %q (see torusd --help)", path, i+1, name)
+		}
+		if fl.Changed {
+			continue // the command line wins
+		}
+		if err := fs.Set(name, value); err != nil {
+			return fmt.Errorf("--config %s:%d: %s: %w", path, i+1, name, err)
+		}
+	}
+	return nil
 }

@@ -2,8 +2,12 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/torus-storage/torus"
 )
@@ -46,5 +50,44 @@ func TestNBDExportsNeedsSecure(t *testing.T) {
 	f, err := parse([]string{"--dev", "--secure", "--nbd-exports", "x"})
 	if err != nil || f.nbdExports != "x" {
 		t.Fatalf("--dev --secure --nbd-exports x: %+v %v", f, err)
+	}
+}
+
+// TestConfigFile: --config sets flags the command line did not; the
+// command line wins; unknown names and bad lines are errors naming the
+// line.
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(s string) string {
+		p := filepath.Join(dir, fmt.Sprintf("c%d.conf", len(s)))
+		if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("# a daemon\netcd = http://e1:2379,http://e2:2379\nsize: 20GiB\n\nlocation = \"zone=z1,host=h1\"\nauto-join = true\ndown-grace = 5m\n")
+	f, err := parse([]string{"--config", good, "--size", "30GiB"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.etcd != "http://e1:2379,http://e2:2379" || f.size != "30GiB" || !f.autoJoin || f.downGrace != 5*time.Minute ||
+		f.loc != (torus.Location{Zone: "z1", Host: "h1"}) || f.prefix != "/torus/" {
+		t.Errorf("parsed %+v", f)
+	}
+	for content, want := range map[string]string{
+		"colour = blue\n":       `:1: unknown setting "colour"`,
+		"auto-join\n":           ":1: want `name = value`",
+		"\ndown-grace = soon\n": ":2: down-grace",
+		"config = other.conf\n": `unknown setting "config"`,
+	} {
+		if _, err := parse([]string{"--config", write(content), "--etcd", "http://e:2379"}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config %q: %v, want an error containing %q", content, err, want)
+		}
+	}
+	if _, err := parse([]string{"--config", filepath.Join(dir, "missing"), "--etcd", "x"}); err == nil {
+		t.Error("a missing config file was accepted")
+	}
+	if _, err := parse([]string{"-etcd", "x"}); err == nil {
+		t.Error("single-dash long flags are accepted; torusd takes --flags like torusctl and torusblk")
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/internal/etcdflags"
+	"github.com/torus-storage/torus/internal/version"
 	"github.com/torus-storage/torus/metadata/etcd"
 )
 
@@ -201,7 +202,7 @@ peers, the ring, volumes and snapshots.`,
 	pf.StringVar(&a.g.PeerCA, "peer-ca", deps.Getenv("TORUS_PEER_CA"), "CA that signed the daemons' certificates (env TORUS_PEER_CA)")
 	pf.StringVarP(&a.g.Output, "output", "o", "table", "output format: table or json")
 
-	root.AddCommand(a.initCmd(), a.statusCmd(), a.peerCmd(), a.ringCmd(), a.volumeCmd(), a.snapshotCmd(), a.certsCmd(), a.eventsCmd())
+	root.AddCommand(a.initCmd(), a.statusCmd(), a.peerCmd(), a.ringCmd(), a.volumeCmd(), a.snapshotCmd(), a.certsCmd(), a.eventsCmd(), versionCmd())
 	return root
 }
 
@@ -281,4 +282,16 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version, commit and format versions (the same line as torusd --version)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), version.String("torusctl"))
+			return err
+		},
+	}
 }
