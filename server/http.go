@@ -29,6 +29,16 @@ type metrics struct {
 	ops            *opMetrics
 }
 
+// Registry is the daemon's metrics registry (served on /metrics): a
+// process embedding a writer (torusd --dev) registers its client metrics
+// there. Nil before Start.
+func (s *Server) Registry() prometheus.Registerer {
+	if s.metrics == nil {
+		return nil
+	}
+	return s.metrics.reg
+}
+
 // peerRefused counts a request the peer server refused (peer.ServerConfig.Refused).
 func (m *metrics) peerRefused(_ peer.Identity, role, op string) {
 	m.refused.WithLabelValues(role, op).Inc()

@@ -3,6 +3,8 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,8 +27,9 @@ func TestDevMode(t *testing.T) {
 	ip := "127.0.0.1"
 	nbdAddr := fmt.Sprintf("%s:%d", ip, proccluster.FreePort(t, ip))
 	etcdURL := fmt.Sprintf("http://%s:%d", ip, proccluster.FreePort(t, ip))
+	httpAddr := fmt.Sprintf("%s:%d", ip, proccluster.FreePort(t, ip))
 	args := []string{proccluster.Bin(t, "torusd"), "--dev", "--data-dir", filepath.Join(dir, "data"),
-		"--nbd-listen", nbdAddr, "--http", fmt.Sprintf("%s:%d", ip, proccluster.FreePort(t, ip)),
+		"--nbd-listen", nbdAddr, "--http", httpAddr,
 		"--peer-address", fmt.Sprintf("%s:%d", ip, proccluster.FreePort(t, ip)),
 		"--dev-etcd-client-url", etcdURL,
 		"--dev-etcd-peer-url", fmt.Sprintf("http://%s:%d", ip, proccluster.FreePort(t, ip))}
@@ -76,6 +79,19 @@ func TestDevMode(t *testing.T) {
 		return string(out)
 	}
 	qio("write -P 0x5a 4097 1000000", "write -P 0xa5 700000000 65536", "flush")
+	// The in-process writer's client metrics are on the daemon's /metrics.
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`torus_client_bytes_total{dir="write",volume="demo"} 1.065536e+06`,
+		`torus_client_request_duration_seconds_count{op="flush",volume="demo"} `, `torus_store_op_duration_seconds_count{op="append"`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("torusd --dev /metrics lacks %s:\n%s", want, grepTorus(string(body)))
+		}
+	}
 	p.Signal(t, syscall.SIGTERM)
 	if code := p.ExitCode(); code != 0 {
 		t.Fatalf("torusd --dev exited %d after SIGTERM", code)

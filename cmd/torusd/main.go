@@ -19,6 +19,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
+	"github.com/torus-storage/torus/internal/devmetrics"
 	"github.com/torus-storage/torus/internal/etcdflags"
 	"github.com/torus-storage/torus/internal/tlsconfig"
 	"github.com/torus-storage/torus/internal/version"
@@ -324,7 +325,10 @@ func devNBD(ctx context.Context, f *flags, sec security, meta *etcdmeta.Store, s
 		nbdCfg.Authorizer = list
 		go keepExportList(ctx, list, log)
 	}
-	nbdSrv := nbd.NewServer(nbdCfg, export.New(volume.Deps{Meta: meta, Peers: pool, Logger: log}, owner), log)
+	// The in-process writer's client metrics (latency, bytes, errors by
+	// volume, as torusblk --http) go on the daemon's /metrics.
+	exports := devmetrics.New(srv.Registry()).Exports(export.New(volume.Deps{Meta: meta, Peers: pool, Logger: log}, owner))
+	nbdSrv := nbd.NewServer(nbdCfg, exports, log)
 	go func() {
 		if err := nbdSrv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, nbd.ErrServerClosed) {
 			log.Error("nbd server stopped", "err", err)
