@@ -548,9 +548,15 @@ func (c *controller) ControllerListVolumeHealth(ctx context.Context, req *csipb.
 	return resp, nil
 }
 
+// TopologyZoneKey is the topology segment naming a zone: a daemon's
+// location zone (torusd --location zone=Z), a node's torus-csi --zone.
+const TopologyZoneKey = "topology.torus.io/zone"
+
 // GetCapacity is the space free on the up daemons divided by the
 // replication factor: what new data can still take (volumes are thin).
-// Topology is not supported, so accessible_topology is ignored.
+// With accessible_topology naming a zone (TopologyZoneKey), only that
+// zone's daemons count: the capacity the external-provisioner publishes
+// per zone (CSIStorageCapacity). Other segments are ignored.
 func (c *controller) GetCapacity(ctx context.Context, req *csipb.GetCapacityRequest) (*csipb.GetCapacityResponse, error) {
 	for _, vc := range req.GetVolumeCapabilities() {
 		if checkCapability(vc) != "" {
@@ -565,8 +571,12 @@ func (c *controller) GetCapacity(ctx context.Context, req *csipb.GetCapacityRequ
 	if err != nil {
 		return nil, toStatus("get capacity: peers", err)
 	}
+	zone, byZone := req.GetAccessibleTopology().GetSegments()[TopologyZoneKey]
 	var free int64
 	for _, p := range peers {
+		if byZone && p.Zone != zone {
+			continue
+		}
 		if p.State == torus.PeerUp && p.Capacity > p.Used {
 			free += p.Capacity - p.Used
 		}

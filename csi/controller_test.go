@@ -50,7 +50,7 @@ func newFixture(t *testing.T) *fixture {
 	f.c = &controller{d: d}
 	for i, used := range []int64{1 << 30, 3 << 30} {
 		id := fmt.Sprintf("p%d", i)
-		if err := m.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":1", Capacity: 4 << 30}); err != nil {
+		if err := m.PutPeer(ctx, torus.PeerInfo{ID: id, Address: id + ":1", Capacity: 4 << 30, Zone: fmt.Sprintf("z%d", i)}); err != nil {
 			t.Fatal(err)
 		}
 		ring, _ := m.Ring(ctx)
@@ -529,6 +529,14 @@ func TestExpandAndCapacity(t *testing.T) {
 	c, err := f.c.GetCapacity(f.ctx, &csipb.GetCapacityRequest{})
 	if err != nil || c.AvailableCapacity != (3<<30+1<<30)/2 {
 		t.Fatalf("capacity: %v, %v, want (3 GiB + 1 GiB free) / 2 copies", c, err)
+	}
+	// By zone (capacity tracking): only that zone's daemons count.
+	for zone, want := range map[string]int64{"z0": (3 << 30) / 2, "z1": (1 << 30) / 2, "z9": 0} {
+		c, err := f.c.GetCapacity(f.ctx, &csipb.GetCapacityRequest{
+			AccessibleTopology: &csipb.Topology{Segments: map[string]string{TopologyZoneKey: zone}}})
+		if err != nil || c.AvailableCapacity != want {
+			t.Errorf("capacity of zone %s: %v, %v, want %d", zone, c, err, want)
+		}
 	}
 }
 

@@ -52,6 +52,12 @@ type Config struct {
 	// NodeID names this node in NodeGetInfo; required in node and all
 	// modes.
 	NodeID string
+	// Zone is this node's zone (torus-csi --zone), reported in NodeGetInfo
+	// as the topology segment TopologyZoneKey, so that capacity tracking
+	// (GetCapacity with accessible_topology) counts each zone's daemons.
+	// Volumes are reachable from every zone: topology never restricts
+	// where one attaches. "" reports no topology.
+	Zone string
 	// DriverName is the CSI driver name (GetPluginInfo), the name a
 	// StorageClass's provisioner field gives.
 	DriverName string

@@ -46,7 +46,11 @@ const (
 )
 
 func (n *node) NodeGetInfo(ctx context.Context, _ *csipb.NodeGetInfoRequest) (*csipb.NodeGetInfoResponse, error) {
-	return &csipb.NodeGetInfoResponse{NodeId: n.d.cfg.NodeID}, nil
+	resp := &csipb.NodeGetInfoResponse{NodeId: n.d.cfg.NodeID}
+	if z := n.d.cfg.Zone; z != "" {
+		resp.AccessibleTopology = &csipb.Topology{Segments: map[string]string{TopologyZoneKey: z}}
+	}
+	return resp, nil
 }
 
 func (n *node) NodeGetCapabilities(ctx context.Context, _ *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {

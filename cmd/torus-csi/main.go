@@ -62,6 +62,7 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 	fs.StringVar(&f.csi.Endpoint, "endpoint", def("CSI_ENDPOINT", "unix:///csi/csi.sock"), "CSI endpoint, unix:///PATH (env CSI_ENDPOINT)")
 	fs.StringVar(&f.mode, "mode", "all", "services to serve: controller, node or all")
 	fs.StringVar(&f.csi.NodeID, "node-id", getenv("NODE_ID"), "this node's ID, required for node and all (env NODE_ID)")
+	fs.StringVar(&f.csi.Zone, "zone", getenv("TORUS_ZONE"), "node modes: this node's zone, reported as topology segment "+csi.TopologyZoneKey+" for capacity by zone (env TORUS_ZONE)")
 	fs.StringVar(&f.csi.DriverName, "driver-name", csi.DefaultDriverName, "CSI driver name (the StorageClass provisioner)")
 	fs.DurationVar(&f.csi.SnapshotTimeout, "snapshot-timeout", csi.DefaultSnapshotTimeout, "how long CreateSnapshot waits for an attached volume's writer")
 	fs.StringVar(&f.csi.StateDir, "state-dir", csi.DefaultStateDir, "node modes: directory of the node service's state files (a host directory)")
