@@ -105,11 +105,11 @@ func TestCSINodeDeath(t *testing.T) {
 		t.Fatalf("NodeStage on node B after node A died: %v", err)
 	}
 	t.Logf("node B staged the volume %v after node A's unpublish", time.Since(start).Round(time.Millisecond))
-	if n, _ := loop.state(); n != fsynced {
-		t.Fatalf("node A fsynced %d files while cut off (%d before): a cut-off writer acknowledged writes", n, fsynced)
-	}
-	if err := loop.verify(filepath.Join(stagingB, "data"), fsynced); err != nil {
-		t.Fatalf("on node B: %v", err)
+	// Every fsync node A saw return (one in flight at the cut may return
+	// late) must be on B.
+	acked, _ := loop.state()
+	if err := loop.verify(filepath.Join(stagingB, "data"), acked); err != nil {
+		t.Fatalf("on node B, %d files fsynced on A: %v", acked, err)
 	}
 
 	if _, err := csipb.NewNodeClient(nodeB).NodeUnstageVolume(ctx, &csipb.NodeUnstageVolumeRequest{VolumeId: "pv1",
@@ -151,9 +151,10 @@ func TestCSINodeDeath(t *testing.T) {
 	// the volume does not change by a byte.
 	hostA.Heal()
 	time.Sleep(5 * time.Second)
-	if n, _ := loop.state(); n != fsynced {
-		t.Errorf("node A fsynced %d files after it was taken over (%d before the cut)", n, fsynced)
-	}
+	// A may still see an fsync return that the cut held up (its data
+	// committed before the cut): whatever A saw acknowledged must be on
+	// the volume, which has not changed since B let go of it.
+	acked, _ = loop.state()
 	after, dev := digest()
 	defer ro.Detach(context.Background(), "pv1")
 	if after != before {
@@ -168,7 +169,7 @@ func TestCSINodeDeath(t *testing.T) {
 	}
 	mustRun(t, 30*time.Second, "mount", "-o", "ro,noload", dev, check)
 	defer func() { _, _ = runCmd(30*time.Second, "umount", check) }()
-	if err := loop.verify(filepath.Join(check, "data"), fsynced); err != nil {
+	if err := loop.verify(filepath.Join(check, "data"), acked); err != nil {
 		t.Fatalf("after node A came back: %v", err)
 	}
 }

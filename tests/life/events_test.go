@@ -100,7 +100,19 @@ func TestEvents(t *testing.T) {
 	waitEvent(torus.EventVolumeHealthy, vol, 30*time.Second)
 
 	// A takeover: the lock is removed, a second torusblk attaches, and
-	// the first writer is fenced at its next write.
+	// the first writer is fenced at its next write. The killed daemon
+	// comes back first: it may hold the open segment, which recovery must
+	// hear from (a ring member that is unreachable could hold more).
+	c.Daemons[2].Start(t)
+	c.WaitHTTP("http://"+c.Daemons[2].HTTPAddr+"/readyz", 30*time.Second)
+	for i := 0; i < 20; i++ {
+		if err := w.step(nc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.doFlush(nc); err != nil {
+		t.Fatal(err)
+	}
 	c.Ctl("volume", "unlock", vol, "--force")
 	_, addr2 := c.StartNBD()
 	nc2 := reattach(t, c, nil, addr2, vol, blocks*blockSize, 30*time.Second)
