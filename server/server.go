@@ -44,7 +44,7 @@ type Server struct {
 	life              context.Context // ends at Close; owns the liveness session
 	endLife           context.CancelFunc
 	tables            volume.TableCache
-	view              *view // the cached cluster view (view.go); set by Start
+	view              *view                       // the cached cluster view (view.go); set by Start
 	healLimit         *scrub.Limiter              // paces healing's appends (RebalanceRate)
 	lastView          atomic.Pointer[clusterView] // the last maintenance pass's view, for the background scrub
 	unrepMu           sync.Mutex
