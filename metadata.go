@@ -201,8 +201,8 @@ const (
 	// ChangeRing: the ring spec (Ring holds it unless Deleted).
 	ChangeRing
 	// ChangePeer: peer Name's record, liveness, draining or removed mark.
-	// Beat is set when it is only a heartbeat of a peer already up (its
-	// state did not change).
+	// Beat is set when it is only a heartbeat of a peer already up with
+	// the same scrub findings (its state and findings did not change).
 	ChangePeer
 	// ChangeVolume: volume Name's record was created, updated or deleted.
 	ChangeVolume
@@ -242,7 +242,8 @@ type Change struct {
 	// Deleted: the key was removed (volume deleted, writer gone, peer
 	// forgotten or its liveness key expired, snapshot deleted).
 	Deleted bool
-	// Beat: a ChangePeer that is only a heartbeat of a live peer.
+	// Beat: a ChangePeer that is only a heartbeat of a live peer whose
+	// scrub findings (Beat.Unrepairable) did not change.
 	Beat bool
 	// Node: a ChangeAttachment about a CSI node record.
 	Node bool

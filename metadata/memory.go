@@ -448,9 +448,10 @@ func (m *Memory) Heartbeat(ctx context.Context, s torus.Session, id string, b to
 	if !ok {
 		return fmt.Errorf("metadata: heartbeat: peer %q: %w", id, torus.ErrNotExist)
 	}
-	beat := p.alive == ms.id
+	bad := rules.BeatBlocks(b.Unrepairable)
+	beat := p.alive == ms.id && maps.EqualFunc(p.bad, bad, slices.Equal)
 	p.alive, p.used, p.pending, p.lastSeen = ms.id, b.Used, b.Pending, time.Now().UTC()
-	p.bad = rules.BeatBlocks(b.Unrepairable)
+	p.bad = bad
 	m.notifyLocked(torus.Change{Kind: torus.ChangePeer, Name: id, Beat: beat})
 	return nil
 }

@@ -214,8 +214,15 @@ func (v *view) apply(ctx context.Context, c torus.Change) error {
 		v.update(c.Revision, func(st *clusterState) { st.ring, st.peers = *ring, peers })
 	case torus.ChangePeer:
 		if c.Beat {
+			// Nothing maintenance plans from changed; the last-seen
+			// time is kept fresh (liveness of draining peers uses it).
 			relevant = false
-			v.update(c.Revision, nil)
+			now := time.Now()
+			v.update(c.Revision, func(st *clusterState) {
+				if i := slices.IndexFunc(st.peers, func(p torus.PeerInfo) bool { return p.ID == c.Name }); i >= 0 {
+					st.peers[i].LastSeen = now
+				}
+			})
 			break
 		}
 		peers, err := v.meta.Peers(ctx)

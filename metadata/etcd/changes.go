@@ -3,6 +3,8 @@ package etcd
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -93,7 +95,7 @@ func (s *Store) WatchChanges(ctx context.Context, from int64) <-chan torus.Chang
 		}
 		last := from
 		for wctx.Err() == nil {
-			wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(last+1))
+			wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(last+1), clientv3.WithPrevKV())
 			compacted := false
 			for resp := range wch {
 				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
@@ -137,7 +139,7 @@ func (s *Store) WatchChanges(ctx context.Context, from int64) <-chan torus.Chang
 }
 
 // change types one watch event; ok=false for keys nobody watches
-// (statuses, the volume ID counter).
+// (statuses, the volume ID counter, last-seen records).
 func (s *Store) change(ev *clientv3.Event) (torus.Change, bool) {
 	key := strings.TrimPrefix(string(ev.Kv.Key), s.cfg.Prefix)
 	dir, name, _ := strings.Cut(key, "/")
@@ -157,9 +159,9 @@ func (s *Store) change(ev *clientv3.Event) (torus.Change, bool) {
 		c.Kind = torus.ChangePeer
 	case "alive":
 		c.Kind = torus.ChangePeer
-		c.Beat = !c.Deleted && ev.Kv.Version > 1
+		c.Beat = !c.Deleted && ev.Kv.Version > 1 && ev.PrevKv != nil && sameFindings(ev.PrevKv, ev.Kv)
 	case "seen":
-		c.Kind, c.Beat = torus.ChangePeer, true
+		return c, false // written with the liveness key, which reports the beat
 	case "volumes":
 		c.Kind = torus.ChangeVolume
 	case "epochs":
@@ -188,4 +190,14 @@ func (s *Store) change(ev *clientv3.Event) (torus.Change, bool) {
 		return c, false
 	}
 	return c, true
+}
+
+// sameFindings reports whether two liveness values carry the same scrub
+// findings (Beat.Unrepairable).
+func sameFindings(a, b *mvccpb.KeyValue) bool {
+	var x, y beat
+	if decode("watch", a, &x) != nil || decode("watch", b, &y) != nil {
+		return false
+	}
+	return maps.EqualFunc(x.Unrepairable, y.Unrepairable, slices.Equal)
 }

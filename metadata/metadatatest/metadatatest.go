@@ -1601,6 +1601,12 @@ func testWatchChanges(t *testing.T, m torus.Metadata) {
 	// seen); the second reports only beats.
 	for c := nextChange(t, ch, torus.ChangePeer, "p"); !c.Beat; c = nextChange(t, ch, torus.ChangePeer, "p") {
 	}
+	// New scrub findings are not a mere beat: the health they change is
+	// published by another daemon's maintenance.
+	must(t, m.Heartbeat(ctx, ps, "p", torus.Beat{Used: 2, Unrepairable: map[uint64][]uint64{v.ID: {3}}}), "Heartbeat")
+	if c := nextChange(t, ch, torus.ChangePeer, "p"); c.Beat {
+		t.Fatalf("heartbeat with new findings %+v is marked Beat", c)
+	}
 	setMembers(t, m, "p")
 	if c := nextChange(t, ch, torus.ChangeRing, ""); c.Ring == nil || len(c.Ring.Members) != 1 {
 		t.Fatalf("set ring: %+v, want the new spec", c)
