@@ -7,7 +7,7 @@ DATA ?= torus-data
 PKGS := ./...
 FUZZTIME ?= 1m
 
-.PHONY: all deps build run test lint unit bench robustness fuzz clean
+.PHONY: all deps build run test lint unit bench robustness fuzz clean scale
 
 all: build
 
@@ -39,6 +39,15 @@ unit:
 
 bench: deps build
 	$(GO) run ./bench $(if $(QUICK),-quick) -out bench/results
+
+# Idle cost of a cluster: etcd requests, peer RPCs and CPU per daemon per
+# minute for in-process daemons on embedded etcd (bench/scale), with the same
+# program run on $(SCALE_BASELINE)'s code in the same invocation.
+# SCALE_RUNS=3x10,3x1000 SCALE_BASELINE= (empty: no baseline) to change.
+SCALE_RUNS ?= 3x10,3x1000,30x10,30x1000,3x10000
+SCALE_BASELINE ?= main
+scale:
+	$(GO) run ./bench/scale -runs $(SCALE_RUNS) $(if $(SCALE_BASELINE),-baseline $(SCALE_BASELINE))
 
 robustness: deps build
 	TORUS_BIN=$(CURDIR)/$(BIN) TORUS_ROBUSTNESS=long $(GO) test -race -run Robustness -timeout 60m -v ./tests/...

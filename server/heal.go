@@ -71,8 +71,8 @@ func (s *Server) liveness(peers []torus.PeerInfo) liveness {
 // It plans from the cached view st (ring, peers) and lists the segments
 // of every up peer (paged List RPCs) only when called. more reports that
 // another pass is needed even without a change: copies were planned (for
-// any daemon), surplus copies deleted, a step failed, or a member is down
-// (its grace may end).
+// any daemon), this daemon had surplus copies to delete, a step failed,
+// or a member is down (its grace may end).
 func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (more bool, err error) {
 	spec := st.ring
 	if len(spec.Members) == 0 {
@@ -127,6 +127,10 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 	if len(copies) == 0 && len(mine.Deletes) == 0 {
 		return more, nil
 	}
+	// Moves of this daemon's: look again next pass (a surplus copy kept
+	// because another copy was unsynced or bad and is being replaced is
+	// deleted by a later pass, with no metadata change to wake it).
+	more = true
 	s.log.Info("healing", "copies", len(copies), "bytes", left, "deletes", len(mine.Deletes),
 		"under_replicated", plan.UnderReplicated)
 
@@ -176,7 +180,6 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 			continue
 		}
 		s.metrics.healDeleted.Inc()
-		more = true
 		s.log.Debug("deleted surplus copy", "segment", d.Seg)
 	}
 	if len(errs) > 0 {
