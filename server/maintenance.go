@@ -19,7 +19,8 @@ import (
 // view and works only when something relevant changed since its last
 // healing pass, when that pass left work (copies, deletes, failures, a
 // member down), every GCInterval for GC (a local listing, checked against
-// the view), and every ViewResync in full, as a safety net.
+// the view), and in full (every live set read again) after each full read
+// of the view (every ViewResync, jittered), as a safety net.
 func (s *Server) maintenanceLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.MaintenanceInterval)
 	defer t.Stop()
@@ -40,14 +41,14 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			continue
 		}
 		now := time.Now()
-		full := now.Sub(lastFull) >= s.cfg.ViewResync
+		full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
 		gc := now.Sub(lastGC) >= s.cfg.GCInterval
 		heal := again || full || st.gen != healed
 		if !gc && !heal {
 			continue
 		}
 		if full {
-			lastFull = now
+			lastFull = st.built
 			clear(cache) // live sets are read again
 		}
 		if gc {

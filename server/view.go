@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -167,7 +168,8 @@ func (v *view) follow(ctx context.Context, rev int64) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch := v.meta.WatchChanges(wctx, rev)
-	t := time.NewTimer(v.resync)
+	// Jittered (±25 %) so that daemons do not re-read all at once.
+	t := time.NewTimer(v.resync*3/4 + rand.N(v.resync/2+1))
 	defer t.Stop()
 	for {
 		select {

@@ -70,7 +70,8 @@ func main() {
 	window := flag.Duration("window", 30*time.Second, "counting window")
 	settle := flag.Duration("settle", 15*time.Second, "wait after the setup before counting")
 	heartbeat := flag.Duration("heartbeat-ttl", 5*time.Second, "daemons' liveness TTL (heartbeat every third of it)")
-	baseline := flag.String("baseline", "", "also run against this git ref (e.g. main), in a temporary worktree")
+	baseline := flag.String("baseline", "", "also run against this git ref (e.g. main), exported to a temporary directory")
+	baseRuns := flag.String("baseline-runs", "", "runs for the baseline (default: -runs); the old code is slow at scale")
 	jsonOut := flag.Bool("json", false, "print results as JSON (used for the baseline run)")
 	verbose := flag.Bool("v", false, "log the daemons' warnings")
 	flag.Parse()
@@ -78,7 +79,11 @@ func main() {
 	var before []result
 	if *baseline != "" {
 		var err error
-		before, err = runBaseline(*baseline, os.Args[1:])
+		br := *baseRuns
+		if br == "" {
+			br = *runs
+		}
+		before, err = runBaseline(*baseline, br, os.Args[1:])
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "scale: baseline:", err)
 			os.Exit(1)
@@ -119,7 +124,7 @@ func parseRun(s string) (int, int, error) {
 }
 
 // runBaseline runs this program in a worktree of ref and reads its JSON.
-func runBaseline(ref string, args []string) ([]result, error) {
+func runBaseline(ref, runs string, args []string) ([]result, error) {
 	dir, err := os.MkdirTemp("", "torus-scale-baseline-")
 	if err != nil {
 		return nil, err
@@ -151,15 +156,17 @@ func runBaseline(ref string, args []string) ([]result, error) {
 	var pass []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		if a == "-baseline" || a == "--baseline" {
+		name := strings.TrimLeft(a, "-")
+		if name == "baseline" || name == "baseline-runs" || name == "runs" {
 			i++
 			continue
 		}
-		if strings.HasPrefix(a, "-baseline=") || strings.HasPrefix(a, "--baseline=") {
+		if strings.HasPrefix(name, "baseline=") || strings.HasPrefix(name, "baseline-runs=") || strings.HasPrefix(name, "runs=") {
 			continue
 		}
 		pass = append(pass, a)
 	}
+	pass = append(pass, "-runs", runs)
 	cmd := exec.Command("go", append([]string{"run", "./bench/scale", "-json"}, pass...)...)
 	cmd.Dir = wt
 	cmd.Stderr = os.Stderr
