@@ -7,7 +7,7 @@ DATA ?= torus-data
 PKGS := ./...
 FUZZTIME ?= 1m
 
-.PHONY: all deps build run test lint unit bench robustness fuzz clean deploy-test
+.PHONY: all deps build run test lint unit bench robustness fuzz clean deploy-test scale
 
 all: build
 
@@ -49,6 +49,17 @@ unit:
 
 bench: deps build
 	$(GO) run ./bench $(if $(QUICK),-quick) -out bench/results
+
+# Idle cost of a cluster: etcd requests, peer RPCs and CPU per daemon per
+# minute for in-process daemons on embedded etcd (bench/scale), with the same
+# program run on $(SCALE_BASELINE)'s code in the same invocation, for the runs
+# it can do (the old code re-reads everything every 2 s). SCALE_BASELINE=
+# (empty) skips the baseline.
+SCALE_RUNS ?= 3x10,3x1000,30x10,30x1000,3x10000
+SCALE_BASELINE ?= main
+SCALE_BASELINE_RUNS ?= 3x10,3x1000,30x10
+scale:
+	$(GO) run ./bench/scale -runs $(SCALE_RUNS) $(if $(SCALE_BASELINE),-baseline $(SCALE_BASELINE) -baseline-runs $(SCALE_BASELINE_RUNS))
 
 robustness: deps build
 	TORUS_BIN=$(CURDIR)/$(BIN) TORUS_ROBUSTNESS=long $(GO) test -race -run Robustness -timeout 60m -v ./tests/...

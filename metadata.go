@@ -67,6 +67,27 @@ type Metadata interface {
 	// may stand for many changes. The channel closes when ctx ends.
 	Watch(ctx context.Context) <-chan struct{}
 
+	// Revision reports the store's current revision. Every change to the
+	// cluster's keys gets a revision larger than every earlier one; a read
+	// made after Revision returns sees the store at that revision or later.
+	Revision(ctx context.Context) (int64, error)
+	// WatchChanges delivers, in revision order, every change made after
+	// revision from (from is what the caller's state reflects: a value of
+	// Revision taken before its reads), each with its revision. Changes of
+	// one atomic step share a revision. When changes after from can no
+	// longer be delivered (history compacted)
+	// the first event is a ChangeResync carrying the revision the watch
+	// continues from: the caller must re-read what it caches. Events are
+	// never dropped silently: a watch that cannot continue closes. The
+	// channel closes when ctx ends or the store is closed. Published
+	// volume statuses (PutVolumeStatuses) are not reported.
+	WatchChanges(ctx context.Context, from int64) <-chan Change
+	// VolumesChangedSince reports whether any volume record, epoch, writer
+	// record, head or snapshot was created or updated after revision rev,
+	// in one request. Deletions are not reported: they only shrink what is
+	// live. GC uses it to re-check a plan made from a cached view.
+	VolumesChangedSince(ctx context.Context, rev int64) (bool, error)
+
 	// CreateVolume assigns an ID and stores the volume with an empty head
 	// and its labels. ErrExist if the name is taken; ErrInvalid for a bad
 	// name, size or label (torus.ValidLabels).
@@ -170,4 +191,70 @@ type Metadata interface {
 
 	// Close releases the client. Idempotent.
 	Close() error
+}
+
+// ChangeKind says what a Change is about.
+type ChangeKind int
+
+const (
+	// ChangeResync: changes were lost (compaction); re-read everything.
+	// Revision is the revision the watch continues after.
+	ChangeResync ChangeKind = iota + 1
+	// ChangeCluster: the cluster config or the default export.
+	ChangeCluster
+	// ChangeRing: the ring spec (Ring holds it unless Deleted).
+	ChangeRing
+	// ChangePeer: peer Name's record, liveness, draining or removed mark.
+	// Beat is set when it is only a heartbeat of a peer already up with
+	// the same scrub findings (its state and findings did not change).
+	ChangePeer
+	// ChangeVolume: volume Name's record was created, updated or deleted.
+	ChangeVolume
+	// ChangeEpoch: volume Name's epoch (Epoch holds it).
+	ChangeEpoch
+	// ChangeWriter: volume Name's writer record (Deleted: no writer).
+	ChangeWriter
+	// ChangeHead: volume Name's head (Head holds it unless Deleted).
+	ChangeHead
+	// ChangeSnapshot: snapshot Snapshot of volume Name, or a snapshot
+	// request or its result.
+	ChangeSnapshot
+	// ChangeAttachment: volume Name's attachment, or a CSI node record
+	// (Name is then the node ID and Node is set).
+	ChangeAttachment
+)
+
+var changeKindNames = map[ChangeKind]string{ChangeResync: "resync", ChangeCluster: "cluster", ChangeRing: "ring",
+	ChangePeer: "peer", ChangeVolume: "volume", ChangeEpoch: "epoch", ChangeWriter: "writer", ChangeHead: "head",
+	ChangeSnapshot: "snapshot", ChangeAttachment: "attachment"}
+
+func (k ChangeKind) String() string {
+	if n, ok := changeKindNames[k]; ok {
+		return n
+	}
+	return "unknown"
+}
+
+// Change is one event of Metadata.WatchChanges.
+type Change struct {
+	Kind     ChangeKind
+	Revision int64
+	// Name is the volume's name, or the peer's ID for ChangePeer.
+	Name string
+	// Snapshot names the snapshot (or request) of a ChangeSnapshot.
+	Snapshot string
+	// Deleted: the key was removed (volume deleted, writer gone, peer
+	// forgotten or its liveness key expired, snapshot deleted).
+	Deleted bool
+	// Beat: a ChangePeer that is only a heartbeat of a live peer whose
+	// scrub findings (Beat.Unrepairable) did not change.
+	Beat bool
+	// Node: a ChangeAttachment about a CSI node record.
+	Node bool
+	// Epoch is the new epoch of a ChangeEpoch.
+	Epoch uint64
+	// Head is the new head of a ChangeHead; Ring the new spec of a
+	// ChangeRing. Nil when Deleted. Owned by the receiver.
+	Head *Head
+	Ring *RingSpec
 }

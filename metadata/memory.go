@@ -33,7 +33,11 @@ type Memory struct {
 	events      []torus.Event        // RecordEvent, oldest first
 	eventSeq    uint64
 	watchers    map[chan struct{}]struct{}
-	done        chan struct{} // closed by Close; ends watch goroutines
+	rev         int64          // revision of the last change
+	log         []torus.Change // changes after compacted, in order
+	compacted   int64          // changes up to it are forgotten
+	volRev      int64          // revision of the last volume, epoch, writer, head or snapshot put
+	done        chan struct{}  // closed by Close; ends watch goroutines
 }
 
 type memPeer struct {
@@ -133,17 +137,20 @@ func (m *Memory) expireLocked(id int64) {
 		s.failTimer.Stop()
 	}
 	s.once.Do(func() { close(s.done) })
-	for _, v := range m.volumes {
+	var chs []torus.Change
+	for name, v := range m.volumes {
 		if v.writer != nil && v.writerSes == id {
 			v.writer, v.writerSes = nil, 0
+			chs = append(chs, torus.Change{Kind: torus.ChangeWriter, Name: name, Deleted: true})
 		}
 	}
-	for _, p := range m.peers {
+	for pid, p := range m.peers {
 		if p.alive == id {
 			p.alive = 0
+			chs = append(chs, torus.Change{Kind: torus.ChangePeer, Name: pid})
 		}
 	}
-	m.notifyLocked()
+	m.notifyLocked(chs...)
 }
 
 // enter locks m after checking ctx, Close and the failure hook. On success
@@ -165,13 +172,148 @@ func (m *Memory) enter(ctx context.Context) error {
 	return nil
 }
 
-func (m *Memory) notifyLocked() {
+// notifyLocked records one atomic step's changes under a new revision
+// and wakes every watcher.
+func (m *Memory) notifyLocked(chs ...torus.Change) {
+	m.rev++
+	for _, c := range chs {
+		c.Revision = m.rev
+		m.log = append(m.log, c)
+		switch c.Kind {
+		case torus.ChangeVolume, torus.ChangeEpoch, torus.ChangeWriter, torus.ChangeHead, torus.ChangeSnapshot:
+			if !c.Deleted {
+				m.volRev = m.rev
+			}
+		}
+	}
+	if len(m.log) > memLogMax {
+		m.compactLocked(m.log[len(m.log)/2].Revision)
+	}
 	for ch := range m.watchers {
 		select {
 		case ch <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// memLogMax bounds the change history Memory keeps for WatchChanges.
+const memLogMax = 1 << 16
+
+func (m *Memory) compactLocked(rev int64) {
+	i, _ := slices.BinarySearchFunc(m.log, rev+1, func(c torus.Change, r int64) int { return cmpInt(c.Revision, r) })
+	m.log = slices.Clone(m.log[i:])
+	m.compacted = max(m.compacted, rev)
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Compact forgets the change history up to and including rev, as etcd's
+// compaction does: a WatchChanges from an older revision gets a
+// ChangeResync.
+func (m *Memory) Compact(rev int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.compactLocked(min(rev, m.rev))
+}
+
+// Revision implements torus.Metadata.
+func (m *Memory) Revision(ctx context.Context) (int64, error) {
+	if err := m.enter(ctx); err != nil {
+		return 0, err
+	}
+	defer m.mu.Unlock()
+	return m.rev, nil
+}
+
+// VolumesChangedSince implements torus.Metadata.
+func (m *Memory) VolumesChangedSince(ctx context.Context, rev int64) (bool, error) {
+	if err := m.enter(ctx); err != nil {
+		return false, err
+	}
+	defer m.mu.Unlock()
+	return m.volRev > rev, nil
+}
+
+// WatchChanges implements torus.Metadata.
+func (m *Memory) WatchChanges(ctx context.Context, from int64) <-chan torus.Change {
+	out := make(chan torus.Change)
+	wake := make(chan struct{}, 1)
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		close(out)
+		return out
+	}
+	m.watchers[wake] = struct{}{}
+	wake <- struct{}{}
+	m.mu.Unlock()
+	go func() {
+		defer close(out)
+		defer func() {
+			m.mu.Lock()
+			delete(m.watchers, wake)
+			m.mu.Unlock()
+		}()
+		last := from
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-m.done:
+				return
+			case <-wake:
+			}
+			m.mu.Lock()
+			var batch []torus.Change
+			if last < m.compacted || last > m.rev {
+				batch = append(batch, torus.Change{Kind: torus.ChangeResync, Revision: m.rev})
+				last = m.rev
+			} else {
+				i, _ := slices.BinarySearchFunc(m.log, last+1, func(c torus.Change, r int64) int { return cmpInt(c.Revision, r) })
+				batch = append(batch, m.log[i:]...)
+				if len(batch) > 0 {
+					last = batch[len(batch)-1].Revision
+				}
+			}
+			m.mu.Unlock()
+			for _, c := range batch {
+				c.Head, c.Ring = cloneHeadPtr(c.Head), cloneRingPtr(c.Ring)
+				select {
+				case out <- c:
+				case <-ctx.Done():
+					return
+				case <-m.done:
+					return
+				}
+			}
+		}
+	}()
+	return out
+}
+
+func cloneHeadPtr(h *torus.Head) *torus.Head {
+	if h == nil {
+		return nil
+	}
+	c := cloneHead(*h)
+	return &c
+}
+
+func cloneRingPtr(r *torus.RingSpec) *torus.RingSpec {
+	if r == nil {
+		return nil
+	}
+	c := cloneRing(*r)
+	return &c
 }
 
 type memSession struct {
@@ -258,7 +400,8 @@ func (m *Memory) InitCluster(ctx context.Context, cfg torus.ClusterConfig) error
 	m.initialized = true
 	m.cfg = cfg
 	m.ring = rules.InitialRing(cfg)
-	m.notifyLocked()
+	ring := cloneRing(m.ring)
+	m.notifyLocked(torus.Change{Kind: torus.ChangeCluster}, torus.Change{Kind: torus.ChangeRing, Ring: &ring})
 	return nil
 }
 
@@ -289,7 +432,7 @@ func (m *Memory) PutPeer(ctx context.Context, p torus.PeerInfo) error {
 	} else {
 		m.peers[p.ID] = &memPeer{info: p}
 	}
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangePeer, Name: p.ID})
 	return nil
 }
 
@@ -307,9 +450,11 @@ func (m *Memory) Heartbeat(ctx context.Context, s torus.Session, id string, b to
 	if !ok {
 		return fmt.Errorf("metadata: heartbeat: peer %q: %w", id, torus.ErrNotExist)
 	}
+	bad := rules.BeatBlocks(b.Unrepairable)
+	beat := p.alive == ms.id && maps.EqualFunc(p.bad, bad, slices.Equal)
 	p.alive, p.used, p.pending, p.lastSeen = ms.id, b.Used, b.Pending, time.Now().UTC()
-	p.bad = rules.BeatBlocks(b.Unrepairable)
-	m.notifyLocked()
+	p.bad = bad
+	m.notifyLocked(torus.Change{Kind: torus.ChangePeer, Name: id, Beat: beat})
 	return nil
 }
 
@@ -346,7 +491,7 @@ func (m *Memory) DeletePeer(ctx context.Context, id string) error {
 		return fmt.Errorf("metadata: delete peer %q: %w: still a ring member", id, torus.ErrInvalid)
 	}
 	delete(m.peers, id)
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangePeer, Name: id, Deleted: true})
 	return nil
 }
 
@@ -361,7 +506,7 @@ func (m *Memory) SetDraining(ctx context.Context, id string, draining bool) erro
 		return fmt.Errorf("metadata: drain peer %q: %w", id, torus.ErrNotExist)
 	}
 	p.draining = draining
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangePeer, Name: id})
 	return nil
 }
 
@@ -394,15 +539,18 @@ func (m *Memory) SetRing(ctx context.Context, spec torus.RingSpec) error {
 		return fmt.Errorf("metadata: set ring version %d: %w: stored version is %d", spec.Version, torus.ErrConflict, m.ring.Version)
 	}
 	oldMembers, newMembers := rules.Members(m.ring), rules.Members(spec)
+	ring := cloneRing(spec)
+	chs := []torus.Change{{Kind: torus.ChangeRing, Ring: &ring}}
 	for id, p := range m.peers {
 		if newMembers[id] {
 			p.removed = false
 		} else if oldMembers[id] {
 			p.removed = true
+			chs = append(chs, torus.Change{Kind: torus.ChangePeer, Name: id})
 		}
 	}
 	m.ring = cloneRing(spec)
-	m.notifyLocked()
+	m.notifyLocked(chs...)
 	return nil
 }
 
@@ -508,7 +656,9 @@ func (m *Memory) createLocked(v torus.VolumeInfo, head torus.Head) (torus.Volume
 		requests:  make(map[string]bool),
 		results:   make(map[string]string),
 	}
-	m.notifyLocked()
+	hd := cloneHead(head)
+	m.notifyLocked(torus.Change{Kind: torus.ChangeVolume, Name: v.Name}, torus.Change{Kind: torus.ChangeEpoch, Name: v.Name},
+		torus.Change{Kind: torus.ChangeHead, Name: v.Name, Head: &hd})
 	v.Labels = rules.CloneLabels(v.Labels)
 	return v, nil
 }
@@ -567,7 +717,7 @@ func (m *Memory) UpdateVolume(ctx context.Context, upd torus.VolumeInfo) error {
 		return err
 	}
 	v.info = info
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeVolume, Name: upd.Name})
 	return nil
 }
 
@@ -586,7 +736,7 @@ func (m *Memory) SetVolumeLabels(ctx context.Context, volume string, set map[str
 		return torus.VolumeInfo{}, err
 	}
 	v.info.Labels = labels
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeVolume, Name: volume})
 	return v.infoCopy(), nil
 }
 
@@ -607,10 +757,16 @@ func (m *Memory) DeleteVolume(ctx context.Context, name string) error {
 	}
 	delete(m.volumes, name)
 	delete(m.statuses, name)
+	chs := []torus.Change{{Kind: torus.ChangeVolume, Name: name, Deleted: true}, {Kind: torus.ChangeEpoch, Name: name, Deleted: true},
+		{Kind: torus.ChangeHead, Name: name, Deleted: true}}
+	for sn := range v.snapshots {
+		chs = append(chs, torus.Change{Kind: torus.ChangeSnapshot, Name: name, Snapshot: sn, Deleted: true})
+	}
 	if m.defExport == name {
 		m.defExport = ""
+		chs = append(chs, torus.Change{Kind: torus.ChangeCluster})
 	}
-	m.notifyLocked()
+	m.notifyLocked(chs...)
 	return nil
 }
 
@@ -638,7 +794,7 @@ func (m *Memory) Lock(ctx context.Context, s torus.Session, volume string, w tor
 	v.epoch++
 	v.writer = &torus.WriterInfo{Owner: w.Owner, Identity: w.Identity, Epoch: v.epoch, Since: time.Now().UTC()}
 	v.writerSes = ms.id
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeEpoch, Name: volume, Epoch: v.epoch}, torus.Change{Kind: torus.ChangeWriter, Name: volume})
 	return v.epoch, nil
 }
 
@@ -653,7 +809,7 @@ func (m *Memory) Unlock(ctx context.Context, volume string, epoch uint64) error 
 		return nil
 	}
 	v.writer, v.writerSes = nil, 0
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeWriter, Name: volume, Deleted: true})
 	return nil
 }
 
@@ -669,7 +825,7 @@ func (m *Memory) ForceUnlock(ctx context.Context, volume string) error {
 	}
 	if v.writer != nil {
 		v.writer, v.writerSes = nil, 0
-		m.notifyLocked()
+		m.notifyLocked(torus.Change{Kind: torus.ChangeWriter, Name: volume, Deleted: true})
 	}
 	return nil
 }
@@ -737,7 +893,8 @@ func (m *Memory) CommitHead(ctx context.Context, volume string, epoch uint64, h 
 		return err
 	}
 	v.head = cloneHead(h)
-	m.notifyLocked()
+	hd := cloneHead(h)
+	m.notifyLocked(torus.Change{Kind: torus.ChangeHead, Name: volume, Head: &hd})
 	return nil
 }
 
@@ -759,7 +916,8 @@ func (m *Memory) RestoreSnapshot(ctx context.Context, epoch uint64, volume, name
 		return torus.Head{}, err
 	}
 	v.head = rules.Restore(v.head, snap, epoch)
-	m.notifyLocked()
+	hd := cloneHead(v.head)
+	m.notifyLocked(torus.Change{Kind: torus.ChangeHead, Name: volume, Head: &hd})
 	return cloneHead(v.head), nil
 }
 
@@ -789,7 +947,7 @@ func (m *Memory) CreateSnapshot(ctx context.Context, epoch uint64, s torus.Snaps
 	}
 	s.Head = cloneHead(s.Head)
 	v.snapshots[s.Name] = s
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeSnapshot, Name: s.Volume, Snapshot: s.Name})
 	return nil
 }
 
@@ -844,7 +1002,7 @@ func (m *Memory) DeleteSnapshot(ctx context.Context, volume, name string) error 
 		return err
 	}
 	delete(v.snapshots, name)
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeSnapshot, Name: volume, Snapshot: name, Deleted: true})
 	return nil
 }
 
@@ -867,7 +1025,7 @@ func (m *Memory) RequestSnapshot(ctx context.Context, volume, name string) error
 	}
 	delete(v.results, name)
 	v.requests[name] = true
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeSnapshot, Name: volume, Snapshot: name})
 	return nil
 }
 
@@ -905,7 +1063,7 @@ func (m *Memory) DoneSnapshotRequest(ctx context.Context, volume, name, failure 
 	}
 	delete(v.requests, name)
 	v.results[name] = failure
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeSnapshot, Name: volume, Snapshot: name})
 	return nil
 }
 
@@ -951,7 +1109,7 @@ func (m *Memory) SetDefaultExport(ctx context.Context, volume string) error {
 		}
 	}
 	m.defExport = volume
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeCluster})
 	return nil
 }
 

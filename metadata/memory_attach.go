@@ -18,6 +18,7 @@ func (m *Memory) RegisterNode(ctx context.Context, id string) error {
 	}
 	defer m.mu.Unlock()
 	m.csiNodes[id] = time.Now().UTC()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeAttachment, Name: id, Node: true})
 	return nil
 }
 
@@ -52,7 +53,7 @@ func (m *Memory) PutAttachment(ctx context.Context, a torus.VolumeAttachment) (t
 	}
 	a.Since = time.Now().UTC()
 	v.attached = &a
-	m.notifyLocked()
+	m.notifyLocked(torus.Change{Kind: torus.ChangeAttachment, Name: a.Volume})
 	return a, nil
 }
 
@@ -83,7 +84,11 @@ func (m *Memory) DeleteAttachment(ctx context.Context, volume, node string) (boo
 		return false, nil
 	}
 	v.attached = nil
+	chs := []torus.Change{{Kind: torus.ChangeAttachment, Name: volume}}
+	if v.writer != nil {
+		chs = append(chs, torus.Change{Kind: torus.ChangeWriter, Name: volume, Deleted: true})
+	}
 	v.writer, v.writerSes = nil, 0
-	m.notifyLocked()
+	m.notifyLocked(chs...)
 	return true, nil
 }

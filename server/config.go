@@ -51,9 +51,15 @@ type Config struct {
 	// RebalanceRate limits healing and rebalancing copies, bytes per
 	// second; 0 means unlimited.
 	RebalanceRate int64
-	// MaintenanceInterval is how often the daemon plans healing,
-	// rebalancing and garbage collection. Default 2 s.
+	// MaintenanceInterval is how often the daemon looks at its cached
+	// cluster view to plan healing, rebalancing and garbage collection;
+	// it plans only when the view changed or work is left (see
+	// maintenanceLoop). Default 2 s.
 	MaintenanceInterval time.Duration
+	// ViewResync is how often the cached cluster view is read again in
+	// full and every pass's inputs recomputed, as a safety net behind the
+	// watch. Default 5 min.
+	ViewResync time.Duration
 	// GCInterval is how often the daemon sweeps its store for segments
 	// that no head or snapshot names. Default 30 s.
 	GCInterval time.Duration
@@ -86,6 +92,9 @@ func (c *Config) EnsureDefaults() {
 	}
 	if c.GCInterval == 0 {
 		c.GCInterval = 30 * time.Second
+	}
+	if c.ViewResync == 0 {
+		c.ViewResync = 5 * time.Minute
 	}
 	if c.ScrubInterval == 0 {
 		c.ScrubInterval = DefaultScrubInterval

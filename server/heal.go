@@ -67,28 +67,33 @@ func (s *Server) liveness(peers []torus.PeerInfo) liveness {
 // heal gathers the cluster's inventory, plans with package rebalance, and
 // carries out this daemon's share: copies it is the source of and deletes
 // of its surplus copies.
-func (s *Server) heal(ctx context.Context, view *clusterView) error {
-	spec, err := s.meta.Ring(ctx)
-	if err != nil {
-		return fmt.Errorf("reading ring: %w", err)
-	}
+//
+// It plans from the cached view st (ring, peers) and lists the segments
+// of every up peer (paged List RPCs) only when called. more reports that
+// another pass is needed even without a change: copies were planned (for
+// any daemon), this daemon had surplus copies to delete, a step failed,
+// or a member is down (its grace may end).
+func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (more bool, err error) {
+	spec := st.ring
 	if len(spec.Members) == 0 {
-		return nil
+		return false, nil
 	}
 	r, err := ring.Build(spec)
 	if err != nil {
-		return err
+		return true, err
 	}
-	peers, err := s.meta.Peers(ctx)
-	if err != nil {
-		return fmt.Errorf("listing peers: %w", err)
-	}
+	peers := st.peers
 	live := s.liveness(peers)
 	s.notePeers(ctx, spec, live.reallyUp)
 	s.reportPlacement(r.Health(func(id string) bool { return live.draining[id] }))
+	for _, m := range spec.Members {
+		if !live.reallyUp[m.ID] {
+			more = true // down, perhaps within its grace: look again
+		}
+	}
 	inv, err := s.inventory(ctx, live.reallyUp)
 	if err != nil {
-		return err
+		return true, err
 	}
 	view.inv = inv
 	var segs []rebalance.Segment
@@ -103,8 +108,11 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 	slices.SortFunc(segs, func(a, b rebalance.Segment) int { return rebalance.CompareSegmentID(a.ID, b.ID) })
 	plan, err := rebalance.Compute(rebalance.Input{Ring: r, Up: live.up, Draining: live.draining, Segments: segs})
 	if err != nil {
-		return err
+		return true, err
 	}
+	// Copies planned for any daemon: once they are done the health
+	// published changes, though no metadata does.
+	more = more || len(plan.Copies) > 0
 	s.publishStatus(ctx, view, r.Replication(), segs, live, plan, reportedUnrepairable(peers, live.reallyUp))
 	mine := plan.ForPeer(s.id)
 	// Moves involving a peer that is down (within its grace) wait.
@@ -119,8 +127,12 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		s.log.Error("segments with no copy on an up peer", "count", len(plan.Unavailable), "first", plan.Unavailable[0])
 	}
 	if len(copies) == 0 && len(mine.Deletes) == 0 {
-		return nil
+		return more, nil
 	}
+	// Moves of this daemon's: look again next pass (a surplus copy kept
+	// because another copy was unsynced or bad and is being replaced is
+	// deleted by a later pass, with no metadata change to wake it).
+	more = true
 	s.log.Info("healing", "copies", len(copies), "bytes", left, "deletes", len(mine.Deletes),
 		"under_replicated", plan.UnderReplicated)
 
@@ -173,9 +185,9 @@ func (s *Server) heal(ctx context.Context, view *clusterView) error {
 		s.log.Debug("deleted surplus copy", "segment", d.Seg)
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("healing: %d failures, first: %w", len(errs), errs[0])
+		return true, fmt.Errorf("healing: %d failures, first: %w", len(errs), errs[0])
 	}
-	return nil
+	return more, nil
 }
 
 // fullHolders lists the up peers holding at least length bytes of a

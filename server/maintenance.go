@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -13,24 +14,53 @@ import (
 	"github.com/torus-storage/torus/volume"
 )
 
-// maintenanceLoop periodically collects garbage, heals and rebalances.
+// maintenanceLoop collects garbage, heals and rebalances, driven by the
+// cached cluster view (view.go): every MaintenanceInterval it looks at the
+// view and works only when something relevant changed since its last
+// healing pass, when that pass left work (copies, deletes, failures, a
+// member down), every GCInterval for GC (a local listing, checked against
+// the view), and in full (every live set read again) after each full read
+// of the view (every ViewResync, jittered), as a safety net.
 func (s *Server) maintenanceLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.MaintenanceInterval)
 	defer t.Stop()
-	var lastGC time.Time
+	var (
+		lastGC, lastFull time.Time
+		healed           uint64 // the view generation the last healing pass saw
+		again            = true // the last healing pass left work
+		cache            = make(liveCache)
+	)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		gc := time.Since(lastGC) >= s.cfg.GCInterval
-		if gc {
-			lastGC = time.Now()
+		st, ok := s.view.snapshot()
+		if !ok {
+			continue
 		}
-		if err := s.maintain(ctx, gc); err != nil && ctx.Err() == nil {
+		now := time.Now()
+		full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
+		gc := now.Sub(lastGC) >= s.cfg.GCInterval
+		heal := again || full || st.gen != healed
+		if !gc && !heal {
+			continue
+		}
+		if full {
+			lastFull = st.built
+			clear(cache) // live sets are read again
+		}
+		if gc {
+			lastGC = now
+		}
+		more, err := s.maintain(ctx, st, cache, gc, heal)
+		if err != nil && ctx.Err() == nil {
 			s.metrics.maintenanceErr.Inc()
 			s.log.Warn("maintenance pass failed", "err", err)
+		}
+		if heal {
+			healed, again = st.gen, more || err != nil
 		}
 	}
 }
@@ -77,36 +107,105 @@ type segUse struct {
 	users       []uint64 // IDs of the volumes naming it
 }
 
-// maintain runs one pass: GC of local segments that no head or snapshot
-// names, then healing and rebalancing moves planned for this daemon.
-func (s *Server) maintain(ctx context.Context, gc bool) error {
-	// List first, then read heads: a segment created after the listing
-	// cannot be deleted by this pass, and one listed that no head names
-	// is garbage (docs/design/data-path.md, Garbage collection).
-	local, err := s.store.List(ctx, 0)
-	if err != nil {
-		return fmt.Errorf("listing local segments: %w", err)
-	}
-	view, err := s.readView(ctx)
-	if err != nil {
-		return err
-	}
-	if gc {
-		s.collectGarbage(ctx, local, view)
-	}
-	err = s.heal(ctx, view)
-	s.lastView.Store(view)
-	return err
+// liveCache holds each volume's live set, by volume ID, with the view
+// revision of the volume's last change it reflects. Owned by the
+// maintenance goroutine.
+type liveCache map[uint64]liveEntry
+
+type liveEntry struct {
+	changed int64
+	live    map[torus.SegmentID]int64
 }
 
+// maintain runs one pass from view state st: GC of local segments that no
+// head or snapshot names, then healing and rebalancing moves planned for
+// this daemon. more reports that healing left work for another pass.
+func (s *Server) maintain(ctx context.Context, st clusterState, cache liveCache, gc, heal bool) (more bool, err error) {
+	// List first, then look at the view; the view may be older than the
+	// listing, so GC re-checks it before deleting (collectGarbage).
+	var local []torus.SegmentInfo
+	if gc {
+		if local, err = s.store.List(ctx, 0); err != nil {
+			return true, fmt.Errorf("listing local segments: %w", err)
+		}
+	}
+	view := s.cachedView(ctx, st, cache)
+	if gc {
+		s.collectGarbage(ctx, local, view, st.rev)
+	}
+	if heal {
+		more, err = s.heal(ctx, view, st)
+		s.lastView.Store(view)
+	}
+	return more || len(view.broken) > 0, err
+}
+
+func newClusterView() *clusterView {
+	return &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64),
+		recent: make(map[torus.SegmentID]bool), broken: make(map[uint64]error),
+		segs: make(map[torus.SegmentID]segUse), keep: make(map[uint64]bool)}
+}
+
+// cachedView makes a pass's view from the cached state: live sets are
+// read only for volumes changed since cache last read them.
+func (s *Server) cachedView(ctx context.Context, st clusterState, cache liveCache) *clusterView {
+	view := newClusterView()
+	seen := make(map[uint64]bool, len(st.volumes))
+	for _, vv := range st.volumes {
+		id := vv.info.ID
+		seen[id] = true
+		view.volumes[id] = vv.info
+		e, ok := cache[id]
+		if !ok || e.changed < vv.changed {
+			live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, vv.info.Name, &s.tables)
+			if err != nil {
+				delete(cache, id)
+				view.noLiveSet(s.log, vv.info, err)
+				continue
+			}
+			e = liveEntry{changed: vv.changed, live: live}
+			cache[id] = e
+		}
+		view.live[id] = e.live
+		if vv.writer {
+			for _, r := range vv.head.Sealed {
+				view.recent[r.ID] = true
+			}
+		}
+	}
+	for id := range cache {
+		if !seen[id] {
+			delete(cache, id)
+		}
+	}
+	view.merge(st.ring.Replication)
+	return view
+}
+
+// noLiveSet records that volume v's live set could not be read.
+func (view *clusterView) noLiveSet(log *slog.Logger, v torus.VolumeInfo, err error) {
+	view.keep[v.ID] = true
+	if errors.Is(err, torus.ErrNotExist) {
+		return // deleted meanwhile: its segments are kept this pass
+	}
+	// One unreadable volume must not stop GC and healing of the others:
+	// skip it (GC keeps every segment of a volume without a live set, and
+	// of the volumes it shares) and report it.
+	for _, id := range v.Shares {
+		view.keep[id] = true
+	}
+	view.broken[v.ID] = err
+	log.Error("volume skipped by GC and healing: its live segments cannot be read", "volume", v.Name, "err", err)
+}
+
+// readView reads a pass's view afresh from the metadata store (GC's
+// fallback when the cached view is not current, collectGarbage).
 func (s *Server) readView(ctx context.Context) (*clusterView, error) {
 	spec, err := s.meta.Ring(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading ring: %w", err)
 	}
-	view := &clusterView{volumes: make(map[uint64]torus.VolumeInfo), live: make(map[uint64]map[torus.SegmentID]int64),
-		recent: make(map[torus.SegmentID]bool), broken: make(map[uint64]error),
-		segs: make(map[torus.SegmentID]segUse), keep: make(map[uint64]bool)}
+	view := newClusterView()
 	// Read every volume's live set, then list the volumes again: a clone
 	// made meanwhile (CloneVolume checks its snapshot in the same
 	// transaction) may name segments of a snapshot deleted after this
@@ -177,18 +276,7 @@ func (s *Server) readVolume(ctx context.Context, view *clusterView, v torus.Volu
 	view.volumes[v.ID] = v
 	live, err := volume.LiveSegmentLengths(ctx, s.meta, s.pool, v.Name, &s.tables)
 	if err != nil {
-		view.keep[v.ID] = true
-		if errors.Is(err, torus.ErrNotExist) {
-			return // deleted meanwhile: its segments are kept this pass
-		}
-		// One unreadable volume must not stop GC and healing of
-		// the others: skip it (GC keeps every segment of a volume
-		// without a live set, and of the volumes it shares) and report it.
-		for _, id := range v.Shares {
-			view.keep[id] = true
-		}
-		view.broken[v.ID] = err
-		s.log.Error("volume skipped by GC and healing: its live segments cannot be read", "volume", v.Name, "err", err)
+		view.noLiveSet(s.log, v, err)
 		return
 	}
 	view.live[v.ID] = live
@@ -203,9 +291,38 @@ func (s *Server) readVolume(ctx context.Context, view *clusterView, v torus.Volu
 
 // collectGarbage deletes local segments that no volume's head or snapshot
 // names, directly or through a checkpoint: segments of deleted volumes
-// too, unless a clone still names them.
-func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, view *clusterView) {
+// too, unless a clone still names them. view was made from the cached
+// view at revision rev, which may be older than the local listing: before
+// deleting anything the plan is re-checked against the store's current
+// revision (VolumesChangedSince, one request). If a volume, writer, head
+// or snapshot changed since rev, the candidates are checked again against
+// a view read afresh, after the listing (readView), as every pass did
+// before the cached view.
+func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, view *clusterView, rev int64) {
+	var cands []torus.SegmentInfo
 	for _, si := range local {
+		if view.garbage(si.ID) {
+			cands = append(cands, si)
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	changed, err := s.meta.VolumesChangedSince(ctx, rev)
+	if err != nil {
+		s.log.Warn("gc: re-checking the view; collection skipped this pass", "err", err)
+		return
+	}
+	if changed {
+		fresh, err := s.readView(ctx)
+		if err != nil {
+			s.log.Warn("gc: reading the view afresh; collection skipped this pass", "err", err)
+			return
+		}
+		s.log.Debug("gc: the cached view is behind; candidates checked against a fresh read", "candidates", len(cands))
+		view = fresh
+	}
+	for _, si := range cands {
 		id := si.ID
 		if !view.garbage(id) {
 			continue

@@ -44,6 +44,7 @@ type Server struct {
 	life              context.Context // ends at Close; owns the liveness session
 	endLife           context.CancelFunc
 	tables            volume.TableCache
+	view              *view                       // the cached cluster view (view.go); set by Start
 	healLimit         *scrub.Limiter              // paces healing's appends (RebalanceRate)
 	lastView          atomic.Pointer[clusterView] // the last maintenance pass's view, for the background scrub
 	unrepMu           sync.Mutex
@@ -183,8 +184,11 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	s.view = newView(s.meta, s.log, s.cfg.ViewResync, s.local.SetEpochs, func(spec torus.RingSpec) {
+		s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
+	})
 	s.goAttachCtx(runCtx, s.heartbeatLoop)
-	s.goAttachCtx(runCtx, s.watchLoop)
+	s.goAttachCtx(runCtx, s.view.run)
 	s.goAttachCtx(runCtx, s.maintenanceLoop)
 	if s.cfg.ScrubInterval > 0 {
 		s.goAttachCtx(runCtx, s.scrubLoop)
@@ -367,36 +371,6 @@ func (s *Server) join(ctx context.Context) error {
 		if !errors.Is(err, torus.ErrConflict) || attempt > 20 {
 			return fmt.Errorf("server: joining ring: %w", err)
 		}
-	}
-}
-
-// watchLoop follows etcd: epochs for fencing, ring membership.
-func (s *Server) watchLoop(ctx context.Context) {
-	ch := s.meta.Watch(ctx)
-	t := time.NewTicker(5 * time.Second) // resync even if a watch event was lost
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case _, ok := <-ch:
-			if !ok {
-				if ctx.Err() != nil {
-					return
-				}
-				ch = s.meta.Watch(ctx)
-				continue
-			}
-		case <-t.C:
-		}
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := s.refreshEpochs(rctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("refreshing epochs", "err", err)
-		}
-		if spec, err := s.meta.Ring(rctx); err == nil {
-			s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
-		}
-		cancel()
 	}
 }
 

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"container/list"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,14 +12,29 @@ import (
 
 // TableCache remembers the segment tables of checkpoints already read.
 // Checkpoint segments are immutable, so an entry never goes stale; the
-// cache only bounds its size. Safe for concurrent use. The zero value is
-// ready.
+// cache only bounds its size: past MaxRefs segment references in all, the
+// least recently used tables are dropped (one at a time, so a working set
+// that fits stays cached however many volumes there are). Safe for
+// concurrent use. The zero value is ready.
 type TableCache struct {
-	mu sync.Mutex
-	m  map[torus.SegmentID][]torus.SegmentRef
+	// MaxRefs bounds the segment references held, over all tables.
+	// Default DefaultTableCacheRefs. Set before first use.
+	MaxRefs int
+
+	mu   sync.Mutex
+	m    map[torus.SegmentID]*list.Element // of *tableEntry
+	lru  list.List                         // front: most recently used
+	refs int
 }
 
-const tableCacheMax = 256
+// DefaultTableCacheRefs is TableCache's default bound: about 40 MiB of
+// references.
+const DefaultTableCacheRefs = 1 << 20
+
+type tableEntry struct {
+	id    torus.SegmentID
+	table []torus.SegmentRef
+}
 
 func (c *TableCache) get(id torus.SegmentID) ([]torus.SegmentRef, bool) {
 	if c == nil {
@@ -26,8 +42,12 @@ func (c *TableCache) get(id torus.SegmentID) ([]torus.SegmentRef, bool) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t, ok := c.m[id]
-	return t, ok
+	e, ok := c.m[id]
+	if !ok {
+		return nil, false
+	}
+	c.lru.MoveToFront(e)
+	return e.Value.(*tableEntry).table, true
 }
 
 func (c *TableCache) put(id torus.SegmentID, t []torus.SegmentRef) {
@@ -36,10 +56,31 @@ func (c *TableCache) put(id torus.SegmentID, t []torus.SegmentRef) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= tableCacheMax {
-		c.m = make(map[torus.SegmentID][]torus.SegmentRef)
+	if c.m == nil {
+		c.m = make(map[torus.SegmentID]*list.Element)
 	}
-	c.m[id] = t
+	if e, ok := c.m[id]; ok {
+		c.lru.MoveToFront(e)
+		return
+	}
+	c.m[id] = c.lru.PushFront(&tableEntry{id: id, table: t})
+	c.refs += len(t)
+	limit := c.MaxRefs
+	if limit <= 0 {
+		limit = DefaultTableCacheRefs
+	}
+	for c.refs > limit && c.lru.Len() > 1 {
+		old := c.lru.Remove(c.lru.Back()).(*tableEntry)
+		delete(c.m, old.id)
+		c.refs -= len(old.table)
+	}
+}
+
+// Len reports how many tables the cache holds.
+func (c *TableCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len()
 }
 
 // Unknown is the length LiveSegmentLengths reports for a live segment

@@ -38,6 +38,13 @@ type SessionExpirer interface {
 	ExpireSession(id int64)
 }
 
+// Compactor is implemented by stores whose change history can be
+// compacted on demand (metadata.Memory, the etcd store): the test of a
+// too-old WatchChanges revision is skipped otherwise.
+type Compactor interface {
+	Compact(rev int64)
+}
+
 // signalWait bounds how long the suite waits for asynchronous effects:
 // watch signals, session expiry.
 const signalWait = 10 * time.Second
@@ -80,6 +87,9 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 		{"VolumeStatuses", testVolumeStatuses},
 		{"VolumeStatusesMany", testVolumeStatusesMany},
 		{"Watch", testWatch},
+		{"WatchChanges", testWatchChanges},
+		{"WatchChangesResync", testWatchChangesResync},
+		{"VolumesChangedSince", testVolumesChangedSince},
 		{"Close", testClose},
 	}
 	for _, tc := range tests {
@@ -1493,4 +1503,211 @@ func testVolumeReplication(t *testing.T, m torus.Metadata) {
 	if got.Replication != 3 || got.MinReplicas != 1 {
 		t.Fatalf("after update %+v, want replication 3 (unchanged by UpdateVolume), min 1", got)
 	}
+}
+
+// nextChange reads changes from ch, skipping heartbeats of other tests'
+// sessions and kinds not asked for, until one of kind arrives for name.
+func nextChange(t *testing.T, ch <-chan torus.Change, kind torus.ChangeKind, name string) torus.Change {
+	t.Helper()
+	deadline := time.After(signalWait)
+	for {
+		select {
+		case c, ok := <-ch:
+			if !ok {
+				t.Fatalf("change channel closed while waiting for %v %q", kind, name)
+			}
+			if c.Kind == kind && c.Name == name {
+				return c
+			}
+		case <-deadline:
+			t.Fatalf("no %v change for %q within %v", kind, name, signalWait)
+		}
+	}
+}
+
+// testWatchChanges: every change after the revision given is delivered,
+// typed, with its value and a revision that grows and is covered by
+// Revision; heartbeats of a live peer are marked Beat; published statuses
+// are not reported.
+func testWatchChanges(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	rev0, err := m.Revision(ctx)
+	must(t, err, "Revision")
+	ch := m.WatchChanges(ctx, rev0)
+	v := createVolume(t, m, "v", 4096)
+	cv := nextChange(t, ch, torus.ChangeVolume, "v")
+	if cv.Revision <= rev0 || cv.Deleted {
+		t.Fatalf("create volume: %+v, want a revision after %d, not deleted", cv, rev0)
+	}
+	s := newSession(t, m, 10*time.Second)
+	e, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w"})
+	must(t, err, "Lock")
+	// Lock's epoch and writer changes share a revision, in either order.
+	var ce, cw torus.Change
+	for deadline := time.After(signalWait); ce.Kind == 0 || cw.Kind == 0; {
+		select {
+		case c := <-ch:
+			switch {
+			case c.Name != "v" || c.Revision == cv.Revision: // CreateVolume's epoch 0 and head
+			case c.Kind == torus.ChangeEpoch:
+				ce = c
+			case c.Kind == torus.ChangeWriter:
+				cw = c
+			}
+		case <-deadline:
+			t.Fatalf("lock: epoch change %+v, writer change %+v; want both", ce, cw)
+		}
+	}
+	if ce.Epoch != e || ce.Revision <= cv.Revision {
+		t.Fatalf("lock: epoch change %+v, want epoch %d after revision %d", ce, e, cv.Revision)
+	}
+	if cw.Deleted || cw.Revision != ce.Revision {
+		t.Fatalf("lock: writer change %+v, want a writer at the epoch's revision %d", cw, ce.Revision)
+	}
+	h := torus.Head{Epoch: e, NextSeq: 7, Sealed: []torus.SegmentRef{{ID: torus.SegmentID{Volume: v.ID, Epoch: e, Seq: 6}, Length: 42}}}
+	must(t, m.CommitHead(ctx, "v", e, h), "CommitHead")
+	ch1 := nextChange(t, ch, torus.ChangeHead, "v")
+	if ch1.Head == nil || ch1.Head.NextSeq != 7 || len(ch1.Head.Sealed) != 1 || ch1.Revision <= ce.Revision {
+		t.Fatalf("commit head: %+v, want the head committed after revision %d", ch1, ce.Revision)
+	}
+	if r, err := m.Revision(ctx); err != nil || r < ch1.Revision {
+		t.Fatalf("Revision after the head commit = %d, %v; want at least %d", r, err, ch1.Revision)
+	}
+	must(t, m.CreateSnapshot(ctx, e, torus.Snapshot{Volume: "v", Name: "s1", Head: h}), "CreateSnapshot")
+	if c := nextChange(t, ch, torus.ChangeSnapshot, "v"); c.Snapshot != "s1" || c.Deleted {
+		t.Fatalf("create snapshot: %+v, want snapshot s1", c)
+	}
+	must(t, m.PutVolumeStatuses(ctx, []torus.VolumeStatus{{Volume: "v", ID: v.ID, Health: torus.VolumeHealthy}}), "PutVolumeStatuses")
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p"}), "PutPeer")
+	// The status was published before the peer: nothing of it may come first.
+	deadline := time.After(signalWait)
+	for done := false; !done; {
+		select {
+		case c := <-ch:
+			if c.Kind == torus.ChangePeer && c.Name == "p" {
+				done = true
+			} else if c.Kind != torus.ChangePeer {
+				t.Fatalf("unexpected change %+v before the peer's (statuses are not reported)", c)
+			}
+		case <-deadline:
+			t.Fatal("no peer change")
+		}
+	}
+	ps := newSession(t, m, 10*time.Second)
+	must(t, m.Heartbeat(ctx, ps, "p", torus.Beat{Used: 1}), "Heartbeat")
+	if c := nextChange(t, ch, torus.ChangePeer, "p"); c.Beat {
+		t.Fatalf("first heartbeat %+v is marked Beat: it makes the peer up", c)
+	}
+	must(t, m.Heartbeat(ctx, ps, "p", torus.Beat{Used: 2}), "Heartbeat")
+	// The first heartbeat may report several changes (liveness, last
+	// seen); the second reports only beats.
+	for c := nextChange(t, ch, torus.ChangePeer, "p"); !c.Beat; c = nextChange(t, ch, torus.ChangePeer, "p") {
+	}
+	// New scrub findings are not a mere beat: the health they change is
+	// published by another daemon's maintenance.
+	must(t, m.Heartbeat(ctx, ps, "p", torus.Beat{Used: 2, Unrepairable: map[uint64][]uint64{v.ID: {3}}}), "Heartbeat")
+	if c := nextChange(t, ch, torus.ChangePeer, "p"); c.Beat {
+		t.Fatalf("heartbeat with new findings %+v is marked Beat", c)
+	}
+	setMembers(t, m, "p")
+	if c := nextChange(t, ch, torus.ChangeRing, ""); c.Ring == nil || len(c.Ring.Members) != 1 {
+		t.Fatalf("set ring: %+v, want the new spec", c)
+	}
+	must(t, m.Unlock(ctx, "v", e), "Unlock")
+	if c := nextChange(t, ch, torus.ChangeWriter, "v"); !c.Deleted {
+		t.Fatalf("unlock: %+v, want the writer deleted", c)
+	}
+	must(t, m.DeleteVolume(ctx, "v"), "DeleteVolume")
+	if c := nextChange(t, ch, torus.ChangeVolume, "v"); !c.Deleted {
+		t.Fatalf("delete volume: %+v, want deleted", c)
+	}
+
+	// A second watch from the first revision replays the same history.
+	ch2 := m.WatchChanges(ctx, rev0)
+	if c := nextChange(t, ch2, torus.ChangeHead, "v"); c.Revision != cv.Revision {
+		// the first head change is the empty head of CreateVolume
+		t.Fatalf("replayed first head change at revision %d, want %d (CreateVolume's)", c.Revision, cv.Revision)
+	}
+	if c := nextChange(t, ch2, torus.ChangeHead, "v"); c.Revision != ch1.Revision {
+		t.Fatalf("replayed head change at revision %d, want %d", c.Revision, ch1.Revision)
+	}
+}
+
+// testWatchChangesResync: a watch from a compacted revision starts with a
+// ChangeResync carrying a revision at least the compacted one, then
+// delivers the changes after it.
+func testWatchChangesResync(t *testing.T, m torus.Metadata) {
+	c, ok := m.(Compactor)
+	if !ok {
+		t.Skip("store cannot compact its history")
+	}
+	ctx := ctxT(t)
+	initCluster(t, m)
+	old, err := m.Revision(ctx)
+	must(t, err, "Revision")
+	createVolume(t, m, "a", 4096)
+	createVolume(t, m, "b", 4096)
+	now, err := m.Revision(ctx)
+	must(t, err, "Revision")
+	c.Compact(now)
+	ch := m.WatchChanges(ctx, old)
+	var first torus.Change
+	select {
+	case first = <-ch:
+	case <-time.After(signalWait):
+		t.Fatal("no event from a watch at a compacted revision")
+	}
+	if first.Kind != torus.ChangeResync || first.Revision < now {
+		t.Fatalf("first event %+v, want a resync at revision %d or later", first, now)
+	}
+	createVolume(t, m, "c", 4096)
+	if got := nextChange(t, ch, torus.ChangeVolume, "c"); got.Revision <= first.Revision {
+		t.Fatalf("change after the resync at revision %d, want after %d", got.Revision, first.Revision)
+	}
+}
+
+// testVolumesChangedSince: true after a volume, writer, head or snapshot
+// is created or updated; false for heartbeats, peers, statuses and
+// deletions.
+func testVolumesChangedSince(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	rev := func() int64 {
+		t.Helper()
+		r, err := m.Revision(ctx)
+		must(t, err, "Revision")
+		return r
+	}
+	changed := func(since int64, want bool, what string) {
+		t.Helper()
+		got, err := m.VolumesChangedSince(ctx, since)
+		must(t, err, "VolumesChangedSince")
+		if got != want {
+			t.Fatalf("after %s: VolumesChangedSince = %v, want %v", what, got, want)
+		}
+	}
+	r := rev()
+	changed(r, false, "nothing")
+	v := createVolume(t, m, "v", 4096)
+	changed(r, true, "CreateVolume")
+	r = rev()
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "p"}), "PutPeer")
+	ps := newSession(t, m, 10*time.Second)
+	must(t, m.Heartbeat(ctx, ps, "p", torus.Beat{}), "Heartbeat")
+	must(t, m.PutVolumeStatuses(ctx, []torus.VolumeStatus{{Volume: "v", ID: v.ID, Health: torus.VolumeHealthy}}), "PutVolumeStatuses")
+	changed(r, false, "a peer, a heartbeat and a status")
+	s := newSession(t, m, 10*time.Second)
+	e, err := m.Lock(ctx, s, "v", torus.WriterInfo{Owner: "w"})
+	must(t, err, "Lock")
+	changed(r, true, "Lock")
+	r = rev()
+	must(t, m.CommitHead(ctx, "v", e, torus.Head{Epoch: e, NextSeq: 3}), "CommitHead")
+	changed(r, true, "CommitHead")
+	r = rev()
+	must(t, m.CreateSnapshot(ctx, e, torus.Snapshot{Volume: "v", Name: "s"}), "CreateSnapshot")
+	changed(r, true, "CreateSnapshot")
+	r = rev()
+	must(t, m.DeleteSnapshot(ctx, "v", "s"), "DeleteSnapshot")
+	changed(r, false, "DeleteSnapshot")
 }
