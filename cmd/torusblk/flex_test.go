@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/testutil"
 )
 
 // The FlexVolume tests install the driver as the kubelet would find it,
@@ -120,20 +121,9 @@ type flexEnv struct {
 
 func needFlexTools(t *testing.T) {
 	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
+	testutil.Require(t, "root (loop devices, mounts)", testutil.Root())
 	for _, p := range []string{"losetup", "blkid", "mkfs.ext4", "mkfs.xfs"} {
-		if _, err := exec.LookPath(p); err != nil {
-			missing = append(missing, p)
-		}
-	}
-	if len(missing) > 0 {
-		if os.Getenv("TORUS_REQUIRE_TOOLS") == "1" {
-			t.Fatalf("TORUS_REQUIRE_TOOLS=1 and missing: %v", missing)
-		}
-		t.Skipf("needs %v", missing)
+		testutil.RequireBinary(t, p)
 	}
 }
 

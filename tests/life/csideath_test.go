@@ -14,7 +14,6 @@ import (
 
 	fuseattach "github.com/torus-storage/torus/internal/attach"
 	"github.com/torus-storage/torus/internal/proccluster"
-	"github.com/torus-storage/torus/internal/testutil"
 )
 
 // TestCSINodeDeath: a node dies as far as the cluster can tell. Node A's
@@ -28,12 +27,7 @@ import (
 // not change by a byte (SHA-256 of the device before and after), and it
 // checks clean (fsck.ext4 -fn) with every fsynced file intact.
 func TestCSINodeDeath(t *testing.T) {
-	testutil.Require(t, "root (FUSE, loop devices, mounts)", testutil.Root())
-	_, err := os.Stat("/dev/fuse")
-	testutil.Require(t, "/dev/fuse", err)
-	fsck := testutil.RequireBinary(t, "fsck.ext4")
-	testutil.RequireBinary(t, "mkfs.ext4")
-	testutil.RequireBinary(t, "losetup")
+	fsck := requireAttachTools(t)
 	c := startCluster(t, proccluster.Options{Daemons: 2, Replication: 2})
 	createVolume(t, c, "pv1", "256MiB", 0)
 	c.Ctl("volume", "set", "pv1", "min-replicas=1")

@@ -115,6 +115,18 @@ func (l *fileLoop) verify(dir string, n int) error {
 	return nil
 }
 
+// requireAttachTools requires what the FUSE + loop attach backend and
+// ext4 need (root, /dev/fuse, losetup, mkfs.ext4) and returns fsck.ext4.
+func requireAttachTools(t *testing.T) (fsck string) {
+	t.Helper()
+	testutil.Require(t, "root (FUSE, loop devices, mounts)", testutil.Root())
+	_, err := os.Stat("/dev/fuse")
+	testutil.Require(t, "/dev/fuse", err)
+	testutil.RequireBinary(t, "mkfs.ext4")
+	testutil.RequireBinary(t, "losetup")
+	return testutil.RequireBinary(t, "fsck.ext4")
+}
+
 // running reports whether pid exists and has not exited. A process
 // whose parent died is reparented to PID 1 and may stay a zombie here.
 func running(pid int) bool {
@@ -171,12 +183,7 @@ func cleanupAttachments(t *testing.T, staging, stateDir string) {
 // the volume, attached again read-only, passes fsck.ext4 -fn and holds
 // every fsynced file.
 func TestCSINodePluginKill(t *testing.T) {
-	testutil.Require(t, "root (FUSE, loop devices, mounts)", testutil.Root())
-	_, err := os.Stat("/dev/fuse")
-	testutil.Require(t, "/dev/fuse", err)
-	fsck := testutil.RequireBinary(t, "fsck.ext4")
-	testutil.RequireBinary(t, "mkfs.ext4")
-	testutil.RequireBinary(t, "losetup")
+	fsck := requireAttachTools(t)
 	c := startCluster(t, proccluster.Options{Daemons: 1, Replication: 1})
 	createVolume(t, c, "pv1", "256MiB", 0)
 	dir := t.TempDir()

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus/internal/proccluster"
-	"github.com/torus-storage/torus/internal/testutil"
 )
 
 // TestFlexVolumeReal: the real torusblk, installed as a FlexVolume driver
@@ -23,11 +22,7 @@ import (
 // (which must not format again); unmount detaches; a mount of a volume that
 // does not exist fails with a JSON message naming it.
 func TestFlexVolumeReal(t *testing.T) {
-	testutil.Require(t, "root (FUSE, loop devices, mounts)", testutil.Root())
-	_, err := os.Stat("/dev/fuse")
-	testutil.Require(t, "/dev/fuse", err)
-	testutil.RequireBinary(t, "mkfs.ext4")
-	testutil.RequireBinary(t, "losetup")
+	requireAttachTools(t)
 	c := startCluster(t, proccluster.Options{Daemons: 1, Replication: 1})
 	createVolume(t, c, "fv", "128MiB", 0)
 	dir := t.TempDir()

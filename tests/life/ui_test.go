@@ -65,13 +65,8 @@ func startBrowser(t *testing.T, url, dir string) *browser {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(filepath.Dir(script), "node_modules", "playwright-core")); err != nil {
-		msg := "tests/ui/node_modules/playwright-core missing (make deps runs npm ci there): " + err.Error()
-		if os.Getenv("TORUS_REQUIRE_TOOLS") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	_, err = os.Stat(filepath.Join(filepath.Dir(script), "node_modules", "playwright-core"))
+	testutil.Require(t, "tests/ui/node_modules/playwright-core (make deps runs npm ci there)", err)
 	cmd := exec.Command(node, script, url, dir)
 	cmd.Dir = filepath.Dir(script)
 	cmd.Stderr = &prefixWriter{t: t}
