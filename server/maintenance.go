@@ -19,13 +19,15 @@ import (
 // view and works only when something relevant changed since its last
 // healing pass, when that pass left work (copies, deletes, failures, a
 // member down), every GCInterval for GC (a local listing, checked against
-// the view), and in full (every live set read again) after each full read
-// of the view (every ViewResync, jittered), as a safety net.
+// the view), and after each full read of the view (every ViewResync,
+// jittered), as a safety net; every liveRereadEvery-th of those reads every
+// live set again too.
 func (s *Server) maintenanceLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.MaintenanceInterval)
 	defer t.Stop()
 	var (
 		lastGC, lastFull time.Time
+		fulls            int    // full reads of the view seen
 		healed           uint64 // the view generation the last healing pass saw
 		again            = true // the last healing pass left work
 		cache            = make(liveCache)
@@ -48,8 +50,14 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			continue
 		}
 		if full {
+			// A full read of the view keeps the live sets of volumes it
+			// found unchanged; every liveRereadEvery-th one drops them
+			// all, so that they too are read again now and then.
 			lastFull = st.built
-			clear(cache) // live sets are read again
+			if fulls%liveRereadEvery == 0 {
+				clear(cache)
+			}
+			fulls++
 		}
 		if gc {
 			lastGC = now
@@ -106,6 +114,10 @@ type segUse struct {
 	replication int      // largest replication of the volumes naming it
 	users       []uint64 // IDs of the volumes naming it
 }
+
+// liveRereadEvery: every how many full reads of the view (ViewResync)
+// every live set is read again too (about every 30 min by default).
+const liveRereadEvery = 6
 
 // liveCache holds each volume's live set, by volume ID, with the view
 // revision of the volume's last change it reflects. Owned by the

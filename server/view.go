@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -118,6 +119,9 @@ func (v *view) build(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("reading epochs: %w", err)
 	}
+	v.mu.Lock()
+	prev := v.st.volumes
+	v.mu.Unlock()
 	byName := make(map[string]viewVolume, len(vols))
 	for _, info := range vols {
 		vv, err := v.readVolume(ctx, info, rev)
@@ -128,6 +132,10 @@ func (v *view) build(ctx context.Context) (int64, error) {
 			return 0, err
 		}
 		vv.epoch = epochs[info.ID]
+		if old, ok := prev[info.Name]; ok && old.info.ID == info.ID && old.writer == vv.writer &&
+			old.epoch == vv.epoch && reflect.DeepEqual(old.head, vv.head) && reflect.DeepEqual(old.info, vv.info) {
+			vv.changed = old.changed // as the watch left it: its live set stays cached
+		}
 		byName[info.Name] = vv
 	}
 	v.onEpochs(epochs)

@@ -105,16 +105,28 @@ func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.Pe
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", volumeName, err)
 	}
-	cfg, err := meta.ClusterConfig(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cfg.EnsureDefaults()
-	v.cfg = cfg
 	v.id = info.ID
-	v.setInfo(info)
-	if err := v.refreshCluster(ctx); err != nil {
-		return nil, err
+	// The cluster config, ring and peers are needed only to read a
+	// checkpoint's table from its replicas: read them at the first table
+	// the cache does not hold, so that a volume whose tables are cached
+	// costs its record, heads and snapshots only.
+	prepared := false
+	prepare := func() error {
+		if prepared {
+			return nil
+		}
+		cfg, err := meta.ClusterConfig(ctx)
+		if err != nil {
+			return err
+		}
+		cfg.EnsureDefaults()
+		v.cfg = cfg
+		v.setInfo(info)
+		if err := v.refreshCluster(ctx); err != nil {
+			return err
+		}
+		prepared = true
+		return nil
 	}
 	head, err := meta.Head(ctx, volumeName)
 	if err != nil {
@@ -161,6 +173,9 @@ func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.Pe
 		set(ck.ID, ck.Length)
 		table, ok := cache.get(ck.ID)
 		if !ok {
+			if err := prepare(); err != nil {
+				return nil, err
+			}
 			if table, err = v.checkpointTable(ctx, *ck); err != nil {
 				return nil, err
 			}

@@ -6,8 +6,9 @@
 //
 // Each run (DAEMONSxVOLUMES) starts an embedded etcd and DAEMONS in-process
 // torusd servers (server.New, each with its own etcd client, store and peer
-// port) in one ring, creates VOLUMES empty volumes, lets the cluster settle,
-// then counts over the window:
+// port) in one ring on VOLUMES empty volumes created before they start, lets
+// the cluster settle (until the etcd request rate is steady), then counts
+// over the window:
 //
 //   - etcd requests, from etcd's own server metrics (the gRPC unary calls
 //     handled plus the messages received on streams: watch creations, lease
@@ -35,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -63,12 +65,14 @@ type result struct {
 	PeerByOp         map[string]float64
 	CPUPerDaemon     float64 // CPU seconds per daemon per minute (process ÷ daemons)
 	Window           time.Duration
+	Settled          time.Duration // how long the cluster took to settle (settleDown)
 }
 
 func main() {
 	runs := flag.String("runs", "3x10,3x1000", "comma-separated DAEMONSxVOLUMES runs")
 	window := flag.Duration("window", 30*time.Second, "counting window")
-	settle := flag.Duration("settle", 15*time.Second, "wait after the setup before counting")
+	settle := flag.Duration("settle", 15*time.Second, "least wait after the setup before counting")
+	maxSettle := flag.Duration("max-settle", 5*time.Minute, "longest wait for the etcd request rate to settle")
 	heartbeat := flag.Duration("heartbeat-ttl", 5*time.Second, "daemons' liveness TTL (heartbeat every third of it)")
 	baseline := flag.String("baseline", "", "also run against this git ref (e.g. main), exported to a temporary directory")
 	baseRuns := flag.String("baseline-runs", "", "runs for the baseline (default: -runs); the old code is slow at scale")
@@ -96,7 +100,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "scale:", err)
 			os.Exit(2)
 		}
-		r, err := run(n, v, *settle, *window, *heartbeat, *verbose)
+		r, err := run(n, v, *settle, *maxSettle, *window, *heartbeat, *verbose)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "scale: run %s: %v\n", spec, err)
 			os.Exit(1)
@@ -182,7 +186,7 @@ func runBaseline(ref, runs string, args []string) ([]result, error) {
 }
 
 // run measures one cluster of n daemons and v volumes.
-func run(n, v int, settle, window, hbTTL time.Duration, verbose bool) (result, error) {
+func run(n, v int, settle, maxSettle, window, hbTTL time.Duration, verbose bool) (result, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir, err := os.MkdirTemp("", "torus-scale-")
@@ -222,6 +226,14 @@ func run(n, v int, settle, window, hbTTL time.Duration, verbose bool) (result, e
 	cfg.EnsureDefaults()
 	if err := admin.InitCluster(ctx, cfg); err != nil {
 		return result{}, err
+	}
+
+	// The volumes exist before the daemons start, as after a restart: each
+	// daemon reads them once.
+	for i := range v {
+		if _, err := admin.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%05d", i), Size: 64 << 20}); err != nil {
+			return result{}, fmt.Errorf("creating volume %d: %w", i, err)
+		}
 	}
 
 	var servers []*server.Server
@@ -267,12 +279,10 @@ func run(n, v int, settle, window, hbTTL time.Duration, verbose bool) (result, e
 		}
 		servers = append(servers, s)
 	}
-	for i := range v {
-		if _, err := admin.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%05d", i), Size: 64 << 20}); err != nil {
-			return result{}, fmt.Errorf("creating volume %d: %w", i, err)
-		}
+	settled, err := settleDown(n, settle, maxSettle)
+	if err != nil {
+		return result{}, err
 	}
-	time.Sleep(settle)
 
 	e0, err := etcdCounts()
 	if err != nil {
@@ -291,7 +301,7 @@ func run(n, v int, settle, window, hbTTL time.Duration, verbose bool) (result, e
 	mins := time.Since(start).Minutes()
 	per := func(d float64) float64 { return d / float64(n) / mins }
 
-	r := result{Daemons: n, Volumes: v, EtcdByMethod: map[string]float64{}, PeerByOp: map[string]float64{}, Window: window}
+	r := result{Daemons: n, Volumes: v, EtcdByMethod: map[string]float64{}, PeerByOp: map[string]float64{}, Window: window, Settled: settled}
 	for k, c := range e1 {
 		if d := c - e0[k]; d > 0 {
 			r.EtcdByMethod[k] = per(d)
@@ -306,6 +316,41 @@ func run(n, v int, settle, window, hbTTL time.Duration, verbose bool) (result, e
 	}
 	r.CPUPerDaemon = per((c1 - c0).Seconds())
 	return r, nil
+}
+
+// settleDown waits at least least, then until the etcd request rate over
+// two consecutive 5 s samples differs by at most 10 % (the start-up reads
+// are over), at most most. It returns how long it waited.
+func settleDown(n int, least, most time.Duration) (time.Duration, error) {
+	start := time.Now()
+	time.Sleep(least)
+	total := func() (float64, error) {
+		m, err := etcdCounts()
+		var t float64
+		for _, c := range m {
+			t += c
+		}
+		return t, err
+	}
+	prev := -1.0
+	last, err := total()
+	if err != nil {
+		return 0, err
+	}
+	for time.Since(start) < most {
+		time.Sleep(5 * time.Second)
+		now, err := total()
+		if err != nil {
+			return 0, err
+		}
+		rate := (now - last) / float64(n)
+		last = now
+		if prev >= 0 && math.Abs(rate-prev) <= 0.1*math.Max(rate, prev) {
+			break
+		}
+		prev = rate
+	}
+	return time.Since(start), nil
 }
 
 func freePort() (int, error) {
@@ -477,6 +522,10 @@ func printTable(w io.Writer, before, after []result, ref string) {
 		}
 		fmt.Fprintf(w, "| %d × %d | %.0f | %.0f | %s | %.0f | %.0f | %.2f | %.2f |\n", r.Daemons, r.Volumes,
 			b.EtcdPerMin, r.EtcdPerMin, ratio, b.PeerPerMin, r.PeerPerMin, b.CPUPerDaemon, r.CPUPerDaemon)
+	}
+	fmt.Fprintln(w)
+	for _, r := range after {
+		fmt.Fprintf(w, "this tree %dx%d settled after %v; ", r.Daemons, r.Volumes, r.Settled.Round(time.Second))
 	}
 	fmt.Fprintln(w)
 	for _, set := range []struct {
