@@ -603,10 +603,10 @@ func (s *Store) SetRing(ctx context.Context, spec torus.RingSpec) error {
 	return nil
 }
 
-// Watch implements torus.Metadata with one etcd watch on the prefix,
-// coalesced into a channel of capacity 1. The watch is re-established if
-// etcd cancels it (compaction, leader loss). The channel closes when ctx
-// ends or the store is closed.
+// Watch implements torus.Metadata on WatchChanges, coalesced into a
+// channel of capacity 1: one watch loop serves both. A liveness renewal
+// that changes nothing else (Change.Beat) is not signalled. The channel
+// closes when ctx ends or the store is closed.
 func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	s.mu.Lock()
@@ -619,52 +619,43 @@ func (s *Store) Watch(ctx context.Context) <-chan struct{} {
 	stop := context.AfterFunc(s.ctx, cancel)
 	s.wg.Add(1)
 	s.mu.Unlock()
+	signal := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
 	go func() {
 		defer s.wg.Done()
 		defer close(out)
 		defer stop()
 		defer cancel()
-		for wctx.Err() == nil {
-			wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithProgressNotify())
-			for resp := range wch {
-				if resp.Err() != nil {
-					s.log.Debug("watch interrupted", "err", resp.Err())
-					continue
-				}
-				if !s.signals(resp.Events) {
-					continue // progress notification or status refresh only
-				}
-				select {
-				case out <- struct{}{}:
-				default:
-				}
+		// A coalesced watch is a consumer of the typed one: take the
+		// current revision, signal once for whatever changed before it
+		// (between the call and this read), then signal for every change
+		// after it. Heartbeats that only renew a daemon's liveness wake
+		// nobody.
+		var rev int64
+		for {
+			var err error
+			if rev, err = s.Revision(wctx); err == nil {
+				break
 			}
-			// The watch ended: ctx is done, or etcd canceled it. Signal
-			// once (something may have been missed) and watch again.
-			select {
-			case out <- struct{}{}:
-			default:
-			}
+			s.log.Debug("watch: reading revision", "err", err)
 			select {
 			case <-wctx.Done():
+				return
 			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		signal()
+		for c := range s.WatchChanges(wctx, rev) {
+			if !c.Beat {
+				signal()
 			}
 		}
 	}()
 	return out
-}
-
-// signals reports whether events should wake watchers: any event outside
-// status/, which daemons rewrite every few seconds and nobody reacts to,
-// and events/, the event history (a report, not state).
-func (s *Store) signals(evs []*clientv3.Event) bool {
-	for _, ev := range evs {
-		k := string(ev.Kv.Key)
-		if !strings.HasPrefix(k, s.k.status("")) && !strings.HasPrefix(k, s.k.events()) {
-			return true
-		}
-	}
-	return false
 }
 
 // readVolume decodes one volume record.
