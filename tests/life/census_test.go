@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -43,12 +44,35 @@ type holder struct {
 	length int64
 }
 
+// takeCensus gathers the census of a volume. The head is read before and
+// after the daemons are listed, and the census
+// is taken again while they differ: volume.LiveSegments reads the head on
+// its own, so a writer that seals or closes in between (a torusblk still
+// closing its export after the client hung up) would otherwise name live
+// segments this census thinks already exist with no copies.
 func takeCensus(ctx context.Context, c *proccluster.Cluster, md *metaetcd.Store, name string, repl int) (*census, error) {
-	vi, err := md.Volume(ctx, name)
-	if err != nil {
-		return nil, err
+	for try := 0; ; try++ {
+		head, err := md.Head(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		cs, err := censusAt(ctx, c, md, name, repl, head)
+		if err != nil {
+			return nil, err
+		}
+		after, err := md.Head(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if reflect.DeepEqual(head, after) || try == 50 {
+			return cs, nil
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	head, err := md.Head(ctx, name)
+}
+
+func censusAt(ctx context.Context, c *proccluster.Cluster, md *metaetcd.Store, name string, repl int, head torus.Head) (*census, error) {
+	vi, err := md.Volume(ctx, name)
 	if err != nil {
 		return nil, err
 	}
