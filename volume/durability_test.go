@@ -640,3 +640,49 @@ func TestReadPassesHangingReplica(t *testing.T) {
 		t.Fatal("no read moved on to the other replica")
 	}
 }
+
+// TestSegmentTableBounded: the writer's table of segments it appended to
+// (what FLUSH walks, and a checkpoint checks) keeps only the segments that
+// still need it: the open one, those with bytes not yet durable, and those
+// placed off their ring position. Sealed, synced, ring-placed segments
+// leave it, so a FLUSH costs the same after a thousand seals as after one.
+func TestSegmentTableBounded(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20, checkpointEvery: 4})
+	const size = 64 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(ctx)
+	r := rand.New(rand.NewPCG(41, 42))
+	m := make(model, size)
+	for off := int64(0); off < size; off += 256 << 10 {
+		p := randBytes(r, 256<<10)
+		if err := v.WriteAt(ctx, p, off, false); err != nil {
+			t.Fatal(err)
+		}
+		copy(m[off:], p)
+		if off%(4<<20) == 0 {
+			if err := v.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sealed := v.Stats().SegmentsSealed; sealed < 50 {
+		t.Fatalf("only %d seals: the test needs many", sealed)
+	}
+	v.mu.Lock()
+	n := len(v.segs)
+	v.mu.Unlock()
+	if n > 3 {
+		t.Fatalf("the writer tracks %d segments after %d seals; want the open one and at most a couple not yet durable", n, v.Stats().SegmentsSealed)
+	}
+	verify(t, ctx, v, m)
+	// A fresh open reads every block back through ring placement alone.
+	v.Close(ctx)
+	v2 := c.open("vol", Options{Owner: "w2"})
+	defer v2.Close(ctx)
+	verify(t, ctx, v2, m)
+}

@@ -395,6 +395,7 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 		v.segs[next.id] = next
 		v.forgetCandidates()
 	}
+	v.pruneSegsLocked()
 	v.mu.Unlock()
 	if ck != nil {
 		select {
@@ -487,6 +488,35 @@ func (v *Volume) resolveCommit(ctx context.Context, prev, h torus.Head, cause er
 }
 
 // sameHead compares heads by their stored form.
+// pruneSegsLocked drops from v.segs the segments the writer no longer
+// needs to remember: sealed, every acknowledged byte durable, not the
+// source of a pending carry, and held exactly where the ring places them
+// (so candidates loses nothing: the ring order leads to the same
+// replicas). What stays is the open segment, segments a FLUSH still has to
+// sync, and those placed elsewhere (a peer was down or full when they were
+// opened): FLUSH and checkpoints walk only those. It runs on the appender
+// (rollOnce) with mu held.
+func (v *Volume) pruneSegsLocked() {
+	for id, s := range v.segs {
+		if s == v.open || s.length > s.synced || v.carry != nil && v.carry.src == s {
+			continue
+		}
+		ring := v.place.Lookup(id.Key(), len(s.replicas), nil)
+		if len(ring) != len(s.replicas) {
+			continue
+		}
+		same := true
+		for _, r := range s.replicas {
+			if !slices.Contains(ring, r) {
+				same = false
+			}
+		}
+		if same {
+			delete(v.segs, id)
+		}
+	}
+}
+
 func sameHead(a, b torus.Head) bool {
 	ja, err1 := json.Marshal(a)
 	jb, err2 := json.Marshal(b)
