@@ -3,9 +3,11 @@ package volume
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -685,4 +687,30 @@ func TestSegmentTableBounded(t *testing.T) {
 	v2 := c.open("vol", Options{Owner: "w2"})
 	defer v2.Close(ctx)
 	verify(t, ctx, v2, m)
+}
+
+// TestHeadBounded: the largest head a writer can commit (the sealed list at
+// its limit, every number at its widest, replicas named by the widest peer
+// IDs) stays within 64 KiB, whatever the volume's size or history (issue 10).
+func TestHeadBounded(t *testing.T) {
+	const wide = ^uint64(0)
+	ref := func(k torus.SegmentKind) torus.SegmentRef {
+		return torus.SegmentRef{ID: torus.SegmentID{Volume: wide, Epoch: wide, Seq: wide, Kind: k}, Length: 1<<63 - 1}
+	}
+	ck, open := ref(torus.KindCheckpoint), ref(torus.KindData).ID
+	h := torus.Head{Epoch: wide, Checkpoint: &ck, Open: &open, NextSeq: wide}
+	for range 8 {
+		h.OpenReplicas = append(h.OpenReplicas, strings.Repeat("f", 64))
+	}
+	for range maxSealedSegments {
+		h.Sealed = append(h.Sealed, ref(torus.KindData))
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 64<<10 {
+		t.Fatalf("a head with %d sealed segments is %d bytes of JSON, more than 64 KiB", maxSealedSegments, len(b))
+	}
+	t.Logf("largest head: %d bytes", len(b))
 }

@@ -56,10 +56,11 @@ type Options struct {
 const DefaultRetryFor = 15 * time.Second
 
 // maxSealedSegments bounds the head's sealed list: past it (checkpoints
-// failing seal after seal) rolls, and so writes, fail with ErrUnavailable
-// rather than grow the head towards etcd's request size limit (1.5 MiB;
-// a sealed entry is ~90 bytes of JSON).
-const maxSealedSegments = 4096
+// failing seal after seal: 12 GiB written at 32 MiB segments) rolls, and
+// so writes, fail with ErrUnavailable rather than grow the head. A sealed
+// entry is at most 133 bytes of JSON, so the head stays under 64 KiB
+// (TestHeadBounded), far below etcd's request limit (1.5 MiB).
+const maxSealedSegments = 384
 
 // DefaultRefreshInterval is Options.RefreshInterval when zero.
 const DefaultRefreshInterval = time.Second
