@@ -176,7 +176,10 @@ func TestViewFollowsChanges(t *testing.T) {
 	if err := meta.Heartbeat(ctx, ps, "p", torus.Beat{}); err != nil {
 		t.Fatal(err)
 	}
-	st = waitView(t, s, func(st clusterState) bool { return len(st.peers) == 1 && st.peers[0].ID == "p" })
+	// The view must have applied the first heartbeat (p coming up is a
+	// change that matters), not only PutPeer, before the next is sent.
+	up, _ := meta.Revision(ctx)
+	st = waitView(t, s, func(st clusterState) bool { return len(st.peers) == 1 && st.peers[0].ID == "p" && st.rev >= up })
 	rev, _ := meta.Revision(ctx)
 	if err := meta.Heartbeat(ctx, ps, "p", torus.Beat{Used: 1}); err != nil {
 		t.Fatal(err)

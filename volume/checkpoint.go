@@ -27,12 +27,15 @@ const (
 	checkpointRunHeader     = 24
 )
 
-// Checkpoint is a decoded checkpoint: the segment table and the index.
+// Checkpoint is a decoded checkpoint: the segment table and the index
+// (versions 1 and 2), or the segment table and one run over a stack of
+// older runs (version 3: Runs set, Index nil; rebuild reads the stack).
 type Checkpoint struct {
 	VolumeID uint64
 	Size     int64              // volume size when written
 	Segments []torus.SegmentRef // the segment table, by slot
 	Index    *Index
+	Runs     *RunCheckpoint
 }
 
 // EncodeCheckpoint serializes x for volume (id, size). Only segments that
@@ -118,6 +121,13 @@ func DecodeCheckpoint(p []byte, shares func(volume uint64) bool, nblocks uint64)
 		return nil, corruptf("bad magic %#x", m)
 	}
 	version := binary.LittleEndian.Uint32(body[4:])
+	if version == CheckpointVersionRuns {
+		rc, err := decodeRunCheckpoint(p, shares, nblocks)
+		if err != nil {
+			return nil, err
+		}
+		return &Checkpoint{VolumeID: rc.VolumeID, Size: rc.Size, Segments: rc.Segments, Runs: rc}, nil
+	}
 	if version != CheckpointVersion && version != CheckpointVersionShared {
 		return nil, corruptf("unknown version %d", version)
 	}

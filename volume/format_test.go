@@ -2,6 +2,7 @@ package volume
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/volume/lsm"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
@@ -54,6 +56,16 @@ func TestFormatsGolden(t *testing.T) {
 	xs.Apply(2, s2, ownRecs[0])
 	shared := EncodeCheckpoint(2, 256*torus.BlockSize, xs)
 
+	// A version 3 checkpoint: the run of x's changes since the checkpoint
+	// below it (one run on the stack), and the segment table.
+	run, err := lsm.Encode(1, x.Delta())
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := EncodeRunCheckpoint(&RunCheckpoint{VolumeID: 1, Size: 256 * torus.BlockSize, Segments: x.LiveTable(),
+		Stack: []StackRun{{Ref: torus.SegmentRef{ID: torus.SegmentID{Volume: 1, Epoch: 3, Seq: 2, Kind: torus.KindCheckpoint}, Length: 500}, RunSize: 300}},
+		Run:   run})
+
 	head := torus.Head{
 		Epoch:        3,
 		Checkpoint:   &torus.SegmentRef{ID: torus.SegmentID{Volume: 1, Epoch: 3, Seq: 6, Kind: torus.KindCheckpoint}, Length: int64(len(ckpt))},
@@ -80,6 +92,7 @@ func TestFormatsGolden(t *testing.T) {
 		{"records.hex", seg},
 		{"checkpoint.hex", ckpt},
 		{"checkpoint-shared.hex", shared},
+		{"checkpoint-runs.hex", runs},
 		{"head.json", headJSON},
 		{"volume-clone.json", cloneJSON},
 	} {
@@ -118,6 +131,11 @@ func TestFormatsGolden(t *testing.T) {
 	}
 	if _, err := DecodeCheckpoint(shared, OnlyVolume(2), 256); !errors.Is(err, torus.ErrCorrupt) {
 		t.Errorf("shared checkpoint read by a volume sharing nothing: %v, want ErrCorrupt", err)
+	}
+	if ck, err := DecodeCheckpoint(runs, OnlyVolume(1), 256); err != nil || ck.Runs == nil || len(ck.Runs.Stack) != 1 || len(ck.Segments) != 1 {
+		t.Errorf("version 3 checkpoint: %v", err)
+	} else if es, err := ck.Runs.extents(context.Background(), OnlyVolume(1)); err != nil || len(es) != 1 || es[0].First != 7 || es[0].Count != 2 {
+		t.Errorf("version 3 checkpoint's run: %v, %v", err, es)
 	}
 	if _, err := DecodeCheckpoint(ckpt, clone.SharesVolume, 256); err != nil {
 		t.Errorf("the parent's version 1 checkpoint read by its clone: %v", err)

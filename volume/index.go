@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/volume/lsm"
 )
 
 // chunkBlocks is the number of blocks per lazily allocated index chunk.
@@ -45,11 +46,72 @@ type Index struct {
 	slots   []SlotInfo
 	slotOf  map[torus.SegmentID]uint32
 	mapped  int64
+	// dirty holds the blocks changed since the last checkpoint (what the
+	// next run holds); whole says the next checkpoint must write every
+	// mapped block instead (no run stack below it yet).
+	dirty map[uint64]struct{}
+	whole bool
 }
 
 // NewIndex returns an empty index of nblocks blocks.
 func NewIndex(nblocks uint64) *Index {
-	return &Index{nblocks: nblocks, chunks: make(map[uint64]*chunk), slotOf: make(map[torus.SegmentID]uint32)}
+	return &Index{nblocks: nblocks, chunks: make(map[uint64]*chunk), slotOf: make(map[torus.SegmentID]uint32),
+		dirty: make(map[uint64]struct{}), whole: true}
+}
+
+// Changed is the number of blocks changed since the last checkpoint, or
+// -1 when the next checkpoint writes the whole index.
+func (x *Index) Changed() int {
+	if x.whole {
+		return -1
+	}
+	return len(x.dirty)
+}
+
+// Delta returns what the next checkpoint's run holds: the blocks changed
+// since the last checkpoint (unmapped ones as holes), or every mapped
+// block when whole.
+func (x *Index) Delta() []lsm.Extent {
+	if x.whole {
+		var out []lsm.Extent
+		_ = x.Runs(func(r Run) error {
+			out = append(out, lsm.Extent{First: r.First, Count: uint32(len(r.CRCs)), Seg: x.slots[r.Slot].Ref.ID,
+				Off: r.DataOff, CRCs: slices.Clone(r.CRCs)})
+			return nil
+		})
+		return out
+	}
+	mem := lsm.NewMemtable()
+	var crc [1]uint32
+	for b := range x.dirty {
+		loc, ok := x.Lookup(b)
+		if !ok {
+			mem.Unmap(b, 1)
+			continue
+		}
+		crc[0] = loc.CRC
+		mem.Map(b, x.slots[loc.Slot].Ref.ID, loc.Offset, crc[:])
+	}
+	return mem.Extents()
+}
+
+// LiveTable returns the segments blocks point into, with their lengths:
+// a checkpoint's segment table.
+func (x *Index) LiveTable() []torus.SegmentRef {
+	var out []torus.SegmentRef
+	for _, s := range x.slots {
+		if s.Live > 0 {
+			out = append(out, s.Ref)
+		}
+	}
+	return out
+}
+
+// Checkpointed records that a checkpoint holding Delta is in the head:
+// the next run starts empty.
+func (x *Index) Checkpointed() {
+	clear(x.dirty)
+	x.whole = false
 }
 
 // Blocks is the number of blocks the index covers.
@@ -116,6 +178,12 @@ func (x *Index) set(b uint64, e entry) {
 		return
 	}
 	old := &c.e[b%chunkBlocks]
+	if *old == e {
+		return
+	}
+	if !x.whole {
+		x.dirty[b] = struct{}{}
+	}
 	if old.slot != 0 {
 		x.slots[old.slot-1].Live--
 		c.mapped--

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/volume/lsm"
 )
 
 // modelIndex is the obviously-correct index: a slice of locations.
@@ -208,11 +209,19 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 	f.Add(EncodeCheckpoint(9, 5000*torus.BlockSize, x))
 	f.Add(EncodeCheckpoint(9, 0, NewIndex(0)))
 	f.Add([]byte("TRSC"))
+	f.Add(sampleRunCheckpoint(x))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		ck, err := DecodeCheckpoint(p, OnlyVolume(9), 6000)
 		if err != nil {
 			if !errors.Is(err, torus.ErrCorrupt) {
 				t.Fatalf("error not classified corrupt: %v", err)
+			}
+			return
+		}
+		if ck.Runs != nil {
+			// A version 3 checkpoint re-encodes to the same bytes.
+			if q := EncodeRunCheckpoint(ck.Runs); !bytes.Equal(p, q) {
+				t.Fatalf("version 3 checkpoint re-encodes differently")
 			}
 			return
 		}
@@ -254,4 +263,13 @@ func TestIndexMove(t *testing.T) {
 	if err := x.check(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// sampleRunCheckpoint is x as a version 3 checkpoint with nothing below.
+func sampleRunCheckpoint(x *Index) []byte {
+	run, err := lsm.Encode(9, x.Delta())
+	if err != nil {
+		panic(err)
+	}
+	return EncodeRunCheckpoint(&RunCheckpoint{VolumeID: 9, Size: 5000 * torus.BlockSize, Segments: x.LiveTable(), Run: run})
 }

@@ -60,7 +60,7 @@ func (v *Volume) reloadView(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("volume %s: reloading the view: %w", v.name, err)
 	}
-	idx, _, err := v.rebuild(ctx, head, nil)
+	idx, _, _, err := v.rebuild(ctx, head, nil)
 	if err != nil {
 		return err
 	}

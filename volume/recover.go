@@ -182,23 +182,36 @@ func validRecords(p []byte) int64 {
 // length it returns. fenced lists the peers that accepted the writer's fence;
 // nil means a read-only open, which takes the longest prefix it finds
 // without a quorum.
-func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string]bool) (*Index, int64, error) {
+//
+// A version 3 checkpoint is read with the runs of its stack (loadRuns);
+// the stack, its checkpoint on top, is returned for the writer's next
+// checkpoint. After a version 1 or 2 checkpoint (or none) the stack is nil
+// and the index's next checkpoint holds all of it.
+func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string]bool) (*Index, []StackRun, int64, error) {
 	v.mu.Lock()
 	nblocks := uint64(v.info.Size / torus.BlockSize)
 	id := v.id
 	v.mu.Unlock()
 	idx := NewIndex(nblocks)
+	var stack []StackRun
 	if ck := head.Checkpoint; ck != nil {
 		decoded, err := v.readCheckpoint(ctx, *ck)
 		if err != nil {
-			return nil, 0, fmt.Errorf("volume %s: checkpoint: %w", v.name, err)
+			return nil, nil, 0, fmt.Errorf("volume %s: checkpoint: %w", v.name, err)
 		}
-		idx = decoded.Index
+		if decoded.Runs != nil {
+			if err := v.loadRuns(ctx, decoded, idx); err != nil {
+				return nil, nil, 0, fmt.Errorf("volume %s: checkpoint %v: %w", v.name, ck.ID, err)
+			}
+			stack = append([]StackRun{{Ref: *ck, RunSize: int64(len(decoded.Runs.Run))}}, decoded.Runs.Stack...)
+		} else {
+			idx = decoded.Index
+		}
 	}
 	for _, ref := range head.Sealed {
 		data, err := v.readWhole(ctx, ref, validRecords)
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 		recs, valid := ScanRecords(data, 0)
 		if valid < ref.Length {
@@ -215,12 +228,12 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 		}
 	}
 	if head.Open == nil {
-		return idx, 0, nil
+		return idx, stack, 0, nil
 	}
 	seg := *head.Open
 	recs, valid, err := v.readOpen(ctx, seg, head.OpenReplicas, fenced)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, 0, err
 	}
 	if valid > 0 {
 		slot := idx.AddSegment(seg)
@@ -229,7 +242,7 @@ func (v *Volume) rebuild(ctx context.Context, head torus.Head, fenced map[string
 			idx.Apply(id, slot, r)
 		}
 	}
-	return idx, valid, nil
+	return idx, stack, valid, nil
 }
 
 // readOpen finds the longest valid prefix of the open segment seg among its

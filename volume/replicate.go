@@ -343,15 +343,16 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 	v.mu.Unlock()
 
 	var ck *torus.SegmentRef
+	var ckStack []StackRun // the stack once ck is in the head
 	if v.carry == nil && (mode == ckptForce || mode == ckptIfDue && len(nh.Sealed) >= v.cfg.CheckpointEvery) {
-		ref, err := v.writeCheckpoint(ctx, nh.NextSeq)
+		ref, stack, err := v.writeCheckpoint(ctx, nh.NextSeq)
 		if err != nil {
 			if mode == ckptForce {
 				return false, err
 			}
 			v.log.Warn("checkpoint skipped", "err", err)
 		} else {
-			ck = &ref
+			ck, ckStack = &ref, stack
 			nh.Checkpoint = ck
 			nh.Sealed = nil
 			nh.NextSeq++
@@ -386,6 +387,10 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 	}
 	v.mu.Lock()
 	v.head = nh
+	if ck != nil {
+		v.idx.Checkpointed()
+		v.stack = ckStack
+	}
 	if old != nil && old.length > 0 {
 		v.stats.SegmentsSealed++
 	}
@@ -528,22 +533,29 @@ func sameHead(a, b torus.Head) bool {
 // already (roll secures the open one first). The segment is not yet in the
 // head: LiveSegments protects {epoch, NextSeq, checkpoint} from the GC
 // sweep.
-func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.SegmentRef, error) {
+func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.SegmentRef, []StackRun, error) {
 	v.mu.Lock()
 	for _, s := range v.segs {
 		if s.length > s.synced {
 			v.mu.Unlock()
-			return torus.SegmentRef{}, fmt.Errorf("volume %s: checkpoint: segment %v not durable (%d of %d bytes): %w",
+			return torus.SegmentRef{}, nil, fmt.Errorf("volume %s: checkpoint: segment %v not durable (%d of %d bytes): %w",
 				v.name, s.id, s.synced, s.length, torus.ErrUnavailable)
 		}
 	}
-	ckpt := EncodeCheckpoint(v.id, int64(v.idx.Blocks())*torus.BlockSize, v.idx)
+	delta := v.idx.Delta()
+	table := v.idx.LiveTable()
+	size := int64(v.idx.Blocks()) * torus.BlockSize
 	v.mu.Unlock()
+	run, stack, err := v.planRun(ctx, delta, v.stack)
+	if err != nil {
+		return torus.SegmentRef{}, nil, fmt.Errorf("volume %s: checkpoint: %w", v.name, err)
+	}
+	ckpt := EncodeRunCheckpoint(&RunCheckpoint{VolumeID: v.id, Size: size, Segments: table, Stack: stack, Run: run})
 	id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: seq, Kind: torus.KindCheckpoint}
 	replicas := v.pick(id)
 	minRep := v.minReplicas()
 	if len(replicas) < minRep {
-		return torus.SegmentRef{}, fmt.Errorf("volume %s: %d live peers for a checkpoint, need %d: %w",
+		return torus.SegmentRef{}, nil, fmt.Errorf("volume %s: %d live peers for a checkpoint, need %d: %w",
 			v.name, len(replicas), minRep, torus.ErrUnavailable)
 	}
 	o := tally(replicas, v.fanout(ctx, replicas, func(ctx context.Context, _ int, p torus.PeerService) error {
@@ -554,10 +566,10 @@ func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.Segment
 	v.stats.ReplicaBytes += int64(len(ckpt)) * int64(len(o.ok))
 	v.mu.Unlock()
 	if o.fenced != nil {
-		return torus.SegmentRef{}, v.fence(o.fenced)
+		return torus.SegmentRef{}, nil, v.fence(o.fenced)
 	}
 	if len(o.ok) < minRep {
-		return torus.SegmentRef{}, fmt.Errorf("volume %s: checkpoint on %d replicas, need %d: %w",
+		return torus.SegmentRef{}, nil, fmt.Errorf("volume %s: checkpoint on %d replicas, need %d: %w",
 			v.name, len(o.ok), minRep, errors.Join(append(o.errs, torus.ErrUnavailable)...))
 	}
 	v.mu.Lock()
@@ -565,7 +577,8 @@ func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.Segment
 	v.stats.CheckpointBytes += int64(len(ckpt))
 	v.mu.Unlock()
 	v.log.Debug("checkpoint written", "segment", id, "bytes", len(ckpt), "replicas", len(o.ok))
-	return torus.SegmentRef{ID: id, Length: int64(len(ckpt))}, nil
+	ref := torus.SegmentRef{ID: id, Length: int64(len(ckpt))}
+	return ref, append([]StackRun{{Ref: ref, RunSize: int64(len(run))}}, stack...), nil
 }
 
 // writeWhole appends b to a new segment on one peer in maxBatch pieces and

@@ -26,6 +26,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		"FuzzDecodeCheckpoint": {
 			"sample": EncodeCheckpoint(9, 5000*torus.BlockSize, x),
 			"empty":  EncodeCheckpoint(9, 0, NewIndex(0)),
+			"runs":   sampleRunCheckpoint(x),
 		},
 	}
 	for fuzz, files := range seeds {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/torus-storage/torus"
@@ -111,5 +112,13 @@ func (v *Volume) checkpointTable(ctx context.Context, ck torus.SegmentRef) ([]to
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: checkpoint %v: %w", v.name, ck.ID, err)
 	}
-	return c.Segments, nil
+	if c.Runs == nil {
+		return c.Segments, nil
+	}
+	// A version 3 checkpoint: the runs below it are live too.
+	table := slices.Clone(c.Segments)
+	for _, r := range c.Runs.Stack {
+		table = append(table, r.Ref)
+	}
+	return table, nil
 }

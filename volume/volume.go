@@ -102,6 +102,7 @@ type Stats struct {
 	SegmentsSealed    int64
 	Checkpoints       int64
 	CheckpointBytes   int64
+	RunMerges         int64 // runs of the index merged into a checkpoint's run
 	EtcdCommits       int64 // CommitHead and CreateSnapshot requests
 	Flushes           int64 // Flush calls (including FUA)
 	Syncs             int64 // Sync requests sent
@@ -188,6 +189,7 @@ type Volume struct {
 	bad     map[string]time.Time // peers that failed this writer
 	slow    map[string]time.Time // peers that did not answer a read in time
 	idx     *Index
+	stack   []StackRun // runs below the head's checkpoint's run (appender-owned); see checkpoint3.go
 	head    torus.Head
 	open    *segState // appender-owned, read under mu
 	segs    map[torus.SegmentID]*segState
@@ -293,7 +295,7 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 		} else if head, err = v.meta.Head(ctx, v.name); err != nil {
 			return fmt.Errorf("volume %s: %w", v.name, err)
 		}
-		idx, _, err := v.rebuild(ctx, head, nil)
+		idx, _, _, err := v.rebuild(ctx, head, nil)
 		if err != nil {
 			return err
 		}
@@ -326,11 +328,11 @@ func (v *Volume) openVolume(ctx context.Context, opt Options) error {
 		return fail(fmt.Errorf("volume %s: %w", v.name, err))
 	}
 	fenced := v.fenceAll(ctx, head.OpenReplicas)
-	idx, openLen, err := v.rebuild(ctx, head, fenced)
+	idx, stack, openLen, err := v.rebuild(ctx, head, fenced)
 	if err != nil {
 		return fail(err)
 	}
-	v.idx = idx
+	v.idx, v.stack = idx, stack
 	nh := cloneHead(head)
 	nh.Epoch = epoch
 	if head.Open != nil {

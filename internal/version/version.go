@@ -57,7 +57,7 @@ func Commit() string {
 // and writes.
 func Formats() string {
 	return fmt.Sprintf("peer protocol %d, checkpoint %d-%d, ring format %d-%d, attach state %d",
-		peer.Version, volume.CheckpointVersion, volume.CheckpointVersionShared,
+		peer.Version, volume.CheckpointVersion, volume.CheckpointVersionRuns,
 		torus.RingFormatZones, torus.RingFormatHierarchy, attach.StateVersion)
 }
 

@@ -1,0 +1,288 @@
+package volume
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+
+	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/volume/lsm"
+)
+
+// CheckpointVersionRuns is the version of a checkpoint that holds one run
+// of the index (docs/design/index-runs.md): the changes since the
+// checkpoint before it, or their merge with runs below, over a stack of
+// older runs it names. Readers that know only versions 1 and 2 refuse it
+// ("unknown version 3").
+const CheckpointVersionRuns = 3
+
+const checkpointStackEntrySize = 48
+
+// StackRun names one run of a checkpoint's stack: a version 3 checkpoint
+// segment and the size of the run in it (what the tiered plan weighs).
+type StackRun struct {
+	Ref     torus.SegmentRef
+	RunSize int64
+}
+
+// RunCheckpoint is a decoded version 3 checkpoint.
+type RunCheckpoint struct {
+	VolumeID uint64
+	Size     int64              // volume size when written
+	Segments []torus.SegmentRef // every data segment the index points into, with its length
+	Stack    []StackRun         // older runs, newest first
+	Run      []byte             // this checkpoint's run (lsm format)
+}
+
+// EncodeRunCheckpoint serializes a version 3 checkpoint.
+//
+// Layout, little-endian:
+//
+//	0  4 magic "TRSC"   4 4 version (3)   8 8 volume ID   16 8 size (bytes)
+//	24 4 nsegs          28 4 nstack       32 8 run length
+//	40   nsegs × {volume u64, epoch u64, seq u64, kind u8, 7 reserved, length u64}
+//	     nstack × {volume u64, epoch u64, seq u64, kind u8, 7 reserved, length u64, run size u64}
+//	     the run (volume/lsm, "TRSR" … "TRSR")
+//	     crc32c u32 of everything before it
+func EncodeRunCheckpoint(c *RunCheckpoint) []byte {
+	p := make([]byte, 0, checkpointHeaderSize+len(c.Segments)*checkpointSegEntrySize+len(c.Stack)*checkpointStackEntrySize+len(c.Run)+4)
+	p = binary.LittleEndian.AppendUint32(p, CheckpointMagic)
+	p = binary.LittleEndian.AppendUint32(p, CheckpointVersionRuns)
+	p = binary.LittleEndian.AppendUint64(p, c.VolumeID)
+	p = binary.LittleEndian.AppendUint64(p, uint64(c.Size))
+	p = binary.LittleEndian.AppendUint32(p, uint32(len(c.Segments)))
+	p = binary.LittleEndian.AppendUint32(p, uint32(len(c.Stack)))
+	p = binary.LittleEndian.AppendUint64(p, uint64(len(c.Run)))
+	ref := func(p []byte, s torus.SegmentRef) []byte {
+		p = binary.LittleEndian.AppendUint64(p, s.ID.Volume)
+		p = binary.LittleEndian.AppendUint64(p, s.ID.Epoch)
+		p = binary.LittleEndian.AppendUint64(p, s.ID.Seq)
+		p = append(p, byte(s.ID.Kind), 0, 0, 0, 0, 0, 0, 0)
+		return binary.LittleEndian.AppendUint64(p, uint64(s.Length))
+	}
+	for _, s := range c.Segments {
+		p = ref(p, s)
+	}
+	for _, s := range c.Stack {
+		p = ref(p, s.Ref)
+		p = binary.LittleEndian.AppendUint64(p, uint64(s.RunSize))
+	}
+	p = append(p, c.Run...)
+	return binary.LittleEndian.AppendUint32(p, crc32.Checksum(p, castagnoli))
+}
+
+// decodeRunCheckpoint parses the version 3 checkpoint p (checksum and
+// magic already checked by DecodeCheckpoint) and opens its run, checking
+// every page.
+func decodeRunCheckpoint(p []byte, shares func(uint64) bool, nblocks uint64) (*RunCheckpoint, error) {
+	body := p[:len(p)-4]
+	c := &RunCheckpoint{
+		VolumeID: binary.LittleEndian.Uint64(body[8:]),
+		Size:     int64(binary.LittleEndian.Uint64(body[16:])),
+	}
+	if !shares(c.VolumeID) {
+		return nil, corruptf("checkpoint of volume %d, which the reading volume does not share", c.VolumeID)
+	}
+	if c.Size < 0 || c.Size%torus.BlockSize != 0 || uint64(c.Size)/torus.BlockSize > nblocks {
+		return nil, corruptf("size %d does not fit a volume of %d blocks", c.Size, nblocks)
+	}
+	nsegs := uint64(binary.LittleEndian.Uint32(body[24:]))
+	nstack := uint64(binary.LittleEndian.Uint32(body[28:]))
+	runLen := binary.LittleEndian.Uint64(body[32:])
+	rest := body[checkpointHeaderSize:]
+	if nsegs*checkpointSegEntrySize+nstack*checkpointStackEntrySize+runLen != uint64(len(rest)) {
+		return nil, corruptf("%d segments, %d runs below and a run of %d bytes do not fill %d bytes", nsegs, nstack, runLen, len(rest))
+	}
+	ref := func(e []byte) (torus.SegmentRef, error) {
+		r := torus.SegmentRef{
+			ID: torus.SegmentID{
+				Volume: binary.LittleEndian.Uint64(e[0:]),
+				Epoch:  binary.LittleEndian.Uint64(e[8:]),
+				Seq:    binary.LittleEndian.Uint64(e[16:]),
+				Kind:   torus.SegmentKind(e[24]),
+			},
+			Length: int64(binary.LittleEndian.Uint64(e[32:])),
+		}
+		for _, b := range e[25:32] {
+			if b != 0 {
+				return r, corruptf("segment %v: reserved bytes set", r.ID)
+			}
+		}
+		if !shares(r.ID.Volume) || r.Length < 0 || r.Length >= 1<<40 {
+			return r, corruptf("segment %v of length %d is not one the reading volume can name", r.ID, r.Length)
+		}
+		return r, nil
+	}
+	seen := make(map[torus.SegmentID]bool)
+	for i := uint64(0); i < nsegs; i++ {
+		r, err := ref(rest[:checkpointSegEntrySize])
+		if err != nil {
+			return nil, err
+		}
+		rest = rest[checkpointSegEntrySize:]
+		if r.ID.Kind != torus.KindData || r.Length >= 1<<32 || seen[r.ID] {
+			return nil, corruptf("segment %d: %v (length %d) is not a data segment listed once", i, r.ID, r.Length)
+		}
+		seen[r.ID] = true
+		c.Segments = append(c.Segments, r)
+	}
+	for i := uint64(0); i < nstack; i++ {
+		r, err := ref(rest[:checkpointStackEntrySize])
+		if err != nil {
+			return nil, err
+		}
+		size := int64(binary.LittleEndian.Uint64(rest[40:]))
+		rest = rest[checkpointStackEntrySize:]
+		if r.ID.Kind != torus.KindCheckpoint || size <= 0 || size > r.Length || seen[r.ID] {
+			return nil, corruptf("run %d below: %v (run of %d bytes in %d) is not a checkpoint listed once", i, r.ID, size, r.Length)
+		}
+		seen[r.ID] = true
+		c.Stack = append(c.Stack, StackRun{Ref: r, RunSize: size})
+	}
+	c.Run = rest
+	if _, err := c.extents(context.Background(), shares); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// extents opens the checkpoint's run and returns all its extents.
+func (c *RunCheckpoint) extents(ctx context.Context, shares func(uint64) bool) ([]lsm.Extent, error) {
+	r, err := lsm.Open(ctx, memRun(c.Run), int64(len(c.Run)), 0, nil, shares)
+	if err != nil {
+		return nil, fmt.Errorf("volume: checkpoint: %w", err)
+	}
+	if r.Volume != c.VolumeID {
+		return nil, corruptf("run of volume %d in a checkpoint of volume %d", r.Volume, c.VolumeID)
+	}
+	es, err := r.All(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("volume: checkpoint: %w", err)
+	}
+	return es, nil
+}
+
+// memRun reads a run held in memory.
+type memRun []byte
+
+func (m memRun) ReadAt(_ context.Context, p []byte, off int64) error {
+	if off < 0 || off > int64(len(m)) || int64(len(p)) > int64(len(m))-off {
+		return corruptf("run read of %d bytes at %d past its %d bytes", len(p), off, len(m))
+	}
+	copy(p, m[off:])
+	return nil
+}
+
+// Tiered plan of the index's runs (docs/design/index-runs.md): runs within
+// a factor runFanout of each other in size form a tier; runFanout runs of
+// one tier on top of the stack are merged into the next checkpoint's run.
+const (
+	runBase   = 256 << 10
+	runFanout = 8
+)
+
+// planRun returns the run the next checkpoint holds and the stack below
+// it: delta, merged with the runs on top of stack while the tiered plan
+// says so (reading them from their replicas). Holes are dropped from a run
+// with nothing below it.
+func (v *Volume) planRun(ctx context.Context, delta []lsm.Extent, stack []StackRun) ([]byte, []StackRun, error) {
+	es := delta
+	if len(stack) == 0 {
+		es = lsm.DropHoles(es)
+	}
+	enc, err := lsm.Encode(v.id, es)
+	if err != nil {
+		return nil, nil, err
+	}
+	for {
+		sizes := make([]int64, 0, len(stack)+1)
+		sizes = append(sizes, int64(len(enc)))
+		for _, s := range stack {
+			sizes = append(sizes, s.RunSize)
+		}
+		from, n := lsm.Plan(sizes, runBase, runFanout)
+		if n == 0 || from != 0 {
+			return enc, stack, nil
+		}
+		var below []lsm.Extent
+		for i := n - 2; i >= 0; i-- {
+			run, err := v.readRun(ctx, stack[i])
+			if err != nil {
+				return nil, nil, err
+			}
+			below = lsm.Overlay(below, run)
+		}
+		es = lsm.Overlay(below, es)
+		stack = stack[n-1:]
+		if len(stack) == 0 {
+			es = lsm.DropHoles(es)
+		}
+		if enc, err = lsm.Encode(v.id, es); err != nil {
+			return nil, nil, err
+		}
+		v.mu.Lock()
+		v.stats.RunMerges++
+		v.mu.Unlock()
+	}
+}
+
+// readRun reads the run of one checkpoint of the stack.
+func (v *Volume) readRun(ctx context.Context, sr StackRun) ([]lsm.Extent, error) {
+	c, err := v.readCheckpoint(ctx, sr.Ref)
+	if err != nil {
+		return nil, fmt.Errorf("volume %s: run %v: %w", v.name, sr.Ref.ID, err)
+	}
+	if c.Runs == nil {
+		return nil, corruptf("run %v below a version 3 checkpoint is a version 1 or 2 checkpoint", sr.Ref.ID)
+	}
+	v.mu.Lock()
+	shares := v.info.SharesVolume
+	v.mu.Unlock()
+	return c.Runs.extents(ctx, shares)
+}
+
+// loadRuns builds the index a version 3 checkpoint describes into x: its
+// stack merged bottom up with its run on top. Every mapped block must point
+// into a segment of the checkpoint's table and within its length.
+func (v *Volume) loadRuns(ctx context.Context, c *Checkpoint, x *Index) error {
+	v.mu.Lock()
+	shares := v.info.SharesVolume
+	v.mu.Unlock()
+	var es []lsm.Extent
+	for i := len(c.Runs.Stack) - 1; i >= 0; i-- {
+		run, err := v.readRun(ctx, c.Runs.Stack[i])
+		if err != nil {
+			return err
+		}
+		es = lsm.Overlay(es, run)
+	}
+	top, err := c.Runs.extents(ctx, shares)
+	if err != nil {
+		return err
+	}
+	es = lsm.Overlay(es, top)
+	length := make(map[torus.SegmentID]int64, len(c.Segments))
+	for _, s := range c.Segments {
+		length[s.ID] = s.Length
+		x.SetLength(x.AddSegment(s.ID), s.Length)
+	}
+	for _, e := range es {
+		if e.Hole {
+			continue
+		}
+		n, ok := length[e.Seg]
+		switch {
+		case !ok:
+			return corruptf("blocks [%d,+%d) point into %v, which the segment table does not name", e.First, e.Count, e.Seg)
+		case e.Off+int64(e.Count)*torus.BlockSize > n:
+			return corruptf("blocks [%d,+%d) at %d in %v run past its length %d", e.First, e.Count, e.Off, e.Seg, n)
+		case e.End() > x.Blocks():
+			return corruptf("blocks [%d,+%d) past the volume's %d blocks", e.First, e.Count, x.Blocks())
+		}
+		slot, _ := x.SlotOf(e.Seg)
+		x.Map(e.First, slot, e.Off, e.CRCs)
+	}
+	x.Checkpointed()
+	return nil
+}

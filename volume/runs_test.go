@@ -1,0 +1,170 @@
+package volume
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/torus-storage/torus"
+)
+
+// TestCheckpointIncremental: a checkpoint writes what changed since the
+// one before it, not the whole index (issue 10). After 8192 scattered
+// blocks are mapped, a checkpoint after 16 more blocks is a small fraction
+// of the first.
+func TestCheckpointIncremental(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 8 << 20, checkpointEvery: 1000})
+	const size = 256 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(ctx)
+	r := rand.New(rand.NewPCG(51, 52))
+	m := make(model, size)
+	write := func(blocks int) {
+		for range blocks {
+			off := r.Int64N(size/torus.BlockSize) * torus.BlockSize
+			p := randBytes(r, torus.BlockSize)
+			if err := v.WriteAt(ctx, p, off, false); err != nil {
+				t.Fatal(err)
+			}
+			copy(m[off:], p)
+		}
+	}
+	checkpoint := func(name string) int64 {
+		before := v.Stats().CheckpointBytes
+		if err := v.Snapshot(ctx, name); err != nil { // seals and checkpoints
+			t.Fatal(err)
+		}
+		return v.Stats().CheckpointBytes - before
+	}
+	write(8192)
+	first := checkpoint("s1")
+	write(16)
+	second := checkpoint("s2")
+	t.Logf("checkpoint of %d mapped blocks: %d bytes; after 16 more blocks: %d bytes", v.Stats().BlocksWritten, first, second)
+	if second*20 > first {
+		t.Fatalf("the second checkpoint is %d bytes, the first %d: a checkpoint must hold what changed, not the whole index", second, first)
+	}
+	verify(t, ctx, v, m)
+	v.Close(ctx)
+	v2 := c.open("vol", Options{Owner: "w2"})
+	defer v2.Close(ctx)
+	verify(t, ctx, v2, m)
+}
+
+// TestRunStackReopen: through many checkpoints, so that runs are merged
+// (RunMerges) at the top and down to the bottom of the stack, with writes,
+// zeroes and trims between them, every reopen (writer and read-only)
+// reads what was written (docs/design/index-runs.md, invariant 2).
+func TestRunStackReopen(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20, checkpointEvery: 1})
+	const size = 16 << 20
+	c.create("vol", size, 0)
+	m := make(model, size)
+	r := rand.New(rand.NewPCG(61, 62))
+	var merges int64
+	for round := range 6 {
+		v := c.open("vol", Options{Owner: "w"})
+		workload(t, ctx, v, m, r, 1500)
+		if err := v.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		merges += v.Stats().RunMerges
+		v.mu.Lock()
+		depth := len(v.stack)
+		v.mu.Unlock()
+		t.Logf("round %d: %d checkpoints, %d merges, %d runs in the stack", round, v.Stats().Checkpoints, v.Stats().RunMerges, depth)
+		if err := v.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ro := c.open("vol", Options{ReadOnly: true})
+		verify(t, ctx, ro, m)
+		ro.Close(ctx)
+	}
+	if merges == 0 {
+		t.Fatal("no run was merged: the test did not exercise merges")
+	}
+	v := c.open("vol", Options{Owner: "last"})
+	defer v.Close(ctx)
+	verify(t, ctx, v, m)
+}
+
+// TestOpensFormat2Checkpoint: a volume whose head names a checkpoint of the
+// whole index (version 1, written before runs existed) opens, reads back,
+// and its next checkpoint is a version 3 one holding the whole index with
+// nothing below, which opens in turn.
+func TestOpensFormat2Checkpoint(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20, checkpointEvery: 1000})
+	const size = 16 << 20
+	c.create("vol", size, 0)
+	m := make(model, size)
+	r := rand.New(rand.NewPCG(71, 72))
+	v := c.open("vol", Options{Owner: "w"})
+	workload(t, ctx, v, m, r, 300)
+	if err := v.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite the head as an older writer left it: its index in a version
+	// 1 checkpoint, nothing sealed after it.
+	ro := c.open("vol", Options{ReadOnly: true})
+	ro.mu.Lock()
+	info, head := ro.info, cloneHead(ro.head)
+	old := EncodeCheckpoint(info.ID, size, ro.idx)
+	ro.mu.Unlock()
+	ro.Close(ctx)
+	id := torus.SegmentID{Volume: info.ID, Epoch: head.Epoch, Seq: head.NextSeq, Kind: torus.KindCheckpoint}
+	for _, st := range c.stores {
+		if err := st.Append(ctx, id, 0, old); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Sync(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head.Checkpoint = &torus.SegmentRef{ID: id, Length: int64(len(old))}
+	head.Sealed, head.Open, head.OpenReplicas = nil, nil, nil
+	head.NextSeq++
+	sess, err := c.meta.NewSession(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.meta.Lock(ctx, sess, "vol", torus.WriterInfo{Owner: "an older torusblk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	head.Epoch = e
+	if err := c.meta.CommitHead(ctx, "vol", e, head); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.meta.Unlock(ctx, "vol", e); err != nil {
+		t.Fatal(err)
+	}
+	sess.Close(ctx)
+
+	v = c.open("vol", Options{Owner: "w2"})
+	verify(t, ctx, v, m)
+	if n := v.idx.Changed(); n != -1 {
+		t.Fatalf("after a version 1 checkpoint the next checkpoint must hold the whole index; Changed = %d", n)
+	}
+	workload(t, ctx, v, m, r, 100)
+	if err := v.Snapshot(ctx, "s"); err != nil { // a checkpoint
+		t.Fatal(err)
+	}
+	ck, err := v.readCheckpoint(ctx, *v.Info().Head.Checkpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ck.Runs == nil || len(ck.Runs.Stack) != 0 {
+		t.Fatalf("the first checkpoint after a version 1 one: runs %v", ck.Runs != nil)
+	}
+	if err := v.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v = c.open("vol", Options{Owner: "w3"})
+	defer v.Close(ctx)
+	verify(t, ctx, v, m)
+}
