@@ -48,11 +48,14 @@ type flexAttacher interface {
 	// Detach removes the device Attach made for volume. A volume that is
 	// not attached is success.
 	Detach(ctx context.Context, volume, device string) error
+	// Close releases what the backend holds for this call (its metadata
+	// client); attached devices stay attached.
+	Close() error
 }
 
 // flexBackend opens the attach backend for the cluster at etcd, keeping
-// its state under stateDir (flex's --state-dir). If the result is an
-// io.Closer, flex closes it when the call is done.
+// its state under stateDir (flex's --state-dir). flex closes it when the
+// call is done (flexDriver.withAttacher).
 type flexBackend func(ctx context.Context, etcd, stateDir string, log *slog.Logger) (flexAttacher, error)
 
 // flexProgram is the name a FlexVolume driver has inside its vendor~driver
@@ -334,7 +337,7 @@ func (d *flexDriver) mountedElsewhere(volume, mountDir string) (string, error) {
 	return "", nil
 }
 
-func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err error) {
+func (d *flexDriver) mount(ctx context.Context, mountDir, options string) error {
 	o, err := parseFlexOptions(options)
 	if err != nil {
 		return err
@@ -369,17 +372,17 @@ func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err e
 		etcd = d.etcd
 	}
 	st = flexState{MountDir: mountDir, Volume: o.Volume, Etcd: etcd, FSType: o.FSType, ReadOnly: o.ReadOnly}
+	return d.withAttacher(ctx, etcd, func(att flexAttacher) error { return d.attachMount(ctx, att, st, o) })
+}
+
+// attachMount attaches st's volume through att, formats it if empty and
+// mounts it at st.MountDir, recording each step in st's state file.
+func (d *flexDriver) attachMount(ctx context.Context, att flexAttacher, st flexState, o flexOptions) error {
+	mountDir := st.MountDir
 	// The state is written before the attach, so that whatever happens
 	// next leaves something unmount can find and undo.
 	if err := d.writeState(st); err != nil {
 		return err
-	}
-	att, err := d.backend(ctx, etcd, d.stateDir, d.log)
-	if err != nil {
-		return d.undo(ctx, st, nil, err)
-	}
-	if c, ok := att.(io.Closer); ok {
-		defer c.Close()
 	}
 	dev, err := att.Attach(ctx, o.Volume, o.ReadOnly)
 	if err != nil {
@@ -417,6 +420,21 @@ func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err e
 		return d.undo(ctx, st, att, err)
 	}
 	return nil
+}
+
+// withAttacher opens the attach backend for the cluster at etcd, runs f
+// with it and closes it: the one place mount and unmount get a backend.
+func (d *flexDriver) withAttacher(ctx context.Context, etcd string, f func(flexAttacher) error) error {
+	att, err := d.backend(ctx, etcd, d.stateDir, d.log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := att.Close(); cerr != nil {
+			d.log.Warn("flex: closing the attach backend", "err", cerr)
+		}
+	}()
+	return f(att)
 }
 
 // undo detaches after a failed mount and removes the state file; if the
@@ -469,15 +487,14 @@ func (d *flexDriver) unmount(ctx context.Context, mountDir string) error {
 		return nil // nothing of ours (or unmounted already)
 	}
 	if st.Device != "" {
-		att, err := d.backend(ctx, st.Etcd, d.stateDir, d.log)
+		err := d.withAttacher(ctx, st.Etcd, func(att flexAttacher) error {
+			if err := att.Detach(ctx, st.Volume, st.Device); err != nil {
+				return fmt.Errorf("detach %s (%s): %w", st.Volume, st.Device, err)
+			}
+			return nil
+		})
 		if err != nil {
 			return err
-		}
-		if c, ok := att.(io.Closer); ok {
-			defer c.Close()
-		}
-		if err := att.Detach(ctx, st.Volume, st.Device); err != nil {
-			return fmt.Errorf("detach %s (%s): %w", st.Volume, st.Device, err)
 		}
 	}
 	if err := os.Remove(d.statePath(mountDir)); err != nil && !errors.Is(err, os.ErrNotExist) {

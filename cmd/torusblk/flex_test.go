@@ -106,6 +106,8 @@ func (l loopFlex) Detach(ctx context.Context, volume, device string) error {
 	return nil
 }
 
+func (loopFlex) Close() error { return nil }
+
 // loopOf is the loop device over file ("" when none).
 func loopOf(ctx context.Context, file string) string {
 	out, _ := exec.CommandContext(ctx, "losetup", "-j", file, "-O", "NAME", "-n").Output()
