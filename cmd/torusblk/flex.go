@@ -53,10 +53,17 @@ type flexAttacher interface {
 	Close() error
 }
 
-// flexBackend opens the attach backend for the cluster at etcd, keeping
-// its state under stateDir (flex's --state-dir). flex closes it when the
+// flexBackend opens the attach backend for cfg. flex closes it when the
 // call is done (flexDriver.withAttacher).
-type flexBackend func(ctx context.Context, etcd, stateDir string, log *slog.Logger) (flexAttacher, error)
+type flexBackend func(ctx context.Context, cfg flexBackendConfig) (flexAttacher, error)
+
+// flexBackendConfig is what a flex call asks of its attach backend.
+type flexBackendConfig struct {
+	Etcd     string // the cluster
+	StateDir string // flex's --state-dir; the backend keeps its state under it
+	Backend  string // --attach-backend: auto, nbd or fuse
+	Log      *slog.Logger
+}
 
 // flexProgram is the name a FlexVolume driver has inside its vendor~driver
 // directory: copied (or linked) there as "torus", this binary acts as
@@ -188,6 +195,7 @@ type flexDriver struct {
 	stateDir string
 	etcd     string // default when the options name none
 	backend  flexBackend
+	attach   string // --attach-backend
 	log      *slog.Logger
 }
 
@@ -196,7 +204,11 @@ func newFlex(g *globals, backend flexBackend) *cobra.Command {
 	if def == "" {
 		def = "/var/lib/torus-flex"
 	}
-	var stateDir string
+	defBackend := os.Getenv("TORUS_ATTACH_BACKEND")
+	if defBackend == "" {
+		defBackend = "auto"
+	}
+	var stateDir, attachBackend string
 	cmd := &cobra.Command{
 		Use:   "flex init|mount MOUNTDIR OPTIONS|unmount MOUNTDIR",
 		Short: "Kubernetes FlexVolume driver (install as VOLUME-PLUGIN-DIR/torus~torus/torus)",
@@ -206,7 +218,7 @@ func newFlex(g *globals, backend flexBackend) *cobra.Command {
 		DisableFlagParsing: false,
 		Args:               cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d := &flexDriver{stateDir: stateDir, etcd: g.etcd, backend: backend}
+			d := &flexDriver{stateDir: stateDir, etcd: g.etcd, backend: backend, attach: attachBackend}
 			resp := d.run(cmd.Context(), args)
 			b, _ := json.Marshal(resp)
 			fmt.Fprintln(cmd.OutOrStdout(), string(b))
@@ -217,6 +229,7 @@ func newFlex(g *globals, backend flexBackend) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", def, "directory of flex's state files and log (env TORUS_FLEX_STATE_DIR)")
+	cmd.Flags().StringVar(&attachBackend, "attach-backend", defBackend, "how volumes become block devices: nbd (kernel NBD, survives torusblk restarts), fuse (torusblk fuse + loop) or auto (nbd where the nbd module is loaded) (env TORUS_ATTACH_BACKEND)")
 	return cmd
 }
 
@@ -425,7 +438,7 @@ func (d *flexDriver) attachMount(ctx context.Context, att flexAttacher, st flexS
 // withAttacher opens the attach backend for the cluster at etcd, runs f
 // with it and closes it: the one place mount and unmount get a backend.
 func (d *flexDriver) withAttacher(ctx context.Context, etcd string, f func(flexAttacher) error) error {
-	att, err := d.backend(ctx, etcd, d.stateDir, d.log)
+	att, err := d.backend(ctx, flexBackendConfig{Etcd: etcd, StateDir: d.stateDir, Backend: d.attach, Log: d.log})
 	if err != nil {
 		return err
 	}
