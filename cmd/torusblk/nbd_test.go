@@ -245,3 +245,72 @@ func TestNBDKernelSurvivesKill(t *testing.T) {
 		t.Fatal("the volume does not hold what was written through the device")
 	}
 }
+
+// TestAttacherKernelNBD: internal/attach with the nbd backend and the real
+// kernel (opt-in, requireKernelNBD): Attach starts a detached torusblk nbd;
+// after a SIGKILL of that process the attachment reads as dead while the
+// kernel holds the device; Attach restarts the process, which takes the
+// same device over; the fsynced data reads back; Detach disconnects it.
+func TestAttacherKernelNBD(t *testing.T) {
+	requireKernelNBD(t)
+	c := testcluster.New(t, testcluster.Options{Daemons: 1, Replication: 1})
+	c.CreateVolume("vol1", 32<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a, err := attach.New(attach.Options{Bin: proccluster.Bin(t, "torusblk"), StateDir: t.TempDir(), Meta: c.Meta, Logger: c.Log,
+		Backend: attach.BackendNBD, Args: []string{"--etcd", strings.Join(c.Endpoints, ","), "--log-level", "debug"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at, err := a.Attach(ctx, "vol1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Detach(context.Background(), "vol1") })
+	if at.Backend != attach.BackendNBD || !strings.HasPrefix(at.Device, "/dev/nbd") || sysSize(t, at.Device) != 32<<20 {
+		t.Fatalf("attachment %+v (size %d)", at, sysSize(t, at.Device))
+	}
+	data := alignedBuf(t, 1<<20)
+	copy(data, randBytes(len(data)))
+	f, err := os.OpenFile(at.Device, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(at.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, ok, _ := a.Get("vol1"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Get still reports the attachment alive after SIGKILL")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	again, err := a.Attach(ctx, "vol1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Device != at.Device || again.PID == at.PID {
+		t.Fatalf("after SIGKILL: %+v, want the same device %s served by a new process", again, at.Device)
+	}
+	back := alignedBuf(t, len(data))
+	if _, err := f.ReadAt(back, 2<<20); err != nil || !bytes.Equal(back, data) {
+		t.Fatalf("read back through the kept-open device: %v, equal %v", err, bytes.Equal(back, data))
+	}
+	f.Close()
+	if err := a.Detach(ctx, "vol1"); err != nil {
+		t.Fatal(err)
+	}
+	if n := sysSize(t, at.Device); n != 0 {
+		t.Fatalf("%s still has %d bytes after Detach", at.Device, n)
+	}
+}
