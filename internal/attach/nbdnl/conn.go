@@ -56,7 +56,14 @@ func openFamily(ctx context.Context, name string) (*Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("nbdnl: %w: bind: %w", torus.ErrUnavailable, err)
 	}
-	c := &Conn{fd: fd}
+	// Connected to the kernel (port 0): plain write and read from here on,
+	// which is also what lets the tests put a datagram socketpair in its
+	// place (newConn).
+	if err := unix.Connect(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("nbdnl: %w: connect: %w", torus.ErrUnavailable, err)
+	}
+	c := newConn(fd)
 	msgs, err := c.do(ctx, getFamily{Name: name}, unix.GENL_ID_CTRL)
 	if errors.Is(err, unix.ENOENT) && name == FamilyName {
 		c.Close()
@@ -77,6 +84,9 @@ func openFamily(ctx context.Context, name string) (*Conn, error) {
 	}
 	return nil, err
 }
+
+// newConn wraps a connected datagram socket speaking netlink.
+func newConn(fd int) *Conn { return &Conn{fd: fd} }
 
 // Connect configures and starts a device (Connect's doc) and returns its
 // index. Errors: torus.ErrInUse when the device is configured already
@@ -172,7 +182,7 @@ func (c *Conn) do(ctx context.Context, r Request, family uint16) ([]Message, err
 	}
 	c.seq++
 	seq := c.seq
-	if err := unix.Sendto(c.fd, r.Marshal(family, seq), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if _, err := unix.Write(c.fd, r.Marshal(family, seq)); err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
 	var out []Message
@@ -186,7 +196,7 @@ func (c *Conn) do(ctx context.Context, r Request, family uint16) ([]Message, err
 		if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 			return nil, fmt.Errorf("SO_RCVTIMEO: %w", err)
 		}
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		n, err := unix.Read(c.fd, buf)
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 			continue // the deadline check above ends a timed-out wait
 		}

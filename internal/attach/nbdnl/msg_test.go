@@ -330,3 +330,118 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// fakeSocket is the kernel's end of a Conn: a datagram socketpair; serve
+// answers each request it reads with the datagrams reply returns.
+func fakeSocket(t *testing.T, reply func(req []byte) [][]byte) *Conn {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1<<16)
+		for {
+			n, err := unix.Read(fds[1], buf)
+			if err != nil || n == 0 {
+				return
+			}
+			for _, d := range reply(append([]byte(nil), buf[:n]...)) {
+				if _, err := unix.Write(fds[1], d); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	c := newConn(fds[0])
+	c.family = testFamily
+	t.Cleanup(func() {
+		c.Close()
+		unix.Shutdown(fds[1], unix.SHUT_RDWR)
+		<-done
+		unix.Close(fds[1])
+	})
+	return c
+}
+
+// ack is the kernel's NLMSG_ERROR for req with errno (0: the ack).
+func ack(req []byte, errno unix.Errno) []byte {
+	b := make([]byte, 16, 36)
+	ne.PutUint32(b[0:], 36)
+	ne.PutUint16(b[4:], unix.NLMSG_ERROR)
+	copy(b[8:12], req[8:12]) // seq
+	b = ne.AppendUint32(b, uint32(-int32(errno)))
+	return append(b, req[:16]...)
+}
+
+// reply is a genl message answering req with cmd and attrs.
+func reply(req []byte, cmd uint8, attrs []byte) []byte {
+	b := make([]byte, 16)
+	ne.PutUint32(b[0:], uint32(16+4+len(attrs)))
+	ne.PutUint16(b[4:], testFamily)
+	copy(b[8:12], req[8:12])
+	b = append(b, cmd, 1, 0, 0)
+	return append(b, attrs...)
+}
+
+// TestConnCalls runs Conn's calls against a fake kernel socket: the reply
+// and the ack in separate datagrams, a stale reply of an earlier sequence
+// number ignored, errnos classified, no answer bounded by ctx.
+func TestConnCalls(t *testing.T) {
+	littleEndian(t)
+	ctx := context.Background()
+	var mode string
+	c := fakeSocket(t, func(req []byte) [][]byte {
+		m, _ := ParseMessages(req)
+		switch mode {
+		case "connect":
+			old := append([]byte(nil), req...)
+			ne.PutUint32(old[8:], m[0].Seq-1) // a late answer to an earlier call
+			idx := []byte{8, 0, attrIndex, 0, 6, 0, 0, 0}
+			return [][]byte{reply(old, cmdConnect, []byte{8, 0, attrIndex, 0, 9, 0, 0, 0}), reply(req, cmdConnect, idx), ack(req, 0)}
+		case "status":
+			r := append([]byte(nil), statusReply[:64]...)
+			copy(r[8:12], req[8:12])
+			return [][]byte{append(r, ack(req, 0)...)} // one datagram
+		case "busy":
+			return [][]byte{ack(req, unix.EBUSY)}
+		case "perm":
+			return [][]byte{ack(req, unix.EPERM)}
+		case "silent":
+			return nil
+		}
+		return [][]byte{ack(req, 0)}
+	})
+	mode = "connect"
+	if idx, err := c.Connect(ctx, Connect{Index: -1, Sockets: []int{3}, SizeBytes: 4096}); err != nil || idx != 6 {
+		t.Fatalf("Connect: %d, %v; want 6", idx, err)
+	}
+	mode = "status"
+	if devs, err := c.Status(ctx, -1); err != nil || len(devs) != 2 || !devs[1].Connected {
+		t.Fatalf("Status: %+v, %v", devs, err)
+	}
+	mode = "ack"
+	if err := c.Reconfigure(ctx, Reconfigure{Index: 3, SizeBytes: 8192}); err != nil {
+		t.Fatalf("Reconfigure: %v", err)
+	}
+	if err := c.Disconnect(ctx, 3); err != nil {
+		t.Fatalf("Disconnect: %v", err)
+	}
+	mode = "busy"
+	if _, err := c.Connect(ctx, Connect{Index: 3, Sockets: []int{3}}); !errors.Is(err, torus.ErrInUse) || !errors.Is(err, unix.EBUSY) {
+		t.Fatalf("EBUSY: %v, want ErrInUse", err)
+	}
+	mode = "perm"
+	if err := c.Disconnect(ctx, 3); !errors.Is(err, torus.ErrPermission) {
+		t.Fatalf("EPERM: %v, want ErrPermission", err)
+	}
+	mode = "silent"
+	tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := c.Status(tctx, -1); !errors.Is(err, torus.ErrUnavailable) || time.Since(start) > 5*time.Second {
+		t.Fatalf("no answer: %v after %v, want ErrUnavailable at the deadline", err, time.Since(start))
+	}
+}
