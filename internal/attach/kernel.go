@@ -56,6 +56,12 @@ type KernelConfig struct {
 	Netlink        Netlink
 	// Exports opens the volume (export.New in production).
 	Exports nbd.Exports
+	// DeviceBackend reads a device's backend identifier (ok=false when the
+	// kernel does not say; default: /sys/block/nbdN/backend). A recorded
+	// device whose identifier is another's is not reattached: after a
+	// reboot, or a record that outlived its device, the index may be
+	// another volume's.
+	DeviceBackend func(index uint32) (backend string, ok bool)
 	// Attached, if set, is called once the device serves the volume.
 	Attached func(device string)
 	// Logger: Info for attach, reattach, resize and detach; Warn for a
@@ -76,6 +82,19 @@ func (c *KernelConfig) ensureDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.DeviceBackend == nil {
+		c.DeviceBackend = sysfsBackend
+	}
+}
+
+// sysfsBackend reads /sys/block/nbdN/backend (Linux 5.14 and later, for
+// devices connected through netlink).
+func sysfsBackend(index uint32) (string, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/sys/block/nbd%d/backend", index))
+	if err != nil {
+		return "", false
+	}
+	return strings.TrimSpace(string(b)), true
 }
 
 // Validate checks c. Errors wrap torus.ErrInvalid.
@@ -213,17 +232,23 @@ func ServeKernel(ctx context.Context, cfg KernelConfig) error {
 		if st.PID != os.Getpid() && procAlive(st.PID, st.StartTime) {
 			return fmt.Errorf("attach %s: %w: served as /dev/nbd%d by process %d", cfg.Volume, torus.ErrInUse, st.Index, st.PID)
 		}
-		if want >= 0 && uint32(want) != st.Index {
-			return fmt.Errorf("attach %s: %w: attached as /dev/nbd%d (%s), not %s; detach it first", cfg.Volume, torus.ErrInUse, st.Index, path, cfg.Device)
-		}
 		devs, err := nl.Status(ctx, int(st.Index))
 		if err != nil {
 			return fmt.Errorf("attach %s: %w", cfg.Volume, err)
 		}
-		if connected(devs, st.Index) {
+		other, known := cfg.DeviceBackend(st.Index)
+		switch {
+		case connected(devs, st.Index) && (!known || other == st.Backend):
+			if want >= 0 && uint32(want) != st.Index {
+				return fmt.Errorf("attach %s: %w: attached as /dev/nbd%d (%s), not %s; detach it first", cfg.Volume, torus.ErrInUse, st.Index, path, cfg.Device)
+			}
 			reattach, want = true, int(st.Index)
-		} else {
-			log.Warn("attach: recorded device is no longer connected; attaching anew", "device", nbdPath(st.Index), "state", path)
+		default:
+			why := "no longer connected"
+			if connected(devs, st.Index) {
+				why = fmt.Sprintf("connected to another backend (%q)", other)
+			}
+			log.Warn("attach: recorded device is "+why+"; attaching anew", "device", nbdPath(st.Index), "state", path)
 			if err := statefile.Remove(path); err != nil {
 				return fmt.Errorf("attach: %w", err)
 			}

@@ -34,12 +34,13 @@ type fakeKernel struct {
 	mu    sync.Mutex
 	conns map[uint32]net.Conn // connected devices; nil: configured, connection dead
 	sizes map[uint32]uint64
+	backs map[uint32]string // NBD_ATTR_BACKEND_IDENTIFIER by device
 	calls []string
 	next  uint32 // the index Connect{Index: -1} gets
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{conns: map[uint32]net.Conn{}, sizes: map[uint32]uint64{}, next: 2}
+	return &fakeKernel{conns: map[uint32]net.Conn{}, sizes: map[uint32]uint64{}, backs: map[uint32]string{}, next: 2}
 }
 
 func (k *fakeKernel) take(fds []int) (net.Conn, error) {
@@ -72,7 +73,7 @@ func (k *fakeKernel) Connect(ctx context.Context, r nbdnl.Connect) (uint32, erro
 	if err != nil {
 		return 0, err
 	}
-	k.conns[idx], k.sizes[idx] = c, r.SizeBytes
+	k.conns[idx], k.sizes[idx], k.backs[idx] = c, r.SizeBytes, r.Backend
 	k.calls = append(k.calls, fmt.Sprintf("connect %d size %d backend %s", idx, r.SizeBytes, r.Backend))
 	return idx, nil
 }
@@ -87,6 +88,9 @@ func (k *fakeKernel) Reconfigure(ctx context.Context, r nbdnl.Reconfigure) error
 	if r.SizeBytes != 0 {
 		k.sizes[r.Index] = r.SizeBytes
 		k.calls = append(k.calls, fmt.Sprintf("resize %d %d", r.Index, r.SizeBytes))
+	}
+	if k.backs[r.Index] != "" && r.Backend != k.backs[r.Index] {
+		return fmt.Errorf("fake kernel: backend %q of a device of %q: %w", r.Backend, k.backs[r.Index], unix.EINVAL)
 	}
 	if len(r.Sockets) > 0 {
 		if old != nil {
@@ -122,6 +126,22 @@ func (k *fakeKernel) Status(ctx context.Context, index int) ([]nbdnl.Device, err
 	defer k.mu.Unlock()
 	_, ok := k.conns[uint32(index)]
 	return []nbdnl.Device{{Index: uint32(index), Connected: ok}}, nil
+}
+
+// backend is the device's /sys/block/nbdN/backend (KernelConfig.DeviceBackend).
+func (k *fakeKernel) backend(index uint32) (string, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	b, ok := k.backs[index]
+	return b, ok
+}
+
+// hold makes device index configured for backend with a dead connection,
+// as another process left it.
+func (k *fakeKernel) hold(index uint32, backend string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.conns[index], k.backs[index] = nil, backend
 }
 
 // die is the serving process's death: the connection drops, the device
@@ -224,6 +244,9 @@ func startKernel(t *testing.T, cfg KernelConfig) *serving {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &serving{cancel: cancel, done: make(chan error, 1), dev: make(chan string, 1)}
 	cfg.Attached = func(d string) { s.dev <- d }
+	if k, ok := cfg.Netlink.(*fakeKernel); ok {
+		cfg.DeviceBackend = k.backend
+	}
 	cfg.Logger = testutil.Logger(t)
 	go func() { s.done <- ServeKernel(ctx, cfg) }()
 	t.Cleanup(func() { cancel(); <-s.done })
@@ -384,15 +407,34 @@ func TestServeKernelRefusals(t *testing.T) {
 	if !errors.Is(err, torus.ErrInUse) || !strings.Contains(err.Error(), fmt.Sprint(os.Getppid())) {
 		t.Fatalf("record of a live process: %v, want ErrInUse naming it", err)
 	}
+	// Device 1 is held for pv1 (its process died): asking for another
+	// device is refused.
+	k.hold(1, "torus:pv1")
 	write(kernelState{Volume: "pv1", Index: 1, Backend: "torus:pv1", PID: deadPID(t), StartTime: 1})
-	err = ServeKernel(ctx, KernelConfig{Volume: "pv1", Device: "/dev/nbd4", StateDir: dir, Netlink: k, Exports: ex})
+	err = ServeKernel(ctx, KernelConfig{Volume: "pv1", Device: "/dev/nbd4", StateDir: dir, Netlink: k, Exports: ex, DeviceBackend: k.backend})
 	if !errors.Is(err, torus.ErrInUse) {
-		t.Fatalf("record of another device: %v, want ErrInUse", err)
+		t.Fatalf("record of another held device: %v, want ErrInUse", err)
 	}
-	// Device 1 is not connected in the fake: the record is stale.
+	// Device 7 is held by another volume (the record outlived its device,
+	// and the index went to someone else): not reattached.
+	k.hold(7, "torus:other")
+	write(kernelState{Volume: "pv1", Index: 7, Backend: "torus:pv1", PID: deadPID(t), StartTime: 1})
 	s := startKernel(t, KernelConfig{Volume: "pv1", StateDir: dir, Netlink: k, Exports: ex})
 	if dev := s.attached(t); dev != "/dev/nbd2" {
-		t.Fatalf("attached as %s after a stale record", dev)
+		t.Fatalf("attached as %s, want a new device, not another volume's /dev/nbd7", dev)
+	}
+	if strings.Contains(k.log(), "reconnect") {
+		t.Fatalf("reconnected another volume's device:\n%s", k.log())
+	}
+	if err := s.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	// Device 3 is in the record but no longer configured: the record is
+	// stale; the named device is attached.
+	write(kernelState{Volume: "pv1", Index: 3, Backend: "torus:pv1", PID: deadPID(t), StartTime: 1})
+	s = startKernel(t, KernelConfig{Volume: "pv1", Device: "/dev/nbd4", StateDir: dir, Netlink: k, Exports: ex})
+	if dev := s.attached(t); dev != "/dev/nbd4" {
+		t.Fatalf("attached as %s after a stale record, want /dev/nbd4", dev)
 	}
 	for _, bad := range []KernelConfig{
 		{Volume: "../x", StateDir: dir, Netlink: k, Exports: ex},
