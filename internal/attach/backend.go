@@ -120,10 +120,19 @@ func nbdSize(dev string) int64 {
 	return sectors * 512
 }
 
-// held reports whether the kernel still holds st's NBD device (configured)
+// held reports whether the kernel still holds st's NBD device (configured,
+// with this volume's backend identifier where the kernel shows it)
 // although its process is gone: a restarted torusblk nbd takes it over.
 func (a *Attacher) held(st state) bool {
-	return st.Backend == BackendNBD && st.Device != "" && nbdSize(st.Device) > 0 && !procAlive(st.PID, st.StartTime)
+	if st.Backend != BackendNBD || st.Device == "" || nbdSize(st.Device) == 0 || procAlive(st.PID, st.StartTime) {
+		return false
+	}
+	index, err := NBDIndex(st.Device)
+	if err != nil {
+		return false
+	}
+	b, known := sysfsBackend(index)
+	return !known || b == backendID(st.Volume)
 }
 
 // revive restarts the torusblk nbd process of an attachment whose device

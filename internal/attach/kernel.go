@@ -290,7 +290,7 @@ func ServeKernel(ctx context.Context, cfg KernelConfig) error {
 	if err != nil {
 		return fail(fmt.Errorf("attach %s: %w", cfg.Volume, err))
 	}
-	backend := "torus:" + cfg.Volume
+	backend := backendID(cfg.Volume)
 	sock := []int{int(kernelEnd.Fd())}
 	var index uint32
 	if reattach {
@@ -364,6 +364,9 @@ func ServeKernel(ctx context.Context, cfg KernelConfig) error {
 		}
 	}
 }
+
+// backendID is the NBD_ATTR_BACKEND_IDENTIFIER of volume's device.
+func backendID(volume string) string { return "torus:" + volume }
 
 func nbdPath(index uint32) string { return fmt.Sprintf("/dev/nbd%d", index) }
 
