@@ -249,8 +249,9 @@ func TestNBDKernelSurvivesKill(t *testing.T) {
 // TestAttacherKernelNBD: internal/attach with the nbd backend and the real
 // kernel (opt-in, requireKernelNBD): Attach starts a detached torusblk nbd;
 // after a SIGKILL of that process the attachment reads as dead while the
-// kernel holds the device; Attach restarts the process, which takes the
-// same device over; the fsynced data reads back; Detach disconnects it.
+// kernel holds the device; ReviveAll restarts the process, which takes the
+// same device over; after a second SIGKILL Attach does the same; the
+// fsynced data reads back; Detach disconnects it.
 func TestAttacherKernelNBD(t *testing.T) {
 	requireKernelNBD(t)
 	c := testcluster.New(t, testcluster.Options{Daemons: 1, Replication: 1})
@@ -295,12 +296,35 @@ func TestAttacherKernelNBD(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// What a restarted node plugin does first (ReviveAll), and what a
+	// NodeStage would do (Attach), both take the device over.
+	revived, err := a.ReviveAll(ctx)
+	if err != nil || len(revived) != 1 || revived[0].Device != at.Device || revived[0].PID == at.PID {
+		t.Fatalf("ReviveAll: %+v, %v; want %s served by a new process", revived, err, at.Device)
+	}
 	again, err := a.Attach(ctx, "vol1", false)
+	if err != nil || again != revived[0] {
+		t.Fatalf("Attach after ReviveAll: %+v, %v; want %+v", again, err, revived[0])
+	}
+	if err := syscall.Kill(again.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		if _, ok, _ := a.Get("vol1"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Get still reports the attachment alive after the second SIGKILL")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	again, err = a.Attach(ctx, "vol1", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.Device != at.Device || again.PID == at.PID {
-		t.Fatalf("after SIGKILL: %+v, want the same device %s served by a new process", again, at.Device)
+	if again.Device != at.Device || again.PID == revived[0].PID {
+		t.Fatalf("Attach after a second SIGKILL: %+v, want the same device %s served by a new process", again, at.Device)
 	}
 	back := alignedBuf(t, len(data))
 	if _, err := f.ReadAt(back, 2<<20); err != nil || !bytes.Equal(back, data) {

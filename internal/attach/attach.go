@@ -90,8 +90,8 @@ type Attachment struct {
 	// PID is the torusblk fuse or torusblk nbd process.
 	PID      int  `json:"pid"`
 	ReadOnly bool `json:"read_only,omitempty"`
-	// Alive reports (List only) whether the process and the loop device
-	// are still the ones recorded.
+	// Alive reports (List only) whether the process and the device are
+	// still the ones recorded.
 	Alive bool `json:"-"`
 }
 
@@ -482,6 +482,48 @@ func (a *Attacher) List() ([]Attachment, error) {
 		}
 	}
 	return out, nil
+}
+
+// ReviveAll restarts the torusblk nbd process of every recorded
+// attachment whose process died while the kernel holds its device (the
+// caller's start after a node reboot of the plugin, or after a crash of
+// the data path): each takes its device over again before the kernel's
+// dead-connection timeout fails the held I/O. It returns the attachments
+// it revived; an error for one does not stop the others (they are
+// joined).
+func (a *Attacher) ReviveAll(ctx context.Context) ([]Attachment, error) {
+	names, err := filepath.Glob(filepath.Join(a.opt.StateDir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var out []Attachment
+	var errs []error
+	for _, n := range names {
+		volume := strings.TrimSuffix(filepath.Base(n), ".json")
+		at, ok, err := a.reviveOne(ctx, volume)
+		if err != nil {
+			errs = append(errs, err)
+		} else if ok {
+			out = append(out, at)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (a *Attacher) reviveOne(ctx context.Context, volume string) (Attachment, bool, error) {
+	if validVolume(volume) != nil {
+		return Attachment{}, false, nil // not a state file
+	}
+	defer a.lock(volume)()
+	st, ok, err := a.load(volume)
+	if err != nil || !ok || !a.held(st) {
+		return Attachment{}, false, err
+	}
+	st, err = a.revive(ctx, st)
+	if err != nil {
+		return Attachment{}, false, err
+	}
+	return st.Attachment, true, nil
 }
 
 // Resize makes an attached volume's device follow its grown size. fuse:

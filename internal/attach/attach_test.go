@@ -450,3 +450,34 @@ func TestAttachParallel(t *testing.T) {
 		t.Fatalf("List after Detach: %+v", list)
 	}
 }
+
+// TestReviveAllNothingHeld: ReviveAll leaves alone what the kernel does
+// not hold: a fuse attachment, an nbd one whose device is gone (here: no
+// nbd module at all), and files that are not state files.
+func TestReviveAllNothingHeld(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(Options{Bin: "/bin/false", StateDir: dir, Meta: metaStub{}, Backend: BackendFUSE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []state{
+		{Attachment: Attachment{Volume: "pv1", Backend: BackendFUSE, File: filepath.Join(dir, "pv1.fuse"), Device: "/dev/loop9", PID: 1 << 22}, StartTime: 1},
+		{Attachment: Attachment{Volume: "pv2", Backend: BackendNBD, Device: "/dev/nbd9", PID: 1 << 22}, StartTime: 1},
+	} {
+		if err := a.save(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "not a volume.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	revived, err := a.ReviveAll(context.Background())
+	if err != nil || len(revived) != 0 {
+		t.Fatalf("ReviveAll: %+v, %v; want nothing", revived, err)
+	}
+	for _, v := range []string{"pv1", "pv2"} {
+		if _, ok, err := a.load(v); !ok || err != nil {
+			t.Fatalf("state of %s after ReviveAll: %v, %v", v, ok, err)
+		}
+	}
+}
