@@ -48,12 +48,22 @@ type flexAttacher interface {
 	// Detach removes the device Attach made for volume. A volume that is
 	// not attached is success.
 	Detach(ctx context.Context, volume, device string) error
+	// Close releases what the backend holds for this call (its metadata
+	// client); attached devices stay attached.
+	Close() error
 }
 
-// flexBackend opens the attach backend for the cluster at etcd, keeping
-// its state under stateDir (flex's --state-dir). If the result is an
-// io.Closer, flex closes it when the call is done.
-type flexBackend func(ctx context.Context, etcd, stateDir string, log *slog.Logger) (flexAttacher, error)
+// flexBackend opens the attach backend for cfg. flex closes it when the
+// call is done (flexDriver.withAttacher).
+type flexBackend func(ctx context.Context, cfg flexBackendConfig) (flexAttacher, error)
+
+// flexBackendConfig is what a flex call asks of its attach backend.
+type flexBackendConfig struct {
+	Etcd     string // the cluster
+	StateDir string // flex's --state-dir; the backend keeps its state under it
+	Backend  string // --attach-backend: auto, nbd or fuse
+	Log      *slog.Logger
+}
 
 // flexProgram is the name a FlexVolume driver has inside its vendor~driver
 // directory: copied (or linked) there as "torus", this binary acts as
@@ -185,6 +195,7 @@ type flexDriver struct {
 	stateDir string
 	etcd     string // default when the options name none
 	backend  flexBackend
+	attach   string // --attach-backend
 	log      *slog.Logger
 }
 
@@ -193,7 +204,11 @@ func newFlex(g *globals, backend flexBackend) *cobra.Command {
 	if def == "" {
 		def = "/var/lib/torus-flex"
 	}
-	var stateDir string
+	defBackend := os.Getenv("TORUS_ATTACH_BACKEND")
+	if defBackend == "" {
+		defBackend = "auto"
+	}
+	var stateDir, attachBackend string
 	cmd := &cobra.Command{
 		Use:   "flex init|mount MOUNTDIR OPTIONS|unmount MOUNTDIR",
 		Short: "Kubernetes FlexVolume driver (install as VOLUME-PLUGIN-DIR/torus~torus/torus)",
@@ -203,7 +218,7 @@ func newFlex(g *globals, backend flexBackend) *cobra.Command {
 		DisableFlagParsing: false,
 		Args:               cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d := &flexDriver{stateDir: stateDir, etcd: g.etcd, backend: backend}
+			d := &flexDriver{stateDir: stateDir, etcd: g.etcd, backend: backend, attach: attachBackend}
 			resp := d.run(cmd.Context(), args)
 			b, _ := json.Marshal(resp)
 			fmt.Fprintln(cmd.OutOrStdout(), string(b))
@@ -214,6 +229,7 @@ func newFlex(g *globals, backend flexBackend) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", def, "directory of flex's state files and log (env TORUS_FLEX_STATE_DIR)")
+	cmd.Flags().StringVar(&attachBackend, "attach-backend", defBackend, "how volumes become block devices: nbd (kernel NBD, survives torusblk restarts), fuse (torusblk fuse + loop) or auto (nbd where the nbd module is loaded) (env TORUS_ATTACH_BACKEND)")
 	return cmd
 }
 
@@ -334,7 +350,7 @@ func (d *flexDriver) mountedElsewhere(volume, mountDir string) (string, error) {
 	return "", nil
 }
 
-func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err error) {
+func (d *flexDriver) mount(ctx context.Context, mountDir, options string) error {
 	o, err := parseFlexOptions(options)
 	if err != nil {
 		return err
@@ -369,17 +385,17 @@ func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err e
 		etcd = d.etcd
 	}
 	st = flexState{MountDir: mountDir, Volume: o.Volume, Etcd: etcd, FSType: o.FSType, ReadOnly: o.ReadOnly}
+	return d.withAttacher(ctx, etcd, func(att flexAttacher) error { return d.attachMount(ctx, att, st, o) })
+}
+
+// attachMount attaches st's volume through att, formats it if empty and
+// mounts it at st.MountDir, recording each step in st's state file.
+func (d *flexDriver) attachMount(ctx context.Context, att flexAttacher, st flexState, o flexOptions) error {
+	mountDir := st.MountDir
 	// The state is written before the attach, so that whatever happens
 	// next leaves something unmount can find and undo.
 	if err := d.writeState(st); err != nil {
 		return err
-	}
-	att, err := d.backend(ctx, etcd, d.stateDir, d.log)
-	if err != nil {
-		return d.undo(ctx, st, nil, err)
-	}
-	if c, ok := att.(io.Closer); ok {
-		defer c.Close()
 	}
 	dev, err := att.Attach(ctx, o.Volume, o.ReadOnly)
 	if err != nil {
@@ -417,6 +433,21 @@ func (d *flexDriver) mount(ctx context.Context, mountDir, options string) (err e
 		return d.undo(ctx, st, att, err)
 	}
 	return nil
+}
+
+// withAttacher opens the attach backend for the cluster at etcd, runs f
+// with it and closes it: the one place mount and unmount get a backend.
+func (d *flexDriver) withAttacher(ctx context.Context, etcd string, f func(flexAttacher) error) error {
+	att, err := d.backend(ctx, flexBackendConfig{Etcd: etcd, StateDir: d.stateDir, Backend: d.attach, Log: d.log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := att.Close(); cerr != nil {
+			d.log.Warn("flex: closing the attach backend", "err", cerr)
+		}
+	}()
+	return f(att)
 }
 
 // undo detaches after a failed mount and removes the state file; if the
@@ -469,15 +500,14 @@ func (d *flexDriver) unmount(ctx context.Context, mountDir string) error {
 		return nil // nothing of ours (or unmounted already)
 	}
 	if st.Device != "" {
-		att, err := d.backend(ctx, st.Etcd, d.stateDir, d.log)
+		err := d.withAttacher(ctx, st.Etcd, func(att flexAttacher) error {
+			if err := att.Detach(ctx, st.Volume, st.Device); err != nil {
+				return fmt.Errorf("detach %s (%s): %w", st.Volume, st.Device, err)
+			}
+			return nil
+		})
 		if err != nil {
 			return err
-		}
-		if c, ok := att.(io.Closer); ok {
-			defer c.Close()
-		}
-		if err := att.Detach(ctx, st.Volume, st.Device); err != nil {
-			return fmt.Errorf("detach %s (%s): %w", st.Volume, st.Device, err)
 		}
 	}
 	if err := os.Remove(d.statePath(mountDir)); err != nil && !errors.Is(err, os.ErrNotExist) {

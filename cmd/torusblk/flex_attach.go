@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -14,21 +13,26 @@ import (
 )
 
 // attachBackend is flex's production backend: internal/attach (a detached
-// `torusblk fuse` of this very binary, and a direct-I/O loop device), with
-// its state under STATEDIR/attach and this process's cluster settings.
+// `torusblk nbd` or `torusblk fuse` of this very binary, as
+// --attach-backend chooses), with its state under STATEDIR/attach and
+// this process's cluster settings.
 func attachBackend(g *globals) flexBackend {
-	return func(ctx context.Context, etcd, stateDir string, log *slog.Logger) (flexAttacher, error) {
+	return func(ctx context.Context, cfg flexBackendConfig) (flexAttacher, error) {
+		backend, err := attach.ParseBackend(cfg.Backend)
+		if err != nil {
+			return nil, err
+		}
 		bin, err := os.Executable()
 		if err != nil {
-			return nil, fmt.Errorf("%w: finding this binary for torusblk fuse: %w", torus.ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: finding this binary for the attach backend: %w", torus.ErrUnavailable, err)
 		}
-		c := attach.Cluster{Etcd: etcd, Prefix: g.prefix, EtcdClient: g.etcdClient,
+		c := attach.Cluster{Etcd: cfg.Etcd, Prefix: g.prefix, EtcdClient: g.etcdClient,
 			PeerCert: g.peerCert, PeerKey: g.peerKey, PeerCA: g.peerCA, LogLevel: g.logLevel}
 		args, err := c.Args()
 		if err != nil {
 			return nil, err
 		}
-		ecfg := etcdmeta.Config{Endpoints: etcdflags.Endpoints(etcd), Prefix: g.prefix, Logger: log}
+		ecfg := etcdmeta.Config{Endpoints: etcdflags.Endpoints(cfg.Etcd), Prefix: g.prefix, Logger: cfg.Log}
 		if err := g.etcdClient.Apply(&ecfg); err != nil {
 			return nil, err
 		}
@@ -36,7 +40,8 @@ func attachBackend(g *globals) flexBackend {
 		if err != nil {
 			return nil, err
 		}
-		a, err := attach.New(attach.Options{Bin: bin, StateDir: filepath.Join(stateDir, "attach"), Args: args, Meta: md, Logger: log})
+		a, err := attach.New(attach.Options{Bin: bin, StateDir: filepath.Join(cfg.StateDir, "attach"), Args: args, Meta: md,
+			Backend: backend, Logger: cfg.Log})
 		if err != nil {
 			md.Close()
 			return nil, err

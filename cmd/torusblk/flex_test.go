@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,7 +44,7 @@ func TestFlexDriverProcess(t *testing.T) {
 		}
 	}
 	root := &cobra.Command{Use: "torusblk", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newFlex(&globals{etcd: "http://127.0.0.1:2379"}, func(context.Context, string, string, *slog.Logger) (flexAttacher, error) {
+	root.AddCommand(newFlex(&globals{etcd: "http://127.0.0.1:2379"}, func(context.Context, flexBackendConfig) (flexAttacher, error) {
 		return loopFlex{dir: dir}, nil
 	}))
 	root.SetArgs(append([]string{"flex"}, args...))
@@ -105,6 +104,8 @@ func (l loopFlex) Detach(ctx context.Context, volume, device string) error {
 	}
 	return nil
 }
+
+func (loopFlex) Close() error { return nil }
 
 // loopOf is the loop device over file ("" when none).
 func loopOf(ctx context.Context, file string) string {
@@ -375,5 +376,14 @@ func TestParseFlexOptions(t *testing.T) {
 		if _, err := parseFlexOptions(bad); !errors.Is(err, torus.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", bad, err)
 		}
+	}
+}
+
+// TestFlexAttachBackendFlag: an unknown --attach-backend is refused,
+// classified, before the backend reaches for the cluster.
+func TestFlexAttachBackendFlag(t *testing.T) {
+	_, err := attachBackend(&globals{})(context.Background(), flexBackendConfig{Etcd: "http://127.0.0.1:1", StateDir: t.TempDir(), Backend: "loop"})
+	if !errors.Is(err, torus.ErrInvalid) {
+		t.Fatalf("--attach-backend loop: %v, want ErrInvalid", err)
 	}
 }

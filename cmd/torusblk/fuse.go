@@ -16,6 +16,7 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
+	"github.com/torus-storage/torus/internal/attach"
 	"github.com/torus-storage/torus/nbd"
 	"github.com/torus-storage/torus/volume"
 )
@@ -60,7 +61,7 @@ and further I/O through it fails (EIO), never lost silently.`,
 				return err
 			}
 			defer stopHTTP()
-			dev, err := openWaiting(ctx, exports, name, readOnly, lockWait, log)
+			dev, err := attach.OpenWaiting(ctx, exports, name, readOnly, lockWait, log)
 			if err != nil {
 				return fmt.Errorf("open %s: %w", name, err)
 			}
@@ -71,26 +72,6 @@ and further I/O through it fails (EIO), never lost silently.`,
 	cmd.Flags().StringVar(&httpListen, "http", "", "address:port to serve /metrics (Prometheus: the volume's client metrics, as nbdserve) and /healthz on; empty: none")
 	cmd.Flags().DurationVar(&lockWait, "lock-wait", 0, "how long to wait for the writer lock when another writer holds it (e.g. the lease of a crashed torusblk, which expires within 10 s); 0: fail at once")
 	return cmd
-}
-
-// openWaiting opens the volume, retrying while another writer holds its
-// lock, for up to wait.
-func openWaiting(ctx context.Context, ex nbd.Exports, name string, readOnly bool, wait time.Duration, log *slog.Logger) (torus.Device, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		octx, cancel := context.WithTimeout(ctx, time.Minute)
-		dev, err := ex.Open(octx, name, readOnly)
-		cancel()
-		if err == nil || !errors.Is(err, torus.ErrLocked) || time.Now().After(deadline) {
-			return dev, err
-		}
-		log.Info("volume locked by another writer; waiting for its lease to end", "volume", name, "err", err, "until", deadline.Format(time.RFC3339))
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
 }
 
 // serveFuse mounts dev as file and serves it until ctx ends (SIGTERM) or

@@ -14,8 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"sort"
 	"syscall"
 	"time"
 
@@ -23,9 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
-	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/export"
 	"github.com/torus-storage/torus/internal/devmetrics"
 	"github.com/torus-storage/torus/internal/etcdflags"
@@ -251,78 +247,4 @@ func loadTLS(certFile, keyFile, caFile string, log *slog.Logger) (*tlsconfig.Rel
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
 	return tlsconfig.New("nbd TLS", tlsconfig.Files{Cert: certFile, Key: keyFile, CA: caFile}, log)
-}
-
-func newNBDAttach(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "nbd VOLUME [/dev/nbdX]",
-		Short: "Attach a volume through the kernel's NBD driver (blocks until detached)",
-		Args:  cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			dev := ""
-			if len(args) == 2 {
-				dev = args[1]
-			}
-			dev, err := pickNBDDevice(dev)
-			if err != nil {
-				return err
-			}
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			meta, pool, err := g.connect(ctx, log)
-			if err != nil {
-				return err
-			}
-			defer meta.Close()
-			defer pool.Close()
-			keepReloading(ctx, g.peerTLS)
-			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			srvConn, err := fileConn(fds[0], "nbd-server")
-			if err != nil {
-				return err
-			}
-			cliConn, err := fileConn(fds[1], "nbd-kernel")
-			if err != nil {
-				return err
-			}
-			host, _ := os.Hostname()
-			owner := fmt.Sprintf("torusblk@%s %s pid %d", host, dev, os.Getpid())
-			srv := nbd.NewServer(nbd.Config{}, export.New(volume.Deps{Meta: meta, Peers: pool, Identity: g.peerTLS.CommonName(), Logger: log}, owner), log)
-			go srv.ServeConn(srvConn)
-			attachErr := nbd.AttachKernel(ctx, dev, cliConn, args[0])
-			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			return errors.Join(attachErr, srv.Shutdown(sctx))
-		},
-	}
-}
-
-// pickNBDDevice checks that the kernel NBD driver exists and returns dev, or
-// the first /dev/nbdN when dev is empty.
-func pickNBDDevice(dev string) (string, error) {
-	if dev == "" {
-		matches, _ := filepath.Glob("/dev/nbd[0-9]*")
-		if len(matches) == 0 {
-			return "", fmt.Errorf("%w: kernel NBD driver not available (no /dev/nbd*): run `modprobe nbd`, or use `torusblk nbdserve` with a userspace client (qemu, nbdfuse)", torus.ErrUnavailable)
-		}
-		sort.Strings(matches)
-		return matches[0], nil
-	}
-	if _, err := os.Stat(dev); err != nil {
-		return "", fmt.Errorf("%w: kernel NBD device %s: %v (run `modprobe nbd`)", torus.ErrUnavailable, dev, err)
-	}
-	return dev, nil
-}
-
-func fileConn(fd int, name string) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
-	return net.FileConn(f)
 }

@@ -1,15 +1,24 @@
-// Package attach makes Torus volumes block devices on this machine without
-// NBD: a detached `torusblk fuse VOLUME FILE` process serves the volume as
-// the regular file FILE (a FUSE mount, straight from the volume API) and a
-// loop device in direct-I/O mode makes FILE a block device.
+// Package attach makes Torus volumes block devices on this machine, with
+// one of two backends (Options.Backend; by default kernel NBD where the
+// kernel has the nbd module, FUSE + loop otherwise):
+//
+//   - nbd: a detached `torusblk nbd VOLUME` process attaches the volume to a
+//     kernel NBD device through netlink and serves it (ServeKernel, also
+//     in this package). The device survives that process: if it dies, the
+//     kernel holds the device's I/O, and the Attacher restarts the process,
+//     which hands the device a new connection.
+//   - fuse: a detached `torusblk fuse VOLUME FILE` process serves the
+//     volume as the regular file FILE (a FUSE mount, straight from the
+//     volume API) and a loop device in direct-I/O mode makes FILE a block
+//     device.
 //
 // The process runs in its own session (Setsid), so it outlives the caller
 // (the CSI node plugin) and is not in its process group: a SIGKILL of the
 // caller leaves the data path running. Each attachment is recorded in a
-// versioned state file under Options.StateDir (VOLUME.json, with the PID,
-// its start time and the loop device), so a restarted caller finds its
-// attachments there and checks that the process and the loop device are
-// still the ones it started.
+// versioned state file under Options.StateDir (VOLUME.json, with the
+// backend, the PID, its start time and the device), so a restarted caller
+// finds its attachments there and checks that the process and the device
+// are still the ones it started.
 //
 // Every method is idempotent, and the methods are serialized per volume
 // (calls for different volumes run in parallel): Attach of an attached
@@ -44,12 +53,19 @@ type Options struct {
 	// processes' logs (VOLUME.log). It must outlive the caller (a host
 	// directory); it is created if missing.
 	StateDir string
-	// Args go before `fuse` on torusblk's command line: --etcd,
+	// Args go before `fuse` or `nbd` on torusblk's command line: --etcd,
 	// --etcd-prefix, the TLS flags, --log-level.
 	Args []string
-	// Meta gives the volumes' sizes: Attach waits until FILE has it,
-	// Resize until FILE has the grown one.
+	// Meta gives the volumes' sizes: Attach waits until the device (the
+	// FUSE file) has it, Resize until it has the grown one.
 	Meta torus.Metadata
+	// Backend is the backend of new attachments (BackendAuto: nbd where
+	// ProbeKernelNBD succeeds, fuse otherwise). A recorded attachment
+	// keeps the backend it was made with.
+	Backend Backend
+	// ProbeKernelNBD checks for the kernel's NBD netlink interface
+	// (default: the package's ProbeKernelNBD).
+	ProbeKernelNBD func(context.Context) error
 	// ReadyTimeout bounds how long Attach waits for the FUSE file (default
 	// 1 minute); StopTimeout how long Detach waits for the process to
 	// exit after SIGTERM before it sends SIGKILL (default 30 s).
@@ -67,20 +83,24 @@ type Options struct {
 
 // Attachment is an attached volume.
 type Attachment struct {
-	Volume   string `json:"volume"`
-	File     string `json:"file"`             // the FUSE file serving the volume
-	Device   string `json:"device,omitempty"` // the loop device, once set up
-	PID      int    `json:"pid"`              // the torusblk fuse process
-	ReadOnly bool   `json:"read_only,omitempty"`
-	// Alive reports (List only) whether the process and the loop device
-	// are still the ones recorded.
+	Volume  string  `json:"volume"`
+	Backend Backend `json:"backend"`          // nbd or fuse
+	File    string  `json:"file,omitempty"`   // fuse: the FUSE file serving the volume
+	Device  string  `json:"device,omitempty"` // the loop or NBD device, once set up
+	// PID is the torusblk fuse or torusblk nbd process.
+	PID      int  `json:"pid"`
+	ReadOnly bool `json:"read_only,omitempty"`
+	// Alive reports (List only) whether the process and the device are
+	// still the ones recorded.
 	Alive bool `json:"-"`
 }
 
-// Attacher attaches volumes through torusblk fuse and loop devices.
+// Attacher attaches volumes through torusblk nbd, or torusblk fuse and
+// loop devices.
 type Attacher struct {
-	opt Options
-	log *slog.Logger
+	opt     Options
+	log     *slog.Logger
+	backend Backend // of new attachments: nbd or fuse
 
 	mu    sync.Mutex
 	locks map[string]*volumeLock // by volume; held by the volume's current call
@@ -112,7 +132,10 @@ func (a *Attacher) lock(volume string) (unlock func()) {
 	}
 }
 
-// New returns an Attacher. Errors wrap torus.ErrInvalid.
+// New returns an Attacher, choosing the backend of new attachments
+// (Options.Backend). Errors wrap torus.ErrInvalid; with BackendNBD where the
+// kernel has no NBD netlink interface, the probe's error
+// (nbdnl.ErrNoFamily, torus.ErrUnavailable).
 func New(opt Options) (*Attacher, error) {
 	if opt.Bin == "" || opt.Meta == nil {
 		return nil, fmt.Errorf("attach: %w: Options needs Bin and Meta", torus.ErrInvalid)
@@ -133,19 +156,40 @@ func New(opt Options) (*Attacher, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if opt.ProbeKernelNBD == nil {
+		opt.ProbeKernelNBD = ProbeKernelNBD
+	}
+	var probe error
+	if opt.Backend != BackendFUSE {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		probe = opt.ProbeKernelNBD(ctx)
+		cancel()
+	}
+	backend, err := chooseBackend(opt.Backend, probe)
+	if err != nil {
+		return nil, err
+	}
+	if opt.Backend == BackendAuto && backend == BackendFUSE {
+		log.Info("attach: kernel NBD not available; attaching through FUSE and loop devices", "why", probe)
+	}
 	if err := os.MkdirAll(opt.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("attach: state directory: %w", err)
 	}
-	return &Attacher{opt: opt, log: log, locks: make(map[string]*volumeLock)}, nil
+	return &Attacher{opt: opt, log: log, backend: backend, locks: make(map[string]*volumeLock)}, nil
 }
 
+// Backend is the backend of new attachments: BackendNBD or BackendFUSE.
+func (a *Attacher) Backend() Backend { return a.backend }
+
 // Attach attaches volume (VOLUME or VOLUME@SNAPSHOT, read-only if readOnly)
-// and returns its attachment once the loop device exists and the FUSE
-// file has the volume's size. An attached volume is returned as it is
-// (with its own ReadOnly); a recorded attachment whose process or loop
-// device is gone is cleaned up and attached again. Errors: ErrInvalid for
-// a bad name, ErrNotExist for an unknown volume, the torusblk process's
-// failure (its log's tail) otherwise.
+// and returns its attachment once the device exists with the volume's
+// size. An attached volume is returned as it is (with its own ReadOnly and
+// backend); an NBD attachment whose process died but whose device the
+// kernel still holds gets a new process, which takes the device over (the
+// same device, its I/O resumed); any other recorded attachment whose
+// process or device is gone is cleaned up and attached again. Errors:
+// ErrInvalid for a bad name, ErrNotExist for an unknown volume, the
+// torusblk process's failure (its log's tail) otherwise.
 func (a *Attacher) Attach(ctx context.Context, volume string, readOnly bool) (Attachment, error) {
 	if err := validVolume(volume); err != nil {
 		return Attachment{}, fmt.Errorf("attach: %w", err)
@@ -159,6 +203,14 @@ func (a *Attacher) Attach(ctx context.Context, volume string, readOnly bool) (At
 		if a.alive(st) {
 			return st.Attachment, nil
 		}
+		if a.held(st) {
+			st, err := a.revive(ctx, st)
+			if err != nil {
+				return Attachment{}, err
+			}
+			a.log.Info("attach: reattached", "volume", volume, "device", st.Device, "pid", st.PID)
+			return st.Attachment, nil
+		}
 		a.log.Warn("attach: recorded attachment is dead; cleaning it up", "volume", volume, "pid", st.PID, "device", st.Device)
 		if err := a.cleanup(ctx, st); err != nil {
 			return Attachment{}, err
@@ -168,8 +220,11 @@ func (a *Attacher) Attach(ctx context.Context, volume string, readOnly bool) (At
 	if err != nil {
 		return Attachment{}, err
 	}
-	st = state{Attachment: Attachment{Volume: volume, File: filepath.Join(a.opt.StateDir, volume+".fuse"), ReadOnly: readOnly}}
-	unmountStale(st.File)
+	st = state{Attachment: Attachment{Volume: volume, Backend: a.backend, ReadOnly: readOnly}}
+	if a.backend == BackendFUSE {
+		st.File = filepath.Join(a.opt.StateDir, volume+".fuse")
+		unmountStale(st.File)
+	}
 	if err := a.start(&st); err != nil {
 		return Attachment{}, err
 	}
@@ -179,6 +234,16 @@ func (a *Attacher) Attach(ctx context.Context, volume string, readOnly bool) (At
 	}
 	if err := a.save(st); err != nil {
 		return fail(err)
+	}
+	if st.Backend == BackendNBD {
+		if err := a.waitKernel(ctx, &st, size); err != nil {
+			return fail(err)
+		}
+		if err := a.save(st); err != nil {
+			return fail(err)
+		}
+		a.log.Info("attach: attached", "volume", volume, "backend", st.Backend, "device", st.Device, "pid", st.PID, "read_only", readOnly)
+		return st.Attachment, nil
 	}
 	if err := a.waitFile(ctx, st, size); err != nil {
 		return fail(err)
@@ -199,12 +264,12 @@ func (a *Attacher) Attach(ctx context.Context, volume string, readOnly bool) (At
 	if strings.TrimSpace(string(dio)) != "1" {
 		a.log.Warn("attach: the loop device is not in direct-I/O mode; I/O goes through the page cache of the FUSE file", "volume", volume, "device", st.Device)
 	}
-	a.log.Info("attach: attached", "volume", volume, "device", st.Device, "file", st.File, "pid", st.PID, "read_only", readOnly)
+	a.log.Info("attach: attached", "volume", volume, "backend", st.Backend, "device", st.Device, "file", st.File, "pid", st.PID, "read_only", readOnly)
 	return st.Attachment, nil
 }
 
-// start starts the detached torusblk fuse process and fills st's PID and
-// start time.
+// start starts the detached torusblk fuse or nbd process and fills st's
+// PID and start time.
 func (a *Attacher) start(st *state) error {
 	logf, err := os.OpenFile(a.logPath(st.Volume), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -212,11 +277,19 @@ func (a *Attacher) start(st *state) error {
 	}
 	defer logf.Close()
 	args := append([]string(nil), a.opt.Args...)
-	args = append(args, "fuse", "--lock-wait", a.opt.LockWait.String())
+	if st.Backend == BackendNBD {
+		args = append(args, "nbd", "--state-dir", a.kernelDir())
+	} else {
+		args = append(args, "fuse")
+	}
+	args = append(args, "--lock-wait", a.opt.LockWait.String())
 	if st.ReadOnly {
 		args = append(args, "--read-only")
 	}
-	args = append(args, st.Volume, st.File)
+	args = append(args, st.Volume)
+	if st.Backend == BackendFUSE {
+		args = append(args, st.File)
+	}
 	cmd := exec.Command(a.opt.Bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
@@ -283,11 +356,14 @@ func (a *Attacher) waitFile(ctx context.Context, st state, size int64) error {
 	}
 }
 
-// Detach detaches volume: the loop device (refused with ErrInUse while
-// something, such as a mounted file system, holds it open), then SIGTERM
-// to the process (which flushes, unmounts and releases the volume's lock)
-// and, after StopTimeout, SIGKILL; then the files. A volume not attached
-// is success.
+// Detach detaches volume: refused with ErrInUse while something, such as
+// a mounted file system, holds the device open; fuse: the loop device,
+// then SIGTERM to the process (which flushes, unmounts and releases the
+// volume's lock); nbd: SIGTERM to the process (which disconnects the
+// device, flushes and releases the lock; a process that died while the
+// kernel holds its device is restarted first, so that this happens);
+// after StopTimeout, SIGKILL; then the files. A volume not attached is
+// success.
 func (a *Attacher) Detach(ctx context.Context, volume string) error {
 	if err := validVolume(volume); err != nil {
 		return fmt.Errorf("detach: %w", err)
@@ -296,6 +372,14 @@ func (a *Attacher) Detach(ctx context.Context, volume string) error {
 	st, ok, err := a.load(volume)
 	if err != nil || !ok {
 		return err
+	}
+	if a.held(st) {
+		if err := refuseOpen(volume, st.Device); err != nil {
+			return err
+		}
+		if st, err = a.revive(ctx, st); err != nil {
+			return err
+		}
 	}
 	if err := a.cleanup(ctx, st); err != nil {
 		return err
@@ -306,13 +390,21 @@ func (a *Attacher) Detach(ctx context.Context, volume string) error {
 
 // cleanup undoes what st records, whatever is still there.
 func (a *Attacher) cleanup(ctx context.Context, st state) error {
-	if st.Device != "" && loopBacking(st.Device) == st.File {
-		if fd, err := unix.Open(st.Device, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0); err != nil {
-			if errors.Is(err, unix.EBUSY) {
-				return fmt.Errorf("detach %s: %w: %s is open (mounted?)", st.Volume, torus.ErrInUse, st.Device)
+	if st.Backend == BackendNBD {
+		if st.Device != "" && procAlive(st.PID, st.StartTime) {
+			if err := refuseOpen(st.Volume, st.Device); err != nil {
+				return err
 			}
-		} else {
-			unix.Close(fd)
+		}
+		if err := a.stop(st); err != nil {
+			return err
+		}
+		_ = os.Remove(a.logPath(st.Volume))
+		return a.remove(st.Volume)
+	}
+	if st.Device != "" && loopBacking(st.Device) == st.File {
+		if err := refuseOpen(st.Volume, st.Device); err != nil {
+			return err
 		}
 		if out, err := exec.CommandContext(ctx, "losetup", "-d", st.Device).CombinedOutput(); err != nil {
 			return fmt.Errorf("detach %s: losetup -d %s: %w: %s", st.Volume, st.Device, err, bytes.TrimSpace(out))
@@ -343,7 +435,7 @@ func (a *Attacher) stop(st state) error {
 	if waitExit(st.PID, st.StartTime, a.opt.StopTimeout) {
 		return nil
 	}
-	a.log.Warn("attach: torusblk fuse did not exit after SIGTERM; killing it", "volume", st.Volume, "pid", st.PID, "after", a.opt.StopTimeout)
+	a.log.Warn("attach: torusblk did not exit after SIGTERM; killing it", "volume", st.Volume, "backend", st.Backend, "pid", st.PID, "after", a.opt.StopTimeout)
 	_ = syscall.Kill(st.PID, syscall.SIGKILL)
 	if waitExit(st.PID, st.StartTime, 10*time.Second) {
 		return nil
@@ -352,8 +444,9 @@ func (a *Attacher) stop(st state) error {
 }
 
 // Get reports volume's attachment: ok=false when none is recorded or the
-// recorded one is dead (its process or loop device gone; the next Attach
-// cleans it up).
+// recorded one is dead (its process or device gone; the next Attach
+// cleans it up, or restarts the process of an NBD device the kernel
+// holds).
 func (a *Attacher) Get(volume string) (Attachment, bool, error) {
 	if err := validVolume(volume); err != nil {
 		return Attachment{}, false, fmt.Errorf("attach: %w", err)
@@ -391,10 +484,53 @@ func (a *Attacher) List() ([]Attachment, error) {
 	return out, nil
 }
 
-// Resize makes an attached volume's loop device follow its grown size:
+// ReviveAll restarts the torusblk nbd process of every recorded
+// attachment whose process died while the kernel holds its device (the
+// caller's start after a node reboot of the plugin, or after a crash of
+// the data path): each takes its device over again before the kernel's
+// dead-connection timeout fails the held I/O. It returns the attachments
+// it revived; an error for one does not stop the others (they are
+// joined).
+func (a *Attacher) ReviveAll(ctx context.Context) ([]Attachment, error) {
+	names, err := filepath.Glob(filepath.Join(a.opt.StateDir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var out []Attachment
+	var errs []error
+	for _, n := range names {
+		volume := strings.TrimSuffix(filepath.Base(n), ".json")
+		at, ok, err := a.reviveOne(ctx, volume)
+		if err != nil {
+			errs = append(errs, err)
+		} else if ok {
+			out = append(out, at)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (a *Attacher) reviveOne(ctx context.Context, volume string) (Attachment, bool, error) {
+	if validVolume(volume) != nil {
+		return Attachment{}, false, nil // not a state file
+	}
+	defer a.lock(volume)()
+	st, ok, err := a.load(volume)
+	if err != nil || !ok || !a.held(st) {
+		return Attachment{}, false, err
+	}
+	st, err = a.revive(ctx, st)
+	if err != nil {
+		return Attachment{}, false, err
+	}
+	return st.Attachment, true, nil
+}
+
+// Resize makes an attached volume's device follow its grown size. fuse:
 // it waits until the FUSE file shows the size the metadata gives (the
-// process sees a resize within about a second), then `losetup -c`.
-// Errors: ErrNotExist when the volume is not attached.
+// process sees a resize within about a second), then `losetup -c`; nbd:
+// it waits until the device has it (the process resizes it within about a
+// second). Errors: ErrNotExist when the volume is not attached.
 func (a *Attacher) Resize(ctx context.Context, volume string) error {
 	if err := validVolume(volume); err != nil {
 		return fmt.Errorf("resize: %w", err)
@@ -411,6 +547,13 @@ func (a *Attacher) Resize(ctx context.Context, volume string) error {
 	if err != nil {
 		return err
 	}
+	if st.Backend == BackendNBD {
+		if err := a.waitKernel(ctx, &st, size); err != nil {
+			return err
+		}
+		a.log.Info("attach: resized", "volume", volume, "device", st.Device, "size", size)
+		return nil
+	}
 	if err := a.waitFile(ctx, st, size); err != nil {
 		return err
 	}
@@ -422,12 +565,19 @@ func (a *Attacher) Resize(ctx context.Context, volume string) error {
 }
 
 // alive reports whether st's process is the one started and, once set up,
-// its loop device still serves st's file.
+// its device still serves the volume (fuse: the loop device still backs
+// st's file; nbd: the device is configured).
 func (a *Attacher) alive(st state) bool {
 	if !procAlive(st.PID, st.StartTime) {
 		return false
 	}
-	return st.Device == "" || loopBacking(st.Device) == st.File
+	if st.Device == "" {
+		return true
+	}
+	if st.Backend == BackendNBD {
+		return nbdSize(st.Device) > 0
+	}
+	return loopBacking(st.Device) == st.File
 }
 
 // fuseMagic is FUSE_SUPER_MAGIC, statfs's f_type of a FUSE mount.

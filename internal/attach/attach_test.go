@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/attach/nbdnl"
 	"github.com/torus-storage/torus/internal/proccluster"
 	"github.com/torus-storage/torus/internal/testcluster"
 	"github.com/torus-storage/torus/internal/testutil"
@@ -24,46 +25,150 @@ import (
 
 var rewrite = flag.Bool("rewrite", false, "rewrite the golden files in testdata")
 
-// TestStateGolden pins the state file format (testdata/state-v1.json) and
-// checks that a file of another version or naming no process is refused.
+// TestStateGolden pins the state file format (testdata/state-v2.json for
+// a fuse attachment, state-v2-nbd.json for an nbd one), reads the version
+// before (state-v1.json) as a fuse attachment, and checks that a file of
+// another version, naming no process or with a bad backend is refused.
 func TestStateGolden(t *testing.T) {
-	s := state{Attachment: Attachment{Volume: "pv1", File: "/var/lib/torus-csi/attach/pv1.fuse", Device: "/dev/loop3", PID: 4242, ReadOnly: true, Alive: true}, StartTime: 123456}
-	b, err := encodeState(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	golden := filepath.Join("testdata", "state-v1.json")
-	if *rewrite {
-		if err := os.WriteFile(golden, b, 0o644); err != nil {
+	for _, tc := range []struct {
+		golden string
+		s      state
+	}{
+		{"state-v2.json", state{Attachment: Attachment{Volume: "pv1", Backend: BackendFUSE, File: "/var/lib/torus-csi/attach/pv1.fuse", Device: "/dev/loop3", PID: 4242, ReadOnly: true, Alive: true}, StartTime: 123456}},
+		{"state-v2-nbd.json", state{Attachment: Attachment{Volume: "pv1", Backend: BackendNBD, Device: "/dev/nbd3", PID: 4242}, StartTime: 123456}},
+	} {
+		s := tc.s
+		b, err := encodeState(s)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(b, want) {
-		t.Fatalf("encoded state differs from %s (run with -rewrite and review the diff):\n%s", golden, b)
-	}
-	got, err := decodeState(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Version, s.Alive = StateVersion, false // Alive is never stored
-	if got != s {
-		t.Fatalf("decoded %+v, want %+v", got, s)
-	}
-	for _, bad := range []string{
-		strings.Replace(string(want), `"version": 1`, `"version": 2`, 1),
-		strings.Replace(string(want), `"pid": 4242`, `"pid": 0`, 1),
-		strings.Replace(string(want), `"volume": "pv1"`, `"volume": "../x"`, 1),
-		`{`,
-	} {
-		if _, err := decodeState([]byte(bad)); !errors.Is(err, torus.ErrCorrupt) {
-			t.Errorf("decode %q: %v, want ErrCorrupt", bad, err)
+		golden := filepath.Join("testdata", tc.golden)
+		if *rewrite {
+			if err := os.WriteFile(golden, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b, want) {
+			t.Fatalf("encoded state differs from %s (run with -rewrite and review the diff):\n%s", golden, b)
+		}
+		got, err := decodeState(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Version, s.Alive = StateVersion, false // Alive is never stored
+		if got != s {
+			t.Fatalf("decoded %+v, want %+v", got, s)
+		}
+		for _, bad := range []string{
+			strings.Replace(string(want), `"version": 2`, `"version": 3`, 1),
+			strings.Replace(string(want), `"pid": 4242`, `"pid": 0`, 1),
+			strings.Replace(string(want), `"volume": "pv1"`, `"volume": "../x"`, 1),
+			strings.Replace(string(want), `"backend": "`+string(s.Backend)+`"`, `"backend": "iscsi"`, 1),
+			strings.Replace(string(want), `"device": "/dev/nbd3"`, `"device": "/dev/sda"`, 1),
+			strings.Replace(string(want), `"file": "/var/lib/torus-csi/attach/pv1.fuse",`, ``, 1),
+			`{`,
+		} {
+			if bad == string(want) {
+				continue // a replacement that does not apply to this backend
+			}
+			if _, err := decodeState([]byte(bad)); !errors.Is(err, torus.ErrCorrupt) {
+				t.Errorf("decode %q: %v, want ErrCorrupt", bad, err)
+			}
 		}
 	}
+	v1, err := os.ReadFile(filepath.Join("testdata", "state-v1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := decodeState(v1)
+	want := state{Version: StateVersion, Attachment: Attachment{Volume: "pv1", Backend: BackendFUSE, File: "/var/lib/torus-csi/attach/pv1.fuse", Device: "/dev/loop3", PID: 4242, ReadOnly: true}, StartTime: 123456}
+	if err != nil || got != want {
+		t.Fatalf("version 1: %+v, %v; want %+v", got, err, want)
+	}
 }
+
+// TestChooseBackend: auto is nbd where the kernel has the NBD netlink
+// interface and fuse otherwise; nbd without it fails, classified; fuse is
+// fuse.
+func TestChooseBackend(t *testing.T) {
+	for _, tc := range []struct {
+		want  Backend
+		probe error
+		got   Backend
+		err   error
+	}{
+		{BackendAuto, nil, BackendNBD, nil},
+		{BackendAuto, nbdnl.ErrNoFamily, BackendFUSE, nil},
+		{BackendNBD, nil, BackendNBD, nil},
+		{BackendNBD, nbdnl.ErrNoFamily, "", torus.ErrUnavailable},
+		{BackendFUSE, nil, BackendFUSE, nil},
+		{BackendFUSE, nbdnl.ErrNoFamily, BackendFUSE, nil},
+		{"iscsi", nil, "", torus.ErrInvalid},
+	} {
+		got, err := chooseBackend(tc.want, tc.probe)
+		if got != tc.got || !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+			t.Errorf("chooseBackend(%q, %v) = %q, %v; want %q, %v", tc.want, tc.probe, got, err, tc.got, tc.err)
+		}
+	}
+	for s, want := range map[string]Backend{"": BackendAuto, "auto": BackendAuto, "nbd": BackendNBD, "fuse": BackendFUSE} {
+		if got, err := ParseBackend(s); err != nil || got != want {
+			t.Errorf("ParseBackend(%q) = %q, %v", s, got, err)
+		}
+	}
+	if _, err := ParseBackend("loop"); !errors.Is(err, torus.ErrInvalid) {
+		t.Errorf("ParseBackend(loop): %v", err)
+	}
+}
+
+// TestNewChoosesBackend: New probes the kernel (here: a fake probe, and
+// this machine's real one) and records the choice; a fuse backend is
+// never probed.
+func TestNewChoosesBackend(t *testing.T) {
+	dir := t.TempDir()
+	meta := metaStub{}
+	for _, tc := range []struct {
+		want  Backend
+		probe error
+		got   Backend
+	}{
+		{BackendAuto, nil, BackendNBD},
+		{BackendAuto, nbdnl.ErrNoFamily, BackendFUSE},
+		{BackendFUSE, errors.New("must not be probed"), BackendFUSE},
+	} {
+		probed := false
+		a, err := New(Options{Bin: "/bin/true", StateDir: dir, Meta: meta, Backend: tc.want,
+			ProbeKernelNBD: func(context.Context) error { probed = true; return tc.probe }})
+		if err != nil || a.Backend() != tc.got {
+			t.Fatalf("New(%q, probe %v): %v, %v; want %q", tc.want, tc.probe, a, err, tc.got)
+		}
+		if tc.want == BackendFUSE && probed {
+			t.Fatal("the fuse backend probed the kernel")
+		}
+	}
+	if _, err := New(Options{Bin: "/bin/true", StateDir: dir, Meta: meta, Backend: BackendNBD,
+		ProbeKernelNBD: func(context.Context) error { return nbdnl.ErrNoFamily }}); !errors.Is(err, nbdnl.ErrNoFamily) {
+		t.Fatalf("nbd without the module: %v", err)
+	}
+	// This machine's kernel.
+	a, err := New(Options{Bin: "/bin/true", StateDir: dir, Meta: meta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := BackendFUSE
+	if ProbeKernelNBD(context.Background()) == nil {
+		want = BackendNBD
+	}
+	if a.Backend() != want {
+		t.Fatalf("auto here chose %q, want %q", a.Backend(), want)
+	}
+}
+
+// metaStub is a torus.Metadata that New only stores.
+type metaStub struct{ torus.Metadata }
 
 // requireTools skips (fails under TORUS_REQUIRE_TOOLS=1) without root,
 // /dev/fuse or losetup.
@@ -80,7 +185,7 @@ func requireToolsB(t testing.TB) {
 
 func newAttacher(t testing.TB, c *testcluster.Cluster, dir string) *Attacher {
 	t.Helper()
-	a, err := New(Options{Bin: proccluster.Bin(t, "torusblk"), StateDir: dir, Meta: c.Meta, Logger: c.Log,
+	a, err := New(Options{Bin: proccluster.Bin(t, "torusblk"), StateDir: dir, Meta: c.Meta, Logger: c.Log, Backend: BackendFUSE,
 		Args: []string{"--etcd", strings.Join(c.Endpoints, ","), "--log-level", "debug"}})
 	if err != nil {
 		t.Fatal(err)
@@ -343,5 +448,36 @@ func TestAttachParallel(t *testing.T) {
 	}
 	if list, _ := a.List(); len(list) != 0 {
 		t.Fatalf("List after Detach: %+v", list)
+	}
+}
+
+// TestReviveAllNothingHeld: ReviveAll leaves alone what the kernel does
+// not hold: a fuse attachment, an nbd one whose device is gone (here: no
+// nbd module at all), and files that are not state files.
+func TestReviveAllNothingHeld(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(Options{Bin: "/bin/false", StateDir: dir, Meta: metaStub{}, Backend: BackendFUSE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []state{
+		{Attachment: Attachment{Volume: "pv1", Backend: BackendFUSE, File: filepath.Join(dir, "pv1.fuse"), Device: "/dev/loop9", PID: 1 << 22}, StartTime: 1},
+		{Attachment: Attachment{Volume: "pv2", Backend: BackendNBD, Device: "/dev/nbd9", PID: 1 << 22}, StartTime: 1},
+	} {
+		if err := a.save(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "not a volume.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	revived, err := a.ReviveAll(context.Background())
+	if err != nil || len(revived) != 0 {
+		t.Fatalf("ReviveAll: %+v, %v; want nothing", revived, err)
+	}
+	for _, v := range []string{"pv1", "pv2"} {
+		if _, ok, err := a.load(v); !ok || err != nil {
+			t.Fatalf("state of %s after ReviveAll: %v, %v", v, ok, err)
+		}
 	}
 }

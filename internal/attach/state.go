@@ -12,13 +12,16 @@ import (
 	"github.com/torus-storage/torus/internal/statefile"
 )
 
-// StateVersion is the version of the state files. A file of another
-// version is refused (ErrCorrupt): the attacher does not guess.
-const StateVersion = 1
+// StateVersion is the version of the state files this attacher writes.
+// Version 1 (before the nbd backend; no "backend" field) is read as a fuse
+// attachment; any other version is refused (ErrCorrupt): the attacher does
+// not guess.
+const StateVersion = 2
 
 // state is one attachment as recorded in STATEDIR/VOLUME.json
-// (testdata/state-v1.json is the golden file). It is written as soon as
-// the torusblk process has started, before the loop device exists, so a
+// (testdata/state-v2.json and state-v2-nbd.json are the golden files;
+// state-v1.json is the version before). It is written as soon as the
+// torusblk process has started, before the device exists, so a
 // crash at any point leaves something a restarted caller can find and
 // undo.
 type state struct {
@@ -44,11 +47,31 @@ func decodeState(b []byte) (state, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return state{}, fmt.Errorf("attach: state: %w: %w", torus.ErrCorrupt, err)
 	}
-	if s.Version != StateVersion {
-		return state{}, fmt.Errorf("attach: state: %w: version %d (this attacher reads %d)", torus.ErrCorrupt, s.Version, StateVersion)
+	switch s.Version {
+	case 1:
+		if s.Backend != "" {
+			return state{}, fmt.Errorf("attach: state: %w: version 1 with a backend", torus.ErrCorrupt)
+		}
+		s.Backend = BackendFUSE
+	case StateVersion:
+	default:
+		return state{}, fmt.Errorf("attach: state: %w: version %d (this attacher reads 1 and %d)", torus.ErrCorrupt, s.Version, StateVersion)
 	}
-	if validVolume(s.Volume) != nil || s.File == "" || s.PID <= 0 {
-		return state{}, fmt.Errorf("attach: state: %w: volume %q, file %q, pid %d", torus.ErrCorrupt, s.Volume, s.File, s.PID)
+	s.Version = StateVersion
+	bad := validVolume(s.Volume) != nil || s.PID <= 0
+	switch s.Backend {
+	case BackendFUSE:
+		bad = bad || s.File == ""
+	case BackendNBD:
+		if s.Device != "" {
+			_, err := NBDIndex(s.Device)
+			bad = bad || err != nil
+		}
+	default:
+		bad = true
+	}
+	if bad {
+		return state{}, fmt.Errorf("attach: state: %w: backend %q, volume %q, file %q, device %q, pid %d", torus.ErrCorrupt, s.Backend, s.Volume, s.File, s.Device, s.PID)
 	}
 	return s, nil
 }
