@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +29,25 @@ func TestParseFlags(t *testing.T) {
 	if c.runtime != 20*time.Second || c.ramp != 0 || c.size != 8<<30 || c.idle != 30*time.Second || c.healTimeout != 10*time.Minute {
 		t.Errorf("full mode: %+v", c)
 	}
-	for _, bad := range [][]string{{"-targets", "disk,ceph"}, {"-size", "lots"}, {"extra"}, {"-nope"}} {
+	if !slices.Equal(c.waSizes, []int64{1 << 30}) || c.ceph {
+		t.Errorf("full mode write amplification and ceph: %v %v", c.waSizes, c.ceph)
+	}
+	c, err = parseFlags([]string{"-quick", "-ceph", "-wa-sizes", "1GiB,16GiB,64GiB"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.waSizes, []int64{1 << 30, 16 << 30, 64 << 30}) || !c.ceph {
+		t.Errorf("-ceph -wa-sizes: %v %v", c.waSizes, c.ceph)
+	}
+	for mode, want := range map[string][]int64{"-quick": {32 << 20}, "-v": {1 << 30}} {
+		if c, err := parseFlags([]string{mode}, io.Discard); err != nil || !slices.Equal(c.waSizes, want) {
+			t.Errorf("%s: wa sizes %v %v", mode, c.waSizes, err)
+		}
+	}
+	if c, err := parseFlags([]string{"-wa-sizes", "none"}, io.Discard); err != nil || len(c.waSizes) != 0 {
+		t.Errorf("-wa-sizes none: %v %v", c.waSizes, err)
+	}
+	for _, bad := range [][]string{{"-targets", "disk,ceph"}, {"-wa-sizes", "1GiB,4KiB"}, {"-size", "lots"}, {"extra"}, {"-nope"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
