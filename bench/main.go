@@ -235,7 +235,7 @@ func ExitCode(targets []TargetStatus, results []Result, strict bool) int {
 
 func writeExtras(w io.Writer, rep Report) {
 	if len(rep.Procs) > 0 {
-		fmt.Fprintln(w, "\nTorus processes:")
+		fmt.Fprintln(w, "\nProcesses (peak RSS; CPU from start to the end of the jobs; idle CPU after them):")
 		for _, p := range rep.Procs {
 			idle := "-"
 			if p.IdleCPUPercent >= 0 {
@@ -686,9 +686,17 @@ func writeCeph(w io.Writer, rows []CephRow) {
 	fmt.Fprintf(w, "\nAgainst Ceph RBD (same run): %s / %s and %s / %s\n", TargetTorus2, TargetCeph2, TargetTorus1, TargetCeph1)
 	for _, r := range rows {
 		fmt.Fprintf(w, "  %-20s size 2 %8s vs %8s %-5s ratio %-5s   size 1 %8s vs %8s ratio %s\n", r.Job,
-			formatValue(r.Torus2), formatValue(r.Ceph2), r.Metric, formatRatio(r.Ratio2),
-			formatValue(r.Torus1), formatValue(r.Ceph1), formatRatio(r.Ratio1))
+			valueOrDash(r.Torus2), valueOrDash(r.Ceph2), r.Metric, formatRatio(r.Ratio2),
+			valueOrDash(r.Torus1), valueOrDash(r.Ceph1), formatRatio(r.Ratio1))
 	}
+}
+
+// valueOrDash is formatValue, or "-" for a value not measured.
+func valueOrDash(v float64) string {
+	if v <= 0 {
+		return "-"
+	}
+	return formatValue(v)
 }
 
 // writeWA prints the write-amplification rows.
