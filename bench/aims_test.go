@@ -53,9 +53,9 @@ func aimFixture() AimInputs {
 			{Target: TargetTorus2, Name: "torusblk", PeakRSSBytes: 256 << 20},
 		},
 		CPU: []CPUCost{
-			{Target: TargetNBDKit, Proc: "nbdkit", PerGiBWritten: 1, PerGiBRead: 0.5},
-			{Target: TargetTorus2, Proc: "torusd", PerGiBWritten: 4, PerGiBRead: 2},
-			{Target: TargetTorus2, Proc: "torusblk", PerGiBWritten: 3, PerGiBRead: 1.25},
+			{Target: TargetNBDKit, Proc: "nbdkit", PerGiBWritten: 1, PerGiBRead: 0.5, WriteBytes: 1, ReadBytes: 1},
+			{Target: TargetTorus2, Proc: "torusd", PerGiBWritten: 4, PerGiBRead: 2, WriteBytes: 1, ReadBytes: 1},
+			{Target: TargetTorus2, Proc: "torusblk", PerGiBWritten: 3, PerGiBRead: 1.25, WriteBytes: 1, ReadBytes: 1},
 		},
 		WA: []WAResult{
 			{Size: 1 << 30, Ratio: 1.05, StoredBytes: 2 << 30, WrittenBytes: 1 << 30, Replication: 2},

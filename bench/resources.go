@@ -143,13 +143,13 @@ func (c *CPUCost) String() string {
 	if c == nil {
 		return "not measured"
 	}
-	f := func(v float64) string {
-		if v <= 0 {
+	f := func(v float64, bytes int64) string {
+		if bytes <= 0 {
 			return "-"
 		}
 		return fmt.Sprintf("%.2f", v)
 	}
-	return f(c.PerGiBWritten) + " s/GiB written, " + f(c.PerGiBRead) + " s/GiB read"
+	return f(c.PerGiBWritten, c.WriteBytes) + " s/GiB written, " + f(c.PerGiBRead, c.ReadBytes) + " s/GiB read"
 }
 
 // ProcKind strips a trailing "-N" or ".N" (N digits) from a process name:

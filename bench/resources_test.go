@@ -98,4 +98,9 @@ func TestCPUCosts(t *testing.T) {
 	if s := got[2].String(); s != "0.50 s/GiB written, - s/GiB read" {
 		t.Errorf("String %q", s)
 	}
+	// A process that used no CPU while bytes moved costs 0, not "-".
+	idle := CPUCost{WriteBytes: 1 << 30, ReadBytes: 1 << 30}
+	if s := idle.String(); s != "0.00 s/GiB written, 0.00 s/GiB read" {
+		t.Errorf("String %q", s)
+	}
 }
