@@ -581,14 +581,15 @@ func (b *bench) prefill(ctx context.Context, name string, ep Endpoint) error {
 func (b *bench) runJobs(ctx context.Context, target string, ep Endpoint, evict []string, watched []*Watched, check func() error) {
 	for _, job := range b.jobs {
 		before := make([]ProcSample, len(watched))
+		sampled := make([]bool, len(watched))
 		for i, w := range watched {
-			w.Sample()
+			sampled[i] = w.Sample()
 			before[i] = w.Last
 		}
 		r := b.runJob(ctx, target, job, ep, evict, check)
 		for i, w := range watched {
-			w.Sample()
-			if r.Error == "" && w.Last.CPUSeconds > 0 {
+			// Only a process seen alive before and after the job.
+			if w.Sample() && sampled[i] && r.Error == "" {
 				b.rep.JobCPU = append(b.rep.JobCPU, JobCPU{Target: target, Job: job.Name, Proc: w.Name,
 					CPUSeconds: w.Last.CPUSeconds - before[i].CPUSeconds})
 			}

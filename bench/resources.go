@@ -92,14 +92,18 @@ type Watched struct {
 	Last ProcSample
 }
 
-// Sample reads the process's counters if it is still alive.
-func (w *Watched) Sample() {
+// Sample reads the process's counters if it is still alive, and reports
+// whether it could.
+func (w *Watched) Sample() bool {
 	if !w.Proc.Alive() {
-		return
+		return false
 	}
-	if s, err := ReadProc(w.Proc.PID()); err == nil {
-		w.Last = s
+	s, err := ReadProc(w.Proc.PID())
+	if err != nil {
+		return false
 	}
+	w.Last = s
+	return true
 }
 
 // IdleCPUPercent returns CPU use between two samples over seconds, in

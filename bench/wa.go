@@ -19,6 +19,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrWANothing is the error of a write-amplification row whose writes
+// left nothing to measure (fio wrote nothing, or the data dirs are empty).
+var ErrWANothing = errors.New("bench: nothing to measure write amplification on")
+
 // TargetWA is the cluster shape of the write-amplification rows.
 const TargetWA = "torus-3d-r2-wa"
 
@@ -225,10 +229,13 @@ func (b *bench) measureWA(ctx context.Context, opts TorusOptions, size int64) WA
 		res.UsedBytes = used
 		res.UsedRatio = WriteAmplification(used, res.WrittenBytes, spec.Replication)
 	}
-	res.Ratio = WriteAmplification(res.StoredBytes, res.WrittenBytes, spec.Replication)
 	if err := alive(c); err != nil {
 		return fail(err)
 	}
+	if res.StoredBytes == 0 || res.WrittenBytes == 0 {
+		return fail(fmt.Errorf("%w: %d bytes written, %d stored in the data dirs", ErrWANothing, res.WrittenBytes, res.StoredBytes))
+	}
+	res.Ratio = WriteAmplification(res.StoredBytes, res.WrittenBytes, spec.Replication)
 	b.logger.Info("write amplification", "size", FormatSize(size), "ratio", fmt.Sprintf("%.3f", res.Ratio),
 		"stored", res.StoredBytes, "written", res.WrittenBytes)
 	return res
@@ -273,6 +280,10 @@ func (b *bench) writeAmplification(ctx context.Context) {
 		help, _ := RunCmd(ctx, 10*time.Second, filepath.Join(b.cfg.bin, "torusd"), "--help")
 		opts.DaemonArgs = DaemonExtraArgs(string(help), b.cfg.downGrace, b.cfg.torusdArgs)
 	}
+	// The target's status carries the first failed row, so that -strict
+	// fails the run as for the other Torus targets.
+	t := b.addTarget(TargetStatus{Name: TargetWA, Skipped: missing,
+		Desc: "write amplification of 4 KiB random writes: a fresh cluster of 3 torusd at replication 2 per size (" + FormatSizes(b.cfg.waSizes) + ")"})
 	for _, size := range b.cfg.waSizes {
 		switch {
 		case missing != "":
@@ -280,7 +291,11 @@ func (b *bench) writeAmplification(ctx context.Context) {
 		case ctx.Err() != nil:
 			b.rep.WA = append(b.rep.WA, WAResult{Target: TargetWA, Size: size, Replication: WASpec().Replication, UsedBytes: -1, Error: "skipped: interrupted"})
 		default:
-			b.rep.WA = append(b.rep.WA, b.measureWA(ctx, opts, size))
+			r := b.measureWA(ctx, opts, size)
+			if r.Error != "" && t.Error == "" {
+				t.Error = FormatSize(size) + ": " + r.Error
+			}
+			b.rep.WA = append(b.rep.WA, r)
 		}
 	}
 }
