@@ -85,7 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Var(sizeFlag{&c.torusdSize}, "torusd-size", "capacity each torusd offers (--size)")
 	fs.StringVar(&c.torusdArgs, "torusd-args", "", "extra arguments for every torusd, space-separated")
 	fs.DurationVar(&c.downGrace, "down-grace", 5*time.Second, "passed as torusd --down-grace (when torusd has the flag) so healing starts soon after the kill; 0: don't")
-	fs.StringVar(&c.targets, "targets", "", "comma-separated targets to run (default all): "+strings.Join(allTargetNames(), ","))
+	fs.StringVar(&c.targets, "targets", "", "comma-separated targets to run (default all; the Ceph ones only with -ceph or when named): "+strings.Join(allTargetNames(), ","))
 	fs.BoolVar(&c.noEvict, "no-evict", false, "do not drop the targets' files from the page cache before each job")
 	fs.BoolVar(&c.keep, "keep", false, "keep the scratch directory (logs, fio output) after the run")
 	fs.BoolVar(&c.strict, "strict", false, "exit non-zero when a Torus target that was not skipped fails")
