@@ -47,8 +47,11 @@ deploy-test: build
 unit:
 	$(GO) test -short $(PKGS)
 
+# CEPH=1 adds the Ceph RBD baseline (Debian's ceph installed when missing);
+# WA_SIZES=1GiB,16GiB,64GiB picks the write-amplification rows (default
+# 1GiB; see docs/benchmarks.md for the time and disk they take).
 bench: deps build
-	$(GO) run ./bench $(if $(QUICK),-quick) -out bench/results
+	$(GO) run ./bench $(if $(QUICK),-quick) $(if $(CEPH),-ceph) $(if $(WA_SIZES),-wa-sizes $(WA_SIZES)) -out bench/results
 
 # Idle cost of a cluster: etcd requests, peer RPCs and CPU per daemon per
 # minute for in-process daemons on embedded etcd (bench/scale), with the same

@@ -5,8 +5,8 @@ package main
 // acts as the program named in BENCH_FAKE (see TestMain). They follow the
 // command lines the launcher uses, so the test checks those too.
 //
-//   - torusd serves /readyz and /metrics on --http and records its PID and
-//     peer address;
+//   - torusd writes a 4 KiB file into --data-dir, serves /readyz and
+//     /metrics on --http and records its PID and peer address;
 //   - torusblk execs nbdkit's memory plugin on --listen;
 //   - torusctl accepts init and volume create; peer list -o json shows a
 //     recorded torusd whose process is gone as "down" (and notes when it
@@ -33,6 +33,10 @@ import (
 )
 
 const fakeHealBytes = 64 << 20
+
+// fakeSegmentBytes is what each fake torusd stores in its data dir and
+// reports as torus_store_used_bytes.
+const fakeSegmentBytes = 4096
 
 func TestMain(m *testing.M) {
 	if name := os.Getenv("BENCH_FAKE"); name != "" {
@@ -120,7 +124,7 @@ func fakeTorusd(state string, args []string) int {
 			return 2
 		}
 	}
-	if err := os.WriteFile(filepath.Join(flagValue(args, "--data-dir"), "segment"), make([]byte, 4096), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(flagValue(args, "--data-dir"), "segment"), make([]byte, fakeSegmentBytes), 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -143,6 +147,7 @@ func fakeTorusd(state string, args []string) int {
 		}
 		fmt.Fprintf(w, "# TYPE torus_heal_copied_bytes_total counter\ntorus_heal_copied_bytes_total{peer=\"x\"} %d\n", copied)
 		fmt.Fprintf(w, "# TYPE torus_rebalance_pending_bytes gauge\ntorus_rebalance_pending_bytes{peer=\"x\"} %d\n", pending)
+		fmt.Fprintf(w, "# TYPE torus_store_used_bytes gauge\ntorus_store_used_bytes{peer=\"x\"} %d\n", fakeSegmentBytes)
 	})
 	err := http.ListenAndServe(flagValue(args, "--http"), mux)
 	fmt.Fprintln(os.Stderr, err)

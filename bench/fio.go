@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 )
 
@@ -103,6 +104,15 @@ func ParseFio(data []byte) (FioResult, error) {
 		return FioResult{}, fmt.Errorf("%w: job %q did no I/O", ErrFioOutput, j.Name)
 	}
 	return r, nil
+}
+
+// ParseFioFile reads and parses fio's JSON output file.
+func ParseFioFile(path string) (FioResult, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return FioResult{}, err
+	}
+	return ParseFio(data)
 }
 
 func dirStats(d fioDir, sync bool) (Stats, error) {

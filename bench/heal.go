@@ -274,19 +274,9 @@ func (h *HealTracker) Result(r *HealResult, total time.Duration) {
 // scrape sums metrics over the daemons' /metrics: the first of
 // HealCopiedMetrics present, and HealPendingMetric (-1 when absent).
 func scrape(ctx context.Context, daemons []*Daemon) (copied, pending int64) {
-	client := &http.Client{Timeout: 2 * time.Second}
 	copied, pending = -1, -1
 	for _, d := range daemons {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.HTTP+"/metrics", nil)
-		if err != nil {
-			continue
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			continue
-		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-		resp.Body.Close()
+		body, err := fetchMetrics(ctx, d)
 		if err != nil {
 			continue
 		}
@@ -301,6 +291,35 @@ func scrape(ctx context.Context, daemons []*Daemon) (copied, pending int64) {
 		}
 	}
 	return copied, pending
+}
+
+// fetchMetrics returns the body of a daemon's /metrics.
+func fetchMetrics(ctx context.Context, d *Daemon) ([]byte, error) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.HTTP+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("bench: %s/metrics: %s", d.HTTP, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+}
+
+// scrapeMetric sums the metric name in a daemon's /metrics; ok is false
+// when the daemon did not answer or has no such metric.
+func scrapeMetric(ctx context.Context, d *Daemon, name string) (float64, bool) {
+	body, err := fetchMetrics(ctx, d)
+	if err != nil {
+		return 0, false
+	}
+	v, ok, err := SumMetric(bytes.NewReader(body), name)
+	return v, ok && err == nil
 }
 
 // peerEntry is what the benchmark reads of `torusctl peer list -o json`

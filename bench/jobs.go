@@ -98,12 +98,26 @@ func FindJob(jobs []Job, name string) (Job, bool) {
 	return Job{}, false
 }
 
-// Endpoint is where fio sends I/O: a plain file (with O_DIRECT) or an NBD URI.
+// Endpoint is where fio sends I/O: a plain file (with O_DIRECT), an NBD
+// URI, or a Ceph RBD image.
 type Endpoint struct {
-	// File is the path of a plain file; empty for NBD.
+	// File is the path of a plain file; empty otherwise.
 	File string
-	// NBD is an nbd:// URI served by the target; empty for a file.
+	// NBD is an nbd:// URI served by the target; empty otherwise.
 	NBD string
+	// RBD is the RBD image "pool/image" of the Ceph cluster configured in
+	// CephConf (fio's rbd engine, client.admin); empty otherwise.
+	RBD      string
+	CephConf string
+}
+
+// Env returns the environment fio needs for the endpoint, added to the
+// benchmark's own: CEPH_CONF for an RBD image, nothing otherwise.
+func (ep Endpoint) Env() []string {
+	if ep.RBD != "" {
+		return []string{"CEPH_CONF=" + ep.CephConf}
+	}
+	return nil
 }
 
 // Settings are the knobs shared by every job of a run.
@@ -133,6 +147,10 @@ func (s Settings) Validate() error {
 func endpointArgs(ep Endpoint) []string {
 	if ep.NBD != "" {
 		return []string{"--ioengine=nbd", "--uri=" + ep.NBD}
+	}
+	if ep.RBD != "" {
+		pool, image, _ := strings.Cut(ep.RBD, "/")
+		return []string{"--ioengine=rbd", "--clientname=admin", "--pool=" + pool, "--rbdname=" + image}
 	}
 	// libaio with O_DIRECT: the page cache is out of the way, so this is the
 	// disk's own ceiling.

@@ -41,6 +41,8 @@ type config struct {
 	keep        bool
 	strict      bool
 	verbose     bool
+	ceph        bool
+	waSizes     []int64
 }
 
 // sizeFlag parses sizes like 4GiB, 256MiB or a plain byte count.
@@ -83,13 +85,28 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Var(sizeFlag{&c.torusdSize}, "torusd-size", "capacity each torusd offers (--size)")
 	fs.StringVar(&c.torusdArgs, "torusd-args", "", "extra arguments for every torusd, space-separated")
 	fs.DurationVar(&c.downGrace, "down-grace", 5*time.Second, "passed as torusd --down-grace (when torusd has the flag) so healing starts soon after the kill; 0: don't")
-	fs.StringVar(&c.targets, "targets", "", "comma-separated targets to run (default all): "+strings.Join(allTargetNames(), ","))
+	fs.StringVar(&c.targets, "targets", "", "comma-separated targets to run (default all; the Ceph ones only with -ceph or when named): "+strings.Join(allTargetNames(), ","))
 	fs.BoolVar(&c.noEvict, "no-evict", false, "do not drop the targets' files from the page cache before each job")
 	fs.BoolVar(&c.keep, "keep", false, "keep the scratch directory (logs, fio output) after the run")
 	fs.BoolVar(&c.strict, "strict", false, "exit non-zero when a Torus target that was not skipped fails")
 	fs.BoolVar(&c.verbose, "v", false, "debug logging")
+	fs.BoolVar(&c.ceph, "ceph", false, "add the Ceph RBD baseline ("+TargetCeph1+", "+TargetCeph2+"; installs Debian's ceph packages when missing)")
+	waSizes := fs.String("wa-sizes", "", "comma-separated volume sizes for the write-amplification rows, e.g. 1GiB,16GiB,64GiB (default 1GiB, quick 32MiB; none: no rows)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	switch *waSizes {
+	case "":
+		c.waSizes = []int64{1 << 30}
+		if c.quick {
+			c.waSizes = []int64{32 << 20}
+		}
+	case "none":
+	default:
+		var err error
+		if c.waSizes, err = ParseSizes(*waSizes); err != nil {
+			return c, err
+		}
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -126,7 +143,7 @@ func allTargetNames() []string {
 	for _, s := range TorusSpecs() {
 		names = append(names, s.Name)
 	}
-	return names
+	return append(names, TargetCeph1, TargetCeph2, TargetWA)
 }
 
 func splitList(s string) []string {
@@ -218,7 +235,7 @@ func ExitCode(targets []TargetStatus, results []Result, strict bool) int {
 
 func writeExtras(w io.Writer, rep Report) {
 	if len(rep.Procs) > 0 {
-		fmt.Fprintln(w, "\nTorus processes:")
+		fmt.Fprintln(w, "\nProcesses (peak RSS; CPU from start to the end of the jobs; idle CPU after them):")
 		for _, p := range rep.Procs {
 			idle := "-"
 			if p.IdleCPUPercent >= 0 {
@@ -240,23 +257,10 @@ func writeExtras(w io.Writer, rep Report) {
 		fmt.Fprintln(w)
 	}
 	writeTLSCost(w, rep.TLSCost)
-	pass, fail, na := 0, 0, 0
-	for _, a := range rep.Aims {
-		switch a.Status {
-		case AimPass:
-			pass++
-		case AimFail:
-			fail++
-		default:
-			na++
-		}
-	}
-	fmt.Fprintf(w, "\nAims: %d met, %d missed, %d not measured\n", pass, fail, na)
-	for _, a := range rep.Aims {
-		if a.Status == AimFail {
-			fmt.Fprintf(w, "  missed: %s (got %s)\n", a.Aim, a.Got)
-		}
-	}
+	writeCPUCost(w, rep.CPUCost)
+	writeCeph(w, rep.Ceph)
+	writeWA(w, rep.WA)
+	WriteAims(w, rep.Aims)
 }
 
 // writeTLSCost prints what mutual TLS on the peer protocol costs each job.
@@ -331,7 +335,7 @@ func newBench(cfg config, logger *slog.Logger) (*bench, error) {
 		Settings: ReportSettings{
 			RuntimeSeconds: int(s.Runtime / time.Second), RampSeconds: int(s.Ramp / time.Second),
 			DataSetBytes: s.Size, HealBytes: s.Size, IdleSeconds: int(cfg.idle / time.Second),
-			DropCacheBefore: !cfg.noEvict,
+			DropCacheBefore: !cfg.noEvict, WASizes: cfg.waSizes, Ceph: cfg.ceph,
 		},
 	}
 	return b, nil
@@ -355,10 +359,15 @@ func (b *bench) wanted(target string) bool {
 func (b *bench) Run(ctx context.Context) Report {
 	b.rep.Host = hostInfo(ctx)
 	b.baselines(ctx)
+	b.ceph(ctx)
 	b.torus(ctx)
+	b.writeAmplification(ctx)
 	ComputeRatios(b.rep.Results)
 	b.rep.TLSCost = TLSCosts(b.jobs, b.rep.Results)
-	b.rep.Aims = CheckAims(b.jobs, b.rep.Results, b.rep.Heal, b.rep.Procs)
+	b.rep.CPUCost = CPUCosts(b.jobs, b.rep.Results, b.rep.JobCPU)
+	b.rep.Ceph = CephRows(b.jobs, b.rep.Results)
+	b.rep.Aims = CheckAims(AimInputs{Jobs: b.jobs, Results: b.rep.Results, Heal: b.rep.Heal, Procs: b.rep.Procs,
+		CPU: b.rep.CPUCost, WA: b.rep.WA, Ceph: b.cephWanted(TargetCeph2)})
 	b.rep.Finished = time.Now().UTC()
 	b.rep.Host.LoadEnd = loadAvg()
 	return b.rep
@@ -412,7 +421,7 @@ func (b *bench) baselines(ctx context.Context) {
 		t := &b.rep.Targets[i]
 		switch t.Name {
 		case TargetDisk:
-			b.runJobs(ctx, t.Name, fileEP, []string{file}, nil)
+			b.runJobs(ctx, t.Name, fileEP, []string{file}, nil, nil)
 		case TargetNBDKit, TargetQemuNBD:
 			start := StartNBDKit
 			if t.Name == TargetQemuNBD {
@@ -423,7 +432,7 @@ func (b *bench) baselines(ctx context.Context) {
 				t.Error = err.Error()
 				continue
 			}
-			b.runJobs(ctx, t.Name, ep, []string{file}, func() error { return exited(p) })
+			b.runJobs(ctx, t.Name, ep, []string{file}, []*Watched{{Name: t.Name, Proc: p}}, func() error { return exited(p) })
 			if err := p.Stop(10 * time.Second); err != nil {
 				b.logger.Warn("server exited with error", "target", t.Name, "err", err)
 			}
@@ -510,7 +519,7 @@ func (b *bench) torusTarget(ctx context.Context, opts TorusOptions, spec TorusSp
 		return err
 	}
 	sample()
-	b.runJobs(ctx, spec.Name, c.Endpoint(), c.DataDirs(), func() error { sample(); return alive() })
+	b.runJobs(ctx, spec.Name, c.Endpoint(), c.DataDirs(), watched, alive)
 	sample()
 
 	// Idle: no I/O for the idle window.
@@ -553,7 +562,7 @@ func (b *bench) prefill(ctx context.Context, name string, ep Endpoint) error {
 	// Generous: the data set at 5 MiB/s.
 	timeout := time.Duration(b.settings.Size/(5<<20))*time.Second + time.Minute
 	argv := append([]string{"fio"}, PrefillArgs(ep, b.settings.Size, out)...)
-	if _, err := RunCmd(ctx, timeout, argv...); err != nil {
+	if _, err := RunCmdEnv(ctx, timeout, ep.Env(), argv...); err != nil {
 		return fmt.Errorf("prefill: %w", err)
 	}
 	data, err := os.ReadFile(out)
@@ -566,11 +575,25 @@ func (b *bench) prefill(ctx context.Context, name string, ep Endpoint) error {
 	return nil
 }
 
-// runJobs runs every job against ep and records the results. check, if not
-// nil, is called before each job and fails it when the target died.
-func (b *bench) runJobs(ctx context.Context, target string, ep Endpoint, evict []string, check func() error) {
+// runJobs runs every job against ep and records the results, and the CPU
+// time each watched process used during each job. check, if not nil, is
+// called before each job and fails it when the target died.
+func (b *bench) runJobs(ctx context.Context, target string, ep Endpoint, evict []string, watched []*Watched, check func() error) {
 	for _, job := range b.jobs {
+		before := make([]ProcSample, len(watched))
+		sampled := make([]bool, len(watched))
+		for i, w := range watched {
+			sampled[i] = w.Sample()
+			before[i] = w.Last
+		}
 		r := b.runJob(ctx, target, job, ep, evict, check)
+		for i, w := range watched {
+			// Only a process seen alive before and after the job.
+			if w.Sample() && sampled[i] && r.Error == "" {
+				b.rep.JobCPU = append(b.rep.JobCPU, JobCPU{Target: target, Job: job.Name, Proc: w.Name,
+					CPUSeconds: w.Last.CPUSeconds - before[i].CPUSeconds})
+			}
+		}
 		if r.Error != "" {
 			b.logger.Error("job failed", "target", target, "job", job.Name, "err", r.Error)
 		} else {
@@ -602,7 +625,7 @@ func (b *bench) runJob(ctx context.Context, target string, job Job, ep Endpoint,
 	// The margin covers the final flush of everything the page cache held.
 	timeout := b.settings.Runtime + b.settings.Ramp + 3*time.Minute
 	argv := append([]string{"fio"}, FioArgs(job, ep, b.settings, out)...)
-	if _, err := RunCmd(ctx, timeout, argv...); err != nil {
+	if _, err := RunCmdEnv(ctx, timeout, ep.Env(), argv...); err != nil {
 		if check != nil {
 			if cerr := check(); cerr != nil {
 				err = fmt.Errorf("%w; %w", err, cerr)
@@ -643,4 +666,60 @@ func hostInfo(ctx context.Context) HostInfo {
 	h.Etcd = first("etcd", "--version")
 	h.Commit = first("git", "rev-parse", "--short", "HEAD")
 	return h
+}
+
+// writeCPUCost prints CPU seconds per GiB by target and process kind.
+func writeCPUCost(w io.Writer, costs []CPUCost) {
+	if len(costs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nCPU per GiB (CPU seconds during the write-only and read-only jobs ÷ GiB they moved):")
+	for _, c := range costs {
+		fmt.Fprintf(w, "  %-16s %-10s %s\n", c.Target, c.Proc, c.String())
+	}
+}
+
+// writeCeph prints Torus against Ceph RBD, job by job.
+func writeCeph(w io.Writer, rows []CephRow) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nAgainst Ceph RBD (same run): %s / %s and %s / %s\n", TargetTorus2, TargetCeph2, TargetTorus1, TargetCeph1)
+	for _, r := range rows {
+		fmt.Fprintf(w, "  %-20s size 2 %8s vs %8s %-5s ratio %-5s   size 1 %8s vs %8s ratio %s\n", r.Job,
+			valueOrDash(r.Torus2), valueOrDash(r.Ceph2), r.Metric, formatRatio(r.Ratio2),
+			valueOrDash(r.Torus1), valueOrDash(r.Ceph1), formatRatio(r.Ratio1))
+	}
+}
+
+// valueOrDash is formatValue, or "-" for a value not measured.
+func valueOrDash(v float64) string {
+	if v <= 0 {
+		return "-"
+	}
+	return formatValue(v)
+}
+
+// writeWA prints the write-amplification rows.
+func writeWA(w io.Writer, rows []WAResult) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nWrite amplification of 4 KiB random writes (%s: bytes in the daemons' data dirs ÷ bytes written ÷ replication):\n", TargetWA)
+	for _, r := range rows {
+		if r.Error != "" {
+			fmt.Fprintf(w, "  %-7s %s\n", FormatSize(r.Size), oneLine(r.Error, 200))
+			continue
+		}
+		fmt.Fprintf(w, "  %-7s %s\n", FormatSize(r.Size), r.Summary())
+	}
+}
+
+// WriteAims prints every aim with its status and measured figure.
+func WriteAims(w io.Writer, aims []AimResult) {
+	met, missed, na := AimCounts(aims)
+	fmt.Fprintf(w, "\nAims (issue 11; write amplification: issue 10): %d met, %d not met, %d not measured\n", met, missed, na)
+	for _, a := range aims {
+		fmt.Fprintf(w, "  %-12s [%s] %s: %s\n", a.Status, a.Group, a.Aim, a.Got)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +29,25 @@ func TestParseFlags(t *testing.T) {
 	if c.runtime != 20*time.Second || c.ramp != 0 || c.size != 8<<30 || c.idle != 30*time.Second || c.healTimeout != 10*time.Minute {
 		t.Errorf("full mode: %+v", c)
 	}
-	for _, bad := range [][]string{{"-targets", "disk,ceph"}, {"-size", "lots"}, {"extra"}, {"-nope"}} {
+	if !slices.Equal(c.waSizes, []int64{1 << 30}) || c.ceph {
+		t.Errorf("full mode write amplification and ceph: %v %v", c.waSizes, c.ceph)
+	}
+	c, err = parseFlags([]string{"-quick", "-ceph", "-wa-sizes", "1GiB,16GiB,64GiB"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.waSizes, []int64{1 << 30, 16 << 30, 64 << 30}) || !c.ceph {
+		t.Errorf("-ceph -wa-sizes: %v %v", c.waSizes, c.ceph)
+	}
+	for mode, want := range map[string][]int64{"-quick": {32 << 20}, "-v": {1 << 30}} {
+		if c, err := parseFlags([]string{mode}, io.Discard); err != nil || !slices.Equal(c.waSizes, want) {
+			t.Errorf("%s: wa sizes %v %v", mode, c.waSizes, err)
+		}
+	}
+	if c, err := parseFlags([]string{"-wa-sizes", "none"}, io.Discard); err != nil || len(c.waSizes) != 0 {
+		t.Errorf("-wa-sizes none: %v %v", c.waSizes, err)
+	}
+	for _, bad := range [][]string{{"-targets", "disk,ceph"}, {"-wa-sizes", "1GiB,4KiB"}, {"-size", "lots"}, {"extra"}, {"-nope"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -67,7 +86,7 @@ func TestRunEndToEnd(t *testing.T) {
 	out := filepath.Join(tmp, "results")
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"-quick", "-runtime", "1s", "-size", "16MiB", "-idle", "1s", "-heal-timeout", "30s",
-		"-targets", "nbdkit,torus-3d-r2", "-bin", bin, "-out", out, "-dir", tmp, "-strict"}, &stdout, &stderr)
+		"-targets", "nbdkit,torus-3d-r2,torus-3d-r2-wa", "-wa-sizes", "16MiB", "-bin", bin, "-out", out, "-dir", tmp, "-strict"}, &stdout, &stderr)
 	t.Log(stdout.String())
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())
@@ -102,6 +121,26 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	if len(rep.Aims) == 0 {
 		t.Error("no aims checked")
+	}
+	// CPU per job for nbdkit and every Torus process, summed per GiB.
+	procs := map[string]int{}
+	for _, c := range rep.JobCPU {
+		procs[c.Target+"/"+ProcKind(c.Proc)]++
+	}
+	for _, want := range []string{"nbdkit/nbdkit", "torus-3d-r2/torusd", "torus-3d-r2/torusblk"} {
+		if procs[want] == 0 {
+			t.Errorf("no job CPU for %s: %v", want, procs)
+		}
+	}
+	if len(rep.CPUCost) != 3 {
+		t.Errorf("cpu cost %+v", rep.CPUCost)
+	}
+	// The fake torusblk keeps its data in memory; the data dirs hold each
+	// fake torusd's one file, which is what the row must count.
+	want := WriteAmplification(3*fakeSegmentBytes, 16<<20, 2)
+	if len(rep.WA) != 1 || rep.WA[0].Size != 16<<20 || rep.WA[0].Error != "" || rep.WA[0].WrittenBytes != 16<<20 ||
+		rep.WA[0].StoredBytes != 3*fakeSegmentBytes || rep.WA[0].Ratio != want || rep.WA[0].UsedRatio != want {
+		t.Errorf("write amplification %+v", rep.WA)
 	}
 	for _, f := range []string{"latest.png", resultName(rep.Started)} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {

@@ -204,9 +204,18 @@ func Tail(p *Proc, n int64) string {
 // RunCmd runs a short command to completion under ctx (SIGKILL when ctx
 // ends; the process is always reaped) and returns its combined output.
 func RunCmd(ctx context.Context, timeout time.Duration, argv ...string) ([]byte, error) {
+	return RunCmdEnv(ctx, timeout, nil, argv...)
+}
+
+// RunCmdEnv is RunCmd with env ("K=V") added to the benchmark's
+// environment.
+func RunCmdEnv(ctx context.Context, timeout time.Duration, env []string, argv ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second

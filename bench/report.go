@@ -21,6 +21,10 @@ const (
 	// gives the cost of TLS in the same run (TLSCosts).
 	TargetTorus2TLS = "torus-3d-r2-tls"
 	TargetTorus3    = "torus-3d-r3"
+	// TargetCeph1 and TargetCeph2 are Ceph RBD images in pools of size 1
+	// and 2 on one monitor and three BlueStore OSDs (-ceph; ceph.go).
+	TargetCeph1 = "ceph-rbd-size1"
+	TargetCeph2 = "ceph-rbd-size2"
 )
 
 // TargetStatus says what became of one target in a run.
@@ -272,6 +276,15 @@ type Report struct {
 	Heal     *HealResult     `json:"heal,omitempty"`
 	Procs    []ProcResources `json:"resources,omitempty"`
 	Aims     []AimResult     `json:"aims"`
+	// JobCPU is the CPU each watched process used during each job;
+	// CPUCost sums it per GiB (CPUCosts).
+	JobCPU  []JobCPU  `json:"job_cpu,omitempty"`
+	CPUCost []CPUCost `json:"cpu_cost,omitempty"`
+	// WA holds the write-amplification rows (issue 10), one per -wa-sizes
+	// entry.
+	WA []WAResult `json:"write_amplification,omitempty"`
+	// Ceph compares Torus with Ceph RBD job by job (-ceph).
+	Ceph []CephRow `json:"ceph,omitempty"`
 	// TLSCost compares TargetTorus2TLS with TargetTorus2, job by job.
 	TLSCost []TLSCost `json:"tls_cost,omitempty"`
 }
@@ -327,6 +340,9 @@ type ReportSettings struct {
 	HealBytes       int64 `json:"heal_bytes"`
 	IdleSeconds     int   `json:"idle_seconds"`
 	DropCacheBefore bool  `json:"evict_page_cache_before_each_job"`
+	// WASizes are the write-amplification sizes asked for (-wa-sizes).
+	WASizes []int64 `json:"wa_sizes,omitempty"`
+	Ceph    bool    `json:"ceph,omitempty"`
 }
 
 // HostInfo describes the machine and tools.
@@ -356,4 +372,54 @@ func loadAvg() string {
 		return ""
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// CephRow is one job against Ceph RBD: Torus R2 over Ceph size 2 and
+// Torus R1 over Ceph size 1 (0: not available), as in issue 11's table.
+type CephRow struct {
+	Job    string  `json:"job"`
+	Metric Metric  `json:"metric"`
+	Ceph2  float64 `json:"ceph_size2"`
+	Torus2 float64 `json:"torus_r2"`
+	Ratio2 float64 `json:"ratio_r2"`
+	Ceph1  float64 `json:"ceph_size1"`
+	Torus1 float64 `json:"torus_r1"`
+	Ratio1 float64 `json:"ratio_r1"`
+	// P99Ceph2 and P99Torus2 are the two p99 latencies of the size-2 pair.
+	P99Ceph2  int64 `json:"p99_ns_ceph_size2,omitempty"`
+	P99Torus2 int64 `json:"p99_ns_torus_r2,omitempty"`
+}
+
+// CephRows pairs the Torus and Ceph results of each job, in the order of
+// jobs; a job none of the Ceph targets ran is left out.
+func CephRows(jobs []Job, results []Result) []CephRow {
+	get := func(target, job string) (Result, bool) {
+		for _, r := range results {
+			if r.Target == target && r.Job == job && r.Error == "" && r.Value > 0 {
+				return r, true
+			}
+		}
+		return Result{}, false
+	}
+	ratio := func(a, b float64) float64 {
+		if a <= 0 || b <= 0 {
+			return 0
+		}
+		return a / b
+	}
+	var out []CephRow
+	for _, j := range jobs {
+		c2, ok2 := get(TargetCeph2, j.Name)
+		c1, ok1 := get(TargetCeph1, j.Name)
+		if !ok1 && !ok2 {
+			continue
+		}
+		t2, _ := get(TargetTorus2, j.Name)
+		t1, _ := get(TargetTorus1, j.Name)
+		out = append(out, CephRow{Job: j.Name, Metric: j.Metric,
+			Ceph2: c2.Value, Torus2: t2.Value, Ratio2: ratio(t2.Value, c2.Value),
+			Ceph1: c1.Value, Torus1: t1.Value, Ratio1: ratio(t1.Value, c1.Value),
+			P99Ceph2: c2.P99Ns, P99Torus2: t2.P99Ns})
+	}
+	return out
 }

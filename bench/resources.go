@@ -92,14 +92,18 @@ type Watched struct {
 	Last ProcSample
 }
 
-// Sample reads the process's counters if it is still alive.
-func (w *Watched) Sample() {
+// Sample reads the process's counters if it is still alive, and reports
+// whether it could.
+func (w *Watched) Sample() bool {
 	if !w.Proc.Alive() {
-		return
+		return false
 	}
-	if s, err := ReadProc(w.Proc.PID()); err == nil {
-		w.Last = s
+	s, err := ReadProc(w.Proc.PID())
+	if err != nil {
+		return false
 	}
+	w.Last = s
+	return true
 }
 
 // IdleCPUPercent returns CPU use between two samples over seconds, in
@@ -109,4 +113,118 @@ func IdleCPUPercent(before, after ProcSample, seconds float64) float64 {
 		return -1
 	}
 	return 100 * (after.CPUSeconds - before.CPUSeconds) / seconds
+}
+
+// JobCPU is the CPU time one process used during one job (from just
+// before fio started to just after it ended: ramp and final flush
+// included).
+type JobCPU struct {
+	Target string `json:"target"`
+	Job    string `json:"job"`
+	// Proc is the process's name: torusd-0, torusblk, nbdkit, ceph-osd.1 ...
+	Proc       string  `json:"proc"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+}
+
+// CPUCost is the CPU cost per byte of one kind of process on one target:
+// the CPU seconds all processes of that kind (torusd = every torusd-N)
+// used during the write-only jobs per GiB those jobs wrote, and the same
+// for the read-only jobs. The mixed job is left out.
+type CPUCost struct {
+	Target string `json:"target"`
+	// Proc is the kind: the process name without its "-N" or ".N" suffix.
+	Proc          string  `json:"proc"`
+	WriteSeconds  float64 `json:"write_cpu_seconds"`
+	WriteBytes    int64   `json:"write_bytes"`
+	ReadSeconds   float64 `json:"read_cpu_seconds"`
+	ReadBytes     int64   `json:"read_bytes"`
+	PerGiBWritten float64 `json:"cpu_seconds_per_gib_written"`
+	PerGiBRead    float64 `json:"cpu_seconds_per_gib_read"`
+}
+
+// String prints "W s/GiB written, R s/GiB read" ("-" where unknown).
+func (c *CPUCost) String() string {
+	if c == nil {
+		return "not measured"
+	}
+	f := func(v float64, bytes int64) string {
+		if bytes <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", v)
+	}
+	return f(c.PerGiBWritten, c.WriteBytes) + " s/GiB written, " + f(c.PerGiBRead, c.ReadBytes) + " s/GiB read"
+}
+
+// ProcKind strips a trailing "-N" or ".N" (N digits) from a process name:
+// torusd-2 → torusd, ceph-osd.1 → ceph-osd.
+func ProcKind(name string) string {
+	i := strings.LastIndexAny(name, "-.")
+	if i <= 0 || i == len(name)-1 {
+		return name
+	}
+	if _, err := strconv.Atoi(name[i+1:]); err != nil {
+		return name
+	}
+	return name[:i]
+}
+
+// CPUCosts sums per-job CPU by target and process kind over the
+// write-only and read-only jobs, and divides by the bytes fio moved in the
+// same jobs (results without fio numbers count no bytes). The order is
+// that of first appearance in cpu.
+func CPUCosts(jobs []Job, results []Result, cpu []JobCPU) []CPUCost {
+	type key struct{ target, proc string }
+	var order []key
+	sums := map[key]*CPUCost{}
+	counted := map[[2]string]bool{} // target, job whose bytes are in
+	bytesOf := func(target, job string) (w, r int64, ok bool) {
+		for _, res := range results {
+			if res.Target == target && res.Job == job && res.Error == "" && res.Fio != nil {
+				return res.Fio.Write.Bytes, res.Fio.Read.Bytes, true
+			}
+		}
+		return 0, 0, false
+	}
+	for _, c := range cpu {
+		j, ok := FindJob(jobs, c.Job)
+		if !ok || j.Writes() == j.Reads() {
+			continue
+		}
+		wb, rb, ok := bytesOf(c.Target, c.Job)
+		if !ok {
+			continue
+		}
+		k := key{c.Target, ProcKind(c.Proc)}
+		s := sums[k]
+		if s == nil {
+			s = &CPUCost{Target: k.target, Proc: k.proc}
+			sums[k] = s
+			order = append(order, k)
+		}
+		if j.Writes() {
+			s.WriteSeconds += c.CPUSeconds
+		} else {
+			s.ReadSeconds += c.CPUSeconds
+		}
+		// Bytes once per (target, kind, job).
+		ck := [2]string{c.Target + "\x00" + k.proc, c.Job}
+		if !counted[ck] {
+			counted[ck] = true
+			s.WriteBytes += wb
+			s.ReadBytes += rb
+		}
+	}
+	out := make([]CPUCost, 0, len(order))
+	for _, k := range order {
+		s := sums[k]
+		if s.WriteBytes > 0 {
+			s.PerGiBWritten = s.WriteSeconds / (float64(s.WriteBytes) / (1 << 30))
+		}
+		if s.ReadBytes > 0 {
+			s.PerGiBRead = s.ReadSeconds / (float64(s.ReadBytes) / (1 << 30))
+		}
+		out = append(out, *s)
+	}
+	return out
 }

@@ -48,3 +48,59 @@ func TestReadProcSelf(t *testing.T) {
 		t.Errorf("zero window: %v", got)
 	}
 }
+
+func TestProcKind(t *testing.T) {
+	for in, want := range map[string]string{"torusd-2": "torusd", "torusblk": "torusblk", "ceph-osd-1": "ceph-osd",
+		"ceph-mon": "ceph-mon", "nbdkit": "nbdkit", "qemu-nbd": "qemu-nbd", "x-": "x-", "osd.3": "osd"} {
+		if got := ProcKind(in); got != want {
+			t.Errorf("%s: %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestCPUCosts(t *testing.T) {
+	jobs := Jobs()
+	res := func(target, job string, w, r int64) Result {
+		return Result{Target: target, Job: job, Value: 1, Fio: &FioResult{Write: Stats{Bytes: w}, Read: Stats{Bytes: r}}}
+	}
+	results := []Result{
+		res(TargetTorus2, JobSeqWrite, 1<<30, 0),
+		res(TargetTorus2, JobRandWrite, 1<<30, 0),
+		res(TargetTorus2, JobSeqRead, 0, 2<<30),
+		res(TargetTorus2, JobRandRW7030, 1<<30, 1<<30),
+		{Target: TargetTorus2, Job: JobRandRead, Error: "died"},
+		res(TargetNBDKit, JobSeqWrite, 4<<30, 0),
+	}
+	cpu := []JobCPU{
+		{TargetTorus2, JobSeqWrite, "torusd-0", 1}, {TargetTorus2, JobSeqWrite, "torusd-1", 1},
+		{TargetTorus2, JobSeqWrite, "torusblk", 0.5},
+		{TargetTorus2, JobRandWrite, "torusd-0", 2}, {TargetTorus2, JobRandWrite, "torusd-1", 2},
+		{TargetTorus2, JobRandWrite, "torusblk", 1.5},
+		{TargetTorus2, JobSeqRead, "torusd-0", 1}, {TargetTorus2, JobSeqRead, "torusblk", 1},
+		{TargetTorus2, JobRandRW7030, "torusd-0", 100}, // mixed: left out
+		{TargetTorus2, JobRandRead, "torusd-0", 100},   // failed: left out
+		{TargetNBDKit, JobSeqWrite, "nbdkit", 2},
+	}
+	got := CPUCosts(jobs, results, cpu)
+	want := []CPUCost{
+		{Target: TargetTorus2, Proc: "torusd", WriteSeconds: 6, WriteBytes: 2 << 30, ReadSeconds: 1, ReadBytes: 2 << 30, PerGiBWritten: 3, PerGiBRead: 0.5},
+		{Target: TargetTorus2, Proc: "torusblk", WriteSeconds: 2, WriteBytes: 2 << 30, ReadSeconds: 1, ReadBytes: 2 << 30, PerGiBWritten: 1, PerGiBRead: 0.5},
+		{Target: TargetNBDKit, Proc: "nbdkit", WriteSeconds: 2, WriteBytes: 4 << 30, PerGiBWritten: 0.5},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("%d: got %+v\nwant %+v", i, got[i], want[i])
+		}
+	}
+	if s := got[2].String(); s != "0.50 s/GiB written, - s/GiB read" {
+		t.Errorf("String %q", s)
+	}
+	// A process that used no CPU while bytes moved costs 0, not "-".
+	idle := CPUCost{WriteBytes: 1 << 30, ReadBytes: 1 << 30}
+	if s := idle.String(); s != "0.00 s/GiB written, 0.00 s/GiB read" {
+		t.Errorf("String %q", s)
+	}
+}
