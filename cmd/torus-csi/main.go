@@ -44,6 +44,7 @@ type flags struct {
 	peerCert, peerKey, peerCA string
 	logLevel                  string
 	torusblk                  string
+	attachBackend             attach.Backend
 }
 
 // parse reads the flags; defaults come from the environment as for
@@ -76,9 +77,15 @@ func parse(args []string, getenv func(string) string, stderr io.Writer) (flags, 
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version, commit and format versions and exit")
 	fs.StringVar(&f.torusblk, "torusblk", "", "node modes: the torusblk binary that serves attached volumes (torusblk fuse); default: torusblk next to this binary, else on PATH")
+	backend := fs.String("attach-backend", def("TORUS_ATTACH_BACKEND", "auto"), "node modes: how volumes become block devices: nbd (kernel NBD, survives torusblk restarts), fuse (torusblk fuse + loop) or auto (nbd where the nbd module is loaded) (env TORUS_ATTACH_BACKEND)")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
+	b, err := attach.ParseBackend(*backend)
+	if err != nil {
+		return f, err
+	}
+	f.attachBackend = b
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
@@ -133,6 +140,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		if err != nil {
 			return err
 		}
+		// Devices whose torusblk nbd died with this plugin (a node-plugin
+		// restart) are taken over now, before the kernel's dead-connection
+		// timeout fails their held I/O, not at the next NodeStage.
+		revived, err := a.ReviveAll(ctx)
+		for _, at := range revived {
+			log.Info("torus-csi: attach process restarted", "volume", at.Volume, "device", at.Device)
+		}
+		if err != nil {
+			log.Warn("torus-csi: restarting attach processes", "err", err)
+		}
 		attacher = a.CSI()
 	}
 	d, err := csi.New(f.csi, csi.Deps{
@@ -154,7 +171,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	return d.Close()
 }
 
-// newAttacher is the node service's attach backend: detached `torusblk
+// newAttacher is the node service's attach backend (--attach-backend):
+// detached `torusblk nbd` processes on kernel NBD devices, or `torusblk
 // fuse` processes and loop devices, recorded under STATEDIR/attach, with
 // this process's etcd and peer settings passed on.
 func newAttacher(f flags, meta torus.Metadata, log *slog.Logger) (*attach.Attacher, error) {
@@ -167,7 +185,7 @@ func newAttacher(f flags, meta torus.Metadata, log *slog.Logger) (*attach.Attach
 		return nil, err
 	}
 	return attach.New(attach.Options{Bin: bin, StateDir: filepath.Join(f.csi.StateDir, "attach"), Args: args, Meta: meta,
-		Logger: log.With("component", "attach")})
+		Backend: f.attachBackend, Logger: log.With("component", "attach")})
 }
 
 // torusblkArgs are torusblk's global flags for this process's cluster.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/torus-storage/torus/csi"
+	"github.com/torus-storage/torus/internal/attach"
 )
 
 // TestFlags: defaults come from TORUS_ETCD, TORUS_ETCD_PREFIX,
@@ -28,6 +29,12 @@ func TestFlags(t *testing.T) {
 	if err != nil || f.csi.Mode != csi.ModeController || f.etcd != "http://x:2379" || f.etcdClient.CA != "ca" || f.etcdClient.User != "csi" {
 		t.Fatalf("parsed %+v, %v", f, err)
 	}
+	if f, err := parse([]string{"--node-id", "n", "--attach-backend", "fuse"}, func(string) string { return "" }, io.Discard); err != nil || f.attachBackend != attach.BackendFUSE {
+		t.Fatalf("--attach-backend fuse: %v, %q", err, f.attachBackend)
+	}
+	if f, err := parse([]string{"--node-id", "n"}, func(k string) string { return map[string]string{"TORUS_ATTACH_BACKEND": "nbd"}[k] }, io.Discard); err != nil || f.attachBackend != attach.BackendNBD {
+		t.Fatalf("TORUS_ATTACH_BACKEND=nbd: %v, %q", err, f.attachBackend)
+	}
 	for _, args := range [][]string{
 		{"--mode", "node", "--endpoint", "unix:///tmp/n.sock"},
 		{"--mode", "sideways", "--node-id", "n"},
@@ -37,6 +44,7 @@ func TestFlags(t *testing.T) {
 		{"--node-id", "a node"},
 		{"--node-id", "n", "--state-dir", "relative"},
 		{"--node-id", "n", "--default-fs-type", "zfs"},
+		{"--node-id", "n", "--attach-backend", "iscsi"},
 	} {
 		if _, err := parse(args, func(string) string { return "" }, io.Discard); err == nil {
 			t.Errorf("parse(%s) accepted", strings.Join(args, " "))
