@@ -265,6 +265,31 @@ type Head struct {
 	// (heads written before it existed).
 	OpenReplicas []string `json:"open_replicas,omitempty"`
 	NextSeq      uint64   `json:"next_seq"`
+	// Checkpointing names the checkpoint segment the writer is writing in
+	// the background (volume/ writes a checkpoint off its appender): live
+	// for the GC while written, not yet read by anyone. Absent in heads
+	// written before background checkpoints, and in snapshots.
+	Checkpointing *SegmentID `json:"checkpointing,omitempty"`
+}
+
+// Clone returns a deep copy of h.
+func (h Head) Clone() Head {
+	c := h
+	c.Sealed = append([]SegmentRef(nil), h.Sealed...)
+	c.OpenReplicas = append([]string(nil), h.OpenReplicas...)
+	if h.Checkpoint != nil {
+		ck := *h.Checkpoint
+		c.Checkpoint = &ck
+	}
+	if h.Open != nil {
+		o := *h.Open
+		c.Open = &o
+	}
+	if h.Checkpointing != nil {
+		p := *h.Checkpointing
+		c.Checkpointing = &p
+	}
+	return c
 }
 
 // Snapshot is a named, frozen head. Its Head has no Open segment.

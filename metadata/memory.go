@@ -1172,19 +1172,7 @@ func (m *Memory) Close() error {
 	return nil
 }
 
-func cloneHead(h torus.Head) torus.Head {
-	if h.Checkpoint != nil {
-		c := *h.Checkpoint
-		h.Checkpoint = &c
-	}
-	if h.Open != nil {
-		o := *h.Open
-		h.Open = &o
-	}
-	h.Sealed = slices.Clone(h.Sealed)
-	h.OpenReplicas = slices.Clone(h.OpenReplicas)
-	return h
-}
+func cloneHead(h torus.Head) torus.Head { return h.Clone() }
 
 func cloneRing(r torus.RingSpec) torus.RingSpec {
 	r.Members = slices.Clone(r.Members)

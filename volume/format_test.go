@@ -72,7 +72,9 @@ func TestFormatsGolden(t *testing.T) {
 		Sealed:       []torus.SegmentRef{{ID: torus.SegmentID{Volume: 1, Epoch: 3, Seq: 7}, Length: 4096}},
 		Open:         &torus.SegmentID{Volume: 1, Epoch: 3, Seq: 8},
 		OpenReplicas: []string{"peer-a", "peer-b"},
-		NextSeq:      9,
+		NextSeq:      10,
+		// A checkpoint being written in the background (additive field).
+		Checkpointing: &torus.SegmentID{Volume: 1, Epoch: 3, Seq: 9, Kind: torus.KindCheckpoint},
 	}
 	headJSON, err := json.Marshal(head)
 	if err != nil {

@@ -114,6 +114,40 @@ func (x *Index) Checkpointed() {
 	x.whole = false
 }
 
+// Pending is what TakeDelta took: restored (Restore) when its checkpoint
+// does not reach the head.
+type Pending struct {
+	blocks map[uint64]struct{}
+	whole  bool
+}
+
+// TakeDelta returns Delta and starts the next run empty, as if the
+// checkpoint holding it were in the head already: a checkpoint written in
+// the background while the index changes. Restore puts it back when that
+// checkpoint fails.
+func (x *Index) TakeDelta() ([]lsm.Extent, Pending) {
+	d := x.Delta()
+	p := Pending{blocks: x.dirty, whole: x.whole}
+	x.dirty, x.whole = make(map[uint64]struct{}), false
+	return d, p
+}
+
+// Restore adds back what TakeDelta took: the next checkpoint holds those
+// blocks again (at their values then), or the whole index.
+func (x *Index) Restore(p Pending) {
+	if p.whole {
+		x.whole = true
+		clear(x.dirty)
+		return
+	}
+	if x.whole {
+		return
+	}
+	for b := range p.blocks {
+		x.dirty[b] = struct{}{}
+	}
+}
+
 // Blocks is the number of blocks the index covers.
 func (x *Index) Blocks() uint64 { return x.nblocks }
 

@@ -166,6 +166,9 @@ func LiveSegmentLengths(ctx context.Context, meta torus.Metadata, peers torus.Pe
 		if h.Open != nil {
 			set(*h.Open, Unknown)
 		}
+		if h.Checkpointing != nil {
+			set(*h.Checkpointing, Unknown) // being written in the background
+		}
 		ck := h.Checkpoint
 		if ck == nil {
 			continue

@@ -131,6 +131,7 @@ func (v *Volume) appender() {
 			release()
 			p.drain()
 			c.done <- c.fn(v.ctx)
+
 		case r := <-oldest:
 			f := p.q[0]
 			f.record(r)

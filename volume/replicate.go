@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/volume/lsm"
 )
 
 // This file is the writer's side of replication: the one fan-out to a
@@ -321,6 +322,30 @@ func (v *Volume) roll(ctx context.Context, mode ckptMode, openNew bool) error {
 // rollOnce is one seal-and-commit of roll; it reports whether it wrote a
 // checkpoint. No checkpoint is written while a carry is pending.
 func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (bool, error) {
+	// A background checkpoint that is done goes into this roll's head; one
+	// still in flight is waited for when this roll writes a checkpoint
+	// itself (forced, at close, or with the sealed list at its limit).
+	var finished *ckptJob
+	var done ckptResult
+	if v.ckpt != nil {
+		v.mu.Lock()
+		full := len(v.head.Sealed)+1 >= v.maxSealed
+		v.mu.Unlock()
+		wait := mode == ckptForce || !openNew || full
+		select {
+		case done = <-v.ckptDone:
+			finished, v.ckpt = v.ckpt, nil
+		default:
+			if wait {
+				select {
+				case done = <-v.ckptDone:
+					finished, v.ckpt = v.ckpt, nil
+				case <-ctx.Done():
+					return false, ctx.Err()
+				}
+			}
+		}
+	}
 	old := v.open
 	if old != nil {
 		if err := v.secure(ctx, old); err != nil {
@@ -344,19 +369,66 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 
 	var ck *torus.SegmentRef
 	var ckStack []StackRun // the stack once ck is in the head
-	if v.carry == nil && (mode == ckptForce || mode == ckptIfDue && len(nh.Sealed) >= v.cfg.CheckpointEvery) {
-		ref, stack, err := v.writeCheckpoint(ctx, nh.NextSeq)
+	var job *ckptJob       // what the checkpoint took from the index: restored if the head does not take it
+	var background bool    // job is to be written in the background once the head names it
+	stack := v.stack
+	if finished != nil {
+		if err := v.applyCheckpoint(&nh, finished, done); err != nil {
+			v.restoreCheckpoint(finished)
+			finished = nil
+			v.log.Warn("background checkpoint not taken; the next seal tries again", "err", err)
+		} else {
+			ck, ckStack, stack = nh.Checkpoint, done.stack, done.stack
+		}
+	}
+	due := v.carry == nil && (mode == ckptForce || mode == ckptIfDue && len(nh.Sealed) >= v.cfg.CheckpointEvery)
+	// A checkpoint due at a seal that opens a new segment is written in the
+	// background (one at a time: while one is in flight the next seal
+	// checks again); a forced one, one at close, or one with the sealed
+	// list at its limit is written here.
+	if due && v.ckpt == nil {
+		var err error
+		job, err = v.prepareCheckpoint(nh, stack)
+		switch {
+		case err != nil:
+		case mode == ckptIfDue && openNew && len(nh.Sealed) < v.maxSealed:
+			background = true
+			nh.Checkpointing = &job.id
+			nh.NextSeq++
+		default:
+			var ref torus.SegmentRef
+			if ref, ckStack, err = v.writeCheckpoint(ctx, job); err == nil {
+				ck = &ref
+				nh.Checkpoint = ck
+				nh.Sealed = nil
+				nh.NextSeq++
+			}
+		}
 		if err != nil {
+			if job != nil {
+				v.restoreCheckpoint(job)
+				job = nil
+			}
 			if mode == ckptForce {
+				if finished != nil {
+					v.restoreCheckpoint(finished)
+				}
 				return false, err
 			}
 			v.log.Warn("checkpoint skipped", "err", err)
-		} else {
-			ck, ckStack = &ref, stack
-			nh.Checkpoint = ck
-			nh.Sealed = nil
-			nh.NextSeq++
 		}
+	}
+	// restore gives the index back what checkpoints the head did not take
+	// had taken from it.
+	restore := func() {
+		for _, j := range []*ckptJob{finished, job} {
+			if j != nil {
+				v.restoreCheckpoint(j)
+			}
+		}
+	}
+	if v.ckpt == nil && !background {
+		nh.Checkpointing = nil // a background checkpoint that failed
 	}
 	if ck == nil && len(nh.Sealed) > v.maxSealed {
 		// Checkpoints keep failing: a longer head would soon pass etcd's
@@ -364,6 +436,7 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 		err := fmt.Errorf("volume %s: %d sealed segments since the last checkpoint (limit %d): checkpoints keep failing: %w",
 			v.name, len(nh.Sealed), v.maxSealed, torus.ErrUnavailable)
 		v.log.Error("writes refused until a checkpoint succeeds", "err", err)
+		restore()
 		return false, err
 	}
 
@@ -383,13 +456,18 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 		}
 	}
 	if err := v.commit(ctx, nh); err != nil {
+		restore()
 		return false, err
 	}
 	v.mu.Lock()
 	v.head = nh
 	if ck != nil {
-		v.idx.Checkpointed()
 		v.stack = ckStack
+	}
+	if background {
+		v.ckpt = job
+		v.wg.Add(1)
+		go v.checkpointInBackground(job)
 	}
 	if old != nil && old.length > 0 {
 		v.stats.SegmentsSealed++
@@ -528,30 +606,95 @@ func sameHead(a, b torus.Head) bool {
 	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
 
-// writeCheckpoint writes the index as checkpoint segment seq on Replication
-// replicas and syncs it. Every segment the index names must be durable
-// already (roll secures the open one first). The segment is not yet in the
-// head: LiveSegments protects {epoch, NextSeq, checkpoint} from the GC
-// sweep.
-func (v *Volume) writeCheckpoint(ctx context.Context, seq uint64) (torus.SegmentRef, []StackRun, error) {
+// ckptJob is a checkpoint being made: what it took from the index (the
+// run's changes, the segment table) and the head it covers.
+type ckptJob struct {
+	id      torus.SegmentID // the checkpoint segment: {epoch, NextSeq at the seal}
+	delta   []lsm.Extent
+	table   []torus.SegmentRef
+	size    int64
+	stack   []StackRun        // the runs below, as the head names them
+	covered []torus.SegmentID // the head's sealed list it replaces
+	pending Pending
+}
+
+// ckptResult is the outcome of a background checkpoint.
+type ckptResult struct {
+	ref   torus.SegmentRef
+	stack []StackRun
+	err   error
+}
+
+// prepareCheckpoint takes what the next checkpoint of the index holds, as
+// of head h (the seal that makes it due), over stack. Every segment the index names
+// must be durable already (roll secures the open one first). It runs on
+// the appender.
+func (v *Volume) prepareCheckpoint(h torus.Head, stack []StackRun) (*ckptJob, error) {
 	v.mu.Lock()
+	defer v.mu.Unlock()
 	for _, s := range v.segs {
 		if s.length > s.synced {
-			v.mu.Unlock()
-			return torus.SegmentRef{}, nil, fmt.Errorf("volume %s: checkpoint: segment %v not durable (%d of %d bytes): %w",
+			return nil, fmt.Errorf("volume %s: checkpoint: segment %v not durable (%d of %d bytes): %w",
 				v.name, s.id, s.synced, s.length, torus.ErrUnavailable)
 		}
 	}
-	delta := v.idx.Delta()
-	table := v.idx.LiveTable()
-	size := int64(v.idx.Blocks()) * torus.BlockSize
+	job := &ckptJob{
+		id:    torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: h.NextSeq, Kind: torus.KindCheckpoint},
+		table: v.idx.LiveTable(),
+		size:  int64(v.idx.Blocks()) * torus.BlockSize,
+		stack: stack,
+	}
+	for _, r := range h.Sealed {
+		job.covered = append(job.covered, r.ID)
+	}
+	job.delta, job.pending = v.idx.TakeDelta()
+	return job, nil
+}
+
+// restoreCheckpoint gives the index back what job took: its checkpoint
+// will not be in the head.
+func (v *Volume) restoreCheckpoint(job *ckptJob) {
+	v.mu.Lock()
+	v.idx.Restore(job.pending)
 	v.mu.Unlock()
-	run, stack, err := v.planRun(ctx, delta, v.stack)
+}
+
+// checkpointInBackground writes job and hands the outcome to the
+// appender's next roll (rollOnce). Its owner is the Volume (v.wg).
+func (v *Volume) checkpointInBackground(job *ckptJob) {
+	defer v.wg.Done()
+	ref, stack, err := v.writeCheckpoint(v.ctx, job)
+	v.ckptDone <- ckptResult{ref: ref, stack: stack, err: err}
+}
+
+// applyCheckpoint puts a finished background checkpoint into head h in
+// place of the sealed segments it covers.
+func (v *Volume) applyCheckpoint(h *torus.Head, job *ckptJob, res ckptResult) error {
+	if res.err != nil {
+		return res.err
+	}
+	n := len(job.covered)
+	for i := range n {
+		if i >= len(h.Sealed) || h.Sealed[i].ID != job.covered[i] {
+			return fmt.Errorf("volume %s: checkpoint %v: the head's sealed list no longer starts with the segments it covers", v.name, job.id)
+		}
+	}
+	h.Sealed = slices.Clone(h.Sealed[n:])
+	h.Checkpoint, h.Checkpointing = &res.ref, nil
+	return nil
+}
+
+// writeCheckpoint writes job as a checkpoint segment on Replication
+// replicas and syncs it. The segment is not yet in the head: LiveSegments
+// protects {epoch, NextSeq} and the head's Checkpointing from the GC
+// sweep.
+func (v *Volume) writeCheckpoint(ctx context.Context, job *ckptJob) (torus.SegmentRef, []StackRun, error) {
+	run, stack, err := v.planRun(ctx, job.delta, job.stack)
 	if err != nil {
 		return torus.SegmentRef{}, nil, fmt.Errorf("volume %s: checkpoint: %w", v.name, err)
 	}
-	ckpt := EncodeRunCheckpoint(&RunCheckpoint{VolumeID: v.id, Size: size, Segments: table, Stack: stack, Run: run})
-	id := torus.SegmentID{Volume: v.id, Epoch: v.epoch, Seq: seq, Kind: torus.KindCheckpoint}
+	ckpt := EncodeRunCheckpoint(&RunCheckpoint{VolumeID: v.id, Size: job.size, Segments: job.table, Stack: stack, Run: run})
+	id := job.id
 	replicas := v.pick(id)
 	minRep := v.minReplicas()
 	if len(replicas) < minRep {

@@ -3,10 +3,12 @@ package volume
 import (
 	"context"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/storage"
 )
 
 // TestCheckpointIncremental: a checkpoint writes what changed since the
@@ -167,4 +169,93 @@ func TestOpensFormat2Checkpoint(t *testing.T) {
 	v = c.open("vol", Options{Owner: "w3"})
 	defer v.Close(ctx)
 	verify(t, ctx, v, m)
+}
+
+// TestCheckpointInBackground: a checkpoint is written off the appender
+// (issue 10): while its segment's appends hang, writes go on through
+// several seals, the head names it as Checkpointing (live for the GC), a
+// read-only open reads everything by replaying the sealed segments, and
+// once it lands the next seal puts it in the head.
+func TestCheckpointInBackground(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20, checkpointEvery: 1})
+	const size = 16 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w"})
+	defer v.Close(ctx)
+	r := rand.New(rand.NewPCG(81, 82))
+	m := make(model, size)
+	write := func(n int64) error {
+		for off := int64(0); off < n; off += 256 << 10 {
+			at := r.Int64N(size/(256<<10)) * (256 << 10)
+			p := randBytes(r, 256<<10)
+			if err := v.WriteAt(ctx, p, at, false); err != nil {
+				return err
+			}
+			copy(m[at:], p)
+		}
+		return v.Flush(ctx)
+	}
+	if err := write(2 << 20); err != nil {
+		t.Fatal(err)
+	}
+	hang := make(chan struct{})
+	for _, st := range c.stores {
+		st.SetFault(func(op string, seg torus.SegmentID) error {
+			if seg.Kind == torus.KindCheckpoint && op == storage.OpAppend {
+				<-hang
+			}
+			return nil
+		})
+	}
+	release := sync.OnceFunc(func() { close(hang) })
+	defer release() // before v.Close, which waits for the checkpoint's goroutine
+	done := make(chan error, 1)
+	go func() { done <- write(6 << 20) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("writes wait for a checkpoint whose appends hang: the checkpoint is not written in the background")
+	}
+	h := v.Info().Head
+	if h.Checkpointing == nil || len(h.Sealed) < 4 {
+		t.Fatalf("with a checkpoint hanging after 6 MiB: head checkpointing %v, %d sealed", h.Checkpointing, len(h.Sealed))
+	}
+	hung := *h.Checkpointing
+	live, err := LiveSegments(ctx, c.meta, c, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !live[*h.Checkpointing] {
+		t.Fatalf("the checkpoint being written (%v) is not live for the GC", *h.Checkpointing)
+	}
+	ro := c.open("vol", Options{ReadOnly: true})
+	verify(t, ctx, ro, m)
+	ro.Close(ctx)
+
+	for _, st := range c.stores {
+		st.SetFault(nil)
+	}
+	release()
+	before := v.Stats().Checkpoints
+	for v.Stats().Checkpoints == before {
+		time.Sleep(10 * time.Millisecond) // the hung checkpoint completes
+	}
+	if err := write(2 << 20); err != nil { // seals: the next roll takes it
+		t.Fatal(err)
+	}
+	h = v.Info().Head
+	if h.Checkpoint == nil || h.Checkpoint.ID.Seq < hung.Seq {
+		t.Fatalf("head after the checkpoint landed: %+v", h)
+	}
+	verify(t, ctx, v, m)
+	if err := v.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v2 := c.open("vol", Options{Owner: "w2"})
+	defer v2.Close(ctx)
+	verify(t, ctx, v2, m)
 }

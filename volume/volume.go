@@ -162,6 +162,8 @@ type Volume struct {
 	ctl         chan *ctlReq
 	stop        chan struct{}
 	compactKick chan struct{}                          // a checkpoint was written
+	ckpt        *ckptJob                               // the checkpoint being written in the background (appender-owned)
+	ckptDone    chan ckptResult                        // its outcome, for the appender
 	ckTables    map[torus.SegmentID][]torus.SegmentRef // compactor-owned cache
 	batchBuf    []byte                                 // appender-owned record buffer
 	carry       *carry                                 // appender-owned; see carry.go
@@ -248,6 +250,7 @@ func Open(ctx context.Context, deps Deps, name string, opt Options) (*Volume, er
 		reqs:        make(chan *writeReq, 256),
 		ctl:         make(chan *ctlReq),
 		compactKick: make(chan struct{}, 1),
+		ckptDone:    make(chan ckptResult, 1),
 		ckTables:    make(map[torus.SegmentID][]torus.SegmentRef),
 		stop:        make(chan struct{}),
 		bad:         make(map[string]time.Time),
@@ -643,17 +646,4 @@ func (v *Volume) doClose(ctx context.Context) error {
 	return err
 }
 
-func cloneHead(h torus.Head) torus.Head {
-	c := h
-	c.Sealed = append([]torus.SegmentRef(nil), h.Sealed...)
-	c.OpenReplicas = append([]string(nil), h.OpenReplicas...)
-	if h.Checkpoint != nil {
-		ck := *h.Checkpoint
-		c.Checkpoint = &ck
-	}
-	if h.Open != nil {
-		o := *h.Open
-		c.Open = &o
-	}
-	return c
-}
+func cloneHead(h torus.Head) torus.Head { return h.Clone() }

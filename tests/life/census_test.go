@@ -105,6 +105,9 @@ func censusAt(ctx context.Context, c *proccluster.Cluster, md *metaetcd.Store, n
 	if head.Open != nil {
 		cs.speculative[*head.Open] = true // named before its first byte
 	}
+	if head.Checkpointing != nil {
+		cs.speculative[*head.Checkpointing] = true // a checkpoint being written
+	}
 	for _, s := range head.Sealed {
 		cs.required[s.ID] = s.Length
 	}

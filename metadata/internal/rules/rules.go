@@ -122,13 +122,8 @@ func Clone(v, src torus.VolumeInfo, snap torus.Snapshot) (torus.VolumeInfo, toru
 	}
 	v.Parent = &torus.VolumeParent{Volume: src.Name, ID: src.ID, Snapshot: snap.Name}
 	v.Shares = append([]uint64{src.ID}, src.Shares...)
-	h := snap.Head
-	h.Epoch, h.Open, h.OpenReplicas = 0, nil, nil
-	h.Sealed = slices.Clone(h.Sealed)
-	if h.Checkpoint != nil {
-		ck := *h.Checkpoint
-		h.Checkpoint = &ck
-	}
+	h := snap.Head.Clone()
+	h.Epoch, h.Open, h.OpenReplicas, h.Checkpointing = 0, nil, nil, nil
 	return v, h, nil
 }
 
