@@ -538,15 +538,32 @@ func (sc *serverConn) serve(j *job) {
 
 // send writes one response frame whose body is the concatenation of parts.
 func (sc *serverConn) send(op Op, id uint64, parts ...[]byte) error {
+	hdr, err := frameHeader(op, FlagResponse, id, parts...)
+	if err != nil {
+		return err
+	}
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
 	sc.c.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
-	return writeFrame(sc.c, op, FlagResponse, id, parts...)
+	return writeParts(sc.c, &hdr, parts...)
 }
 
 // writeFrame writes a frame whose body is the concatenation of parts with
 // one writev, without copying the parts.
 func writeFrame(w io.Writer, op Op, flags uint16, id uint64, parts ...[]byte) error {
+	hdr, err := frameHeader(op, flags, id, parts...)
+	if err != nil {
+		return err
+	}
+	return writeParts(w, &hdr, parts...)
+}
+
+// frameHeader encodes the header of a frame whose body is the concatenation
+// of parts, with their CRC32C: the one pass over the body's bytes on the
+// sending side. It needs no lock, so callers compute it before taking the
+// connection's write lock.
+func frameHeader(op Op, flags uint16, id uint64, parts ...[]byte) ([HeaderSize]byte, error) {
+	var hdr [HeaderSize]byte
 	var n int
 	var crc uint32
 	for _, p := range parts {
@@ -554,10 +571,14 @@ func writeFrame(w io.Writer, op Op, flags uint16, id uint64, parts ...[]byte) er
 		crc = crc32.Update(crc, castagnoli, p)
 	}
 	if n > MaxBody {
-		return fmt.Errorf("%w: peer: frame body of %d bytes exceeds %d", torus.ErrInvalid, n, MaxBody)
+		return hdr, fmt.Errorf("%w: peer: frame body of %d bytes exceeds %d", torus.ErrInvalid, n, MaxBody)
 	}
-	var hdr [HeaderSize]byte
 	PutHeader(hdr[:], Header{Version: Version, Op: op, Flags: flags, ID: id, Length: uint32(n), CRC: crc})
+	return hdr, nil
+}
+
+// writeParts writes a frame header and its body parts with one writev.
+func writeParts(w io.Writer, hdr *[HeaderSize]byte, parts ...[]byte) error {
 	bufs := make(net.Buffers, 0, 1+len(parts))
 	bufs = append(bufs, hdr[:])
 	for _, p := range parts {
