@@ -1,11 +1,14 @@
 package nbd
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/torus-storage/torus"
 )
 
 // The transmission benchmarks drive an NBD connection over loopback TCP at
@@ -26,11 +29,22 @@ import (
 const benchSpan = 64 << 20
 
 type loadSpec struct {
-	typ   uint16 // cmdRead or cmdWrite
-	size  int    // bytes per request
-	qd    int    // requests in flight
-	reqs  int    // requests per chunk (alternating raw and NBD)
-	write bool
+	typ  uint16 // cmdRead or cmdWrite
+	size int    // bytes per request
+	qd   int    // requests in flight
+	reqs int    // requests per chunk (alternating raw and NBD)
+	deep bool   // serve a deepDevice
+}
+
+// deepExports serves its exports as deepDevices.
+type deepExports struct{ *memExports }
+
+func (e deepExports) Open(ctx context.Context, name string, readOnly bool) (torus.Device, error) {
+	d, err := e.memExports.Open(ctx, name, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	return deepDevice{d}, nil
 }
 
 // drive runs n requests of spec over conn at spec.qd and returns how long
@@ -111,6 +125,36 @@ func rawPeer(b *testing.B, spec loadSpec) net.Conn {
 	return conn
 }
 
+// deepDevice is a memdev device whose writes and reads first use stackUse
+// bytes of goroutine stack, as a call through volume, peer and storage
+// does (a fresh goroutine starts with 8 KiB and copies its stack each time
+// it doubles).
+type deepDevice struct {
+	torus.Device
+}
+
+const stackUse = 32 << 10
+
+//go:noinline
+func useStack(depth int) byte {
+	var frame [1024]byte
+	if depth <= 0 {
+		return frame[0]
+	}
+	frame[depth%len(frame)] = byte(depth)
+	return useStack(depth-1) + frame[0]
+}
+
+func (d deepDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	useStack(stackUse / 1024)
+	return d.Device.WriteAt(ctx, p, off, fua)
+}
+
+func (d deepDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	useStack(stackUse / 1024)
+	return d.Device.ReadAt(ctx, p, off)
+}
+
 func benchTransmission(b *testing.B, spec loadSpec) {
 	exports := newMemExports()
 	dev := exports.add("bench", benchSpan)
@@ -124,7 +168,11 @@ func benchTransmission(b *testing.B, spec loadSpec) {
 			b.Fatal(err)
 		}
 	}
-	_, addr := startServer(b, Config{}, exports)
+	var ex Exports = exports
+	if spec.deep {
+		ex = deepExports{exports}
+	}
+	_, addr := startServer(b, Config{}, ex)
 	c := dialRaw(b, addr)
 	c.conn.SetDeadline(time.Time{})
 	c.goExport("bench", false, false)
@@ -150,7 +198,8 @@ func benchTransmission(b *testing.B, spec loadSpec) {
 
 // BenchmarkTransmission runs the jobs of make bench (docs/benchmarks.md)
 // that stress the transmission phase: 1 MiB sequential at QD 8, 4 KiB at
-// QD 16, and 4 KiB writes one at a time.
+// QD 16, and 4 KiB writes one at a time; the -deep variants serve a
+// device that uses 32 KiB of stack per call, as the real call path does.
 func BenchmarkTransmission(b *testing.B) {
 	for _, s := range []loadSpec{
 		{typ: cmdWrite, size: 1 << 20, qd: 8, reqs: 32},
@@ -158,11 +207,17 @@ func BenchmarkTransmission(b *testing.B) {
 		{typ: cmdWrite, size: 4 << 10, qd: 16, reqs: 512},
 		{typ: cmdRead, size: 4 << 10, qd: 16, reqs: 512},
 		{typ: cmdWrite, size: 4 << 10, qd: 1, reqs: 128},
+		{typ: cmdWrite, size: 4 << 10, qd: 16, reqs: 512, deep: true},
+		{typ: cmdRead, size: 4 << 10, qd: 16, reqs: 512, deep: true},
 	} {
 		name := "read"
 		if s.typ == cmdWrite {
 			name = "write"
 		}
-		b.Run(fmt.Sprintf("%s-%dK-qd%d", name, s.size>>10, s.qd), func(b *testing.B) { benchTransmission(b, s) })
+		name = fmt.Sprintf("%s-%dK-qd%d", name, s.size>>10, s.qd)
+		if s.deep {
+			name += "-deep"
+		}
+		b.Run(name, func(b *testing.B) { benchTransmission(b, s) })
 	}
 }
