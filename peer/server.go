@@ -471,15 +471,7 @@ func (sc *serverConn) dispatchRead(j *job) bool {
 	}
 	if sc.readers < sc.s.cfg.MaxConcurrentReads {
 		sc.readers++
-		sc.goAttach(func() {
-			for ok := true; ok; j, ok = <-sc.reads {
-				if sc.ctx.Err() != nil {
-					sc.done(j)
-					continue
-				}
-				sc.serve(j)
-			}
-		})
+		sc.goAttach(func() { sc.readWorker(j) })
 		return true
 	}
 	select {
@@ -487,6 +479,17 @@ func (sc *serverConn) dispatchRead(j *job) bool {
 		return true
 	case <-sc.ctx.Done():
 		return false
+	}
+}
+
+// readWorker serves j, then every read handed to it until reads is closed.
+func (sc *serverConn) readWorker(j *job) {
+	for ok := true; ok; j, ok = <-sc.reads {
+		if sc.ctx.Err() != nil {
+			sc.done(j)
+			continue
+		}
+		sc.serve(j)
 	}
 }
 
