@@ -139,6 +139,8 @@ func BenchmarkAppend4KParallel(b *testing.B) {
 	b.SetBytes(int64(len(payload)))
 	b.SetParallelism(8)
 	b.ResetTimer()
+	r0, w0, _ := syscalls()
+	defer reportSyscalls(b, r0, w0)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if err := c.Append(context.Background(), 1, seg(1, 1, 1), 0, payload); err != nil {
@@ -156,6 +158,8 @@ func BenchmarkReadAt4KParallel(b *testing.B) {
 	b.SetBytes(4 << 10)
 	b.SetParallelism(8)
 	b.ResetTimer()
+	r0, w0, _ := syscalls()
+	defer reportSyscalls(b, r0, w0)
 	b.RunParallel(func(pb *testing.PB) {
 		p := make([]byte, 4<<10)
 		for pb.Next() {
@@ -195,6 +199,8 @@ func BenchmarkReadAt4KParallelDeep(b *testing.B) {
 	b.SetBytes(4 << 10)
 	b.SetParallelism(8)
 	b.ResetTimer()
+	r0, w0, _ := syscalls()
+	defer reportSyscalls(b, r0, w0)
 	b.RunParallel(func(pb *testing.PB) {
 		p := make([]byte, 4<<10)
 		for pb.Next() {
