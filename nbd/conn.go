@@ -103,38 +103,69 @@ func (c *conn) serve() (err error) {
 	return c.transmit(exp)
 }
 
-// transmit runs the transmission phase: this goroutine reads requests, a
-// goroutine per request runs it, one writer goroutine sends replies. It
-// returns after every request read has completed and its reply was sent
-// (or dropped because the socket failed).
-func (c *conn) transmit(exp *export) error {
-	t := &transmission{
-		c:       c,
-		exp:     exp,
-		ctx:     c.srv.base,
-		replies: make(chan *reply, c.srv.cfg.MaxInflightRequests),
-		budget:  newBudget(c.srv.cfg.MaxInflightRequests, c.srv.cfg.MaxInflightBytes),
-	}
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- t.writeLoop(c.w) }()
-	readErr := t.readLoop(bufio.NewReaderSize(c.r, 64<<10))
+// run reads requests from r until the end of the transmission, then waits
+// for the workers.
+func (t *transmission) run(r io.Reader) error {
+	readErr := t.readLoop(r)
+	close(t.work)
 	t.wg.Wait()
-	close(t.replies)
-	writeErr := <-writerDone
 	if readErr != nil {
 		return readErr
 	}
-	return writeErr
+	return t.werr
+}
+
+// transmit runs the transmission phase: this goroutine reads requests and
+// hands each to an idle worker of the connection (starting one while fewer
+// than MaxInflightRequests exist); a worker runs the request and sends its
+// reply, together with every reply that completed meanwhile, in one writev.
+// It returns after every request read has completed and its reply was sent
+// (or dropped because the socket failed).
+func (c *conn) transmit(exp *export) error {
+	t := &transmission{
+		c:      c,
+		exp:    exp,
+		ctx:    c.srv.base,
+		w:      c.w,
+		work:   make(chan job),
+		budget: newBudget(c.srv.cfg.MaxInflightRequests, c.srv.cfg.MaxInflightBytes),
+	}
+	return t.run(bufio.NewReaderSize(c.r, 64<<10))
 }
 
 // transmission is the state of one connection's transmission phase.
 type transmission struct {
-	c       *conn
-	exp     *export
-	ctx     context.Context
-	replies chan *reply
-	budget  *budget
+	c      *conn
+	exp    *export
+	ctx    context.Context
+	w      io.Writer
+	budget *budget
+
+	// Workers: started by the reader (the only one to touch workers),
+	// each runs jobs until work is closed. Unbuffered: a job is handed
+	// only to a worker waiting for one.
+	work    chan job
+	workers int
 	wg      sync.WaitGroup
+
+	// Replies: whoever finds writing false becomes the writer and writes
+	// the queue, in batches, until it is empty; the others queue their
+	// reply and go back to work.
+	wmu     sync.Mutex
+	queue   []*reply
+	spare   []*reply
+	writing bool
+	werr    error // the first write error; later replies are dropped
+	iov     net.Buffers
+	heads   []byte
+}
+
+// job is one request read, with its payload (WRITE data) and the budget it
+// holds.
+type job struct {
+	req     request
+	payload []byte
+	cost    int64
 }
 
 // reply is one reply ready to send: head (header and small payload), then
@@ -170,7 +201,7 @@ func (t *transmission) readLoop(r io.Reader) error {
 				return err
 			}
 			t.budget.acquire(0)
-			t.replies <- t.errorReply(req, errInval, fmt.Sprintf("request of %d bytes exceeds the maximum %d", req.length, MaxRequestSize), 0)
+			t.send(t.errorReply(req, errInval, fmt.Sprintf("request of %d bytes exceeds the maximum %d", req.length, MaxRequestSize), 0))
 			continue
 		case req.typ == cmdWrite || (req.typ == cmdRead && req.length <= MaxRequestSize):
 			cost = int64(req.length)
@@ -185,38 +216,109 @@ func (t *transmission) readLoop(r io.Reader) error {
 				return err
 			}
 		}
-		t.wg.Add(1)
-		go func() {
-			defer t.wg.Done()
-			t.replies <- t.handle(req, payload, cost)
-		}()
+		t.dispatch(job{req: req, payload: payload, cost: cost})
 	}
 }
 
-// writeLoop sends replies until the channel is closed. After a write error
-// it keeps draining (so handlers never block) and returns the error.
-func (t *transmission) writeLoop(w io.Writer) error {
-	bw := bufio.NewWriterSize(w, 64<<10)
-	var werr error
-	for rep := range t.replies {
+// dispatch hands j to an idle worker, or to a new one while there are
+// fewer than MaxInflightRequests. Otherwise it waits for a worker: the
+// budget admits fewer requests than that, so one is about to be free.
+func (t *transmission) dispatch(j job) {
+	select {
+	case t.work <- j:
+		return
+	default:
+	}
+	if t.workers < t.c.srv.cfg.MaxInflightRequests {
+		t.workers++
+		t.wg.Add(1)
+		go t.worker(j)
+		return
+	}
+	t.work <- j
+}
+
+// worker runs j, then every job handed to it, until work is closed. A
+// worker lives as long as its connection, so its stack, once grown by the
+// device's call path, stays grown.
+func (t *transmission) worker(j job) {
+	defer t.wg.Done()
+	for ok := true; ok; j, ok = <-t.work {
+		t.send(t.handle(j.req, j.payload, j.cost))
+	}
+}
+
+// maxBatch bounds the replies written by one writev.
+const maxBatch = 256
+
+// send queues rep and, unless another goroutine is writing, writes the
+// queue until it is empty. After a write error the connection is aborted
+// (the reader stops) and replies are dropped; budget and buffers are
+// always released.
+func (t *transmission) send(rep *reply) {
+	t.wmu.Lock()
+	t.queue = append(t.queue, rep)
+	if t.writing {
+		t.wmu.Unlock()
+		return
+	}
+	t.writing = true
+	for len(t.queue) > 0 {
+		batch := t.queue[:min(len(t.queue), maxBatch)]
+		rest := t.queue[len(batch):]
+		t.queue = append(t.spare[:0], rest...)
+		werr := t.werr
+		t.wmu.Unlock()
 		if werr == nil {
-			if _, err := bw.Write(rep.head); err != nil {
-				werr = err
-			} else if _, err := bw.Write(rep.data); err != nil {
-				werr = err
-			} else if len(t.replies) == 0 {
-				werr = bw.Flush()
-			}
-			if werr != nil {
+			if werr = t.write(batch); werr != nil {
 				t.c.abort() // unblock the reader
 			}
 		}
-		if rep.data != nil {
-			putBuf(rep.data)
+		for _, r := range batch {
+			if r.data != nil {
+				putBuf(r.data)
+			}
+			t.budget.release(r.cost)
 		}
-		t.budget.release(rep.cost)
+		clear(batch)
+		t.wmu.Lock()
+		if t.werr == nil {
+			t.werr = werr
+		}
+		t.spare = batch[:0]
 	}
-	return werr
+	t.writing = false
+	t.wmu.Unlock()
+}
+
+// write sends a batch of replies with one writev: the heads of consecutive
+// replies share one buffer, data goes from its own buffer uncopied. Only
+// the writer calls it.
+func (t *transmission) write(batch []*reply) error {
+	n := 0
+	for _, r := range batch {
+		n += len(r.head)
+	}
+	if cap(t.heads) < n {
+		t.heads = make([]byte, 0, n)
+	}
+	heads, iov := t.heads[:0], t.iov[:0]
+	mark := 0
+	for _, r := range batch {
+		heads = append(heads, r.head...)
+		if len(r.data) > 0 {
+			iov = append(iov, heads[mark:], r.data)
+			mark = len(heads)
+		}
+	}
+	if mark < len(heads) {
+		iov = append(iov, heads[mark:])
+	}
+	t.iov, t.heads = iov[:0], heads[:0]
+	used := len(iov)
+	_, err := iov.WriteTo(t.w) // consumes iov, not t.iov
+	clear(t.iov[:used])
+	return err
 }
 
 // errnoFor maps a device error to an NBD error.

@@ -139,6 +139,8 @@ func BenchmarkAppend4KParallel(b *testing.B) {
 	b.SetBytes(int64(len(payload)))
 	b.SetParallelism(8)
 	b.ResetTimer()
+	r0, w0, _ := syscalls()
+	defer reportSyscalls(b, r0, w0)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if err := c.Append(context.Background(), 1, seg(1, 1, 1), 0, payload); err != nil {
@@ -156,6 +158,49 @@ func BenchmarkReadAt4KParallel(b *testing.B) {
 	b.SetBytes(4 << 10)
 	b.SetParallelism(8)
 	b.ResetTimer()
+	r0, w0, _ := syscalls()
+	defer reportSyscalls(b, r0, w0)
+	b.RunParallel(func(pb *testing.PB) {
+		p := make([]byte, 4<<10)
+		for pb.Next() {
+			if _, err := c.ReadAt(context.Background(), seg(1, 1, 1), p, 0); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// deepService is nopService whose reads first use 32 KiB of goroutine
+// stack, as a read through server, storage and the file system does (a
+// fresh goroutine starts with 8 KiB and copies its stack as it grows).
+type deepService struct{ nopService }
+
+//go:noinline
+func useStack(depth int) byte {
+	var frame [1024]byte
+	if depth <= 0 {
+		return frame[0]
+	}
+	frame[depth%len(frame)] = byte(depth)
+	return useStack(depth-1) + frame[0]
+}
+
+func (d *deepService) ReadAt(ctx context.Context, s torus.SegmentID, p []byte, off int64) (int, error) {
+	useStack(32)
+	return d.nopService.ReadAt(ctx, s, p, off)
+}
+
+// BenchmarkReadAt4KParallelDeep: concurrent reads on one connection of a
+// service with a realistic stack depth.
+func BenchmarkReadAt4KParallelDeep(b *testing.B) {
+	_, addr := startServer(b, &deepService{}, ServerConfig{})
+	c := dialT(b, addr, ClientConfig{})
+	b.SetBytes(4 << 10)
+	b.SetParallelism(8)
+	b.ResetTimer()
+	r0, w0, _ := syscalls()
+	defer reportSyscalls(b, r0, w0)
 	b.RunParallel(func(pb *testing.PB) {
 		p := make([]byte, 4<<10)
 		for pb.Next() {

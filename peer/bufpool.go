@@ -54,8 +54,12 @@ func (p *bufPool) put(b *[]byte) {
 // readBody fills b from r and returns its CRC32C, computed chunk by chunk
 // as the bytes arrive so that checksumming overlaps the transfer.
 func readBody(r io.Reader, b []byte) (uint32, error) {
+	return readBodyCRC(r, b, 0)
+}
+
+// readBodyCRC is readBody continuing the CRC32C crc of the bytes before b.
+func readBodyCRC(r io.Reader, b []byte, crc uint32) (uint32, error) {
 	const chunk = 256 << 10
-	var crc uint32
 	for off := 0; off < len(b); {
 		n := min(chunk, len(b)-off)
 		if _, err := io.ReadFull(r, b[off:off+n]); err != nil {

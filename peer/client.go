@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"net"
@@ -299,12 +301,12 @@ func (c *Client) call(ctx context.Context, op Op, fixed, data, dst []byte) (Resp
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	defer cancel()
 	start := time.Now()
-	pc, err := c.start(ctx, op, fixed, data)
+	pc, err := c.start(ctx, op, fixed, data, dst)
 	if err != nil {
 		c.observe(op, start, err)
 		return Response{}, err
 	}
-	resp, err := c.wait(ctx, pc, dst)
+	resp, err := c.wait(ctx, pc)
 	c.observe(op, start, err)
 	return resp, err
 }
@@ -328,7 +330,9 @@ type sentCall struct {
 // start sends one request (fixed then data) and returns without waiting
 // for its answer. Requests started one after another by one goroutine
 // reach the server in that order. data is not retained once start returns.
-func (c *Client) start(ctx context.Context, op Op, fixed, data []byte) (*sentCall, error) {
+// dst (ReadAt) is where the connection's reader puts the response's data:
+// it belongs to the call until wait returns.
+func (c *Client) start(ctx context.Context, op Op, fixed, data, dst []byte) (*sentCall, error) {
 	if ctx.Err() != nil {
 		return nil, c.ctxError(ctx, op.String())
 	}
@@ -338,7 +342,7 @@ func (c *Client) start(ctx context.Context, op Op, fixed, data []byte) (*sentCal
 	}
 	id := c.nextID.Add(1)
 	ch := make(chan result, 1)
-	if err := cc.register(id, op, ch); err != nil {
+	if err := cc.register(id, op, ch, dst); err != nil {
 		return nil, err
 	}
 	if err := cc.send(ctx, op, id, fixed, data); err != nil {
@@ -353,14 +357,29 @@ func (c *Client) start(ctx context.Context, op Op, fixed, data []byte) (*sentCal
 	return &sentCall{op: op, id: id, cc: cc, ch: ch, sent: time.Now().UnixNano()}, nil
 }
 
-// wait waits for the answer to a started request, within ctx.
-func (c *Client) wait(ctx context.Context, pc *sentCall, dst []byte) (Response, error) {
+// wait waits for the answer to a started request, within ctx. For a
+// ReadAt the response's data is already in the dst given to start, and
+// resp.Data is the filled part of it.
+func (c *Client) wait(ctx context.Context, pc *sentCall) (Response, error) {
 	op, cc := pc.op, pc.cc
 	var r result
 	select {
 	case r = <-pc.ch:
 	case <-ctx.Done():
-		cc.unregister(pc.id)
+		if !cc.unregister(pc.id) && op == OpReadAt {
+			// The reader took the call: it may be filling dst, which
+			// must not be written once we return. Wait for it; a body
+			// that does not arrive soon ends the connection.
+			select {
+			case r = <-pc.ch:
+			case <-time.After(claimedGrace):
+				cc.fail(fmt.Errorf("peer %s: connection lost: %w: response body stalled", c.addr, torus.ErrUnavailable))
+				r = <-pc.ch
+			}
+			if r.body != nil {
+				c.bufs.put(r.body)
+			}
+		}
 		err := c.ctxError(ctx, op.String())
 		if errors.Is(context.Cause(ctx), errRequestTimeout) && cc.lastRecv.Load() < pc.sent {
 			// Not one frame arrived since this request was sent: the
@@ -376,12 +395,8 @@ func (c *Client) wait(ctx context.Context, pc *sentCall, dst []byte) (Response, 
 		return Response{}, r.err
 	}
 	resp, err := DecodeResponse(op, *r.body)
-	if op == OpReadAt && err == nil {
-		if len(resp.Data) > len(dst) {
-			err = fmt.Errorf("%w: %d bytes returned for %d", torus.ErrInvalid, len(resp.Data), len(dst))
-		} else {
-			resp.Data = dst[:copy(dst, resp.Data)]
-		}
+	if op == OpReadAt {
+		resp.Data = r.data
 	}
 	c.bufs.put(r.body)
 	if err != nil {
@@ -432,7 +447,7 @@ func (c *Client) AppendAsync(ctx context.Context, epoch uint64, seg torus.Segmen
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
 	start := time.Now()
-	pc, err := c.start(ctx, OpAppend, fixed, p)
+	pc, err := c.start(ctx, OpAppend, fixed, p, nil)
 	if err != nil {
 		cancel()
 		c.observe(OpAppend, start, err)
@@ -440,7 +455,7 @@ func (c *Client) AppendAsync(ctx context.Context, epoch uint64, seg torus.Segmen
 	}
 	return func() error {
 		defer cancel()
-		_, err := c.wait(ctx, pc, nil)
+		_, err := c.wait(ctx, pc)
 		c.observe(OpAppend, start, err)
 		return err
 	}
@@ -529,14 +544,20 @@ func (c *Client) Usage(ctx context.Context) (torus.Usage, error) {
 }
 
 type result struct {
-	body *[]byte // from the client's pool
+	body *[]byte // from the client's pool; for ReadAt, status and message only
+	data []byte  // ReadAt: the data, read straight into the call's dst
 	err  error
 }
 
 type pendingCall struct {
-	op Op
-	ch chan result // buffered 1
+	op  Op
+	ch  chan result // buffered 1
+	dst []byte      // ReadAt: where the data goes
 }
+
+// claimedGrace is how long a cancelled ReadAt waits for the rest of a
+// response the reader has started to read into its buffer.
+const claimedGrace = time.Second
 
 // clientConn is one connection and its pending calls. Its reader goroutine
 // is owned by the Client.
@@ -559,20 +580,27 @@ func (cc *clientConn) alive() bool {
 	return cc.err == nil
 }
 
-func (cc *clientConn) register(id uint64, op Op, ch chan result) error {
+func (cc *clientConn) register(id uint64, op Op, ch chan result, dst []byte) error {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.err != nil {
 		return cc.err
 	}
-	cc.pending[id] = pendingCall{op: op, ch: ch}
+	cc.pending[id] = pendingCall{op: op, ch: ch, dst: dst}
 	return nil
 }
 
-func (cc *clientConn) unregister(id uint64) {
+// unregister forgets a pending call. It reports false when the call was no
+// longer pending: the reader took it (and will answer on its channel) or
+// the connection failed (and answered it).
+func (cc *clientConn) unregister(id uint64) bool {
 	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if _, ok := cc.pending[id]; !ok {
+		return false
+	}
 	delete(cc.pending, id)
-	cc.mu.Unlock()
+	return true
 }
 
 // fail breaks the connection: it closes it and fails every pending call
@@ -598,6 +626,12 @@ func (cc *clientConn) fail(err error) {
 var errNotSent = errors.New("peer: request not sent")
 
 func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []byte) error {
+	// The checksum pass runs before the lock: calls on one connection
+	// checksum in parallel and hold the lock only for the writev.
+	hdr, err := frameHeader(op, 0, id, fixed, data)
+	if err != nil {
+		return err
+	}
 	cc.wmu.Lock()
 	defer cc.wmu.Unlock()
 	if ctx.Err() != nil {
@@ -606,51 +640,70 @@ func (cc *clientConn) send(ctx context.Context, op Op, id uint64, fixed, data []
 	if dl, ok := ctx.Deadline(); ok {
 		cc.c.SetWriteDeadline(dl)
 	}
-	return writeFrame(cc.c, op, 0, id, fixed, data)
+	return writeParts(cc.c, &hdr, fixed, data)
 }
 
 // readLoop delivers responses to pending calls until the connection fails.
+// It takes a call out of the pending set as soon as its header arrives, so
+// that a ReadAt's data is read straight into the caller's buffer; a call
+// so taken is always answered here, whatever happens to the connection.
 func (cc *clientConn) readLoop() error {
 	hdr := make([]byte, HeaderSize)
 	r := bufio.NewReaderSize(cc.c, readBufferSize)
 	for {
-		h, body, err := cc.readFrame(r, hdr)
-		cc.lastRecv.Store(time.Now().UnixNano())
-		if err == nil && !h.Response() {
-			err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
+		h, err := cc.readHeader(r, hdr)
+		var p pendingCall
+		var ok bool
+		if err == nil {
+			cc.mu.Lock()
+			p, ok = cc.pending[h.ID]
+			delete(cc.pending, h.ID)
+			cc.mu.Unlock()
+			if ok && p.op != h.Op {
+				err = fmt.Errorf("response op %s for a %s request", h.Op, p.op)
+			}
+		}
+		var res result
+		if err == nil {
+			if ok && h.Op == OpReadAt {
+				res, err = cc.readInto(r, h, p.dst)
+			} else {
+				res.body, err = cc.readBody(r, h)
+			}
+			cc.lastRecv.Store(time.Now().UnixNano())
 		}
 		if err != nil {
-			cc.fail(fmt.Errorf("peer %s: connection lost: %w: %v", cc.addr, torus.ErrUnavailable, err))
+			err = fmt.Errorf("peer %s: connection lost: %w: %v", cc.addr, torus.ErrUnavailable, err)
+			cc.fail(err)
+			if ok {
+				p.ch <- result{err: err}
+			}
 			cc.mu.Lock()
 			defer cc.mu.Unlock()
 			return cc.err
 		}
-		cc.mu.Lock()
-		p, ok := cc.pending[h.ID]
-		delete(cc.pending, h.ID)
-		cc.mu.Unlock()
 		if !ok {
+			cc.bufs.put(res.body)
 			continue // cancelled or timed out; its answer is dropped
 		}
-		if p.op != h.Op {
-			err := fmt.Errorf("peer %s: connection lost: %w: response op %s for a %s request", cc.addr, torus.ErrUnavailable, h.Op, p.op)
-			p.ch <- result{err: err}
-			cc.fail(err)
-			return err
-		}
-		p.ch <- result{body: body}
+		p.ch <- res
 	}
 }
 
-// readFrame reads one frame into a body buffer from the client's pool.
-func (cc *clientConn) readFrame(r io.Reader, hdr []byte) (Header, *[]byte, error) {
+// readHeader reads and checks a response header.
+func (cc *clientConn) readHeader(r io.Reader, hdr []byte) (Header, error) {
 	if _, err := io.ReadFull(r, hdr[:HeaderSize]); err != nil {
-		return Header{}, nil, err
+		return Header{}, err
 	}
 	h, err := ParseHeader(hdr, MaxBody)
-	if err != nil {
-		return h, nil, err
+	if err == nil && !h.Response() {
+		err = fmt.Errorf("%w: request frame from server", torus.ErrInvalid)
 	}
+	return h, err
+}
+
+// readBody reads a frame's body into a buffer from the client's pool.
+func (cc *clientConn) readBody(r io.Reader, h Header) (*[]byte, error) {
 	buf := cc.bufs.get(int(h.Length))
 	crc, err := readBody(r, *buf)
 	if err == nil && crc != h.CRC {
@@ -658,7 +711,51 @@ func (cc *clientConn) readFrame(r io.Reader, hdr []byte) (Header, *[]byte, error
 	}
 	if err != nil {
 		cc.bufs.put(buf)
-		return h, nil, err
+		return nil, err
 	}
-	return h, buf, nil
+	return buf, nil
+}
+
+// readInto reads a ReadAt response's body: status and message into a pool
+// buffer, the data straight into dst, with one checksum pass over both.
+// More data than dst holds is a protocol error (the stream is abandoned).
+func (cc *clientConn) readInto(r io.Reader, h Header, dst []byte) (result, error) {
+	if h.Length < 3 {
+		return result{}, malformed(OpReadAt, "response of %d bytes", h.Length)
+	}
+	var pre [3]byte
+	if _, err := io.ReadFull(r, pre[:]); err != nil {
+		return result{}, unexpected(err)
+	}
+	n := uint32(binary.LittleEndian.Uint16(pre[1:]))
+	if n > MaxMessage || 3+n > h.Length {
+		return result{}, malformed(OpReadAt, "message of %d bytes", n)
+	}
+	dlen := h.Length - 3 - n
+	if dlen > uint32(len(dst)) {
+		return result{}, fmt.Errorf("%w: %d bytes returned for %d", torus.ErrInvalid, dlen, len(dst))
+	}
+	buf := cc.bufs.get(3 + int(n))
+	copy(*buf, pre[:])
+	_, err := io.ReadFull(r, (*buf)[3:])
+	err = unexpected(err)
+	var crc uint32
+	if err == nil {
+		crc, err = readBodyCRC(r, dst[:dlen], crc32.Checksum(*buf, castagnoli))
+	}
+	if err == nil && crc != h.CRC {
+		err = errBadCRC
+	}
+	if err != nil {
+		cc.bufs.put(buf)
+		return result{}, err
+	}
+	return result{body: buf, data: dst[:dlen]}, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }

@@ -189,3 +189,55 @@ func TestReadFrameAllocationBounded(t *testing.T) {
 		t.Fatalf("at-limit header allocated %d bytes", n)
 	}
 }
+
+// FuzzReadAtResponse feeds arbitrary bytes to the client's ReadAt response
+// reader, which puts the data straight into the caller's buffer: it never
+// writes past that buffer, and what it accepts is exactly what
+// DecodeFrame and DecodeResponse make of the same bytes.
+func FuzzReadAtResponse(f *testing.F) {
+	for _, r := range []Response{
+		{Data: []byte("0123456789")},
+		{Status: StatusEOF, Msg: "short", Data: []byte("abc")},
+		{Status: StatusNotExist, Msg: "no such segment"},
+		{Data: bytes.Repeat([]byte{7}, 300)},
+	} {
+		fr := frame(OpReadAt, FlagResponse, 1, AppendResponse(nil, OpReadAt, r))
+		f.Add(fr, uint16(len(r.Data)))
+		f.Add(fr, uint16(len(r.Data)/2))
+		bad := bytes.Clone(fr)
+		bad[len(bad)-1] ^= 1
+		f.Add(bad, uint16(len(r.Data)))
+	}
+	f.Fuzz(func(t *testing.T, stream []byte, dstLen uint16) {
+		n := int(dstLen) % 4096
+		backing := bytes.Repeat([]byte{0xAA}, n+16)
+		dst := backing[:n:n]
+		cc := &clientConn{bufs: &bufPool{}}
+		r := bytes.NewReader(stream)
+		hdr := make([]byte, HeaderSize)
+		h, err := cc.readHeader(r, hdr)
+		if err != nil || h.Op != OpReadAt || h.Length > fuzzMaxBody {
+			return
+		}
+		res, err := cc.readInto(r, h, dst)
+		if !bytes.Equal(backing[n:], bytes.Repeat([]byte{0xAA}, 16)) {
+			t.Fatalf("wrote past the %d-byte buffer", n)
+		}
+		if err != nil {
+			return
+		}
+		_, body, _, derr := DecodeFrame(stream, fuzzMaxBody)
+		if derr != nil {
+			t.Fatalf("readInto accepted a frame DecodeFrame refuses: %v", derr)
+		}
+		want, derr := DecodeResponse(OpReadAt, body)
+		if derr != nil {
+			t.Fatalf("readInto accepted a body DecodeResponse refuses: %v", derr)
+		}
+		got, gerr := DecodeResponse(OpReadAt, *res.body)
+		if gerr != nil || got.Status != want.Status || got.Msg != want.Msg || !bytes.Equal(res.data, want.Data) {
+			t.Fatalf("readInto: %v %q %d bytes (%v), DecodeResponse: %v %q %d bytes",
+				got.Status, got.Msg, len(res.data), gerr, want.Status, want.Msg, len(want.Data))
+		}
+	})
+}

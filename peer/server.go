@@ -215,9 +215,10 @@ func (s *Server) startConn(c net.Conn) {
 		s: s, c: c, raw: c, ctx: ctx, cancel: cancel,
 		log:     s.log.With("remote", c.RemoteAddr().String()),
 		ordered: make(chan *job, 256),
-		reads:   make(chan struct{}, s.cfg.MaxConcurrentReads),
+		reads:   make(chan *job),
 	}
 	sc.cond = sync.NewCond(&sc.bmu)
+	sc.wcond = sync.NewCond(&sc.wmu)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -232,8 +233,9 @@ func (s *Server) startConn(c net.Conn) {
 }
 
 // serverConn is one accepted connection. Its goroutines: run (the reader
-// and owner), orderedLoop, and one per running read-type request; all are
-// counted in both sc.wg and the server's wg.
+// and owner), orderedLoop, and up to MaxConcurrentReads read workers
+// started as reads need them; all are counted in both sc.wg and the
+// server's wg.
 type serverConn struct {
 	s      *Server
 	c      net.Conn // what requests are read from: raw, or TLS over raw
@@ -243,7 +245,18 @@ type serverConn struct {
 	cancel context.CancelFunc
 	log    *slog.Logger
 
-	wmu sync.Mutex // serializes frame writes
+	// Responses: whoever queues one and finds writing false writes the
+	// queue, in batches with one writev each, until it is empty.
+	wmu     sync.Mutex
+	wcond   *sync.Cond // on wmu: a batch was written
+	queue   []outFrame
+	spare   []outFrame
+	writing bool
+	werr    error  // the first write error; later responses are dropped
+	queued  uint64 // responses queued so far
+	written uint64 // responses written (or dropped) so far
+	iov     net.Buffers
+	heads   []byte
 
 	bmu    sync.Mutex // guards used and stop
 	cond   *sync.Cond
@@ -252,8 +265,18 @@ type serverConn struct {
 	closer sync.Once
 
 	ordered chan *job
-	reads   chan struct{} // semaphore
+	reads   chan *job // unbuffered: to an idle read worker
+	readers int       // read workers started; only the reader touches it
 	wg      sync.WaitGroup
+}
+
+// outFrame is a response waiting to be written, and what to release once
+// it is: the request's job and the read buffer its data is in.
+type outFrame struct {
+	hdr        [HeaderSize]byte
+	body, data []byte
+	j          *job
+	rbuf       *[]byte
 }
 
 type job struct {
@@ -351,6 +374,7 @@ func (sc *serverConn) run() {
 	}
 	sc.cancel()
 	close(sc.ordered)
+	close(sc.reads)
 	sc.wg.Wait()
 	sc.abort()
 
@@ -428,16 +452,44 @@ func (sc *serverConn) readLoop() error {
 				return sc.ctx.Err()
 			}
 		}
-		select {
-		case sc.reads <- struct{}{}:
-		case <-sc.ctx.Done():
+		if !sc.dispatchRead(j) {
 			sc.done(j)
 			return sc.ctx.Err()
 		}
-		sc.goAttach(func() {
-			defer func() { <-sc.reads }()
-			sc.serve(j)
-		})
+	}
+}
+
+// dispatchRead hands j to an idle read worker, or to a new one while there
+// are fewer than MaxConcurrentReads, or else waits for one. Workers live as
+// long as the connection, so a stack grown by the store's read path stays
+// grown. It reports false when the connection ends first.
+func (sc *serverConn) dispatchRead(j *job) bool {
+	select {
+	case sc.reads <- j:
+		return true
+	default:
+	}
+	if sc.readers < sc.s.cfg.MaxConcurrentReads {
+		sc.readers++
+		sc.goAttach(func() { sc.readWorker(j) })
+		return true
+	}
+	select {
+	case sc.reads <- j:
+		return true
+	case <-sc.ctx.Done():
+		return false
+	}
+}
+
+// readWorker serves j, then every read handed to it until reads is closed.
+func (sc *serverConn) readWorker(j *job) {
+	for ok := true; ok; j, ok = <-sc.reads {
+		if sc.ctx.Err() != nil {
+			sc.done(j)
+			continue
+		}
+		sc.serve(j)
 	}
 }
 
@@ -448,7 +500,7 @@ func (sc *serverConn) protocolError(h Header, err error) error {
 	sc.log.Warn("peer protocol error; answering and closing connection", "op", h.Op, "id", h.ID, "err", err)
 	sc.cancel()
 	body := AppendResponse(nil, h.Op, Response{Status: StatusOf(err), Msg: err.Error()})
-	if werr := sc.send(h.Op, h.ID, body); werr == nil {
+	if werr := sc.sendWait(h.Op, h.ID, body); werr == nil {
 		sc.lingerClose()
 	}
 	return err
@@ -475,13 +527,14 @@ func (sc *serverConn) orderedLoop() {
 	}
 }
 
-// serve runs one request and sends its response.
+// serve runs one request and queues its response; what the job holds is
+// released once the response is written.
 func (sc *serverConn) serve(j *job) {
-	defer sc.done(j)
 	ctx, cancel := context.WithTimeout(sc.ctx, sc.s.cfg.RequestTimeout)
 	defer cancel()
 	svc, r := sc.s.svc, j.req
 	var resp Response
+	var rbuf *[]byte
 	err := sc.authorize(ctx, r)
 	switch {
 	case err != nil:
@@ -490,8 +543,7 @@ func (sc *serverConn) serve(j *job) {
 	case r.Op == OpSync:
 		resp.Synced, err = svc.Sync(ctx, r.Epoch, r.Seg)
 	case r.Op == OpReadAt:
-		rbuf := sc.s.bufs.get(int(r.Length))
-		defer sc.s.bufs.put(rbuf) // after the response is sent
+		rbuf = sc.s.bufs.get(int(r.Length))
 		buf := *rbuf
 		var n int
 		n, err = svc.ReadAt(ctx, r.Seg, buf, r.Off)
@@ -528,25 +580,151 @@ func (sc *serverConn) serve(j *job) {
 		data, resp.Data = resp.Data, nil
 	}
 	body = AppendResponse(nil, r.Op, resp)
-	if err := sc.send(r.Op, j.h.ID, body, data); err != nil {
-		if sc.ctx.Err() == nil {
-			sc.log.Warn("peer response failed; closing connection", "err", err)
-		}
+	hdr, err := frameHeader(r.Op, FlagResponse, j.h.ID, body, data)
+	if err != nil {
+		sc.log.Warn("peer response failed; closing connection", "err", err)
 		sc.abort()
+		sc.free(outFrame{j: j, rbuf: rbuf})
+		return
+	}
+	sc.send(outFrame{hdr: hdr, body: body, data: data, j: j, rbuf: rbuf})
+}
+
+// free releases what a written or dropped response held.
+func (sc *serverConn) free(f outFrame) {
+	if f.rbuf != nil {
+		sc.s.bufs.put(f.rbuf)
+	}
+	if f.j != nil {
+		sc.done(f.j)
 	}
 }
 
-// send writes one response frame whose body is the concatenation of parts.
-func (sc *serverConn) send(op Op, id uint64, parts ...[]byte) error {
+// send queues f and, unless another goroutine is writing, writes the queue
+// until it is empty; it returns f's sequence number. After a write error
+// the connection is aborted and later responses are dropped; what they
+// hold is always released.
+func (sc *serverConn) send(f outFrame) uint64 {
+	sc.wmu.Lock()
+	sc.queue = append(sc.queue, f)
+	sc.queued++
+	seq := sc.queued
+	if sc.writing {
+		sc.wmu.Unlock()
+		return seq
+	}
+	sc.writing = true
+	for len(sc.queue) > 0 {
+		batch := sc.queue[:min(len(sc.queue), maxBatch)]
+		sc.queue = append(sc.spare[:0], sc.queue[len(batch):]...)
+		werr := sc.werr
+		sc.wmu.Unlock()
+		if werr == nil {
+			if werr = sc.write(batch); werr != nil {
+				if sc.ctx.Err() == nil {
+					sc.log.Warn("peer response failed; closing connection", "err", werr)
+				}
+				sc.abort()
+			}
+		}
+		for _, f := range batch {
+			sc.free(f)
+		}
+		clear(batch)
+		sc.wmu.Lock()
+		if sc.werr == nil {
+			sc.werr = werr
+		}
+		sc.written += uint64(len(batch))
+		sc.spare = batch[:0]
+		sc.wcond.Broadcast()
+	}
+	sc.writing = false
+	sc.wmu.Unlock()
+	return seq
+}
+
+// sendWait sends one response frame whose body is body and waits until it
+// is written, returning the connection's write error if any.
+func (sc *serverConn) sendWait(op Op, id uint64, body []byte) error {
+	hdr, err := frameHeader(op, FlagResponse, id, body)
+	if err != nil {
+		return err
+	}
+	seq := sc.send(outFrame{hdr: hdr, body: body})
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
+	for sc.written < seq {
+		sc.wcond.Wait()
+	}
+	return sc.werr
+}
+
+// maxBatch bounds the responses written by one writev.
+const maxBatch = 256
+
+// write sends a batch of frames with one writev: headers and small bodies
+// of consecutive frames share one buffer; large bodies and read data go
+// from their own buffers uncopied. Only the writer calls it.
+func (sc *serverConn) write(batch []outFrame) error {
+	const small = 4 << 10
+	n := 0
+	for i := range batch {
+		n += HeaderSize
+		if len(batch[i].body) <= small {
+			n += len(batch[i].body)
+		}
+	}
+	if cap(sc.heads) < n {
+		sc.heads = make([]byte, 0, n)
+	}
+	heads, iov := sc.heads[:0], sc.iov[:0]
+	mark := 0
+	for i := range batch {
+		f := &batch[i]
+		heads = append(heads, f.hdr[:]...)
+		bigBody := len(f.body) > small
+		if !bigBody {
+			heads = append(heads, f.body...)
+		}
+		if bigBody || len(f.data) > 0 {
+			iov = append(iov, heads[mark:])
+			mark = len(heads)
+			if bigBody {
+				iov = append(iov, f.body)
+			}
+			if len(f.data) > 0 {
+				iov = append(iov, f.data)
+			}
+		}
+	}
+	if mark < len(heads) {
+		iov = append(iov, heads[mark:])
+	}
+	sc.iov, sc.heads = iov[:0], heads[:0]
+	used := len(iov)
 	sc.c.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
-	return writeFrame(sc.c, op, FlagResponse, id, parts...)
+	_, err := iov.WriteTo(sc.c) // consumes iov, not sc.iov
+	clear(sc.iov[:used])
+	return err
 }
 
 // writeFrame writes a frame whose body is the concatenation of parts with
 // one writev, without copying the parts.
 func writeFrame(w io.Writer, op Op, flags uint16, id uint64, parts ...[]byte) error {
+	hdr, err := frameHeader(op, flags, id, parts...)
+	if err != nil {
+		return err
+	}
+	return writeParts(w, &hdr, parts...)
+}
+
+// frameHeader encodes the header of a frame whose body is the concatenation
+// of parts, with their CRC32C: the one pass over the body's bytes on the
+// sending side. It needs no lock, so callers compute it before taking the
+// connection's write lock.
+func frameHeader(op Op, flags uint16, id uint64, parts ...[]byte) ([HeaderSize]byte, error) {
+	var hdr [HeaderSize]byte
 	var n int
 	var crc uint32
 	for _, p := range parts {
@@ -554,10 +732,14 @@ func writeFrame(w io.Writer, op Op, flags uint16, id uint64, parts ...[]byte) er
 		crc = crc32.Update(crc, castagnoli, p)
 	}
 	if n > MaxBody {
-		return fmt.Errorf("%w: peer: frame body of %d bytes exceeds %d", torus.ErrInvalid, n, MaxBody)
+		return hdr, fmt.Errorf("%w: peer: frame body of %d bytes exceeds %d", torus.ErrInvalid, n, MaxBody)
 	}
-	var hdr [HeaderSize]byte
 	PutHeader(hdr[:], Header{Version: Version, Op: op, Flags: flags, ID: id, Length: uint32(n), CRC: crc})
+	return hdr, nil
+}
+
+// writeParts writes a frame header and its body parts with one writev.
+func writeParts(w io.Writer, hdr *[HeaderSize]byte, parts ...[]byte) error {
 	bufs := make(net.Buffers, 0, 1+len(parts))
 	bufs = append(bufs, hdr[:])
 	for _, p := range parts {
