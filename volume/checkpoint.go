@@ -88,11 +88,7 @@ func EncodeCheckpoint(id uint64, size int64, x *Index) []byte {
 	p = binary.LittleEndian.AppendUint32(p, 0)
 	p = binary.LittleEndian.AppendUint64(p, nruns)
 	for _, s := range table {
-		p = binary.LittleEndian.AppendUint64(p, s.ID.Volume)
-		p = binary.LittleEndian.AppendUint64(p, s.ID.Epoch)
-		p = binary.LittleEndian.AppendUint64(p, s.ID.Seq)
-		p = append(p, byte(s.ID.Kind), 0, 0, 0, 0, 0, 0, 0)
-		p = binary.LittleEndian.AppendUint64(p, uint64(s.Length))
+		p = appendSegmentEntry(p, s)
 	}
 	p = append(p, runs...)
 	return binary.LittleEndian.AppendUint32(p, crc32.Checksum(p, castagnoli))
@@ -153,22 +149,11 @@ func DecodeCheckpoint(p []byte, shares func(volume uint64) bool, nblocks uint64)
 	}
 	x := NewIndex(nblocks)
 	for i := uint64(0); i < nsegs; i++ {
-		e := rest[:checkpointSegEntrySize]
+		ref, err := decodeSegmentEntry(rest[:checkpointSegEntrySize])
+		if err != nil {
+			return nil, err
+		}
 		rest = rest[checkpointSegEntrySize:]
-		ref := torus.SegmentRef{
-			ID: torus.SegmentID{
-				Volume: binary.LittleEndian.Uint64(e[0:]),
-				Epoch:  binary.LittleEndian.Uint64(e[8:]),
-				Seq:    binary.LittleEndian.Uint64(e[16:]),
-				Kind:   torus.SegmentKind(e[24]),
-			},
-			Length: int64(binary.LittleEndian.Uint64(e[32:])),
-		}
-		for _, r := range e[25:32] {
-			if r != 0 {
-				return nil, corruptf("segment %d: reserved bytes set", i)
-			}
-		}
 		own := ref.ID.Volume == id || version == CheckpointVersionShared && shares(ref.ID.Volume)
 		if !own || ref.ID.Kind != torus.KindData {
 			return nil, corruptf("segment %d: %v is not a data segment of volume %d or a volume it shares (checkpoint version %d)", i, ref.ID, id, version)
@@ -221,6 +206,36 @@ func DecodeCheckpoint(p []byte, shares func(volume uint64) bool, nblocks uint64)
 	}
 	ck.Index = x
 	return ck, nil
+}
+
+// appendSegmentEntry encodes a segment table entry (40 bytes):
+// {volume u64, epoch u64, seq u64, kind u8, 7 reserved, length u64}.
+func appendSegmentEntry(p []byte, s torus.SegmentRef) []byte {
+	p = binary.LittleEndian.AppendUint64(p, s.ID.Volume)
+	p = binary.LittleEndian.AppendUint64(p, s.ID.Epoch)
+	p = binary.LittleEndian.AppendUint64(p, s.ID.Seq)
+	p = append(p, byte(s.ID.Kind), 0, 0, 0, 0, 0, 0, 0)
+	return binary.LittleEndian.AppendUint64(p, uint64(s.Length))
+}
+
+// decodeSegmentEntry decodes the first 40 bytes of e as a segment table
+// entry; reserved bytes must be zero.
+func decodeSegmentEntry(e []byte) (torus.SegmentRef, error) {
+	r := torus.SegmentRef{
+		ID: torus.SegmentID{
+			Volume: binary.LittleEndian.Uint64(e[0:]),
+			Epoch:  binary.LittleEndian.Uint64(e[8:]),
+			Seq:    binary.LittleEndian.Uint64(e[16:]),
+			Kind:   torus.SegmentKind(e[24]),
+		},
+		Length: int64(binary.LittleEndian.Uint64(e[32:])),
+	}
+	for _, b := range e[25:32] {
+		if b != 0 {
+			return r, corruptf("segment %v: reserved bytes set", r.ID)
+		}
+	}
+	return r, nil
 }
 
 // AnyVolume is DecodeCheckpoint's shares for a check of the format alone

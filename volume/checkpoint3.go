@@ -54,18 +54,11 @@ func EncodeRunCheckpoint(c *RunCheckpoint) []byte {
 	p = binary.LittleEndian.AppendUint32(p, uint32(len(c.Segments)))
 	p = binary.LittleEndian.AppendUint32(p, uint32(len(c.Stack)))
 	p = binary.LittleEndian.AppendUint64(p, uint64(len(c.Run)))
-	ref := func(p []byte, s torus.SegmentRef) []byte {
-		p = binary.LittleEndian.AppendUint64(p, s.ID.Volume)
-		p = binary.LittleEndian.AppendUint64(p, s.ID.Epoch)
-		p = binary.LittleEndian.AppendUint64(p, s.ID.Seq)
-		p = append(p, byte(s.ID.Kind), 0, 0, 0, 0, 0, 0, 0)
-		return binary.LittleEndian.AppendUint64(p, uint64(s.Length))
-	}
 	for _, s := range c.Segments {
-		p = ref(p, s)
+		p = appendSegmentEntry(p, s)
 	}
 	for _, s := range c.Stack {
-		p = ref(p, s.Ref)
+		p = appendSegmentEntry(p, s.Ref)
 		p = binary.LittleEndian.AppendUint64(p, uint64(s.RunSize))
 	}
 	p = append(p, c.Run...)
@@ -91,23 +84,15 @@ func decodeRunCheckpoint(p []byte, shares func(uint64) bool, nblocks uint64) (*R
 	nstack := uint64(binary.LittleEndian.Uint32(body[28:]))
 	runLen := binary.LittleEndian.Uint64(body[32:])
 	rest := body[checkpointHeaderSize:]
-	if nsegs*checkpointSegEntrySize+nstack*checkpointStackEntrySize+runLen != uint64(len(rest)) {
+	// nsegs and nstack are u32: their products cannot overflow; runLen is
+	// checked apart so that a huge one cannot wrap the sum.
+	if runLen > uint64(len(rest)) || nsegs*checkpointSegEntrySize+nstack*checkpointStackEntrySize != uint64(len(rest))-runLen {
 		return nil, corruptf("%d segments, %d runs below and a run of %d bytes do not fill %d bytes", nsegs, nstack, runLen, len(rest))
 	}
 	ref := func(e []byte) (torus.SegmentRef, error) {
-		r := torus.SegmentRef{
-			ID: torus.SegmentID{
-				Volume: binary.LittleEndian.Uint64(e[0:]),
-				Epoch:  binary.LittleEndian.Uint64(e[8:]),
-				Seq:    binary.LittleEndian.Uint64(e[16:]),
-				Kind:   torus.SegmentKind(e[24]),
-			},
-			Length: int64(binary.LittleEndian.Uint64(e[32:])),
-		}
-		for _, b := range e[25:32] {
-			if b != 0 {
-				return r, corruptf("segment %v: reserved bytes set", r.ID)
-			}
+		r, err := decodeSegmentEntry(e)
+		if err != nil {
+			return r, err
 		}
 		if !shares(r.ID.Volume) || r.Length < 0 || r.Length >= 1<<40 {
 			return r, corruptf("segment %v of length %d is not one the reading volume can name", r.ID, r.Length)

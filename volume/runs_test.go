@@ -2,7 +2,11 @@ package volume
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -258,4 +262,29 @@ func TestCheckpointInBackground(t *testing.T) {
 	v2 := c.open("vol", Options{Owner: "w2"})
 	defer v2.Close(ctx)
 	verify(t, ctx, v2, m)
+}
+
+// TestRunCheckpointLengthsWrap: a segment count and run length whose
+// sizes wrap around 2^64 when added are refused as corrupt; the table is
+// never read past its end (before: a panic on a slice out of range).
+func TestRunCheckpointLengthsWrap(t *testing.T) {
+	const nsegs = 1<<32 - 1
+	var p []byte
+	p = binary.LittleEndian.AppendUint32(p, CheckpointMagic)
+	p = binary.LittleEndian.AppendUint32(p, CheckpointVersionRuns)
+	p = binary.LittleEndian.AppendUint64(p, 9)
+	p = binary.LittleEndian.AppendUint64(p, 0)
+	p = binary.LittleEndian.AppendUint32(p, nsegs)
+	p = binary.LittleEndian.AppendUint32(p, 0)
+	const entries = 3 // well-formed table entries, far fewer than nsegs
+	var segBytes uint64 = nsegs * checkpointSegEntrySize
+	p = binary.LittleEndian.AppendUint64(p, entries*checkpointSegEntrySize-segBytes) // the sum wraps to what follows
+	for i := range entries {
+		p = appendSegmentEntry(p, torus.SegmentRef{ID: torus.SegmentID{Volume: 9, Epoch: 1, Seq: uint64(i)}, Length: 4096})
+	}
+	p = binary.LittleEndian.AppendUint32(p, crc32.Checksum(p, castagnoli))
+	p = slices.Clip(p) // as read from a segment: nothing past its end
+	if _, err := DecodeCheckpoint(p, OnlyVolume(9), 6000); !errors.Is(err, torus.ErrCorrupt) {
+		t.Fatalf("a checkpoint whose lengths wrap: %v, want ErrCorrupt", err)
+	}
 }
