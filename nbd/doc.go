@@ -19,7 +19,9 @@
 // answered as they complete; memory per connection is bounded by
 // Config.MaxInflightBytes.
 //
-// AttachKernel connects a Linux /dev/nbdX to an export (torusblk nbd).
+// ClientHandshake is the client side of the handshake (tests and tools).
+// The kernel's NBD client is attached by internal/attach (torusblk nbd,
+// through the netlink interface).
 //
 // See docs/design/nbd.md for the supported protocol subset, limits and the
 // error mapping.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -84,71 +83,6 @@ func TestServeConn(t *testing.T) {
 	}
 	if err := srv.ServeConn(a); !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("ServeConn after Shutdown: %v", err)
-	}
-}
-
-func TestAttachKernelNoDriver(t *testing.T) {
-	a, b := socketPair(t)
-	defer a.Close()
-	defer b.Close()
-	err := AttachKernel(context.Background(), "/dev/nbd-does-not-exist", a, "vol")
-	if !errors.Is(err, torus.ErrUnavailable) || !strings.Contains(err.Error(), "kernel NBD driver not available: modprobe nbd") {
-		t.Fatalf("AttachKernel without a device: %v", err)
-	}
-}
-
-// TestAttachKernel attaches /dev/nbd0 to an export over a socketpair,
-// writes through the block device and reads the data from the export.
-func TestAttachKernel(t *testing.T) {
-	if _, err := os.Stat("/dev/nbd0"); err != nil {
-		t.Skip("kernel NBD driver not available (no /dev/nbd0): modprobe nbd")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	ex := newMemExports()
-	dev := ex.add("vol", 16<<20)
-	srv := NewServer(Config{}, ex, nil)
-	a, b := socketPair(t)
-	go srv.ServeConn(a)
-	ctx, cancel := context.WithCancel(context.Background())
-	attached := make(chan error, 1)
-	go func() { attached <- AttachKernel(ctx, "/dev/nbd0", b, "vol") }()
-	var f *os.File
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var err error
-		if f, err = os.OpenFile("/dev/nbd0", os.O_RDWR|syscall.O_DIRECT, 0); err == nil {
-			st, _ := f.Stat()
-			if sz, _ := f.Seek(0, 2); sz == 16<<20 && st != nil {
-				break
-			}
-			f.Close()
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("/dev/nbd0 did not come up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	buf := make([]byte, 4096)
-	copy(buf, "kernel")
-	if _, err := f.WriteAt(buf, 8192); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	cancel()
-	if err := <-attached; err != nil {
-		t.Fatal(err)
-	}
-	srv.Shutdown(context.Background())
-	dev.Reopen()
-	got := make([]byte, 6)
-	dev.ReadAt(context.Background(), got, 8192)
-	if string(got) != "kernel" {
-		t.Fatalf("export holds %q", got)
 	}
 }
 
