@@ -327,6 +327,20 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 	// itself (forced, at close, or with the sealed list at its limit).
 	var finished *ckptJob
 	var done ckptResult
+	var job *ckptJob // what a new checkpoint took from the index: restored if the head does not take it
+	// restore gives the index back what the checkpoints this roll does
+	// not put in the head had taken from it: every return with an error
+	// after finished is received calls it, or their blocks would be in no
+	// checkpoint while the sealed segments holding them are dropped by the
+	// next one.
+	restore := func() {
+		for _, j := range []*ckptJob{finished, job} {
+			if j != nil {
+				v.restoreCheckpoint(j)
+			}
+		}
+		finished, job = nil, nil
+	}
 	if v.ckpt != nil {
 		v.mu.Lock()
 		full := len(v.head.Sealed)+1 >= v.maxSealed
@@ -349,6 +363,7 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 	old := v.open
 	if old != nil {
 		if err := v.secure(ctx, old); err != nil {
+			restore()
 			return false, err
 		}
 	}
@@ -369,7 +384,6 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 
 	var ck *torus.SegmentRef
 	var ckStack []StackRun // the stack once ck is in the head
-	var job *ckptJob       // what the checkpoint took from the index: restored if the head does not take it
 	var background bool    // job is to be written in the background once the head names it
 	stack := v.stack
 	if finished != nil {
@@ -410,21 +424,10 @@ func (v *Volume) rollOnce(ctx context.Context, mode ckptMode, openNew bool) (boo
 				job = nil
 			}
 			if mode == ckptForce {
-				if finished != nil {
-					v.restoreCheckpoint(finished)
-				}
+				restore()
 				return false, err
 			}
 			v.log.Warn("checkpoint skipped", "err", err)
-		}
-	}
-	// restore gives the index back what checkpoints the head did not take
-	// had taken from it.
-	restore := func() {
-		for _, j := range []*ckptJob{finished, job} {
-			if j != nil {
-				v.restoreCheckpoint(j)
-			}
 		}
 	}
 	if v.ckpt == nil && !background {

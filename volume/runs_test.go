@@ -288,3 +288,63 @@ func TestRunCheckpointLengthsWrap(t *testing.T) {
 		t.Fatalf("a checkpoint whose lengths wrap: %v, want ErrCorrupt", err)
 	}
 }
+
+// TestBackgroundCheckpointKeptWhenSealFails: a background checkpoint that
+// has landed but whose roll fails (the open segment can be neither synced
+// nor read back) is given back to the index: the blocks it holds are in
+// the next checkpoint, which drops the sealed segments holding them. A
+// reopen reads every acknowledged, flushed write.
+func TestBackgroundCheckpointKeptWhenSealFails(t *testing.T) {
+	ctx := context.Background()
+	c := newCluster(t, clusterOpts{replication: 2, peers: 3, segmentSize: 1 << 20, checkpointEvery: 1})
+	const size = 16 << 20
+	c.create("vol", size, 0)
+	v := c.open("vol", Options{Owner: "w", RetryFor: 200 * time.Millisecond})
+	defer v.Close(ctx)
+	r := rand.New(rand.NewPCG(91, 92))
+	m := make(model, size)
+	write := func(from, n int64) error {
+		for off := from; off < from+n; off += 128 << 10 {
+			p := randBytes(r, 128<<10)
+			if err := v.WriteAt(ctx, p, off, false); err != nil {
+				return err
+			}
+			copy(m[off:], p)
+		}
+		return nil
+	}
+	// Seals and a background checkpoint of the first 3 MiB.
+	if err := write(0, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for v.Stats().Checkpoints == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The next roll cannot secure the open segment.
+	for _, st := range c.stores {
+		st.SetFault(func(op string, seg torus.SegmentID) error {
+			if seg.Kind == torus.KindData && (op == storage.OpSync || op == storage.OpRead) {
+				return errors.New("disk on fire")
+			}
+			return nil
+		})
+	}
+	const scratch = 8 << 20 // written while failing, rewritten after
+	_ = write(scratch, 2<<20)
+	for _, st := range c.stores {
+		st.SetFault(nil)
+	}
+	v.Close(ctx)
+	v = c.open("vol", Options{Owner: "w2"})
+	if err := write(scratch, 6<<20); err != nil { // more seals and checkpoints
+		t.Fatal(err)
+	}
+	if err := v.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v = c.open("vol", Options{Owner: "w3"})
+	verify(t, ctx, v, m)
+}
