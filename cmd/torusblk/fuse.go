@@ -15,10 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/torus-storage/torus"
-	"github.com/torus-storage/torus/export"
 	"github.com/torus-storage/torus/internal/attach"
-	"github.com/torus-storage/torus/nbd"
-	"github.com/torus-storage/torus/volume"
 )
 
 func newFuse(g *globals) *cobra.Command {
@@ -44,19 +41,13 @@ and further I/O through it fails (EIO), never lost silently.`,
 			name, file := args[0], args[1]
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			// The metadata client lives until this function returns, past
-			// SIGTERM: the final flush and unlock need it.
-			meta, pool, err := g.connect(context.Background(), log)
+			ex, done, err := g.clusterExports(log, "fuse "+file)
 			if err != nil {
 				return err
 			}
-			defer meta.Close()
-			defer pool.Close()
+			defer done()
 			keepReloading(ctx, g.peerTLS)
-			host, _ := os.Hostname()
-			owner := fmt.Sprintf("torusblk@%s fuse %s pid %d", host, file, os.Getpid())
-			var exports nbd.Exports = export.New(volume.Deps{Meta: meta, Peers: pool, Identity: g.peerTLS.CommonName(), Logger: log}, owner)
-			exports, stopHTTP, err := withMetrics(exports, httpListen, log)
+			exports, stopHTTP, err := withMetrics(ex, httpListen, log)
 			if err != nil {
 				return err
 			}

@@ -248,3 +248,22 @@ func loadTLS(certFile, keyFile, caFile string, log *slog.Logger) (*tlsconfig.Rel
 	}
 	return tlsconfig.New("nbd TLS", tlsconfig.Files{Cert: certFile, Key: keyFile, CA: caFile}, log)
 }
+
+// clusterExports connects to the cluster and returns the exports a
+// torusblk attach process serves, their writers owned as "torusblk@HOST
+// WHAT pid PID", and the function that closes the connections. The
+// metadata client lives until that is called, past SIGTERM: the final
+// flush and unlock need it.
+func (g *globals) clusterExports(log *slog.Logger, what string) (*export.Exports, func(), error) {
+	meta, pool, err := g.connect(context.Background(), log)
+	if err != nil {
+		return nil, nil, err
+	}
+	host, _ := os.Hostname()
+	owner := fmt.Sprintf("torusblk@%s %s pid %d", host, what, os.Getpid())
+	ex := export.New(volume.Deps{Meta: meta, Peers: pool, Identity: g.peerTLS.CommonName(), Logger: log}, owner)
+	return ex, func() {
+		pool.Close()
+		meta.Close()
+	}, nil
+}

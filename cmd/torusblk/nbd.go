@@ -11,10 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/torus-storage/torus/export"
 	"github.com/torus-storage/torus/internal/attach"
 	"github.com/torus-storage/torus/internal/attach/nbdnl"
-	"github.com/torus-storage/torus/volume"
 )
 
 // newNBDAttach is `torusblk nbd`: attach.ServeKernel with the kernel's
@@ -67,19 +65,14 @@ there is no nbd module, use torusblk fuse and a loop device.`,
 				return err
 			}
 			defer nl.Close()
-			// The metadata client lives until this function returns, past
-			// SIGTERM: the final flush and unlock need it.
-			meta, pool, err := g.connect(context.Background(), log)
+			exports, done, err := g.clusterExports(log, "nbd "+args[0])
 			if err != nil {
 				return err
 			}
-			defer meta.Close()
-			defer pool.Close()
+			defer done()
 			keepReloading(ctx, g.peerTLS)
-			host, _ := os.Hostname()
-			owner := fmt.Sprintf("torusblk@%s nbd %s pid %d", host, args[0], os.Getpid())
 			cfg.Netlink = nl
-			cfg.Exports = export.New(volume.Deps{Meta: meta, Peers: pool, Identity: g.peerTLS.CommonName(), Logger: log}, owner)
+			cfg.Exports = exports
 			return attach.ServeKernel(ctx, cfg)
 		},
 	}
