@@ -46,6 +46,11 @@ const (
 	AimCephEvery      = 1.5 // Torus R2 ≥ 1.5 × Ceph size 2 on every job
 	AimCephDurable    = 3.0 // ... and ≥ 3 × on the durable job
 	AimWriteAmplMax   = 1.05
+	// AimWriterRSSBytes bounds the writer's (torusblk's) peak RSS after a
+	// write-amplification row of at least AimWriterRSSAt of distinct
+	// 4 KiB blocks (issue 10).
+	AimWriterRSSBytes = 128 << 20
+	AimWriterRSSAt    = 16 << 30
 )
 
 // AimInputs is everything CheckAims looks at.
@@ -207,6 +212,14 @@ func CheckAims(in AimInputs) []AimResult {
 			continue
 		}
 		add("write-amp", aim, true, w.Ratio <= AimWriteAmplMax, w.Summary())
+		if w.Size >= AimWriterRSSAt {
+			aim := fmt.Sprintf("writer (torusblk) peak RSS after %s of 4 KiB random writes ≤ %d MiB", FormatSize(w.Size), AimWriterRSSBytes>>20)
+			if w.BlkPeakRSSBytes <= 0 {
+				add("memory", aim, false, false, "not measured")
+			} else {
+				add("memory", aim, true, w.BlkPeakRSSBytes <= AimWriterRSSBytes, fmt.Sprintf("%.0f MiB", float64(w.BlkPeakRSSBytes)/(1<<20)))
+			}
+		}
 	}
 	if len(in.WA) == 0 {
 		add("write-amp", fmt.Sprintf("write amplification of 4 KiB random writes ≤ %.2f", AimWriteAmplMax), false, false, "not measured: -wa-sizes is empty")

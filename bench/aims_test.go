@@ -59,7 +59,7 @@ func aimFixture() AimInputs {
 		},
 		WA: []WAResult{
 			{Size: 1 << 30, Ratio: 1.05, StoredBytes: 2 << 30, WrittenBytes: 1 << 30, Replication: 2},
-			{Size: 16 << 30, Ratio: 1.051},
+			{Size: 16 << 30, Ratio: 1.051, BlkPeakRSSBytes: 129 << 20},
 			{Size: 64 << 30, Error: "needs 140.80 GiB free"},
 		},
 		Ceph: true,
@@ -92,6 +92,7 @@ func TestCheckAims(t *testing.T) {
 		"at 1GiB":                      AimPass,
 		"at 16GiB":                     AimFail,
 		"at 64GiB":                     AimNA,
+		"RSS after 16GiB":              AimFail,
 		TargetTorus2 + " torusd CPU":   AimInfo,
 		TargetTorus2 + " torusblk CPU": AimInfo,
 	} {
@@ -107,6 +108,7 @@ func TestCheckAims(t *testing.T) {
 		TargetTorus2 + " torusd CPU":        "4.00 s/GiB written, 2.00 s/GiB read (nbdkit 1.00 s/GiB written, 0.50 s/GiB read)",
 		TargetTorus2 + " torusblk peak RSS": "256 MiB",
 		"at 64GiB":                          "not measured: needs 140.80 GiB free",
+		"RSS after 16GiB":                   "129 MiB",
 		TargetTorus2 + " " + JobRandRead + " ≥ 0.80": "not measured: no result from " + TargetTorus2,
 	} {
 		if a := findAim(t, aims, substr); !strings.HasPrefix(a.Got, got) {

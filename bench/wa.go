@@ -51,7 +51,10 @@ type WAResult struct {
 	// WriteSeconds is fio's run, flush included; IOPS its write rate.
 	WriteSeconds float64 `json:"write_seconds"`
 	IOPS         float64 `json:"iops"`
-	Error        string  `json:"error,omitempty"`
+	// BlkPeakRSSBytes is the writer's (torusblk's) peak RSS after the
+	// writes (0: not read).
+	BlkPeakRSSBytes int64  `json:"blk_peak_rss_bytes,omitempty"`
+	Error           string `json:"error,omitempty"`
 }
 
 // WriteAmplification is stored ÷ written ÷ replication (0 when written or
@@ -69,7 +72,11 @@ func (w WAResult) Summary() string {
 	if w.UsedRatio > 0 {
 		s += fmt.Sprintf("; torus_store_used_bytes gives %.3f", w.UsedRatio)
 	}
-	return s + fmt.Sprintf("; written in %.0f s at %.0f IOPS)", w.WriteSeconds, w.IOPS)
+	s += fmt.Sprintf("; written in %.0f s at %.0f IOPS", w.WriteSeconds, w.IOPS)
+	if w.BlkPeakRSSBytes > 0 {
+		s += fmt.Sprintf("; torusblk peak RSS %.0f MiB", float64(w.BlkPeakRSSBytes)/(1<<20))
+	}
+	return s + ")"
 }
 
 // formatBytes prints bytes in MiB or GiB with 2 decimals.
@@ -210,6 +217,9 @@ func (b *bench) measureWA(ctx context.Context, opts TorusOptions, size int64) WA
 		return fail(err)
 	}
 	res.WrittenBytes, res.IOPS = fr.Write.Bytes, fr.Write.IOPS
+	if ps, err := ReadProc(c.Blk.PID()); err == nil {
+		res.BlkPeakRSSBytes = ps.PeakRSSBytes
+	}
 	// Stored bytes once two readings a second apart agree (background
 	// checkpoints may still land after the flush), at most 30 s.
 	var last int64 = -1
