@@ -19,9 +19,10 @@ import (
 // view and works only when something relevant changed since its last
 // healing pass, when that pass left work (copies, deletes, failures, a
 // member down), every GCInterval for GC (a local listing, checked against
-// the view), and after each full read of the view (every ViewResync,
-// jittered), as a safety net; every liveRereadEvery-th of those reads every
-// live set again too.
+// the view), and after each full read of the view (at start, and after a
+// resync or a failed change: never on a timer, so an idle cluster costs
+// nothing that grows with its size); every liveRereadEvery-th of those
+// reads every live set again too.
 func (s *Server) maintenanceLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.MaintenanceInterval)
 	defer t.Stop()
@@ -115,8 +116,8 @@ type segUse struct {
 	users       []uint64 // IDs of the volumes naming it
 }
 
-// liveRereadEvery: every how many full reads of the view (ViewResync)
-// every live set is read again too (about every 30 min by default).
+// liveRereadEvery: every how many full reads of the view (at start, then
+// only after a resync) every live set is read again too.
 const liveRereadEvery = 6
 
 // liveCache holds each volume's live set, by volume ID, with the view
