@@ -3,7 +3,10 @@ package server
 import (
 	"context"
 	"maps"
+	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,5 +223,63 @@ func TestViewAuditCorrectsMissedChange(t *testing.T) {
 	})
 	if after.gen == st.gen {
 		t.Error("the audit's corrections did not move the view generation")
+	}
+}
+
+// TestHealListsNoPeerWithoutSegments: while no volume has a live segment,
+// healing passes (here: after a ring change) ask no peer for its listing,
+// so daemons of a cluster of empty volumes do not connect to one another.
+func TestHealListsNoPeerWithoutSegments(t *testing.T) {
+	meta := initMeta(t)
+	ctx := context.Background()
+	if _, err := meta.CreateVolume(ctx, torus.VolumeInfo{Name: "empty", Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var dialed atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			dialed.Add(1)
+			c.Close()
+		}
+	}()
+	s := startTestServer(t, meta)
+	if err := meta.PutPeer(ctx, torus.PeerInfo{ID: "other", Address: ln.Addr().String(), Capacity: 1 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := meta.NewSession(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close(ctx)
+	if err := meta.Heartbeat(ctx, sess, "other", torus.Beat{}); err != nil {
+		t.Fatal(err)
+	}
+	ring, err := meta.Ring(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring.Version++
+	ring.Members = append(ring.Members, torus.NewRingMember("other", torus.Location{}, 1<<30))
+	if err := meta.SetRing(ctx, ring); err != nil {
+		t.Fatal(err)
+	}
+	st := waitView(t, s, func(st clusterState) bool {
+		return len(st.ring.Members) == 2 && slices.ContainsFunc(st.peers, func(p torus.PeerInfo) bool { return p.ID == "other" && p.State == torus.PeerUp })
+	})
+	if _, err := s.heal(ctx, s.cachedView(ctx, st, make(liveCache)), st); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * s.cfg.MaintenanceInterval / 2) // the loop's own pass for the ring change
+	if n := dialed.Load(); n > 0 {
+		t.Errorf("healing with no live segment connected to a peer %d times", n)
 	}
 }
