@@ -7,8 +7,10 @@
 // Each run (DAEMONSxVOLUMES) starts an embedded etcd and DAEMONS in-process
 // torusd servers (server.New, each with its own etcd client, store and peer
 // port) in one ring on VOLUMES empty volumes created before they start, lets
-// the cluster settle (until the etcd request rate is steady), then counts
-// over the window:
+// the cluster settle — at least -settle, then until the etcd request rates
+// of two consecutive -sample periods agree within 10 %, at most -max-settle
+// (which must exceed -settle; a run that never got steady says so) — then
+// counts over the window:
 //
 //   - etcd requests, from etcd's own server metrics (the gRPC unary calls
 //     handled plus the messages received on streams: watch creations, lease
@@ -32,6 +34,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -226,7 +229,8 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbo
 	}
 	defer emb.Close()
 	newMeta := func() (*etcdmeta.Store, error) {
-		return etcdmeta.New(ctx, etcdmeta.Config{Endpoints: emb.Endpoints(), RequestTimeout: 30 * time.Second})
+		return etcdmeta.New(ctx, etcdmeta.Config{Endpoints: emb.Endpoints(), RequestTimeout: 30 * time.Second,
+			DialTimeout: 30 * time.Second})
 	}
 	admin, err := newMeta()
 	if err != nil {
@@ -241,10 +245,33 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbo
 
 	// The volumes exist before the daemons start, as after a restart: each
 	// daemon reads them once.
-	for i := range v {
-		if _, err := admin.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%05d", i), Size: 64 << 20}); err != nil {
-			return result{}, fmt.Errorf("creating volume %d: %w", i, err)
-		}
+	// Four at a time (the volume ID counter is one key, so more only
+	// contend), retried when contended.
+	var (
+		next    atomic.Int64
+		createG sync.WaitGroup
+		errs    = make(chan error, 4) // buffered to the workers
+	)
+	for range 4 {
+		createG.Add(1)
+		go func() {
+			defer createG.Done()
+			for i := int(next.Add(1)) - 1; i < v; i = int(next.Add(1)) - 1 {
+				var err error
+				for try := 0; try == 0 || errors.Is(err, torus.ErrUnavailable) && try < 10; try++ {
+					_, err = admin.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%05d", i), Size: 64 << 20})
+				}
+				if err != nil {
+					errs <- fmt.Errorf("creating volume %d: %w", i, err)
+					return
+				}
+			}
+		}()
+	}
+	createG.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return result{}, err
 	}
 
 	var servers []*server.Server
