@@ -39,17 +39,20 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		st, ok := s.view.snapshot()
+		// Look before copying: an idle tick copies nothing (a snapshot
+		// is a copy of every volume's entry).
+		gen, built, ok := s.view.peek()
 		if !ok {
 			continue
 		}
 		now := time.Now()
-		full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
 		gc := now.Sub(lastGC) >= s.cfg.GCInterval
-		heal := again || full || st.gen != healed
-		if !gc && !heal {
+		if !gc && !again && built.Equal(lastFull) && gen == healed {
 			continue
 		}
+		st, _ := s.view.snapshot()
+		full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
+		heal := again || full || st.gen != healed
 		if full {
 			// A full read of the view keeps the live sets of volumes it
 			// found unchanged; every liveRereadEvery-th one drops them

@@ -81,6 +81,14 @@ func (v *view) snapshot() (clusterState, bool) {
 	return st, v.ready
 }
 
+// peek returns the view's generation and the time of its last full read
+// without copying it; ok=false until the first full read is done.
+func (v *view) peek() (gen uint64, built time.Time, ok bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st.gen, v.st.built, v.ready
+}
+
 // run is the owner goroutine: it returns when ctx ends.
 func (v *view) run(ctx context.Context) {
 	for ctx.Err() == nil {
