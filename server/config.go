@@ -56,10 +56,12 @@ type Config struct {
 	// it plans only when the view changed or work is left (see
 	// maintenanceLoop). Default 2 s.
 	MaintenanceInterval time.Duration
-	// ViewResync is how often the cached cluster view is read again in
-	// full and every pass's inputs recomputed, as a safety net behind the
-	// watch. Default 5 min.
-	ViewResync time.Duration
+	// ViewAudit is how often the cached cluster view checks one part of
+	// itself against the metadata store (one volume's record, head and
+	// writer, in turn, or the ring and peers), as a safety net behind the
+	// watch: at most three requests per interval whatever the cluster's
+	// size. Default 20 s.
+	ViewAudit time.Duration
 	// GCInterval is how often the daemon sweeps its store for segments
 	// that no head or snapshot names. Default 30 s.
 	GCInterval time.Duration
@@ -93,8 +95,8 @@ func (c *Config) EnsureDefaults() {
 	if c.GCInterval == 0 {
 		c.GCInterval = 30 * time.Second
 	}
-	if c.ViewResync == 0 {
-		c.ViewResync = 5 * time.Minute
+	if c.ViewAudit == 0 {
+		c.ViewAudit = 20 * time.Second
 	}
 	if c.ScrubInterval == 0 {
 		c.ScrubInterval = DefaultScrubInterval
@@ -116,6 +118,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: capacity %d must be positive", torus.ErrInvalid, c.Capacity)
 	case c.HeartbeatTTL < time.Second:
 		return fmt.Errorf("%w: heartbeat TTL %v must be at least 1s", torus.ErrInvalid, c.HeartbeatTTL)
+	case c.ViewAudit < 0:
+		return fmt.Errorf("%w: view audit interval %v must not be negative", torus.ErrInvalid, c.ViewAudit)
 	case c.RebalanceRate < 0:
 		return fmt.Errorf("%w: rebalance rate %d must not be negative", torus.ErrInvalid, c.RebalanceRate)
 	}

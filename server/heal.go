@@ -69,7 +69,8 @@ func (s *Server) liveness(peers []torus.PeerInfo) liveness {
 // of its surplus copies.
 //
 // It plans from the cached view st (ring, peers) and lists the segments
-// of every up peer (paged List RPCs) only when called. more reports that
+// of every up peer (paged List RPCs) only when called, and only when some
+// live segment is sealed. more reports that
 // another pass is needed even without a change: copies were planned (for
 // any daemon), this daemon had surplus copies to delete, a step failed,
 // or a member is down (its grace may end).
@@ -91,9 +92,16 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 			more = true // down, perhaps within its grace: look again
 		}
 	}
-	inv, err := s.inventory(ctx, live.reallyUp)
-	if err != nil {
-		return true, err
+	// The planner and the statuses look at sealed live segments only:
+	// with none (empty volumes: only their open segments) no peer's
+	// listing can matter, and none is asked — otherwise every daemon
+	// would list (and connect to) every other one at every ring change,
+	// O(daemons²) connections at start-up.
+	inv := make(map[torus.SegmentID][]rebalance.Holder)
+	if view.anySealed() {
+		if inv, err = s.inventory(ctx, live.reallyUp); err != nil {
+			return true, err
+		}
 	}
 	view.inv = inv
 	var segs []rebalance.Segment
@@ -188,6 +196,17 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 		return true, fmt.Errorf("healing: %d failures, first: %w", len(errs), errs[0])
 	}
 	return more, nil
+}
+
+// anySealed reports whether some live segment is sealed (its length is
+// known). Pure.
+func (v *clusterView) anySealed() bool {
+	for _, u := range v.segs {
+		if u.length != volume.Unknown {
+			return true
+		}
+	}
+	return false
 }
 
 // fullHolders lists the up peers holding at least length bytes of a

@@ -19,9 +19,10 @@ import (
 // view and works only when something relevant changed since its last
 // healing pass, when that pass left work (copies, deletes, failures, a
 // member down), every GCInterval for GC (a local listing, checked against
-// the view), and after each full read of the view (every ViewResync,
-// jittered), as a safety net; every liveRereadEvery-th of those reads every
-// live set again too.
+// the view), and after each full read of the view (at start, and after a
+// resync or a failed change: never on a timer, so an idle cluster costs
+// nothing that grows with its size); every liveRereadEvery-th of those
+// reads every live set again too.
 func (s *Server) maintenanceLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.MaintenanceInterval)
 	defer t.Stop()
@@ -38,17 +39,20 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		st, ok := s.view.snapshot()
+		// Look before copying: an idle tick copies nothing (a snapshot
+		// is a copy of every volume's entry).
+		gen, built, ok := s.view.peek()
 		if !ok {
 			continue
 		}
 		now := time.Now()
-		full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
 		gc := now.Sub(lastGC) >= s.cfg.GCInterval
-		heal := again || full || st.gen != healed
-		if !gc && !heal {
+		if !gc && !again && built.Equal(lastFull) && gen == healed {
 			continue
 		}
+		st, _ := s.view.snapshot()
+		full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
+		heal := again || full || st.gen != healed
 		if full {
 			// A full read of the view keeps the live sets of volumes it
 			// found unchanged; every liveRereadEvery-th one drops them
@@ -115,8 +119,8 @@ type segUse struct {
 	users       []uint64 // IDs of the volumes naming it
 }
 
-// liveRereadEvery: every how many full reads of the view (ViewResync)
-// every live set is read again too (about every 30 min by default).
+// liveRereadEvery: every how many full reads of the view (at start, then
+// only after a resync) every live set is read again too.
 const liveRereadEvery = 6
 
 // liveCache holds each volume's live set, by volume ID, with the view

@@ -184,7 +184,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.view = newView(s.meta, s.log, s.cfg.ViewResync, s.local.SetEpochs, func(spec torus.RingSpec) {
+	s.view = newView(s.meta, s.log, s.cfg.ViewAudit, s.local.SetEpochs, func(spec torus.RingSpec) {
 		s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
 	})
 	s.goAttachCtx(runCtx, s.heartbeatLoop)

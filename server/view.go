@@ -46,12 +46,15 @@ type viewVolume struct {
 
 // view owns the cached cluster view. One goroutine (run) builds it with
 // one full read and then keeps it by the typed watch (WatchChanges); it
-// reads again in full after a resync (compacted history) and every
-// resync interval, as a safety net. Other goroutines read snapshots.
+// reads again in full only after a resync (compacted history) or a failed
+// change. As a safety net behind the watch it audits the view at a fixed
+// cost: every audit interval it reads one volume (record, head, writer),
+// in name order, or at the end of each round the ring and the peers, and
+// corrects what differs (audit). Other goroutines read snapshots.
 type view struct {
-	meta   torus.Metadata
-	log    *slog.Logger
-	resync time.Duration
+	meta  torus.Metadata
+	log   *slog.Logger
+	audit time.Duration
 	// onEpochs and onRing are called by the owner goroutine with the
 	// epochs it learns (fencing) and each new ring.
 	onEpochs func(map[uint64]uint64)
@@ -63,8 +66,8 @@ type view struct {
 	changed chan struct{} // capacity 1: a maintenance-relevant change
 }
 
-func newView(meta torus.Metadata, log *slog.Logger, resync time.Duration, onEpochs func(map[uint64]uint64), onRing func(torus.RingSpec)) *view {
-	return &view{meta: meta, log: log, resync: resync, onEpochs: onEpochs, onRing: onRing, changed: make(chan struct{}, 1)}
+func newView(meta torus.Metadata, log *slog.Logger, audit time.Duration, onEpochs func(map[uint64]uint64), onRing func(torus.RingSpec)) *view {
+	return &view{meta: meta, log: log, audit: audit, onEpochs: onEpochs, onRing: onRing, changed: make(chan struct{}, 1)}
 }
 
 // snapshot returns a copy of the current view; ok=false until the first
@@ -76,6 +79,14 @@ func (v *view) snapshot() (clusterState, bool) {
 	st.peers = slices.Clone(st.peers)
 	st.volumes = maps.Clone(st.volumes)
 	return st, v.ready
+}
+
+// peek returns the view's generation and the time of its last full read
+// without copying it; ok=false until the first full read is done.
+func (v *view) peek() (gen uint64, built time.Time, ok bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st.gen, v.st.built, v.ready
 }
 
 // run is the owner goroutine: it returns when ctx ends.
@@ -170,21 +181,32 @@ func (v *view) signal() {
 }
 
 // follow applies changes after rev until a resync is needed: the history
-// was compacted, the watch closed, a change could not be applied, or the
-// safety interval passed.
+// was compacted, the watch closed, or a change or an audit could not be
+// applied. Between changes it audits one part of the view every audit
+// interval (auditNext): a cost per daemon that depends on neither the
+// number of volumes nor the number of daemons.
 func (v *view) follow(ctx context.Context, rev int64) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch := v.meta.WatchChanges(wctx, rev)
-	// Jittered (±25 %) so that daemons do not re-read all at once.
-	t := time.NewTimer(v.resync*3/4 + rand.N(v.resync/2+1))
+	// The first tick jittered, so that daemons started together do not
+	// audit in step.
+	t := time.NewTimer(v.audit/2 + rand.N(v.audit+1))
 	defer t.Stop()
+	var cursor string // the last volume audited; "" at the start of a round
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			return
+			var err error
+			if cursor, err = v.auditNext(ctx, cursor); err != nil {
+				if ctx.Err() == nil {
+					v.log.Warn("cluster view: audit failed; reading the view again", "err", err)
+				}
+				return
+			}
+			t.Reset(v.audit)
 		case c, ok := <-ch:
 			if !ok {
 				return
@@ -346,4 +368,114 @@ func (v *view) update(rev int64, f func(st *clusterState)) {
 		f(&v.st)
 	}
 	v.st.rev = max(v.st.rev, rev)
+}
+
+// auditNext checks one part of the view against the store and corrects
+// it: the volume after cursor in name order (its record, head and
+// writer), or, when none is left, the ring and the peers. It returns the
+// next cursor. A difference is usually a change the watch is about to
+// deliver (the reads are newer than the view); it is applied as the
+// change would be, so a lost event stays wrong at most one round (the
+// number of volumes + 1 audit intervals). At most three requests.
+func (v *view) auditNext(ctx context.Context, cursor string) (string, error) {
+	v.mu.Lock()
+	next, found := "", false
+	for name := range v.st.volumes {
+		if name > cursor && (!found || name < next) {
+			next, found = name, true
+		}
+	}
+	v.mu.Unlock()
+	if !found {
+		return "", v.auditCluster(ctx)
+	}
+	info, err := v.meta.Volume(ctx, next)
+	if errors.Is(err, torus.ErrNotExist) {
+		v.correct(next, func(st *clusterState) bool {
+			_, ok := st.volumes[next]
+			delete(st.volumes, next)
+			return ok
+		})
+		return next, nil
+	}
+	if err != nil {
+		return next, fmt.Errorf("auditing volume %s: %w", next, err)
+	}
+	got, err := v.readVolume(ctx, info, 0)
+	if errors.Is(err, torus.ErrNotExist) {
+		return next, nil // deleted meanwhile: the watch tells
+	}
+	if err != nil {
+		return next, fmt.Errorf("auditing volume %s: %w", next, err)
+	}
+	v.correct(next, func(st *clusterState) bool {
+		old, ok := st.volumes[next]
+		if ok && old.info.ID == got.info.ID && old.writer == got.writer &&
+			reflect.DeepEqual(old.head, got.head) && reflect.DeepEqual(old.info, got.info) {
+			return false
+		}
+		if ok && old.info.ID == got.info.ID {
+			got.epoch = old.epoch
+		}
+		got.changed = st.rev // its live set is read again
+		st.volumes[next] = got
+		return true
+	})
+	return next, nil
+}
+
+// auditCluster checks the ring's version and the peers' membership,
+// addresses, locations and states (not their usage or last-seen times,
+// which heartbeats move).
+func (v *view) auditCluster(ctx context.Context) error {
+	ring, err := v.meta.Ring(ctx)
+	if err != nil {
+		return fmt.Errorf("auditing ring: %w", err)
+	}
+	peers, err := v.meta.Peers(ctx)
+	if err != nil {
+		return fmt.Errorf("auditing peers: %w", err)
+	}
+	newer := false
+	v.correct("ring", func(st *clusterState) bool {
+		newer = ring.Version > st.ring.Version
+		if newer {
+			st.ring = ring
+		}
+		return newer
+	})
+	if newer {
+		v.onRing(ring)
+	}
+	v.correct("peers", func(st *clusterState) bool {
+		if slices.EqualFunc(st.peers, peers, samePeer) {
+			return false
+		}
+		st.peers = peers
+		return true
+	})
+	return nil
+}
+
+// samePeer compares what maintenance plans from: identity, address,
+// location, capacity and state.
+func samePeer(a, b torus.PeerInfo) bool {
+	return a.ID == b.ID && a.Address == b.Address && a.HTTP == b.HTTP && a.Zone == b.Zone && a.Rack == b.Rack &&
+		a.Host == b.Host && a.Capacity == b.Capacity && a.State == b.State
+}
+
+// correct applies an audit's correction f (which reports whether it
+// changed anything); a change moves the generation, so maintenance plans
+// again.
+func (v *view) correct(what string, f func(st *clusterState) bool) {
+	v.mu.Lock()
+	changed := f(&v.st)
+	if changed {
+		v.st.gen++
+	}
+	v.mu.Unlock()
+	if changed {
+		v.signal()
+		v.log.Debug("cluster view: the audit corrected the view", "what", what)
+	}
 }

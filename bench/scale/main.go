@@ -7,8 +7,10 @@
 // Each run (DAEMONSxVOLUMES) starts an embedded etcd and DAEMONS in-process
 // torusd servers (server.New, each with its own etcd client, store and peer
 // port) in one ring on VOLUMES empty volumes created before they start, lets
-// the cluster settle (until the etcd request rate is steady), then counts
-// over the window:
+// the cluster settle — at least -settle, then until the etcd request rates
+// of two consecutive -sample periods agree within 10 %, at most -max-settle
+// (which must exceed -settle; a run that never got steady says so) — then
+// counts over the window:
 //
 //   - etcd requests, from etcd's own server metrics (the gRPC unary calls
 //     handled plus the messages received on streams: watch creations, lease
@@ -32,6 +34,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -66,19 +69,28 @@ type result struct {
 	CPUPerDaemon     float64 // CPU seconds per daemon per minute (process ÷ daemons)
 	Window           time.Duration
 	Settled          time.Duration // how long the cluster took to settle (settleDown)
+	Steady           bool          // the rate settled before -max-settle
+	Setup            time.Duration // creating the volumes and starting the daemons
 }
 
 func main() {
 	runs := flag.String("runs", "3x10,3x1000", "comma-separated DAEMONSxVOLUMES runs")
 	window := flag.Duration("window", 30*time.Second, "counting window")
 	settle := flag.Duration("settle", 15*time.Second, "least wait after the setup before counting")
-	maxSettle := flag.Duration("max-settle", 5*time.Minute, "longest wait for the etcd request rate to settle")
+	maxSettle := flag.Duration("max-settle", 5*time.Minute, "longest wait for the etcd request rate to settle (more than -settle)")
+	sample := flag.Duration("sample", 20*time.Second, "settling: the rates of two consecutive samples this long must agree within 10 %")
 	heartbeat := flag.Duration("heartbeat-ttl", 5*time.Second, "daemons' liveness TTL (heartbeat every third of it)")
 	baseline := flag.String("baseline", "", "also run against this git ref (e.g. main), exported to a temporary directory")
 	baseRuns := flag.String("baseline-runs", "", "runs for the baseline (default: -runs); the old code is slow at scale")
 	jsonOut := flag.Bool("json", false, "print results as JSON (used for the baseline run)")
 	verbose := flag.Bool("v", false, "log the daemons' warnings")
 	flag.Parse()
+	if *maxSettle <= *settle || *sample <= 0 {
+		// With -max-settle <= -settle the rate would never be checked:
+		// the window could count the start-up reads.
+		fmt.Fprintf(os.Stderr, "scale: -max-settle (%v) must be larger than -settle (%v), -sample (%v) positive\n", *maxSettle, *settle, *sample)
+		os.Exit(2)
+	}
 
 	var before []result
 	if *baseline != "" {
@@ -100,14 +112,15 @@ func main() {
 			fmt.Fprintln(os.Stderr, "scale:", err)
 			os.Exit(2)
 		}
-		r, err := run(n, v, *settle, *maxSettle, *window, *heartbeat, *verbose)
+		r, err := run(n, v, *settle, *maxSettle, *sample, *window, *heartbeat, *verbose)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "scale: run %s: %v\n", spec, err)
 			os.Exit(1)
 		}
 		after = append(after, r)
 		if !*jsonOut {
-			fmt.Fprintf(os.Stderr, "scale: %dx%d done: %.0f etcd req/daemon/min, %.0f peer RPC/daemon/min\n", n, v, r.EtcdPerMin, r.PeerPerMin)
+			fmt.Fprintf(os.Stderr, "scale: %dx%d done: %.0f etcd req/daemon/min, %.0f peer RPC/daemon/min, %.3f CPU s/daemon/min (setup %v, settled after %v, steady %v)\n",
+				n, v, r.EtcdPerMin, r.PeerPerMin, r.CPUPerDaemon, r.Setup.Round(time.Second), r.Settled.Round(time.Second), r.Steady)
 		}
 	}
 	if *jsonOut {
@@ -186,7 +199,8 @@ func runBaseline(ref, runs string, args []string) ([]result, error) {
 }
 
 // run measures one cluster of n daemons and v volumes.
-func run(n, v int, settle, maxSettle, window, hbTTL time.Duration, verbose bool) (result, error) {
+func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbose bool) (result, error) {
+	setupStart := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir, err := os.MkdirTemp("", "torus-scale-")
@@ -215,7 +229,8 @@ func run(n, v int, settle, maxSettle, window, hbTTL time.Duration, verbose bool)
 	}
 	defer emb.Close()
 	newMeta := func() (*etcdmeta.Store, error) {
-		return etcdmeta.New(ctx, etcdmeta.Config{Endpoints: emb.Endpoints(), RequestTimeout: 30 * time.Second})
+		return etcdmeta.New(ctx, etcdmeta.Config{Endpoints: emb.Endpoints(), RequestTimeout: 30 * time.Second,
+			DialTimeout: 30 * time.Second})
 	}
 	admin, err := newMeta()
 	if err != nil {
@@ -230,10 +245,33 @@ func run(n, v int, settle, maxSettle, window, hbTTL time.Duration, verbose bool)
 
 	// The volumes exist before the daemons start, as after a restart: each
 	// daemon reads them once.
-	for i := range v {
-		if _, err := admin.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%05d", i), Size: 64 << 20}); err != nil {
-			return result{}, fmt.Errorf("creating volume %d: %w", i, err)
-		}
+	// Four at a time (the volume ID counter is one key, so more only
+	// contend), retried when contended.
+	var (
+		next    atomic.Int64
+		createG sync.WaitGroup
+		errs    = make(chan error, 4) // buffered to the workers
+	)
+	for range 4 {
+		createG.Add(1)
+		go func() {
+			defer createG.Done()
+			for i := int(next.Add(1)) - 1; i < v; i = int(next.Add(1)) - 1 {
+				var err error
+				for try := 0; try == 0 || errors.Is(err, torus.ErrUnavailable) && try < 10; try++ {
+					_, err = admin.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%05d", i), Size: 64 << 20})
+				}
+				if err != nil {
+					errs <- fmt.Errorf("creating volume %d: %w", i, err)
+					return
+				}
+			}
+		}()
+	}
+	createG.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return result{}, err
 	}
 
 	var servers []*server.Server
@@ -279,9 +317,13 @@ func run(n, v int, settle, maxSettle, window, hbTTL time.Duration, verbose bool)
 		}
 		servers = append(servers, s)
 	}
-	settled, err := settleDown(n, settle, maxSettle)
+	setup := time.Since(setupStart)
+	settled, steady, err := settleDown(settle, maxSettle, sample)
 	if err != nil {
 		return result{}, err
+	}
+	if !steady {
+		fmt.Fprintf(os.Stderr, "scale: %dx%d: the etcd request rate was not steady after %v (-max-settle); counting anyway\n", n, v, settled.Round(time.Second))
 	}
 
 	e0, err := etcdCounts()
@@ -301,7 +343,7 @@ func run(n, v int, settle, maxSettle, window, hbTTL time.Duration, verbose bool)
 	mins := time.Since(start).Minutes()
 	per := func(d float64) float64 { return d / float64(n) / mins }
 
-	r := result{Daemons: n, Volumes: v, EtcdByMethod: map[string]float64{}, PeerByOp: map[string]float64{}, Window: window, Settled: settled}
+	r := result{Daemons: n, Volumes: v, EtcdByMethod: map[string]float64{}, PeerByOp: map[string]float64{}, Window: window, Settled: settled, Steady: steady, Setup: setup}
 	for k, c := range e1 {
 		if d := c - e0[k]; d > 0 {
 			r.EtcdByMethod[k] = per(d)
@@ -318,10 +360,12 @@ func run(n, v int, settle, maxSettle, window, hbTTL time.Duration, verbose bool)
 	return r, nil
 }
 
-// settleDown waits at least least, then until the etcd request rate over
-// two consecutive 5 s samples differs by at most 10 % (the start-up reads
-// are over), at most most. It returns how long it waited.
-func settleDown(n int, least, most time.Duration) (time.Duration, error) {
+// settleDown waits at least least, then until the etcd request rates of
+// two consecutive samples (each sample long) differ by at most 10 % (the
+// start-up reads are over), at most most (which must exceed least: the
+// rate is always checked). It returns how long it waited and whether the
+// rate was steady.
+func settleDown(least, most, sample time.Duration) (time.Duration, bool, error) {
 	start := time.Now()
 	time.Sleep(least)
 	total := func() (float64, error) {
@@ -335,22 +379,24 @@ func settleDown(n int, least, most time.Duration) (time.Duration, error) {
 	prev := -1.0
 	last, err := total()
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	for time.Since(start) < most {
-		time.Sleep(5 * time.Second)
+	for {
+		time.Sleep(sample)
 		now, err := total()
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
-		rate := (now - last) / float64(n)
+		rate := now - last
 		last = now
 		if prev >= 0 && math.Abs(rate-prev) <= 0.1*math.Max(rate, prev) {
-			break
+			return time.Since(start), true, nil
 		}
 		prev = rate
+		if time.Since(start)+sample > most {
+			return time.Since(start), false, nil
+		}
 	}
-	return time.Since(start), nil
 }
 
 func freePort() (int, error) {
@@ -525,7 +571,11 @@ func printTable(w io.Writer, before, after []result, ref string) {
 	}
 	fmt.Fprintln(w)
 	for _, r := range after {
-		fmt.Fprintf(w, "this tree %dx%d settled after %v; ", r.Daemons, r.Volumes, r.Settled.Round(time.Second))
+		steady := ""
+		if !r.Steady {
+			steady = " (not steady: -max-settle reached)"
+		}
+		fmt.Fprintf(w, "this tree %dx%d: setup %v, settled after %v%s; ", r.Daemons, r.Volumes, r.Setup.Round(time.Second), r.Settled.Round(time.Second), steady)
 	}
 	fmt.Fprintln(w)
 	for _, set := range []struct {

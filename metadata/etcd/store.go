@@ -570,16 +570,31 @@ func (s *Store) Ring(ctx context.Context) (torus.RingSpec, error) {
 
 // SetRing implements torus.Metadata. Transaction: ring mod revision equals
 // the one read (whose version is spec.Version-1) → put ring, put removed
-// marks of dropped members, delete removed marks of present members.
+// marks of dropped members, delete the removed marks (read with the ring)
+// of present members.
 func (s *Store) SetRing(ctx context.Context, spec torus.RingSpec) error {
 	const op = "set ring"
 	if err := rules.Ring(spec); err != nil {
 		return err
 	}
-	old, rev, err := s.readRing(ctx, op)
+	// The ring and the removed marks in one read: only marks that exist
+	// are deleted, so the transaction's size follows the members that
+	// change, not the ring's (etcd refuses more than --max-txn-ops, 128
+	// by default: a delete per member failed every join past 127).
+	// Marks are written only here, under the ring's revision.
+	r, err := s.read(ctx, op, clientv3.OpGet(s.k.ring()),
+		clientv3.OpGet(s.k.removed(""), clientv3.WithPrefix(), clientv3.WithKeysOnly()))
 	if err != nil {
 		return err
 	}
+	if len(r[0]) == 0 {
+		return fmt.Errorf("metadata/etcd: %s: %w", op, torus.ErrNotInitialized)
+	}
+	var old torus.RingSpec
+	if err := decode(op, r[0][0], &old); err != nil {
+		return err
+	}
+	rev := r[0][0].ModRevision
 	if spec.Version != old.Version+1 {
 		return fmt.Errorf("metadata/etcd: set ring version %d: %w: stored version is %d", spec.Version, torus.ErrConflict, old.Version)
 	}
@@ -590,8 +605,10 @@ func (s *Store) SetRing(ctx context.Context, spec torus.RingSpec) error {
 			ops = append(ops, clientv3.OpPut(s.k.removed(m.ID), "1"))
 		}
 	}
-	for _, m := range spec.Members {
-		ops = append(ops, clientv3.OpDelete(s.k.removed(m.ID)))
+	for id := range suffixSet(r[1], s.k.removed("")) {
+		if newMembers[id] {
+			ops = append(ops, clientv3.OpDelete(s.k.removed(id)))
+		}
 	}
 	resp, err := s.txn(ctx, op, []clientv3.Cmp{modRev(s.k.ring(), rev)}, ops, nil)
 	if err != nil {

@@ -216,3 +216,62 @@ func TestStaleStatusDeleted(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 }
+
+// TestRingOfManyMembers: a ring grows one join at a time past etcd's
+// default limit of 128 operations per transaction (a delete of every
+// member's removed mark made each join past 127 fail), and a member
+// removed and added back loses its mark.
+func TestRingOfManyMembers(t *testing.T) {
+	eps := etcdtest.Start(t)
+	s := newStore(t, eps, "/bigring/")
+	ctx := context.Background()
+	if err := s.InitCluster(ctx, torus.ClusterConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := s.Ring(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Format = torus.RingFormatCurrent
+	for i := range 200 {
+		id := fmt.Sprintf("p%03d", i)
+		if err := s.PutPeer(ctx, torus.PeerInfo{ID: id, Address: "127.0.0.1:1", Capacity: 1 << 30}); err != nil {
+			t.Fatal(err)
+		}
+		spec.Version++
+		spec.Members = append(spec.Members, torus.NewRingMember(id, torus.Location{}, 1<<30))
+		if err := s.SetRing(ctx, spec); err != nil {
+			t.Fatalf("join of member %d: %v", i+1, err)
+		}
+	}
+	state := func(id string) torus.PeerState {
+		ps, err := s.Peers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			if p.ID == id {
+				return p.State
+			}
+		}
+		t.Fatalf("peer %s not listed", id)
+		return ""
+	}
+	gone := spec.Members[0]
+	spec.Version++
+	spec.Members = spec.Members[1:]
+	if err := s.SetRing(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if st := state(gone.ID); st != torus.PeerRemoved {
+		t.Fatalf("removed member %s: state %s, want %s", gone.ID, st, torus.PeerRemoved)
+	}
+	spec.Version++
+	spec.Members = append(spec.Members, gone)
+	if err := s.SetRing(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if st := state(gone.ID); st == torus.PeerRemoved {
+		t.Fatalf("member %s added back is still marked removed", gone.ID)
+	}
+}
