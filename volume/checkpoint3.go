@@ -126,14 +126,14 @@ func decodeRunCheckpoint(p []byte, shares func(uint64) bool, nblocks uint64) (*R
 		c.Stack = append(c.Stack, StackRun{Ref: r, RunSize: size})
 	}
 	c.Run = rest
-	if _, err := c.extents(context.Background(), shares); err != nil {
+	if err := c.check(context.Background(), shares); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// extents opens the checkpoint's run and returns all its extents.
-func (c *RunCheckpoint) extents(ctx context.Context, shares func(uint64) bool) ([]lsm.Extent, error) {
+// open opens the checkpoint's run.
+func (c *RunCheckpoint) open(ctx context.Context, shares func(uint64) bool) (*lsm.Run, error) {
 	r, err := lsm.Open(ctx, memRun(c.Run), int64(len(c.Run)), 0, nil, shares)
 	if err != nil {
 		return nil, fmt.Errorf("volume: checkpoint: %w", err)
@@ -141,11 +141,19 @@ func (c *RunCheckpoint) extents(ctx context.Context, shares func(uint64) bool) (
 	if r.Volume != c.VolumeID {
 		return nil, corruptf("run of volume %d in a checkpoint of volume %d", r.Volume, c.VolumeID)
 	}
-	es, err := r.All(ctx)
+	return r, nil
+}
+
+// check reads every page of the checkpoint's run.
+func (c *RunCheckpoint) check(ctx context.Context, shares func(uint64) bool) error {
+	r, err := c.open(ctx, shares)
 	if err != nil {
-		return nil, fmt.Errorf("volume: checkpoint: %w", err)
+		return err
 	}
-	return es, nil
+	if err := r.Each(ctx, func(lsm.Extent) error { return nil }); err != nil {
+		return fmt.Errorf("volume: checkpoint: %w", err)
+	}
+	return nil
 }
 
 // memRun reads a run held in memory.
@@ -170,7 +178,8 @@ const (
 // planRun returns the run the next checkpoint holds and the stack below
 // it: delta, merged with the runs on top of stack while the tiered plan
 // says so (reading them from their replicas). Holes are dropped from a run
-// with nothing below it.
+// with nothing below it. Merges stream (lsm.MergeEncode): memory is the
+// runs' encoded bytes, not their decoded extents.
 func (v *Volume) planRun(ctx context.Context, delta []lsm.Extent, stack []StackRun) ([]byte, []StackRun, error) {
 	es := delta
 	if len(stack) == 0 {
@@ -180,6 +189,7 @@ func (v *Volume) planRun(ctx context.Context, delta []lsm.Extent, stack []StackR
 	if err != nil {
 		return nil, nil, err
 	}
+	first := true // enc is still delta alone
 	for {
 		sizes := make([]int64, 0, len(stack)+1)
 		sizes = append(sizes, int64(len(enc)))
@@ -190,30 +200,37 @@ func (v *Volume) planRun(ctx context.Context, delta []lsm.Extent, stack []StackR
 		if n == 0 || from != 0 {
 			return enc, stack, nil
 		}
-		var below []lsm.Extent
-		for i := n - 2; i >= 0; i-- {
-			run, err := v.readRun(ctx, stack[i])
+		var top []lsm.Extent
+		var runs []*lsm.Run
+		if first {
+			top = delta
+		} else {
+			r, err := lsm.Open(ctx, memRun(enc), int64(len(enc)), 0, nil, lsm.AnyVolume)
 			if err != nil {
 				return nil, nil, err
 			}
-			below = lsm.Overlay(below, run)
+			runs = append(runs, r)
 		}
-		es = lsm.Overlay(below, es)
+		for _, sr := range stack[:n-1] {
+			r, err := v.openRun(ctx, sr)
+			if err != nil {
+				return nil, nil, err
+			}
+			runs = append(runs, r)
+		}
 		stack = stack[n-1:]
-		if len(stack) == 0 {
-			es = lsm.DropHoles(es)
-		}
-		if enc, err = lsm.Encode(v.id, es); err != nil {
+		if enc, err = lsm.MergeEncode(ctx, v.id, top, runs, len(stack) == 0); err != nil {
 			return nil, nil, err
 		}
+		first = false
 		v.mu.Lock()
 		v.stats.RunMerges++
 		v.mu.Unlock()
 	}
 }
 
-// readRun reads the run of one checkpoint of the stack.
-func (v *Volume) readRun(ctx context.Context, sr StackRun) ([]lsm.Extent, error) {
+// openRun reads the checkpoint of one run of the stack and opens its run.
+func (v *Volume) openRun(ctx context.Context, sr StackRun) (*lsm.Run, error) {
 	c, err := v.readCheckpoint(ctx, sr.Ref)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: run %v: %w", v.name, sr.Ref.ID, err)
@@ -221,52 +238,68 @@ func (v *Volume) readRun(ctx context.Context, sr StackRun) ([]lsm.Extent, error)
 	if c.Runs == nil {
 		return nil, corruptf("run %v below a version 3 checkpoint is a version 1 or 2 checkpoint", sr.Ref.ID)
 	}
-	v.mu.Lock()
-	shares := v.info.SharesVolume
-	v.mu.Unlock()
-	return c.Runs.extents(ctx, shares)
+	return c.Runs.open(ctx, v.shares())
 }
 
-// loadRuns builds the index a version 3 checkpoint describes into x: its
-// stack merged bottom up with its run on top. Every mapped block must point
-// into a segment of the checkpoint's table and within its length.
-func (v *Volume) loadRuns(ctx context.Context, c *Checkpoint, x *Index) error {
+func (v *Volume) shares() func(uint64) bool {
 	v.mu.Lock()
-	shares := v.info.SharesVolume
-	v.mu.Unlock()
-	var es []lsm.Extent
+	defer v.mu.Unlock()
+	return v.info.SharesVolume
+}
+
+// loadRuns builds the index a version 3 checkpoint describes into x: the
+// runs of its stack applied bottom up, a page at a time, then its own run
+// (newer runs win, holes unmap). Every mapped block must then point into
+// a segment of the checkpoint's table and within its length.
+func (v *Volume) loadRuns(ctx context.Context, c *Checkpoint, x *Index) error {
+	shares := v.shares()
+	apply := func(r *lsm.Run) error {
+		return r.Each(ctx, func(e lsm.Extent) error {
+			switch {
+			case e.End() > x.Blocks():
+				return corruptf("blocks [%d,+%d) past the volume's %d blocks", e.First, e.Count, x.Blocks())
+			case e.Hole:
+				x.Unmap(e.First, uint64(e.Count))
+			default:
+				x.Map(e.First, x.AddSegment(e.Seg), e.Off, e.CRCs)
+			}
+			return nil
+		})
+	}
 	for i := len(c.Runs.Stack) - 1; i >= 0; i-- {
-		run, err := v.readRun(ctx, c.Runs.Stack[i])
+		r, err := v.openRun(ctx, c.Runs.Stack[i])
 		if err != nil {
 			return err
 		}
-		es = lsm.Overlay(es, run)
+		if err := apply(r); err != nil {
+			return err
+		}
 	}
-	top, err := c.Runs.extents(ctx, shares)
+	top, err := c.Runs.open(ctx, shares)
 	if err != nil {
 		return err
 	}
-	es = lsm.Overlay(es, top)
+	if err := apply(top); err != nil {
+		return err
+	}
 	length := make(map[torus.SegmentID]int64, len(c.Segments))
 	for _, s := range c.Segments {
 		length[s.ID] = s.Length
 		x.SetLength(x.AddSegment(s.ID), s.Length)
 	}
-	for _, e := range es {
-		if e.Hole {
-			continue
-		}
-		n, ok := length[e.Seg]
+	err = x.Runs(func(r Run) error {
+		seg := x.Slot(r.Slot).Ref.ID
+		n, ok := length[seg]
 		switch {
 		case !ok:
-			return corruptf("blocks [%d,+%d) point into %v, which the segment table does not name", e.First, e.Count, e.Seg)
-		case e.Off+int64(e.Count)*torus.BlockSize > n:
-			return corruptf("blocks [%d,+%d) at %d in %v run past its length %d", e.First, e.Count, e.Off, e.Seg, n)
-		case e.End() > x.Blocks():
-			return corruptf("blocks [%d,+%d) past the volume's %d blocks", e.First, e.Count, x.Blocks())
+			return corruptf("blocks [%d,+%d) point into %v, which the segment table does not name", r.First, len(r.CRCs), seg)
+		case r.DataOff+int64(len(r.CRCs))*torus.BlockSize > n:
+			return corruptf("blocks [%d,+%d) at %d in %v run past its length %d", r.First, len(r.CRCs), r.DataOff, seg, n)
 		}
-		slot, _ := x.SlotOf(e.Seg)
-		x.Map(e.First, slot, e.Off, e.CRCs)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	x.Checkpointed()
 	return nil

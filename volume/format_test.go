@@ -136,7 +136,9 @@ func TestFormatsGolden(t *testing.T) {
 	}
 	if ck, err := DecodeCheckpoint(runs, OnlyVolume(1), 256); err != nil || ck.Runs == nil || len(ck.Runs.Stack) != 1 || len(ck.Segments) != 1 {
 		t.Errorf("version 3 checkpoint: %v", err)
-	} else if es, err := ck.Runs.extents(context.Background(), OnlyVolume(1)); err != nil || len(es) != 1 || es[0].First != 7 || es[0].Count != 2 {
+	} else if r, err := ck.Runs.open(context.Background(), OnlyVolume(1)); err != nil {
+		t.Errorf("version 3 checkpoint's run: %v", err)
+	} else if es, err := r.All(context.Background()); err != nil || len(es) != 1 || es[0].First != 7 || es[0].Count != 2 {
 		t.Errorf("version 3 checkpoint's run: %v, %v", err, es)
 	}
 	if _, err := DecodeCheckpoint(ckpt, clone.SharesVolume, 256); err != nil {
