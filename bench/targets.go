@@ -305,16 +305,7 @@ func StartTorus(ctx context.Context, g *Procs, opts TorusOptions, spec TorusSpec
 func EvictCache(paths []string) error {
 	var errs []error
 	for _, root := range paths {
-		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil
-				}
-				return err
-			}
-			if !d.Type().IsRegular() {
-				return nil
-			}
+		err := walkFiles(root, func(path string, _ fs.DirEntry) error {
 			f, err := os.Open(path)
 			if err != nil {
 				return nil // vanished or unreadable: nothing to evict
@@ -334,6 +325,23 @@ func EvictCache(paths []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// walkFiles calls fn for every regular file under root; files and
+// directories that vanish during the walk are skipped.
+func walkFiles(root string, fn func(path string, d fs.DirEntry) error) error {
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		return fn(path, d)
+	})
 }
 
 // RingMembers reads "ring_members" from `torusctl status -o json` output;

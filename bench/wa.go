@@ -118,16 +118,7 @@ func FormatSizes(sizes []int64) string {
 func DirBytes(dirs []string) (int64, error) {
 	var sum int64
 	for _, root := range dirs {
-		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil
-				}
-				return err
-			}
-			if !d.Type().IsRegular() {
-				return nil
-			}
+		err := walkFiles(root, func(_ string, d fs.DirEntry) error {
 			info, err := d.Info()
 			if err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
