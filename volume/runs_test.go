@@ -245,9 +245,7 @@ func TestCheckpointInBackground(t *testing.T) {
 	}
 	release()
 	before := v.Stats().Checkpoints
-	for v.Stats().Checkpoints == before {
-		time.Sleep(10 * time.Millisecond) // the hung checkpoint completes
-	}
+	waitFor(t, "the hung checkpoint to complete", func() bool { return v.Stats().Checkpoints > before })
 	if err := write(2 << 20); err != nil { // seals: the next roll takes it
 		t.Fatal(err)
 	}
@@ -320,9 +318,7 @@ func TestBackgroundCheckpointKeptWhenSealFails(t *testing.T) {
 	if err := v.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for v.Stats().Checkpoints == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, "the background checkpoint", func() bool { return v.Stats().Checkpoints > 0 })
 	// The next roll cannot secure the open segment.
 	for _, st := range c.stores {
 		st.SetFault(func(op string, seg torus.SegmentID) error {
@@ -347,4 +343,14 @@ func TestBackgroundCheckpointKeptWhenSealFails(t *testing.T) {
 	}
 	v = c.open("vol", Options{Owner: "w3"})
 	verify(t, ctx, v, m)
+}
+
+// waitFor polls cond until it holds, failing the test after 20 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 20 s for %s", what)
+		}
+	}
 }

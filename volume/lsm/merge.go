@@ -82,9 +82,9 @@ func sliceStream(es []Extent) *stream {
 // the result as a run of volume id, newer winning per block; holes are
 // dropped when bottom (nothing lies below the output). It streams: memory
 // is the output's encoded bytes and one decoded page per input, not the
-// decoded runs (Merge's), so a merge of the whole index of a large volume
-// costs about its encoded size. The output equals Encode(id, Merge(...)),
-// with top overlaid last (TestMergeEncodeMatchesMerge).
+// decoded runs, so a merge of the whole index of a large volume costs
+// about its encoded size. The output is byte for byte Encode of the runs
+// overlaid oldest first with top last (TestMergeEncodeMatchesMerge).
 func MergeEncode(ctx context.Context, id uint64, top []Extent, runs []*Run, bottom bool) ([]byte, error) {
 	if err := checkSorted(top); err != nil {
 		return nil, err

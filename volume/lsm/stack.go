@@ -103,24 +103,6 @@ func (s *Stack) Lookup(ctx context.Context, b uint64) (e Extent, ok bool, err er
 	return Extent{}, false, nil
 }
 
-// Merge returns the extents of runs (newest first, adjacent in a stack)
-// merged into one, newer winning per block; holes are dropped when bottom
-// (the merge's output is the bottom of the stack).
-func Merge(ctx context.Context, runs []*Run, bottom bool) ([]Extent, error) {
-	var out []Extent
-	for i := len(runs) - 1; i >= 0; i-- {
-		es, err := runs[i].All(ctx)
-		if err != nil {
-			return nil, err
-		}
-		out = Overlay(out, es)
-	}
-	if bottom {
-		out = DropHoles(out)
-	}
-	return out, nil
-}
-
 // Plan chooses the runs to merge next under the tiered policy: sizes are
 // the runs' sizes in bytes, newest first; a run's tier is how many times
 // fanout its size is over base. Runs adjacent in the stack and of one

@@ -291,7 +291,7 @@ func TestMergeEncodeMatchesMerge(t *testing.T) {
 		}
 		top := mem.Extents()
 		bottom := rng.IntN(2) == 0
-		merged, err := Merge(ctx, runs, false)
+		merged, err := mergeInMemory(ctx, runs, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,4 +311,22 @@ func TestMergeEncodeMatchesMerge(t *testing.T) {
 			t.Fatalf("round %d (%d runs, bottom %v): the streaming merge is %d bytes, the merge in memory %d", round, len(runs), bottom, len(got), len(want))
 		}
 	}
+}
+
+// mergeInMemory is the reference for MergeEncode: the extents of runs (newest first, adjacent in a stack)
+// merged into one, newer winning per block; holes are dropped when bottom
+// (the merge's output is the bottom of the stack).
+func mergeInMemory(ctx context.Context, runs []*Run, bottom bool) ([]Extent, error) {
+	var out []Extent
+	for i := len(runs) - 1; i >= 0; i-- {
+		es, err := runs[i].All(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = Overlay(out, es)
+	}
+	if bottom {
+		out = DropHoles(out)
+	}
+	return out, nil
 }
