@@ -24,7 +24,7 @@ import (
 // cluster is three peers with on-disk stores in t.TempDir, reached
 // in-process, over metadata.Memory.
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
 	meta   *metadata.Memory
 	ids    []string
 	dirs   map[string]string
@@ -32,7 +32,7 @@ type cluster struct {
 	locals map[string]*peer.Local
 }
 
-func newCluster(t *testing.T, segmentSize int64) *cluster {
+func newCluster(t testing.TB, segmentSize int64) *cluster {
 	ctx := context.Background()
 	c := &cluster{t: t, meta: metadata.NewMemory(), dirs: map[string]string{}, stores: map[string]*storage.Disk{}, locals: map[string]*peer.Local{}}
 	t.Cleanup(func() { c.meta.Close() })
