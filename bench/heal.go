@@ -170,6 +170,8 @@ type HealObs struct {
 //     healing happened: the heal counter grew, or torusctl had reported the
 //     volume degraded. Without such proof it never finishes (the caller
 //     times out), so a cluster that does not heal cannot read as healed.
+//     Healing counts as finished at the first of the two (the second only
+//     confirms it): like the copy start, at most one poll after the fact.
 type HealTracker struct {
 	copied0    int64 // counter before the kill (-1: unknown)
 	noticed    time.Duration
@@ -180,7 +182,8 @@ type HealTracker struct {
 	maxPending int64
 	maxUnder   int64
 	lastCopied int64
-	calm       int // consecutive observations that look finished
+	calm       int           // consecutive observations that look finished
+	calmSince  time.Duration // when the first of them was made
 	done       time.Duration
 	isDone     bool
 }
@@ -217,16 +220,22 @@ func (h *HealTracker) Observe(elapsed time.Duration, o HealObs) bool {
 		return false
 	}
 	if o.Pending <= 0 && !degradedReport && (h.sawReport || grew) {
-		h.calm++
+		if h.calm++; h.calm == 1 {
+			h.calmSince = elapsed
+		}
 	} else {
 		h.calm = 0
 	}
 	if h.calm >= 2 {
-		h.isDone, h.done = true, elapsed
+		h.isDone, h.done = true, h.calmSince
 		return true
 	}
 	return false
 }
+
+// Done returns when healing finished: the first of the two observations
+// that showed it (ok is false until Observe reported it finished).
+func (h *HealTracker) Done() (time.Duration, bool) { return h.done, h.isDone }
 
 // Noticed returns when the kill was first noticed.
 func (h *HealTracker) Noticed() (time.Duration, bool) { return h.noticed, h.isNoticed }
@@ -423,7 +432,8 @@ func MeasureHealing(ctx context.Context, logger *slog.Logger, c *TorusCluster, t
 			}
 			if finished {
 				res.Status = "ok"
-				tr.Result(&res, now)
+				done, _ := tr.Done()
+				tr.Result(&res, done)
 				return res
 			}
 		}

@@ -117,8 +117,8 @@ func TestHealTracker(t *testing.T) {
 		{HealObs{Pending: 0, Copied: 100}, false},                     // not noticed yet
 		{HealObs{VictimDown: true, Pending: 0, Copied: 100}, false},   // detected at 2s
 		{HealObs{VictimDown: true, Pending: 500, Copied: 300}, false}, // copying
-		{HealObs{VictimDown: true, Pending: 0, Copied: 700}, false},   // calm once
-		{HealObs{VictimDown: true, Pending: 0, Copied: 700}, true},    // calm twice: done at 5s
+		{HealObs{VictimDown: true, Pending: 0, Copied: 700}, false},   // calm once: finished at 4s
+		{HealObs{VictimDown: true, Pending: 0, Copied: 700}, true},    // calm twice: confirmed at 5s
 	}
 	for i, st := range steps {
 		if got := tr.Observe(time.Duration(i+1)*s, st.o); got != st.done {
@@ -128,10 +128,14 @@ func TestHealTracker(t *testing.T) {
 	if d, ok := tr.Noticed(); !ok || d != 2*s || tr.CopyStart() != 3*s {
 		t.Errorf("noticed %v %v, copy start %v; want 2s, 3s", d, ok, tr.CopyStart())
 	}
+	done, finished := tr.Done()
+	if !finished || done != 4*s {
+		t.Fatalf("done at %v %v, want 4s (the first calm observation)", done, finished)
+	}
 	var r HealResult
-	tr.Result(&r, 5*s)
-	if r.Bytes != 600 || r.DetectSeconds != 2 || r.CopyStartSeconds != 3 || r.TotalSeconds != 5 ||
-		r.MiBps != 300.0/(1<<20) || r.TotalMiBps != 120.0/(1<<20) {
+	tr.Result(&r, done)
+	if r.Bytes != 600 || r.DetectSeconds != 2 || r.CopyStartSeconds != 3 || r.TotalSeconds != 4 ||
+		r.MiBps != 600.0/(1<<20) || r.TotalMiBps != 150.0/(1<<20) {
 		t.Errorf("result %+v", r)
 	}
 	if b, src := tr.Bytes(); b != 600 || !strings.Contains(src, "copied") {
@@ -189,5 +193,12 @@ func TestHealTracker(t *testing.T) {
 	}
 	if b, _ := tr.Bytes(); b != 15 {
 		t.Errorf("blip bytes %d", b)
+	}
+	// Finished at the first calm after the last blip (3s), not the blip's.
+	if !tr.Observe(4*s, HealObs{VictimDown: true, Pending: 0, Copied: 15}) {
+		t.Fatal("calm twice did not finish")
+	}
+	if done, _ := tr.Done(); done != 3*s {
+		t.Errorf("done at %v, want 3s", done)
 	}
 }

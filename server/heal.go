@@ -64,24 +64,61 @@ func (s *Server) liveness(peers []torus.PeerInfo) liveness {
 	return l
 }
 
+// healAgain says when the maintenance loop heals again without a change
+// of the view. A larger value is sooner.
+type healAgain int
+
+const (
+	againOnChange healAgain = iota // nothing left: only on a change
+	againNextTick                  // work left: at the next tick (MaintenanceInterval)
+	againSoon                      // other daemons are copying and this one publishes the status: after healRecheck
+	againNow                       // this pass copied or deleted something: at once
+)
+
+// healRecheck is how soon the daemon that publishes the volumes' status
+// looks again while other daemons are copying, so that the status turns
+// healthy soon after the last copy, not up to a tick later. Only while
+// copies are planned: an idle cluster never polls.
+func (c Config) healRecheck() time.Duration {
+	return max(c.MaintenanceInterval/8, 10*time.Millisecond)
+}
+
+// graceLeft is the time until the first member seen down ends its
+// DownGrace (its data is re-replicated from then on), or 0 when no member
+// is within its grace: the maintenance loop heals right then, not up to a
+// tick later.
+func (s *Server) graceLeft(now time.Time) time.Duration {
+	s.downMu.Lock()
+	defer s.downMu.Unlock()
+	var left time.Duration
+	for _, since := range s.downSince {
+		if d := since.Add(s.cfg.DownGrace).Sub(now); d > 0 && (left == 0 || d < left) {
+			left = d
+		}
+	}
+	return left
+}
+
 // heal gathers the cluster's inventory, plans with package rebalance, and
 // carries out this daemon's share: copies it is the source of and deletes
 // of its surplus copies.
 //
 // It plans from the cached view st (ring, peers) and lists the segments
 // of every up peer (paged List RPCs) only when called, and only when some
-// live segment is sealed. more reports that
-// another pass is needed even without a change: copies were planned (for
-// any daemon), this daemon had surplus copies to delete, a step failed,
-// or a member is down (its grace may end).
-func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (more bool, err error) {
+// live segment is sealed. again says when to heal once more even without
+// a change: at once when this pass made progress (bytes copied, a copy
+// deleted), soon when copies are planned for other daemons and this one
+// publishes the status, at the next tick when other work is left (copies
+// planned, surplus copies kept, a step failed, or a member is down: its
+// grace may end).
+func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (again healAgain, err error) {
 	spec := st.ring
 	if len(spec.Members) == 0 {
-		return false, nil
+		return againOnChange, nil
 	}
 	r, err := ring.Build(spec)
 	if err != nil {
-		return true, err
+		return againNextTick, err
 	}
 	peers := st.peers
 	live := s.liveness(peers)
@@ -89,7 +126,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 	s.reportPlacement(r.Health(func(id string) bool { return live.draining[id] }))
 	for _, m := range spec.Members {
 		if !live.reallyUp[m.ID] {
-			more = true // down, perhaps within its grace: look again
+			again = againNextTick // down, perhaps within its grace: look again
 		}
 	}
 	// The planner and the statuses look at sealed live segments only:
@@ -100,7 +137,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 	inv := make(map[torus.SegmentID][]rebalance.Holder)
 	if view.anySealed() {
 		if inv, err = s.inventory(ctx, live.reallyUp); err != nil {
-			return true, err
+			return againNextTick, err
 		}
 	}
 	view.inv = inv
@@ -116,13 +153,18 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 	slices.SortFunc(segs, func(a, b rebalance.Segment) int { return rebalance.CompareSegmentID(a.ID, b.ID) })
 	plan, err := rebalance.Compute(rebalance.Input{Ring: r, Up: live.up, Draining: live.draining, Segments: segs})
 	if err != nil {
-		return true, err
+		return againNextTick, err
 	}
 	// Copies planned for any daemon: once they are done the health
 	// published changes, though no metadata does.
-	more = more || len(plan.Copies) > 0
+	if len(plan.Copies) > 0 {
+		again = againNextTick
+	}
 	s.publishStatus(ctx, view, r.Replication(), segs, live, plan, reportedUnrepairable(peers, live.reallyUp))
 	mine := plan.ForPeer(s.id)
+	if len(plan.Copies) > len(mine.Copies) && s.publishesStatus(live.reallyUp) {
+		again = againSoon
+	}
 	// Moves involving a peer that is down (within its grace) wait.
 	copies := slices.DeleteFunc(mine.Copies, func(c rebalance.Copy) bool { return !live.reallyUp[c.To] })
 	var left int64
@@ -135,20 +177,21 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 		s.log.Error("segments with no copy on an up peer", "count", len(plan.Unavailable), "first", plan.Unavailable[0])
 	}
 	if len(copies) == 0 && len(mine.Deletes) == 0 {
-		return more, nil
+		return again, nil
 	}
 	// Moves of this daemon's: look again next pass (a surplus copy kept
 	// because another copy was unsynced or bad and is being replaced is
 	// deleted by a later pass, with no metadata change to wake it).
-	more = true
+	again = max(again, againNextTick)
 	s.log.Info("healing", "copies", len(copies), "bytes", left, "deletes", len(mine.Deletes),
 		"under_replicated", plan.UnderReplicated)
 
 	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-		sem  = make(chan struct{}, healCopies)
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		errs     []error
+		progress bool // guarded by mu until wg.Wait
+		sem      = make(chan struct{}, healCopies)
 	)
 	for _, c := range copies {
 		select {
@@ -162,13 +205,18 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 		go func(c rebalance.Copy) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := s.copySegment(ctx, c.Seg, c.To, c.Length, view.nblocks(c.Seg), fullHolders(inv[c.Seg], c.Length, live.reallyUp))
+			sent, err := s.copySegment(ctx, c.Seg, c.To, c.Length, view.nblocks(c.Seg), fullHolders(inv[c.Seg], c.Length, live.reallyUp))
 			s.pending.Add(-(c.Length - c.Have))
+			mu.Lock()
+			defer mu.Unlock()
 			if err != nil {
-				mu.Lock()
 				errs = append(errs, err)
-				mu.Unlock()
 				return
+			}
+			// Progress only when bytes moved: a copy that found its
+			// destination complete must not make the loop spin.
+			if sent > 0 {
+				progress = true
 			}
 			s.log.Debug("healed segment", "segment", c.Seg, "to", c.To, "bytes", c.Length-c.Have)
 		}(c)
@@ -191,11 +239,15 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 		}
 		s.metrics.healDeleted.Inc()
 		s.log.Debug("deleted surplus copy", "segment", d.Seg)
+		progress = true
 	}
 	if len(errs) > 0 {
-		return true, fmt.Errorf("healing: %d failures, first: %w", len(errs), errs[0])
+		return againNextTick, fmt.Errorf("healing: %d failures, first: %w", len(errs), errs[0])
 	}
-	return more, nil
+	if progress {
+		again = againNow
+	}
+	return again, nil
 }
 
 // anySealed reports whether some live segment is sealed (its length is

@@ -22,15 +22,19 @@ import (
 // the view), and after each full read of the view (at start, and after a
 // resync or a failed change: never on a timer, so an idle cluster costs
 // nothing that grows with its size); every liveRereadEvery-th of those
-// reads every live set again too.
+// reads every live set again too. While healing it does not wait for the
+// tick (heal's healAgain): after a pass that copied or deleted something
+// it heals again at once, and the daemon publishing the status looks again
+// every healRecheck while other daemons copy; a member's down grace
+// ending wakes it too.
 func (s *Server) maintenanceLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.MaintenanceInterval)
+	t := time.NewTimer(s.cfg.MaintenanceInterval)
 	defer t.Stop()
 	var (
 		lastGC, lastFull time.Time
-		fulls            int    // full reads of the view seen
-		healed           uint64 // the view generation the last healing pass saw
-		again            = true // the last healing pass left work
+		fulls            int             // full reads of the view seen
+		healed           uint64          // the view generation the last healing pass saw
+		again            = againNextTick // what the last healing pass left
 		cache            = make(liveCache)
 	)
 	for {
@@ -39,41 +43,58 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		// Look before copying: an idle tick copies nothing (a snapshot
-		// is a copy of every volume's entry).
-		gen, built, ok := s.view.peek()
-		if !ok {
-			continue
-		}
-		now := time.Now()
-		gc := now.Sub(lastGC) >= s.cfg.GCInterval
-		if !gc && !again && built.Equal(lastFull) && gen == healed {
-			continue
-		}
-		st, _ := s.view.snapshot()
-		full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
-		heal := again || full || st.gen != healed
-		if full {
-			// A full read of the view keeps the live sets of volumes it
-			// found unchanged; every liveRereadEvery-th one drops them
-			// all, so that they too are read again now and then.
-			lastFull = st.built
-			if fulls%liveRereadEvery == 0 {
-				clear(cache)
+		next := s.cfg.MaintenanceInterval
+		pass := func() {
+			// Look before copying: an idle tick copies nothing (a
+			// snapshot is a copy of every volume's entry).
+			gen, built, ok := s.view.peek()
+			if !ok {
+				return
 			}
-			fulls++
+			now := time.Now()
+			gc := now.Sub(lastGC) >= s.cfg.GCInterval
+			if !gc && again == againOnChange && built.Equal(lastFull) && gen == healed {
+				return
+			}
+			st, _ := s.view.snapshot()
+			full := !st.built.Equal(lastFull) // the view was read in full: so are the live sets
+			heal := again != againOnChange || full || st.gen != healed
+			if full {
+				// A full read of the view keeps the live sets of volumes
+				// it found unchanged; every liveRereadEvery-th one drops
+				// them all, so that they too are read again now and then.
+				lastFull = st.built
+				if fulls%liveRereadEvery == 0 {
+					clear(cache)
+				}
+				fulls++
+			}
+			if gc {
+				lastGC = now
+			}
+			more, err := s.maintain(ctx, st, cache, gc, heal)
+			if err != nil && ctx.Err() == nil {
+				s.metrics.maintenanceErr.Inc()
+				s.log.Warn("maintenance pass failed", "err", err)
+			}
+			if heal {
+				healed, again = st.gen, more
+				if err != nil {
+					again = max(again, againNextTick)
+				}
+				switch again {
+				case againNow:
+					next = 0
+				case againSoon:
+					next = min(next, s.cfg.healRecheck())
+				}
+				if d := s.graceLeft(time.Now()); d > 0 {
+					next = min(next, d)
+				}
+			}
 		}
-		if gc {
-			lastGC = now
-		}
-		more, err := s.maintain(ctx, st, cache, gc, heal)
-		if err != nil && ctx.Err() == nil {
-			s.metrics.maintenanceErr.Inc()
-			s.log.Warn("maintenance pass failed", "err", err)
-		}
-		if heal {
-			healed, again = st.gen, more || err != nil
-		}
+		pass()
+		t.Reset(next)
 	}
 }
 
@@ -135,14 +156,15 @@ type liveEntry struct {
 
 // maintain runs one pass from view state st: GC of local segments that no
 // head or snapshot names, then healing and rebalancing moves planned for
-// this daemon. more reports that healing left work for another pass.
-func (s *Server) maintain(ctx context.Context, st clusterState, cache liveCache, gc, heal bool) (more bool, err error) {
+// this daemon. again says when healing should run once more (heal); a
+// volume whose live set could not be read makes it the next tick.
+func (s *Server) maintain(ctx context.Context, st clusterState, cache liveCache, gc, heal bool) (again healAgain, err error) {
 	// List first, then look at the view; the view may be older than the
 	// listing, so GC re-checks it before deleting (collectGarbage).
 	var local []torus.SegmentInfo
 	if gc {
 		if local, err = s.store.List(ctx, 0); err != nil {
-			return true, fmt.Errorf("listing local segments: %w", err)
+			return againNextTick, fmt.Errorf("listing local segments: %w", err)
 		}
 	}
 	view := s.cachedView(ctx, st, cache)
@@ -150,10 +172,13 @@ func (s *Server) maintain(ctx context.Context, st clusterState, cache liveCache,
 		s.collectGarbage(ctx, local, view, st.rev)
 	}
 	if heal {
-		more, err = s.heal(ctx, view, st)
+		again, err = s.heal(ctx, view, st)
 		s.lastView.Store(view)
 	}
-	return more || len(view.broken) > 0, err
+	if len(view.broken) > 0 {
+		again = max(again, againNextTick)
+	}
+	return again, err
 }
 
 func newClusterView() *clusterView {
@@ -358,12 +383,12 @@ func (s *Server) collectGarbage(ctx context.Context, local []torus.SegmentInfo, 
 // resumes where the target's copy ends, is written with torus.RepairEpoch,
 // and counts only once it is synced to length and reads back verified
 // (scrub.Copy). A bad copy of this daemon's is left to the background
-// scrub to replace.
-func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string, length int64, nblocks uint64, holders []string) error {
+// scrub to replace. It returns the bytes sent by the copy that succeeded.
+func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string, length int64, nblocks uint64, holders []string) (int64, error) {
 	pool := s.peers()
 	dst, err := pool.Peer(ctx, to)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	sources := []string{s.id}
 	for _, h := range holders {
@@ -378,16 +403,16 @@ func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string
 			errs = append(errs, err)
 			continue
 		}
-		_, err = scrub.Copy(ctx, src, dst, seg, length, nblocks, scrub.CopyOptions{
+		sent, err := scrub.Copy(ctx, src, dst, seg, length, nblocks, scrub.CopyOptions{
 			Send:   s.healLimit,
 			Copied: func(n int64) { s.metrics.healCopied.Add(float64(n)) },
 		})
 		if err == nil {
-			return nil
+			return sent, nil
 		}
 		var ce *scrub.CopyError
 		if !errors.As(err, &ce) || ce.Destination {
-			return fmt.Errorf("copying %s from %s to %s: %w", seg, from, to, err)
+			return 0, fmt.Errorf("copying %s from %s to %s: %w", seg, from, to, err)
 		}
 		s.metrics.scrubErrors.Inc()
 		s.log.Error("heal: source copy is bad; trying another holder", "segment", seg, "source", from,
@@ -395,7 +420,7 @@ func (s *Server) copySegment(ctx context.Context, seg torus.SegmentID, to string
 		s.noteScrub(ctx, []scrub.Finding{{Segment: seg, Peer: from, Problem: ce.Check.Problem, BadBlocks: ce.Check.BadBlocks, Action: scrub.ActionFound}})
 		errs = append(errs, err)
 	}
-	return fmt.Errorf("copying %s to %s: no good source: %w", seg, to, errors.Join(errs...))
+	return 0, fmt.Errorf("copying %s to %s: no good source: %w", seg, to, errors.Join(errs...))
 }
 
 // verifiedSurplus reports whether this daemon's surplus copy of seg may be

@@ -103,10 +103,8 @@ func volumeStatuses(view *clusterView, replication int, segs []rebalance.Segment
 // scrubs reported in their heartbeats; with this daemon's own findings they
 // make each volume's UnrepairableBlocks.
 func (s *Server) publishStatus(ctx context.Context, view *clusterView, replication int, segs []rebalance.Segment, live liveness, plan *rebalance.Plan, reported map[uint64][]uint64) {
-	for id := range live.reallyUp {
-		if id < s.id {
-			return
-		}
+	if !s.publishesStatus(live.reallyUp) {
+		return
 	}
 	st := volumeStatuses(view, replication, segs, live.reallyUp, plan, s.id, unionBlocks(reported, s.unrepairableBlocks()))
 	seed := s.seedHealth(ctx)
@@ -134,6 +132,17 @@ func (s *Server) publishStatus(ctx context.Context, view *clusterView, replicati
 	if err := s.meta.PutVolumeStatuses(ctx, st); err != nil {
 		s.log.Warn("publishing volume status", "err", err)
 	}
+}
+
+// publishesStatus reports whether this daemon publishes the volumes'
+// status: the up daemon with the lowest ID does.
+func (s *Server) publishesStatus(up map[string]bool) bool {
+	for id := range up {
+		if id < s.id {
+			return false
+		}
+	}
+	return true
 }
 
 // reportedUnrepairable gathers the scrub findings up peers reported in
