@@ -26,21 +26,35 @@ import (
 // tick (heal's healAgain): after a pass that copied or deleted something
 // it heals again at once, and the daemon publishing the status looks again
 // every healRecheck while other daemons copy; a member's down grace
-// ending wakes it too.
+// ending wakes it too, and so does a relevant change of the view
+// (view.changed: a peer going down is planned for at once, not up to a
+// tick later), at most once an interval.
 func (s *Server) maintenanceLoop(ctx context.Context) {
 	t := time.NewTimer(s.cfg.MaintenanceInterval)
 	defer t.Stop()
 	var (
 		lastGC, lastFull time.Time
-		fulls            int             // full reads of the view seen
-		healed           uint64          // the view generation the last healing pass saw
-		again            = againNextTick // what the last healing pass left
+		lastHeal         time.Time                                   // when the last healing pass started
+		due              = time.Now().Add(s.cfg.MaintenanceInterval) // when t fires
+		fulls            int                                         // full reads of the view seen
+		healed           uint64                                      // the view generation the last healing pass saw
+		again            = againNextTick                             // what the last healing pass left
 		cache            = make(liveCache)
 	)
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.view.changed:
+			// A relevant change (a peer down, a ring, a head): look
+			// now, or an interval after the last healing pass if that
+			// is sooner than the timer — a stream of changes (a busy
+			// writer's seals) costs no more passes than the tick did.
+			if at := lastHeal.Add(s.cfg.MaintenanceInterval); at.Before(due) {
+				due = at
+				t.Reset(time.Until(due))
+			}
+			continue
 		case <-t.C:
 		}
 		next := s.cfg.MaintenanceInterval
@@ -72,6 +86,9 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			if gc {
 				lastGC = now
 			}
+			if heal {
+				lastHeal = now
+			}
 			more, err := s.maintain(ctx, st, cache, gc, heal)
 			if err != nil && ctx.Err() == nil {
 				s.metrics.maintenanceErr.Inc()
@@ -94,6 +111,7 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			}
 		}
 		pass()
+		due = time.Now().Add(next)
 		t.Reset(next)
 	}
 }
