@@ -27,6 +27,7 @@ import (
 type copyFixture struct {
 	c       *cluster
 	segs    []copySeg
+	ckpts   []copySeg // its checkpoint segments
 	nblocks uint64
 	dst     *peer.Client
 	rawDir  string
@@ -51,15 +52,20 @@ func newCopyFixture(b testing.TB, segSize, size int64) *copyFixture {
 	}
 	f := &copyFixture{c: c, nblocks: uint64(size / torus.BlockSize), rawDir: b.TempDir()}
 	for id, n := range lens {
-		if id.Kind != torus.KindData || n < segSize/2 {
+		if n <= 0 || (id.Kind == torus.KindData && n < segSize/2) {
 			continue
 		}
 		h := c.holders(id)
 		if len(h) == 0 {
 			b.Fatalf("no holder of %s", id)
 		}
-		f.segs = append(f.segs, copySeg{id: id, length: n, holder: h[0],
-			path: filepath.Join(c.dirs[h[0]], "segments", fmt.Sprintf("v%d", id.Volume), id.String())})
+		s := copySeg{id: id, length: n, holder: h[0],
+			path: filepath.Join(c.dirs[h[0]], "segments", fmt.Sprintf("v%d", id.Volume), id.String())}
+		if id.Kind == torus.KindData {
+			f.segs = append(f.segs, s)
+		} else {
+			f.ckpts = append(f.ckpts, s)
+		}
 	}
 	if len(f.segs) == 0 {
 		b.Fatal("no sealed data segment")

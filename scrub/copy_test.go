@@ -140,6 +140,21 @@ func TestCopy(t *testing.T) {
 			t.Fatal("the destination's prefix differs from the source")
 		}
 	})
+	t.Run("checkpoint", func(t *testing.T) {
+		// A checkpoint verifies only whole: nothing is sent before the
+		// end, then all of it.
+		if len(f.ckpts) == 0 {
+			t.Fatal("the volume has no checkpoint segment")
+		}
+		k := f.ckpts[0]
+		n, err := scrub.Copy(ctx, f.c.locals[k.holder], f.dst, k.id, k.length, f.nblocks, scrub.CopyOptions{})
+		if err != nil || n != k.length {
+			t.Fatalf("Copy of a checkpoint = %d, %v, want %d", n, err, k.length)
+		}
+		if got := f.dstBytes(t, k.id); !bytes.Equal(got, f.c.copyBytes(k.holder, k.id, k.length)) {
+			t.Fatal("the checkpoint's copy differs")
+		}
+	})
 	t.Run("check missing", func(t *testing.T) {
 		missing := torus.SegmentID{Volume: s.id.Volume, Kind: torus.KindData, Seq: 1 << 40}
 		c, err := scrub.Check(ctx, f.dst, missing, 1<<20, f.nblocks, nil)
