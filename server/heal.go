@@ -78,9 +78,12 @@ const (
 // healRecheck is how soon the daemon that publishes the volumes' status
 // looks again while other daemons are copying, so that the status turns
 // healthy soon after the last copy, not up to a tick later. Only while
-// copies are planned: an idle cluster never polls.
-func (c Config) healRecheck() time.Duration {
-	return max(c.MaintenanceInterval/8, 10*time.Millisecond)
+// copies are planned: an idle cluster never polls. Each look lists every
+// peer, so it is 10 ms per peer at least (about 100 List RPCs a second
+// whatever the cluster's size), and never longer than the tick.
+func (c Config) healRecheck(peers int) time.Duration {
+	d := max(c.MaintenanceInterval/8, 10*time.Millisecond, time.Duration(peers)*10*time.Millisecond)
+	return min(d, max(c.MaintenanceInterval, 10*time.Millisecond))
 }
 
 // graceLeft is the time until the first member seen down ends its

@@ -34,10 +34,18 @@ func TestHealAgainOrder(t *testing.T) {
 	if !(againOnChange < againNextTick && againNextTick < againSoon && againSoon < againNow) {
 		t.Fatal("healAgain values out of order")
 	}
-	if c := (Config{MaintenanceInterval: 2 * time.Second}); c.healRecheck() != 250*time.Millisecond {
-		t.Fatalf("healRecheck %v, want 250ms", c.healRecheck())
-	}
-	if c := (Config{MaintenanceInterval: time.Millisecond}); c.healRecheck() != 10*time.Millisecond {
-		t.Fatalf("healRecheck %v, want the 10ms floor", c.healRecheck())
+	for _, tc := range []struct {
+		interval time.Duration
+		peers    int
+		want     time.Duration
+	}{
+		{2 * time.Second, 3, 250 * time.Millisecond}, // an eighth of the tick
+		{2 * time.Second, 100, time.Second},          // 10 ms per peer listed
+		{2 * time.Second, 1000, 2 * time.Second},     // never longer than the tick
+		{time.Millisecond, 0, 10 * time.Millisecond}, // the floor
+	} {
+		if got := (Config{MaintenanceInterval: tc.interval}).healRecheck(tc.peers); got != tc.want {
+			t.Errorf("healRecheck(interval %v, %d peers) = %v, want %v", tc.interval, tc.peers, got, tc.want)
+		}
 	}
 }

@@ -103,7 +103,7 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 				case againNow:
 					next = 0
 				case againSoon:
-					next = min(next, s.cfg.healRecheck())
+					next = min(next, s.cfg.healRecheck(len(st.peers)))
 				}
 				if d := s.graceLeft(time.Now()); d > 0 {
 					next = min(next, d)
