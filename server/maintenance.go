@@ -46,7 +46,7 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			continue
 		}
 		now := time.Now()
-		gc := now.Sub(lastGC) >= s.cfg.GCInterval
+		gc := gcDue(now.Sub(lastGC), s.cfg.GCInterval, s.store.Usage())
 		if !gc && !again && built.Equal(lastFull) && gen == healed {
 			continue
 		}
@@ -75,6 +75,19 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 			healed, again = st.gen, more || err != nil
 		}
 	}
+}
+
+// pressureGCPercent is the store fill from which every maintenance pass
+// collects garbage: checkFullness's first warning level.
+const pressureGCPercent = 80
+
+// gcDue says whether a maintenance pass collects garbage: every GCInterval,
+// and at every pass while the store is at least pressureGCPercent full, so
+// that the old copies left by overwrites faster than GCInterval are
+// reclaimed before appends run out of room (a writer refused for space
+// retries within its RetryFor).
+func gcDue(since, interval time.Duration, u torus.Usage) bool {
+	return since >= interval || (u.Capacity > 0 && u.Used*100 >= pressureGCPercent*u.Capacity)
 }
 
 // clusterView is what one maintenance pass knows about the cluster.
