@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/rebalance"
@@ -84,5 +85,27 @@ func TestVolumeStatusesShared(t *testing.T) {
 	}
 	if s := got["clone"]; s.Health != torus.VolumeDegraded || s.Used != 100 || s.UnderReplicated != 1 {
 		t.Errorf("clone: %+v, want degraded (2 of 3 copies), used 100", s)
+	}
+}
+
+// TestGCDue: GC runs every GCInterval, and at every pass while the store
+// is 80 % full or more.
+func TestGCDue(t *testing.T) {
+	const every = 30 * time.Second
+	for _, c := range []struct {
+		since      time.Duration
+		used, capy int64
+		want       bool
+	}{
+		{time.Second, 10, 100, false},
+		{every, 10, 100, true},
+		{time.Second, 79, 100, false},
+		{time.Second, 80, 100, true},
+		{time.Second, 100, 100, true},
+		{time.Second, 5, 0, false}, // capacity unknown
+	} {
+		if got := gcDue(c.since, every, torus.Usage{Used: c.used, Capacity: c.capy}); got != c.want {
+			t.Errorf("gcDue(%v, %v, %d of %d) = %v, want %v", c.since, every, c.used, c.capy, got, c.want)
+		}
 	}
 }

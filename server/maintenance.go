@@ -66,7 +66,7 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 				return
 			}
 			now := time.Now()
-			gc := now.Sub(lastGC) >= s.cfg.GCInterval
+			gc := gcDue(now.Sub(lastGC), s.cfg.GCInterval, s.store.Usage())
 			if !gc && again == againOnChange && built.Equal(lastFull) && gen == healed {
 				return
 			}
@@ -114,6 +114,19 @@ func (s *Server) maintenanceLoop(ctx context.Context) {
 		due = time.Now().Add(next)
 		t.Reset(next)
 	}
+}
+
+// pressureGCPercent is the store fill from which every maintenance pass
+// collects garbage: checkFullness's first warning level.
+const pressureGCPercent = 80
+
+// gcDue says whether a maintenance pass collects garbage: every GCInterval,
+// and at every pass while the store is at least pressureGCPercent full, so
+// that the old copies left by overwrites faster than GCInterval are
+// reclaimed before appends run out of room (a writer refused for space
+// retries within its RetryFor).
+func gcDue(since, interval time.Duration, u torus.Usage) bool {
+	return since >= interval || (u.Capacity > 0 && u.Used*100 >= pressureGCPercent*u.Capacity)
 }
 
 // clusterView is what one maintenance pass knows about the cluster.

@@ -23,6 +23,9 @@ import (
 // DefaultMaxOpenFiles is the default bound of Disk's open-file cache.
 const DefaultMaxOpenFiles = 256
 
+// DefaultWritebackChunk is the default DiskConfig.WritebackChunk.
+const DefaultWritebackChunk = 4 << 20
+
 // DiskConfig configures OpenDisk.
 type DiskConfig struct {
 	// Dir is the data directory. It is created if missing. Segments live
@@ -47,6 +50,13 @@ type DiskConfig struct {
 	// in use by an operation are not counted). 0 means
 	// DefaultMaxOpenFiles.
 	MaxOpenFiles int
+	// WritebackChunk: each time a segment has this many bytes appended
+	// since the last time, the store asks the kernel to start writing them
+	// back (sync_file_range, vfs.Writebacker), so the Sync that seals a
+	// segment finds little left to write instead of the whole segment:
+	// the stall of a sequential stream at each seal. It makes nothing
+	// durable; Sync does. 0 means DefaultWritebackChunk, < 0 never.
+	WritebackChunk int64
 }
 
 // EnsureDefaults fills zero optional fields.
@@ -59,6 +69,9 @@ func (c *DiskConfig) EnsureDefaults() {
 	}
 	if c.MaxOpenFiles == 0 {
 		c.MaxOpenFiles = DefaultMaxOpenFiles
+	}
+	if c.WritebackChunk == 0 {
+		c.WritebackChunk = DefaultWritebackChunk
 	}
 }
 
@@ -105,6 +118,7 @@ type Disk struct {
 	fs       vfs.FS
 	lockFile io.Closer
 	fds      *fdCache
+	wbChunk  int64 // DiskConfig.WritebackChunk
 
 	inflight sync.WaitGroup // operations running; Close waits for them
 
@@ -135,6 +149,7 @@ type diskSegment struct {
 	file     bool  // the file exists
 	dirDirty bool  // the file was created and its directory not yet fsynced
 	failed   error // a sync failed: the file's contents are unknown
+	wbFrom   int64 // appended bytes from here on have not been handed to writeback
 	// The failure mark (a file named <segment>.failed next to the
 	// segment's) may exist (marker) or is known to be durable (marked).
 	// A failed segment whose mark is not durable would be served as good
@@ -181,6 +196,7 @@ func OpenDisk(ctx context.Context, cfg DiskConfig) (*Disk, error) {
 		log:      cfg.Logger.With("dir", cfg.Dir),
 		fs:       cfg.FS,
 		fds:      newFDCache(cfg.MaxOpenFiles),
+		wbChunk:  cfg.WritebackChunk,
 		segs:     make(map[torus.SegmentID]*diskSegment),
 		volDirs:  make(map[uint64]bool),
 	}
@@ -632,7 +648,26 @@ func (d *Disk) appendLocked(seg torus.SegmentID, s *diskSegment, off int64, p []
 	}
 	s.length.Store(off + n)
 	written = true
+	d.startWriteback(seg, s, e.f, off+n)
 	return nil
+}
+
+// startWriteback hands s's bytes [s.wbFrom, end) to the kernel's writeback
+// once they are at least wbChunk (DiskConfig.WritebackChunk). A failure
+// costs only the head start: it is logged at Debug. s.mu is held.
+func (d *Disk) startWriteback(seg torus.SegmentID, s *diskSegment, f vfs.File, end int64) {
+	if d.wbChunk <= 0 || end-s.wbFrom < d.wbChunk {
+		return
+	}
+	from := s.wbFrom
+	s.wbFrom = end
+	wb, ok := f.(vfs.Writebacker)
+	if !ok {
+		return
+	}
+	if err := wb.StartWriteback(from, end-from); err != nil {
+		d.log.Debug("starting writeback failed", "segment", seg, "err", err)
+	}
 }
 
 // create makes the file of a new segment (and its volume directory).

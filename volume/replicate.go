@@ -137,16 +137,20 @@ func (v *Volume) appendBatch(batch []*writeReq, noSpace bool) error {
 	buf, offs := v.encodeBatch(batch, v.batchBuf)
 	r := v.newRetry()
 	for attempt := 0; ; attempt++ {
-		if attempt >= 4 && (noSpace || !r.again()) {
+		// A full store is retried like a missing peer, within RetryFor:
+		// the daemon collects garbage at once when its store fills up
+		// (docs/design/cluster.md, "Garbage collection"), so a store full
+		// of overwritten blocks has room again within seconds.
+		if attempt >= 4 && !r.again() {
 			break
 		}
 		if v.needsRoll(int64(len(buf))) {
 			if err := v.roll(v.ctx, ckptIfDue, true); err != nil {
+				if errors.Is(err, torus.ErrUnavailable) && v.fencedErr() == nil && r.again() {
+					continue // too few live peers (or none with room) for now: wait for the view to change
+				}
 				if noSpace && errors.Is(err, torus.ErrUnavailable) {
 					return fmt.Errorf("volume %s: %w (%v)", v.name, torus.ErrNoSpace, err)
-				}
-				if errors.Is(err, torus.ErrUnavailable) && v.fencedErr() == nil && r.again() {
-					continue // too few live peers for now: wait for the view to change
 				}
 				return err
 			}

@@ -401,3 +401,26 @@ func TestMemFSCrashDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// TestStartWriteback: the real filesystem's files start writeback of a
+// written range (sync_file_range works here), and a closed file says so.
+func TestStartWriteback(t *testing.T) {
+	f, err := vfs.OS.OpenFile(filepath.Join(t.TempDir(), "f"), os.O_RDWR|os.O_CREATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 1<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	wb, ok := f.(vfs.Writebacker)
+	if !ok {
+		t.Fatal("the real filesystem's file is not a Writebacker")
+	}
+	if err := wb.StartWriteback(0, 1<<20); err != nil {
+		t.Fatalf("StartWriteback: %v", err)
+	}
+	f.Close()
+	if err := wb.StartWriteback(0, 1<<20); err == nil {
+		t.Fatal("StartWriteback on a closed file: no error")
+	}
+}
