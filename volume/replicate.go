@@ -224,7 +224,7 @@ func (v *Volume) appendReplicas(s *segState, buf []byte) (outcome, error) {
 		return outcome{}, errBroken
 	}
 	// The pipeline at depth 1: one flight, awaited at once.
-	f := v.pipe.start(s, off, buf)
+	f := v.pipe.start(s, off, buf, false)
 	f.collect()
 	o := f.o
 	for _, err := range o.errs {
