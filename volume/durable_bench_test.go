@@ -103,7 +103,11 @@ func newWireCluster(b *testing.B, dir string, memory bool, peers, replication in
 // same directory (the disk's durable-write latency: what nbdkit file does).
 // It reports vol-ns/op (of which write-ns/op in WriteAt and flush-ns/op in
 // Flush) and base-ns/op per durable write, their ratio
-// (vol/base; issue 11's aim is ≤ 2) and the volume's durable writes/s.
+// (vol/base; issue 11's aim is ≤ 2), the volume's durable writes/s and
+// vol-cpu-ns/op, the CPU time (user and system, client and servers) the
+// process spent per durable write while the volume's half ran, and the
+// replica Syncs sent per durable write (2 at replication 2 when each FLUSH
+// is served by one round of syncs).
 // Set TORUS_BENCH_DIR to measure a particular disk. The sub-benchmark
 // "memory" runs the same path over in-memory stores (Sync costs nothing):
 // its vol-ns/op is the software's share of a durable write.
@@ -164,22 +168,23 @@ func benchDurableWrite(b *testing.B, memory bool) {
 		baseOp(i)
 	}
 	b.ReportAllocs()
-	var tv, tb time.Duration
+	var tv, tb, cpu time.Duration
 	tw = 0
+	syncs0 := v.Stats().Syncs
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%2 == 0 {
-			t0 := time.Now()
+			c0, t0 := cpuTime(b), time.Now()
 			volOp(i)
-			t1 := time.Now()
+			c1, t1 := cpuTime(b), time.Now()
 			baseOp(i)
-			tv, tb = tv+t1.Sub(t0), tb+time.Since(t1)
+			tv, tb, cpu = tv+t1.Sub(t0), tb+time.Since(t1), cpu+c1-c0
 		} else {
 			t0 := time.Now()
 			baseOp(i)
-			t1 := time.Now()
+			c1, t1 := cpuTime(b), time.Now()
 			volOp(i)
-			tb, tv = tb+t1.Sub(t0), tv+time.Since(t1)
+			tb, tv, cpu = tb+t1.Sub(t0), tv+time.Since(t1), cpu+cpuTime(b)-c1
 		}
 	}
 	b.StopTimer()
@@ -190,4 +195,15 @@ func benchDurableWrite(b *testing.B, memory bool) {
 	b.ReportMetric(float64(tb.Nanoseconds())/n, "base-ns/op")
 	b.ReportMetric(float64(tv)/float64(tb), "vol/base")
 	b.ReportMetric(n/tv.Seconds(), "vol-writes/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/n, "vol-cpu-ns/op")
+	b.ReportMetric(float64(v.Stats().Syncs-syncs0)/n, "syncs/op")
+}
+
+// cpuTime is the process's CPU time so far (user and system, every thread).
+func cpuTime(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
