@@ -40,27 +40,19 @@ import (
 // rule.
 func (v *Volume) fanout(ctx context.Context, ids []string, fn func(ctx context.Context, i int, p torus.PeerService) error) []error {
 	errs := make([]error, len(ids))
-	call := func(i int) {
-		p, err := v.peers.Peer(ctx, ids[i])
-		if err == nil {
-			err = fn(ctx, i, p)
-		}
-		if err != nil {
-			errs[i] = fmt.Errorf("peer %s: %w", ids[i], err)
-		}
-	}
-	// The last replica is called from this goroutine: one goroutine and
-	// one hand-off less per FLUSH (and none at all with one replica).
 	var wg sync.WaitGroup
-	for i := range len(ids) - 1 {
+	for i, id := range ids {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			call(i)
+			p, err := v.peers.Peer(ctx, id)
+			if err == nil {
+				err = fn(ctx, i, p)
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("peer %s: %w", id, err)
+			}
 		}()
-	}
-	if len(ids) > 0 {
-		call(len(ids) - 1)
 	}
 	wg.Wait()
 	return errs
@@ -850,20 +842,11 @@ func (v *Volume) flush(ctx context.Context) error {
 	v.mu.Lock()
 	v.stats.Flushes++
 	v.mu.Unlock()
-	v.pipe.flushSeen.Store(true)
 	r := v.newRetry()
 	for attempt := 0; ; attempt++ {
 		jobs, err := v.flushJobs()
 		if err != nil || len(jobs) == 0 {
 			return err
-		}
-		if attempt == 0 {
-			// A sync sent early, behind the last write (earlySync),
-			// may already have made the open segment durable.
-			jobs = slices.DeleteFunc(jobs, func(j syncJob) bool { return v.takeEarly(ctx, j) })
-			if len(jobs) == 0 {
-				return nil
-			}
 		}
 		short, errs, err := v.syncSegments(ctx, jobs)
 		if err != nil || len(short) == 0 {

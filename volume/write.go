@@ -158,7 +158,6 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if fua {
 		return v.flush(ctx)
 	}
-	v.syncEarly()
 	return nil
 }
 
@@ -245,7 +244,6 @@ func (v *Volume) WriteZeroes(ctx context.Context, off, length int64, fua bool) e
 	if fua {
 		return v.flush(ctx)
 	}
-	v.syncEarly()
 	return nil
 }
 
