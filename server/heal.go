@@ -10,7 +10,6 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/rebalance"
-	"github.com/torus-storage/torus/ring"
 	"github.com/torus-storage/torus/volume"
 )
 
@@ -79,7 +78,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 	if len(spec.Members) == 0 {
 		return false, nil
 	}
-	r, err := ring.Build(spec)
+	r, err := s.placements.build(spec)
 	if err != nil {
 		return true, err
 	}

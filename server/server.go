@@ -46,6 +46,7 @@ type Server struct {
 	tables            volume.TableCache
 	view              *view                       // the cached cluster view (view.go); set by Start
 	healLimit         *scrub.Limiter              // paces healing's appends (RebalanceRate)
+	placements        placementCache              // the ring heal plans with, built once per version
 	lastView          atomic.Pointer[clusterView] // the last maintenance pass's view, for the background scrub
 	unrepMu           sync.Mutex
 	unrepairable      map[torus.SegmentID][]uint64 // segments the background scrub found no good copy of

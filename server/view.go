@@ -219,7 +219,7 @@ func (v *view) follow(ctx context.Context, rev int64) {
 	// audit in step.
 	t := time.NewTimer(v.audit/2 + rand.N(v.audit+1))
 	defer t.Stop()
-	var cursor string // the last volume audited; "" at the start of a round
+	var cursor string             // the last volume audited; "" at the start of a round
 	var peersDue <-chan time.Time // armed while peer changes wait (coalesce)
 	for {
 		if v.peersStale && peersDue == nil {

@@ -158,3 +158,30 @@ func testViewTypedChanges(t *testing.T, store torus.Metadata) {
 		t.Errorf("%d full reads of the view, want none (changes are applied, not re-read)", b)
 	}
 }
+
+// TestPlacementBuiltOncePerRing: heal's placement is built again only for
+// a different ring spec.
+func TestPlacementBuiltOncePerRing(t *testing.T) {
+	var c placementCache
+	spec := torus.RingSpec{Version: 2, Replication: 2, VirtualNodes: 16,
+		Members: []torus.RingMember{torus.NewRingMember("a", torus.Location{}, 1<<30), torus.NewRingMember("b", torus.Location{}, 1<<30)}}
+	p1, err := c.build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := spec
+	again.Members = slices.Clone(spec.Members) // an equal spec, read again
+	if p2, err := c.build(again); err != nil || p2 != p1 {
+		t.Errorf("an equal ring spec was built again (%v)", err)
+	}
+	next := again
+	next.Version++
+	next.Members = append(slices.Clone(spec.Members), torus.NewRingMember("c", torus.Location{}, 1<<30))
+	p3, err := c.build(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p3 == p1 || p3.Version() != next.Version {
+		t.Errorf("a new ring spec (version %d) gave the old placement", next.Version)
+	}
+}
