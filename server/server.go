@@ -26,7 +26,7 @@ type Server struct {
 	log  *slog.Logger
 
 	id      string
-	store   *storage.Disk
+	store   torus.Store
 	local   *peer.Local
 	psrv    *peer.Server
 	peerLn  net.Listener
@@ -113,9 +113,14 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 		return fmt.Errorf("server: reading cluster config: %w", err)
 	}
-	s.store, err = storage.OpenDisk(ctx, storage.DiskConfig{Dir: s.cfg.DataDir, Capacity: s.cfg.Capacity, Logger: s.log})
-	if err != nil {
-		return fmt.Errorf("server: opening store: %w", err)
+	if s.cfg.Store != nil {
+		s.store = s.cfg.Store
+	} else {
+		d, err := storage.OpenDisk(ctx, storage.DiskConfig{Dir: s.cfg.DataDir, Capacity: s.cfg.Capacity, Logger: s.log})
+		if err != nil {
+			return fmt.Errorf("server: opening store: %w", err)
+		}
+		s.store = d
 	}
 	s.id, err = storage.LoadOrCreateID(s.cfg.DataDir)
 	if err != nil {

@@ -44,6 +44,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ import (
 	"github.com/torus-storage/torus"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/server"
+	"github.com/torus-storage/torus/storage"
 )
 
 // result is one run's figures, per daemon per minute.
@@ -80,11 +82,28 @@ func main() {
 	maxSettle := flag.Duration("max-settle", 5*time.Minute, "longest wait for the etcd request rate to settle (more than -settle)")
 	sample := flag.Duration("sample", 20*time.Second, "settling: the rates of two consecutive samples this long must agree within 10 %")
 	heartbeat := flag.Duration("heartbeat-ttl", 5*time.Second, "daemons' liveness TTL (heartbeat every third of it)")
+	store := flag.String("store", "memory", "daemons' segment stores: memory (fake stores, as for 300 daemons in one process) or disk")
 	baseline := flag.String("baseline", "", "also run against this git ref (e.g. main), exported to a temporary directory")
 	baseRuns := flag.String("baseline-runs", "", "runs for the baseline (default: -runs); the old code is slow at scale")
 	jsonOut := flag.Bool("json", false, "print results as JSON (used for the baseline run)")
 	verbose := flag.Bool("v", false, "log the daemons' warnings")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole invocation (daemons and etcd) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "scale: cpu profile:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *store != "memory" && *store != "disk" {
+		fmt.Fprintf(os.Stderr, "scale: -store %q: want memory or disk\n", *store)
+		os.Exit(2)
+	}
 	if *maxSettle <= *settle || *sample <= 0 {
 		// With -max-settle <= -settle the rate would never be checked:
 		// the window could count the start-up reads.
@@ -112,7 +131,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "scale:", err)
 			os.Exit(2)
 		}
-		r, err := run(n, v, *settle, *maxSettle, *sample, *window, *heartbeat, *verbose)
+		r, err := run(n, v, *settle, *maxSettle, *sample, *window, *heartbeat, *store == "memory", *verbose)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "scale: run %s: %v\n", spec, err)
 			os.Exit(1)
@@ -199,7 +218,7 @@ func runBaseline(ref, runs string, args []string) ([]result, error) {
 }
 
 // run measures one cluster of n daemons and v volumes.
-func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbose bool) (result, error) {
+func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, memStores, verbose bool) (result, error) {
 	setupStart := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -307,8 +326,12 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbo
 			return result{}, err
 		}
 		metas = append(metas, meta)
-		s, err := server.New(server.Config{DataDir: filepath.Join(dir, fmt.Sprint("d", i)), Capacity: 1 << 30,
-			PeerListen: listen, PeerAdvertise: p.Addr(), AutoJoin: true, HeartbeatTTL: hbTTL, ScrubInterval: -1}, meta, log)
+		cfg := server.Config{DataDir: filepath.Join(dir, fmt.Sprint("d", i)), Capacity: 1 << 30,
+			PeerListen: listen, PeerAdvertise: p.Addr(), AutoJoin: true, HeartbeatTTL: hbTTL, ScrubInterval: -1}
+		if memStores {
+			cfg.Store = storage.NewMemory(cfg.Capacity)
+		}
+		s, err := server.New(cfg, meta, log)
 		if err != nil {
 			return result{}, err
 		}
@@ -316,6 +339,9 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbo
 			return result{}, fmt.Errorf("daemon %d: %w", i, err)
 		}
 		servers = append(servers, s)
+		if (i+1)%50 == 0 && i+1 < n {
+			fmt.Fprintf(os.Stderr, "scale: %dx%d: %d daemons started after %v\n", n, v, i+1, time.Since(setupStart).Round(time.Second))
+		}
 	}
 	setup := time.Since(setupStart)
 	settled, steady, err := settleDown(settle, maxSettle, sample)
