@@ -374,8 +374,18 @@ func (s *Server) join(ctx context.Context) error {
 			s.log.Info("joined the ring", "version", spec.Version, "members", len(spec.Members))
 			return nil
 		}
-		if !errors.Is(err, torus.ErrConflict) || attempt > 20 {
+		if attempt > 20 || !errors.Is(err, torus.ErrConflict) && !errors.Is(err, torus.ErrUnavailable) {
 			return fmt.Errorf("server: joining ring: %w", err)
+		}
+		if errors.Is(err, torus.ErrUnavailable) {
+			// etcd slow or away (a loaded etcd times proposals out): the
+			// ring is read again, so a join that did commit is seen.
+			s.log.Warn("joining the ring: etcd unavailable; retrying", "attempt", attempt, "err", err)
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("server: joining ring: %w", err)
+			case <-time.After(time.Duration(attempt+1) * 500 * time.Millisecond):
+			}
 		}
 	}
 }
