@@ -193,6 +193,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.view = newView(s.meta, s.log, s.cfg.ViewAudit, s.local.SetEpochs, func(spec torus.RingSpec) {
 		s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
 	})
+	// Maintenance looks at the view every MaintenanceInterval: peer
+	// changes read more often than that would be read for nothing.
+	s.view.coalesce = max(s.view.coalesce, s.cfg.MaintenanceInterval)
 	s.goAttachCtx(runCtx, s.heartbeatLoop)
 	s.goAttachCtx(runCtx, s.view.run)
 	s.goAttachCtx(runCtx, s.maintenanceLoop)

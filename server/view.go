@@ -64,7 +64,8 @@ type view struct {
 	// coalesce is how long peer changes (and the peer states a ring
 	// change moves) wait to be read together: one Peers read stands for
 	// every peer change in the window, so N daemons joining cost each
-	// daemon O(1) reads per window, not O(N) reads of O(N) peers.
+	// daemon O(1) reads per window, not O(N) reads of O(N) peers. The
+	// daemon sets it to MaintenanceInterval (at least peerCoalesce).
 	coalesce time.Duration
 
 	mu      sync.Mutex
@@ -79,8 +80,23 @@ type view struct {
 	builds, peerReads atomic.Int64
 }
 
-// peerCoalesce is view.coalesce's default.
-const peerCoalesce = time.Second
+// peerCoalesce is view.coalesce's default; perPeerCoalesce makes the
+// window grow with the peer list: while peers keep changing (N daemons
+// starting) each daemon reads N peers every N × perPeerCoalesce at most,
+// a constant rate of peer records whatever N (6 s at 300 peers).
+const (
+	peerCoalesce    = time.Second
+	perPeerCoalesce = 20 * time.Millisecond
+)
+
+// peerWait is how long peer changes wait to be read: coalesce, or longer
+// for a long peer list.
+func (v *view) peerWait() time.Duration {
+	v.mu.Lock()
+	n := len(v.st.peers)
+	v.mu.Unlock()
+	return max(v.coalesce, time.Duration(n)*perPeerCoalesce)
+}
 
 func newView(meta torus.Metadata, log *slog.Logger, audit time.Duration, onEpochs func(map[uint64]uint64), onRing func(torus.RingSpec)) *view {
 	return &view{meta: meta, log: log, audit: audit, coalesce: peerCoalesce, onEpochs: onEpochs, onRing: onRing, changed: make(chan struct{}, 1)}
@@ -223,7 +239,7 @@ func (v *view) follow(ctx context.Context, rev int64) {
 	var peersDue <-chan time.Time // armed while peer changes wait (coalesce)
 	for {
 		if v.peersStale && peersDue == nil {
-			peersDue = time.After(v.coalesce)
+			peersDue = time.After(v.peerWait())
 		}
 		select {
 		case <-ctx.Done():
