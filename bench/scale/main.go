@@ -8,7 +8,7 @@
 //
 //	go run ./bench/scale -runs 300x10 -join batch -settle 45s -max-settle 5m -sample 20s -window 90s
 //	go run ./bench/scale -runs 3x10,30x1000 -settle 45s -max-settle 5m -sample 20s -window 90s
-//	go run ./bench/scale -runs 3x10000 -settle 45s -max-settle 5m -sample 20s -window 90s
+//	go run ./bench/scale -runs 3x10000 -settle 3m -max-settle 6m -sample 20s -window 90s
 //
 // -join batch adds every daemon to the ring in one SetRing instead of one
 // ring version per daemon (torusd --auto-join, -join auto). The settle
