@@ -46,7 +46,10 @@ type Metadata interface {
 	PutPeer(ctx context.Context, p PeerInfo) error
 	// Heartbeat writes the peer's liveness key under s with what the beat
 	// reports (usage, rebalance backlog, scrub findings). The peer counts
-	// as up while the key exists.
+	// as up while the key exists. A heartbeat that changes neither the
+	// peer's liveness (the key existed under a live session) nor its
+	// findings is not reported by WatchChanges: usage, backlog and
+	// last-seen time are read with Peers.
 	Heartbeat(ctx context.Context, s Session, id string, b Beat) error
 	// Peers lists every known peer with State computed from the ring
 	// (member or not, draining) and liveness.
@@ -80,7 +83,9 @@ type Metadata interface {
 	// continues from: the caller must re-read what it caches. Events are
 	// never dropped silently: a watch that cannot continue closes. The
 	// channel closes when ctx ends or the store is closed. Published
-	// volume statuses (PutVolumeStatuses) are not reported.
+	// volume statuses (PutVolumeStatuses) are not reported, nor are
+	// heartbeats that change neither liveness nor findings (Heartbeat):
+	// an idle cluster's watches carry nothing, whatever its size.
 	WatchChanges(ctx context.Context, from int64) <-chan Change
 	// VolumesChangedSince reports whether any volume record, epoch, writer
 	// record, head or snapshot was created or updated after revision rev,
@@ -206,7 +211,10 @@ const (
 	ChangeRing
 	// ChangePeer: peer Name's record, liveness, draining or removed mark.
 	// Beat is set when it is only a heartbeat of a peer already up with
-	// the same scrub findings (its state and findings did not change).
+	// the same scrub findings (its state and findings did not change):
+	// a store reports those only when its liveness record was rewritten
+	// anyway (a new session, or a daemon of an older version that
+	// rewrote it at every beat).
 	ChangePeer
 	// ChangeVolume: volume Name's record was created, updated or deleted.
 	ChangeVolume

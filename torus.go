@@ -371,6 +371,9 @@ type PeerInfo struct {
 	Capacity int64     `json:"capacity"`
 	Used     int64     `json:"used"`
 	State    PeerState `json:"state"`
+	// Alive: the peer's liveness key exists (its session is live). State
+	// says so for a member; a draining peer's State hides it.
+	Alive    bool      `json:"alive,omitempty"`
 	LastSeen time.Time `json:"last_seen"`
 	// Rebalance progress reported by the daemon: bytes still to move.
 	Pending int64 `json:"pending,omitempty"`

@@ -454,7 +454,11 @@ func (m *Memory) Heartbeat(ctx context.Context, s torus.Session, id string, b to
 	beat := p.alive == ms.id && maps.EqualFunc(p.bad, bad, slices.Equal)
 	p.alive, p.used, p.pending, p.lastSeen = ms.id, b.Used, b.Pending, time.Now().UTC()
 	p.bad = bad
-	m.notifyLocked(torus.Change{Kind: torus.ChangePeer, Name: id, Beat: beat})
+	if !beat {
+		// A repeat beat is not reported (torus.Metadata.Heartbeat):
+		// only liveness and findings changes are.
+		m.notifyLocked(torus.Change{Kind: torus.ChangePeer, Name: id})
+	}
 	return nil
 }
 
@@ -470,7 +474,8 @@ func (m *Memory) Peers(ctx context.Context) ([]torus.PeerInfo, error) {
 		info := p.info
 		info.Used, info.Pending, info.LastSeen = p.used, p.pending, p.lastSeen
 		info.Unrepairable = maps.Clone(p.bad)
-		info.State = rules.PeerState(members[id], p.draining, p.removed, p.alive != 0)
+		info.Alive = p.alive != 0
+		info.State = rules.PeerState(members[id], p.draining, p.removed, info.Alive)
 		out = append(out, info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })

@@ -13,6 +13,10 @@ import (
 type Config struct {
 	// DataDir holds the segment store and the peer ID.
 	DataDir string
+	// Store, when set, is the segment store served instead of the one in
+	// DataDir (which then holds only the peer ID): in-process clusters
+	// with memory stores (bench/scale). The daemon closes it.
+	Store torus.Store
 	// Capacity is the most bytes the store may hold (--size, resolved).
 	Capacity int64
 	// PeerListen is the TCP address of the peer protocol. Port 0 picks one.

@@ -10,7 +10,6 @@ import (
 
 	"github.com/torus-storage/torus"
 	"github.com/torus-storage/torus/rebalance"
-	"github.com/torus-storage/torus/ring"
 	"github.com/torus-storage/torus/volume"
 )
 
@@ -119,7 +118,7 @@ func (s *Server) heal(ctx context.Context, view *clusterView, st clusterState) (
 	if len(spec.Members) == 0 {
 		return againOnChange, nil
 	}
-	r, err := ring.Build(spec)
+	r, err := s.placements.build(spec)
 	if err != nil {
 		return againNextTick, err
 	}

@@ -26,7 +26,7 @@ type Server struct {
 	log  *slog.Logger
 
 	id      string
-	store   *storage.Disk
+	store   torus.Store
 	local   *peer.Local
 	psrv    *peer.Server
 	peerLn  net.Listener
@@ -46,6 +46,7 @@ type Server struct {
 	tables            volume.TableCache
 	view              *view                       // the cached cluster view (view.go); set by Start
 	healLimit         *scrub.Limiter              // paces healing's appends (RebalanceRate)
+	placements        placementCache              // the ring heal plans with, built once per version
 	lastView          atomic.Pointer[clusterView] // the last maintenance pass's view, for the background scrub
 	unrepMu           sync.Mutex
 	unrepairable      map[torus.SegmentID][]uint64 // segments the background scrub found no good copy of
@@ -112,9 +113,14 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 		return fmt.Errorf("server: reading cluster config: %w", err)
 	}
-	s.store, err = storage.OpenDisk(ctx, storage.DiskConfig{Dir: s.cfg.DataDir, Capacity: s.cfg.Capacity, Logger: s.log})
-	if err != nil {
-		return fmt.Errorf("server: opening store: %w", err)
+	if s.cfg.Store != nil {
+		s.store = s.cfg.Store
+	} else {
+		d, err := storage.OpenDisk(ctx, storage.DiskConfig{Dir: s.cfg.DataDir, Capacity: s.cfg.Capacity, Logger: s.log})
+		if err != nil {
+			return fmt.Errorf("server: opening store: %w", err)
+		}
+		s.store = d
 	}
 	s.id, err = storage.LoadOrCreateID(s.cfg.DataDir)
 	if err != nil {
@@ -187,6 +193,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.view = newView(s.meta, s.log, s.cfg.ViewAudit, s.local.SetEpochs, func(spec torus.RingSpec) {
 		s.inRing.Store(slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }))
 	})
+	// Maintenance looks at the view every MaintenanceInterval: peer
+	// changes read more often than that would be read for nothing.
+	s.view.coalesce = max(s.view.coalesce, s.cfg.MaintenanceInterval)
 	s.goAttachCtx(runCtx, s.heartbeatLoop)
 	s.goAttachCtx(runCtx, s.view.run)
 	s.goAttachCtx(runCtx, s.maintenanceLoop)
@@ -368,8 +377,18 @@ func (s *Server) join(ctx context.Context) error {
 			s.log.Info("joined the ring", "version", spec.Version, "members", len(spec.Members))
 			return nil
 		}
-		if !errors.Is(err, torus.ErrConflict) || attempt > 20 {
+		if attempt > 20 || !errors.Is(err, torus.ErrConflict) && !errors.Is(err, torus.ErrUnavailable) {
 			return fmt.Errorf("server: joining ring: %w", err)
+		}
+		if errors.Is(err, torus.ErrUnavailable) {
+			// etcd slow or away (a loaded etcd times proposals out): the
+			// ring is read again, so a join that did commit is seen.
+			s.log.Warn("joining the ring: etcd unavailable; retrying", "attempt", attempt, "err", err)
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("server: joining ring: %w", err)
+			case <-time.After(time.Duration(attempt+1) * 500 * time.Millisecond):
+			}
 		}
 	}
 }

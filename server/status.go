@@ -114,10 +114,18 @@ func (s *Server) publishStatus(ctx context.Context, view *clusterView, replicati
 	}
 	var changed []torus.VolumeStatus
 	for _, v := range st {
-		if s.lastHealth[v.Volume] != v.Health {
-			s.lastHealth[v.Volume] = v.Health
-			changed = append(changed, v)
+		prev, known := s.lastHealth[v.Volume]
+		if prev == v.Health {
+			continue
 		}
+		s.lastHealth[v.Volume] = v.Health
+		if !known && v.Health == torus.VolumeHealthy {
+			// First seen, healthy: no news (an event and a log line per
+			// volume at a cluster's start: 10,000 event-log transactions
+			// at 10,000 volumes). A volume first seen unhealthy is news.
+			continue
+		}
+		changed = append(changed, v)
 	}
 	s.downMu.Unlock()
 	s.noteHealth(ctx, changed)

@@ -1,10 +1,14 @@
 package server
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/internal/testutil"
 	"github.com/torus-storage/torus/rebalance"
 )
 
@@ -77,6 +81,53 @@ func TestReportedUnrepairable(t *testing.T) {
 			if st.Health != torus.VolumeHealthy || st.UnrepairableBlocks != 0 {
 				t.Errorf("ten: %+v, want healthy", st)
 			}
+		}
+	}
+}
+
+// TestFirstHealthRecordsNoEvent: a publisher's first pass over volumes of
+// unknown health records no "volume is healthy" event for the healthy
+// ones (at 10,000 volumes that was 10,000 event-log transactions, minutes
+// of etcd requests after every start of a cluster), and publishes every
+// status.
+func TestFirstHealthRecordsNoEvent(t *testing.T) {
+	meta := initMeta(t)
+	ctx := context.Background()
+	const nvol = 20
+	for i := range nvol {
+		if _, err := meta.CreateVolume(ctx, torus.VolumeInfo{Name: fmt.Sprintf("v%02d", i), Size: 1 << 20}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := New(Config{DataDir: t.TempDir(), Capacity: 64 << 20, AutoJoin: true, HeartbeatTTL: time.Second,
+		MaintenanceInterval: 10 * time.Millisecond, ScrubInterval: -1}, meta, testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		st, err := meta.VolumeStatuses(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st) == nvol {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d statuses published, want %d", len(st), nvol)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	evs, err := meta.Events(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if e.Kind == torus.EventVolumeHealthy {
+			t.Fatalf("first publication recorded %q for volume %s: want no event for a volume first seen healthy", e.Kind, e.Volume)
 		}
 	}
 }

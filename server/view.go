@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/torus-storage/torus"
@@ -60,23 +61,62 @@ type view struct {
 	onEpochs func(map[uint64]uint64)
 	onRing   func(torus.RingSpec)
 
+	// coalesce is how long peer changes (and the peer states a ring
+	// change moves) wait to be read together: one Peers read stands for
+	// every peer change in the window, so N daemons joining cost each
+	// daemon O(1) reads per window, not O(N) reads of O(N) peers. The
+	// daemon sets it to MaintenanceInterval (at least peerCoalesce).
+	coalesce time.Duration
+
 	mu      sync.Mutex
 	st      clusterState
 	ready   bool
 	changed chan struct{} // capacity 1: a maintenance-relevant change
+
+	// Owned by the owner goroutine: peer changes not yet read.
+	peersStale bool
+
+	// builds and peerReads count full reads and Peers reads (tests).
+	builds, peerReads atomic.Int64
+}
+
+// peerCoalesce is view.coalesce's default; perPeerCoalesce makes the
+// window grow with the peer list: while peers keep changing (N daemons
+// starting) each daemon reads N peers every N × perPeerCoalesce at most,
+// a constant rate of peer records whatever N (6 s at 300 peers).
+const (
+	peerCoalesce    = time.Second
+	perPeerCoalesce = 20 * time.Millisecond
+)
+
+// peerWait is how long peer changes wait to be read: coalesce, or longer
+// for a long peer list.
+func (v *view) peerWait() time.Duration {
+	v.mu.Lock()
+	n := len(v.st.peers)
+	v.mu.Unlock()
+	return max(v.coalesce, time.Duration(n)*perPeerCoalesce)
 }
 
 func newView(meta torus.Metadata, log *slog.Logger, audit time.Duration, onEpochs func(map[uint64]uint64), onRing func(torus.RingSpec)) *view {
-	return &view{meta: meta, log: log, audit: audit, onEpochs: onEpochs, onRing: onRing, changed: make(chan struct{}, 1)}
+	return &view{meta: meta, log: log, audit: audit, coalesce: peerCoalesce, onEpochs: onEpochs, onRing: onRing, changed: make(chan struct{}, 1)}
 }
 
 // snapshot returns a copy of the current view; ok=false until the first
-// full read is done.
+// full read is done. A peer whose liveness key exists (Alive: the view
+// learns when it appears and when it expires, not each beat, which no
+// watch carries) shows LastSeen now: it is seen alive as of the view.
 func (v *view) snapshot() (clusterState, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	st := v.st
 	st.peers = slices.Clone(st.peers)
+	now := time.Now()
+	for i := range st.peers {
+		if st.peers[i].Alive {
+			st.peers[i].LastSeen = now
+		}
+	}
 	st.volumes = maps.Clone(st.volumes)
 	return st, v.ready
 }
@@ -151,6 +191,8 @@ func (v *view) build(ctx context.Context) (int64, error) {
 	}
 	v.onEpochs(epochs)
 	v.onRing(ring)
+	v.builds.Add(1)
+	v.peersStale = false
 	v.mu.Lock()
 	v.st = clusterState{rev: rev, gen: v.st.gen + 1, ring: ring, peers: peers, volumes: byName, built: time.Now()}
 	v.ready = true
@@ -193,11 +235,23 @@ func (v *view) follow(ctx context.Context, rev int64) {
 	// audit in step.
 	t := time.NewTimer(v.audit/2 + rand.N(v.audit+1))
 	defer t.Stop()
-	var cursor string // the last volume audited; "" at the start of a round
+	var cursor string             // the last volume audited; "" at the start of a round
+	var peersDue <-chan time.Time // armed while peer changes wait (coalesce)
 	for {
+		if v.peersStale && peersDue == nil {
+			peersDue = time.After(v.peerWait())
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-peersDue:
+			peersDue = nil
+			if err := v.readPeers(ctx); err != nil {
+				if ctx.Err() == nil {
+					v.log.Warn("cluster view: reading peers failed; reading the view again", "err", err)
+				}
+				return
+			}
 		case <-t.C:
 			var err error
 			if cursor, err = v.auditNext(ctx, cursor); err != nil {
@@ -225,7 +279,26 @@ func (v *view) follow(ctx context.Context, rev int64) {
 	}
 }
 
-// apply applies one change, reading what the change does not carry.
+// readPeers reads the peer list for the peer changes coalesced since the
+// last read; maintenance plans again.
+func (v *view) readPeers(ctx context.Context) error {
+	peers, err := v.meta.Peers(ctx)
+	if err != nil {
+		return err
+	}
+	v.peerReads.Add(1)
+	v.peersStale = false
+	v.mu.Lock()
+	v.st.peers = peers
+	v.st.gen++
+	v.mu.Unlock()
+	v.signal()
+	return nil
+}
+
+// apply applies one change, reading what the change does not carry. Peer
+// changes, and the peer states a ring change moves, are read later, all
+// together (readPeers, after coalesce): maintenance plans once they are.
 func (v *view) apply(ctx context.Context, c torus.Change) error {
 	relevant := true
 	switch c.Kind {
@@ -238,30 +311,19 @@ func (v *view) apply(ctx context.Context, c torus.Change) error {
 			}
 			ring = &r
 		}
-		peers, err := v.meta.Peers(ctx) // states follow membership
-		if err != nil {
-			return err
-		}
 		v.onRing(*ring)
-		v.update(c.Revision, func(st *clusterState) { st.ring, st.peers = *ring, peers })
+		v.update(c.Revision, func(st *clusterState) { st.ring = *ring })
+		v.peersStale, relevant = true, false // planned once the states are read
 	case torus.ChangePeer:
-		if c.Beat {
-			// Nothing maintenance plans from changed; the last-seen
-			// time is kept fresh (liveness of draining peers uses it).
-			relevant = false
-			now := time.Now()
-			v.update(c.Revision, func(st *clusterState) {
-				if i := slices.IndexFunc(st.peers, func(p torus.PeerInfo) bool { return p.ID == c.Name }); i >= 0 {
-					st.peers[i].LastSeen = now
-				}
-			})
-			break
+		// A Beat (a rewritten liveness key: a new session, or a daemon
+		// of an older version, which rewrote it at every beat) changes
+		// nothing maintenance plans from: the peer was alive and stays
+		// so (snapshot shows it seen now).
+		relevant = false
+		v.update(c.Revision, nil)
+		if !c.Beat {
+			v.peersStale = true
 		}
-		peers, err := v.meta.Peers(ctx)
-		if err != nil {
-			return err
-		}
-		v.update(c.Revision, func(st *clusterState) { st.peers = peers })
 	case torus.ChangeVolume:
 		if c.Deleted {
 			v.update(c.Revision, func(st *clusterState) { delete(st.volumes, c.Name) })
@@ -461,7 +523,7 @@ func (v *view) auditCluster(ctx context.Context) error {
 // location, capacity and state.
 func samePeer(a, b torus.PeerInfo) bool {
 	return a.ID == b.ID && a.Address == b.Address && a.HTTP == b.HTTP && a.Zone == b.Zone && a.Rack == b.Rack &&
-		a.Host == b.Host && a.Capacity == b.Capacity && a.State == b.State
+		a.Host == b.Host && a.Capacity == b.Capacity && a.State == b.State && a.Alive == b.Alive
 }
 
 // correct applies an audit's correction f (which reports whether it

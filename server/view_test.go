@@ -180,14 +180,7 @@ func TestViewFollowsChanges(t *testing.T) {
 	// change that matters), not only PutPeer, before the next is sent.
 	up, _ := meta.Revision(ctx)
 	st = waitView(t, s, func(st clusterState) bool { return len(st.peers) == 1 && st.peers[0].ID == "p" && st.rev >= up })
-	rev, _ := meta.Revision(ctx)
-	if err := meta.Heartbeat(ctx, ps, "p", torus.Beat{Used: 1}); err != nil {
-		t.Fatal(err)
-	}
-	after := waitView(t, s, func(x clusterState) bool { return x.rev > rev })
-	if after.gen != st.gen {
-		t.Errorf("a heartbeat moved the view generation from %d to %d: maintenance would run for it", st.gen, after.gen)
-	}
+	// (Later heartbeats reach no view: TestViewTypedChanges.)
 	if err := meta.Unlock(ctx, "b", e); err != nil {
 		t.Fatal(err)
 	}

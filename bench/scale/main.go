@@ -4,9 +4,21 @@
 //
 //	go run ./bench/scale [-runs 3x10,3x1000] [-window 30s] [-baseline main]
 //
+// The figures of docs/design/cluster.md ("Idle cost") come from
+//
+//	go run ./bench/scale -runs 300x10 -join batch -settle 45s -max-settle 5m -sample 20s -window 90s
+//	go run ./bench/scale -runs 3x10,30x1000 -settle 45s -max-settle 5m -sample 20s -window 90s
+//	go run ./bench/scale -runs 3x10000 -settle 3m -max-settle 6m -sample 20s -window 90s
+//
+// -join batch adds every daemon to the ring in one SetRing instead of one
+// ring version per daemon (torusd --auto-join, -join auto). The settle
+// check takes any steady rate for the idle one: a start-up transient that
+// lasts minutes at a steady rate is counted as the steady state.
+//
 // Each run (DAEMONSxVOLUMES) starts an embedded etcd and DAEMONS in-process
 // torusd servers (server.New, each with its own etcd client, store and peer
-// port) in one ring on VOLUMES empty volumes created before they start, lets
+// port; the stores are in memory, fake stores, unless -store disk) in one
+// ring on VOLUMES empty volumes created before they start, lets
 // the cluster settle — at least -settle, then until the etcd request rates
 // of two consecutive -sample periods agree within 10 %, at most -max-settle
 // (which must exceed -settle; a run that never got steady says so) — then
@@ -19,7 +31,8 @@
 //     (each daemon advertises its proxy, so every request another daemon
 //     sends it is a frame the proxy reads);
 //   - the process's CPU time divided by the number of daemons (etcd
-//     included).
+//     included): on a shared machine an order of magnitude, not a figure
+//     to compare closely (-cpuprofile says where it goes).
 //
 // With -baseline REF the same program also runs against the code of git
 // ref REF (exported with git archive to a temporary directory, with this
@@ -44,6 +57,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +71,7 @@ import (
 	"github.com/torus-storage/torus"
 	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 	"github.com/torus-storage/torus/server"
+	"github.com/torus-storage/torus/storage"
 )
 
 // result is one run's figures, per daemon per minute.
@@ -80,11 +95,38 @@ func main() {
 	maxSettle := flag.Duration("max-settle", 5*time.Minute, "longest wait for the etcd request rate to settle (more than -settle)")
 	sample := flag.Duration("sample", 20*time.Second, "settling: the rates of two consecutive samples this long must agree within 10 %")
 	heartbeat := flag.Duration("heartbeat-ttl", 5*time.Second, "daemons' liveness TTL (heartbeat every third of it)")
+	join := flag.String("join", "auto", "how daemons join the ring: auto (each its own ring version, as torusd --auto-join) or batch (one SetRing with every daemon once all started, as an operator adding them at once)")
+	store := flag.String("store", "memory", "daemons' segment stores: memory (fake stores, as for 300 daemons in one process) or disk")
 	baseline := flag.String("baseline", "", "also run against this git ref (e.g. main), exported to a temporary directory")
 	baseRuns := flag.String("baseline-runs", "", "runs for the baseline (default: -runs); the old code is slow at scale")
 	jsonOut := flag.Bool("json", false, "print results as JSON (used for the baseline run)")
 	verbose := flag.Bool("v", false, "log the daemons' warnings")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole invocation (daemons and etcd) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "scale: cpu profile:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	fail := func(code int, a ...any) {
+		fmt.Fprintln(os.Stderr, a...)
+		pprof.StopCPUProfile()
+		os.Exit(code)
+	}
+	if *join != "auto" && *join != "batch" {
+		fmt.Fprintf(os.Stderr, "scale: -join %q: want auto or batch\n", *join)
+		os.Exit(2)
+	}
+	if *store != "memory" && *store != "disk" {
+		fmt.Fprintf(os.Stderr, "scale: -store %q: want memory or disk\n", *store)
+		os.Exit(2)
+	}
 	if *maxSettle <= *settle || *sample <= 0 {
 		// With -max-settle <= -settle the rate would never be checked:
 		// the window could count the start-up reads.
@@ -112,10 +154,9 @@ func main() {
 			fmt.Fprintln(os.Stderr, "scale:", err)
 			os.Exit(2)
 		}
-		r, err := run(n, v, *settle, *maxSettle, *sample, *window, *heartbeat, *verbose)
+		r, err := run(n, v, *settle, *maxSettle, *sample, *window, *heartbeat, *store == "memory", *join == "batch", *verbose)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "scale: run %s: %v\n", spec, err)
-			os.Exit(1)
+			fail(1, fmt.Sprintf("scale: run %s: %v", spec, err))
 		}
 		after = append(after, r)
 		if !*jsonOut {
@@ -199,7 +240,7 @@ func runBaseline(ref, runs string, args []string) ([]result, error) {
 }
 
 // run measures one cluster of n daemons and v volumes.
-func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbose bool) (result, error) {
+func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, memStores, batchJoin, verbose bool) (result, error) {
 	setupStart := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -307,8 +348,12 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbo
 			return result{}, err
 		}
 		metas = append(metas, meta)
-		s, err := server.New(server.Config{DataDir: filepath.Join(dir, fmt.Sprint("d", i)), Capacity: 1 << 30,
-			PeerListen: listen, PeerAdvertise: p.Addr(), AutoJoin: true, HeartbeatTTL: hbTTL, ScrubInterval: -1}, meta, log)
+		cfg := server.Config{DataDir: filepath.Join(dir, fmt.Sprint("d", i)), Capacity: 1 << 30,
+			PeerListen: listen, PeerAdvertise: p.Addr(), AutoJoin: !batchJoin, HeartbeatTTL: hbTTL, ScrubInterval: -1}
+		if memStores {
+			cfg.Store = storage.NewMemory(cfg.Capacity)
+		}
+		s, err := server.New(cfg, meta, log)
 		if err != nil {
 			return result{}, err
 		}
@@ -316,6 +361,27 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, verbo
 			return result{}, fmt.Errorf("daemon %d: %w", i, err)
 		}
 		servers = append(servers, s)
+		if (i+1)%50 == 0 && i+1 < n {
+			fmt.Fprintf(os.Stderr, "scale: %dx%d: %d daemons started after %v\n", n, v, i+1, time.Since(setupStart).Round(time.Second))
+		}
+	}
+	if batchJoin {
+		// Every daemon in one ring version: each builds one new ring,
+		// not one per daemon joining before it.
+		spec, err := admin.Ring(ctx)
+		if err != nil {
+			return result{}, err
+		}
+		if len(spec.Members) == 0 && spec.Format == 0 {
+			spec.Format = torus.RingFormatCurrent
+		}
+		spec.Version++
+		for _, s := range servers {
+			spec.Members = append(spec.Members, torus.NewRingMember(s.ID(), torus.Location{}, 1<<30))
+		}
+		if err := admin.SetRing(ctx, spec); err != nil {
+			return result{}, fmt.Errorf("batch join: %w", err)
+		}
 	}
 	setup := time.Since(setupStart)
 	settled, steady, err := settleDown(settle, maxSettle, sample)

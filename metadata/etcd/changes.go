@@ -95,7 +95,9 @@ func (s *Store) WatchChanges(ctx context.Context, from int64) <-chan torus.Chang
 		}
 		last := from
 		for wctx.Err() == nil {
-			wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(last+1), clientv3.WithPrevKV())
+			// The prefix up to "~": not the beat records (keys.beatTree).
+			wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.cfg.Prefix, clientv3.WithRange(s.k.watchEnd()),
+				clientv3.WithRev(last+1), clientv3.WithPrevKV())
 			compacted := false
 			for resp := range wch {
 				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
@@ -161,7 +163,7 @@ func (s *Store) change(ev *clientv3.Event) (torus.Change, bool) {
 		c.Kind = torus.ChangePeer
 		c.Beat = !c.Deleted && ev.Kv.Version > 1 && ev.PrevKv != nil && sameFindings(ev.PrevKv, ev.Kv)
 	case "seen":
-		return c, false // written with the liveness key, which reports the beat
+		return c, false // beats of daemons before 2026-12-03 (now ~beats/, not watched)
 	case "volumes":
 		c.Kind = torus.ChangeVolume
 	case "epochs":

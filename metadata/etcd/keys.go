@@ -5,11 +5,21 @@ package etcd
 // they contain no '/'.
 type keys struct{ p string }
 
-func (k keys) cluster() string               { return k.p + "cluster" }
-func (k keys) ring() string                  { return k.p + "ring" }
-func (k keys) peer(id string) string         { return k.p + "peers/" + id }
-func (k keys) alive(id string) string        { return k.p + "alive/" + id }
-func (k keys) seen(id string) string         { return k.p + "seen/" + id }
+func (k keys) cluster() string        { return k.p + "cluster" }
+func (k keys) ring() string           { return k.p + "ring" }
+func (k keys) peer(id string) string  { return k.p + "peers/" + id }
+func (k keys) alive(id string) string { return k.p + "alive/" + id }
+func (k keys) seen(id string) string  { return k.p + "seen/" + id }
+func (k keys) beat(id string) string  { return k.p + beatTree + id }
+
+// beatTree holds each daemon's last beat (usage, backlog, last-seen
+// time), rewritten at every heartbeat. '~' sorts after every other tree,
+// and the change watch covers [prefix, prefix+"~"): no watcher receives
+// a beat (docs/design/metadata.md, "Heartbeats").
+const beatTree = "~beats/"
+
+// watchEnd is the end of the change watch's range (exclusive).
+func (k keys) watchEnd() string              { return k.p + "~" }
 func (k keys) draining(id string) string     { return k.p + "draining/" + id }
 func (k keys) removed(id string) string      { return k.p + "removed/" + id }
 func (k keys) nextID() string                { return k.p + "next-volume-id" }

@@ -405,7 +405,9 @@ func (s *Store) PutPeer(ctx context.Context, p torus.PeerInfo) error {
 	})
 }
 
-// beat is the value of the liveness and last-seen keys.
+// beat is the value of the beat records (~beats/<id>, and seen/<id> as
+// daemons before 2026-12-03 wrote it) and, before 2026-12-03, of the
+// liveness key.
 type beat struct {
 	Used         int64               `json:"used"`
 	Pending      int64               `json:"pending"`
@@ -413,19 +415,36 @@ type beat struct {
 	Unrepairable map[uint64][]uint64 `json:"unrepairable,omitempty"`
 }
 
+// aliveValue is the value of the liveness key: only what changes a
+// watcher's view (the scrub findings), so that a repeat beat leaves it as
+// it is.
+type aliveValue struct {
+	Unrepairable map[uint64][]uint64 `json:"unrepairable,omitempty"`
+}
+
 // Heartbeat implements torus.Metadata. One transaction: peer record exists
-// → put the liveness key under the session's lease and the last-seen key
-// without lease.
+// → put the beat record (~beats/<id>, no lease, outside the change
+// watch's range), and put the liveness key under the session's lease
+// unless it already holds this lease and these findings (a nested
+// transaction): a repeat beat changes no watched key.
 func (s *Store) Heartbeat(ctx context.Context, ses torus.Session, id string, hb torus.Beat) error {
 	es, err := s.session(ses)
 	if err != nil {
 		return err
 	}
-	b := encode(beat{Used: hb.Used, Pending: hb.Pending, LastSeen: time.Now().UTC(), Unrepairable: rules.BeatBlocks(hb.Unrepairable)})
+	bad := rules.BeatBlocks(hb.Unrepairable)
+	b := encode(beat{Used: hb.Used, Pending: hb.Pending, LastSeen: time.Now().UTC(), Unrepairable: bad})
+	alive := encode(aliveValue{Unrepairable: bad})
 	resp, err := s.txn(ctx, "heartbeat", []clientv3.Cmp{exists(s.k.peer(id))},
 		[]clientv3.Op{
-			clientv3.OpPut(s.k.alive(id), b, clientv3.WithLease(es.id)),
-			clientv3.OpPut(s.k.seen(id), b),
+			clientv3.OpPut(s.k.beat(id), b),
+			clientv3.OpTxn(
+				[]clientv3.Cmp{
+					clientv3.Compare(clientv3.LeaseValue(s.k.alive(id)), "=", es.id),
+					clientv3.Compare(clientv3.Value(s.k.alive(id)), "=", alive),
+				},
+				nil,
+				[]clientv3.Op{clientv3.OpPut(s.k.alive(id), alive, clientv3.WithLease(es.id))}),
 		}, nil)
 	if err != nil {
 		return err
@@ -443,24 +462,32 @@ func (s *Store) Peers(ctx context.Context) ([]torus.PeerInfo, error) {
 	pfx := clientv3.WithPrefix()
 	r, err := s.read(ctx, op,
 		clientv3.OpGet(s.k.peer(""), pfx),
-		clientv3.OpGet(s.k.alive(""), pfx),
+		clientv3.OpGet(s.k.alive(""), pfx, clientv3.WithKeysOnly()),
 		clientv3.OpGet(s.k.seen(""), pfx),
 		clientv3.OpGet(s.k.draining(""), pfx, clientv3.WithKeysOnly()),
 		clientv3.OpGet(s.k.removed(""), pfx, clientv3.WithKeysOnly()),
-		clientv3.OpGet(s.k.ring()))
+		clientv3.OpGet(s.k.ring()),
+		clientv3.OpGet(s.k.beat(""), pfx))
 	if err != nil {
 		return nil, err
 	}
 	alive := suffixSet(r[1], s.k.alive(""))
 	draining := suffixSet(r[3], s.k.draining(""))
 	removed := suffixSet(r[4], s.k.removed(""))
-	seen := make(map[string]beat, len(r[2]))
-	for _, kv := range r[2] {
-		var b beat
-		if err := decode(op, kv, &b); err != nil {
-			return nil, err
+	// Beats in ~beats/, and in seen/ from daemons before 2026-12-03: the
+	// later one counts.
+	seen := make(map[string]beat, len(r[6]))
+	for i, tree := range map[int]string{2: s.k.seen(""), 6: s.k.beat("")} {
+		for _, kv := range r[i] {
+			var b beat
+			if err := decode(op, kv, &b); err != nil {
+				return nil, err
+			}
+			id := strings.TrimPrefix(string(kv.Key), tree)
+			if old, ok := seen[id]; !ok || b.LastSeen.After(old.LastSeen) {
+				seen[id] = b
+			}
 		}
-		seen[strings.TrimPrefix(string(kv.Key), s.k.seen(""))] = b
 	}
 	var ring torus.RingSpec
 	if len(r[5]) > 0 {
@@ -477,7 +504,8 @@ func (s *Store) Peers(ctx context.Context) ([]torus.PeerInfo, error) {
 		}
 		b := seen[p.ID]
 		p.Used, p.Pending, p.LastSeen, p.Unrepairable = b.Used, b.Pending, b.LastSeen, b.Unrepairable
-		p.State = rules.PeerState(members[p.ID], draining[p.ID], removed[p.ID], alive[p.ID])
+		p.Alive = alive[p.ID]
+		p.State = rules.PeerState(members[p.ID], draining[p.ID], removed[p.ID], p.Alive)
 		out = append(out, p)
 	}
 	return out, nil // sorted by key, hence by ID
@@ -515,7 +543,7 @@ func (s *Store) DeletePeer(ctx context.Context, id string) error {
 		resp, err := s.txn(ctx, op,
 			[]clientv3.Cmp{modRev(s.k.ring(), rev), exists(s.k.peer(id))},
 			[]clientv3.Op{
-				clientv3.OpDelete(s.k.peer(id)), clientv3.OpDelete(s.k.alive(id)), clientv3.OpDelete(s.k.seen(id)),
+				clientv3.OpDelete(s.k.peer(id)), clientv3.OpDelete(s.k.alive(id)), clientv3.OpDelete(s.k.seen(id)), clientv3.OpDelete(s.k.beat(id)),
 				clientv3.OpDelete(s.k.draining(id)), clientv3.OpDelete(s.k.removed(id)),
 			},
 			[]clientv3.Op{clientv3.OpGet(s.k.peer(id), clientv3.WithCountOnly())})

@@ -275,3 +275,80 @@ func TestRingOfManyMembers(t *testing.T) {
 		t.Fatalf("member %s added back is still marked removed", gone.ID)
 	}
 }
+
+// TestRepeatHeartbeatWritesOnlyUnwatchedKeys: a repeat heartbeat (same
+// lease, same findings) writes no key of the change watch's range
+// [prefix, prefix+"~") — etcd then sends no event to any daemon's watch —
+// and Peers takes the later of a beat in ~beats/ and one in seen/ (written
+// by daemons before 2026-12-03).
+func TestRepeatHeartbeatWritesOnlyUnwatchedKeys(t *testing.T) {
+	eps := etcdtest.Start(t)
+	const prefix = "/hb/"
+	s := newStore(t, eps, prefix)
+	ctx := context.Background()
+	if err := s.InitCluster(ctx, torus.ClusterConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutPeer(ctx, torus.PeerInfo{ID: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	ses, err := s.NewSession(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ses.Close(ctx)
+	if err := s.Heartbeat(ctx, ses, "p", torus.Beat{Used: 1}); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	<-wch // created
+	for used := int64(2); used < 6; used++ {
+		if err := s.Heartbeat(ctx, ses, "p", torus.Beat{Used: used}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutPeer(ctx, torus.PeerInfo{ID: "marker"}); err != nil {
+		t.Fatal(err)
+	}
+	var beats int
+	for done := false; !done; {
+		select {
+		case resp := <-wch:
+			for _, ev := range resp.Events {
+				key := strings.TrimPrefix(string(ev.Kv.Key), prefix)
+				switch {
+				case key == "peers/marker":
+					done = true
+				case strings.HasPrefix(key, "~"):
+					beats++
+				default:
+					t.Errorf("a repeat heartbeat wrote %s, inside the change watch's range", ev.Kv.Key)
+				}
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event for the marker")
+		}
+	}
+	if beats != 4 {
+		t.Errorf("%d beat records written by 4 heartbeats, want 4", beats)
+	}
+	ps, err := s.Peers(ctx)
+	if err != nil || len(ps) != 2 || ps[1].ID != "p" || ps[1].Used != 5 || !ps[1].Alive {
+		t.Fatalf("Peers = %+v, %v; want p alive with used 5", ps, err)
+	}
+	// An older daemon's beat in seen/, later than the last ~beats/ one.
+	later := time.Now().Add(time.Minute).UTC().Format(time.RFC3339Nano)
+	if _, err := cli.Put(ctx, prefix+"seen/p", `{"used":77,"pending":0,"last_seen":"`+later+`"}`); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err = s.Peers(ctx); err != nil || ps[1].Used != 77 {
+		t.Fatalf("Peers = %+v, %v; want the later beat (seen/, used 77)", ps, err)
+	}
+}

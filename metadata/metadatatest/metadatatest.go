@@ -1527,8 +1527,8 @@ func nextChange(t *testing.T, ch <-chan torus.Change, kind torus.ChangeKind, nam
 
 // testWatchChanges: every change after the revision given is delivered,
 // typed, with its value and a revision that grows and is covered by
-// Revision; heartbeats of a live peer are marked Beat; published statuses
-// are not reported.
+// Revision; repeat heartbeats of a live peer and published statuses are
+// not reported.
 func testWatchChanges(t *testing.T, m torus.Metadata) {
 	ctx := ctxT(t)
 	initCluster(t, m)
@@ -1599,10 +1599,25 @@ func testWatchChanges(t *testing.T, m torus.Metadata) {
 	if c := nextChange(t, ch, torus.ChangePeer, "p"); c.Beat {
 		t.Fatalf("first heartbeat %+v is marked Beat: it makes the peer up", c)
 	}
-	must(t, m.Heartbeat(ctx, ps, "p", torus.Beat{Used: 2}), "Heartbeat")
-	// The first heartbeat may report several changes (liveness, last
-	// seen); the second reports only beats.
-	for c := nextChange(t, ch, torus.ChangePeer, "p"); !c.Beat; c = nextChange(t, ch, torus.ChangePeer, "p") {
+	// Repeat heartbeats change neither liveness nor findings: they are
+	// not delivered at all (every daemon's watch would otherwise carry
+	// every daemon's beats, O(daemons²) events on an idle cluster). The
+	// next change delivered is the marker written after them.
+	for used := int64(2); used < 5; used++ {
+		must(t, m.Heartbeat(ctx, ps, "p", torus.Beat{Used: used}), "Heartbeat")
+	}
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "marker"}), "PutPeer")
+	select {
+	case c := <-ch:
+		if c.Kind != torus.ChangePeer || c.Name != "marker" {
+			t.Fatalf("after repeat heartbeats: change %+v delivered; want none before the marker peer's", c)
+		}
+	case <-time.After(signalWait):
+		t.Fatal("no change for the marker peer")
+	}
+	// What they report is still read by Peers, with the liveness.
+	if p := peerByID(t, m, "p"); p.Used != 4 || !p.Alive || p.State != torus.PeerNew {
+		t.Fatalf("peer after repeat heartbeats: used %d, alive %v, state %s; want 4, alive, new", p.Used, p.Alive, p.State)
 	}
 	// New scrub findings are not a mere beat: the health they change is
 	// published by another daemon's maintenance.
