@@ -228,6 +228,12 @@ func (h *HealTracker) Observe(elapsed time.Duration, o HealObs) bool {
 	}
 	if h.calm >= 2 {
 		h.isDone, h.done = true, h.calmSince
+		if h.isCopying && h.done <= h.copyStart {
+			// The copy was first seen already finished: it ran
+			// between two polls. Count one poll for it (the rate is
+			// then a lower bound), not zero time.
+			h.done = elapsed
+		}
 		return true
 	}
 	return false

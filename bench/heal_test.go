@@ -145,6 +145,20 @@ func TestHealTracker(t *testing.T) {
 		t.Error("done is not sticky")
 	}
 
+	// A copy first seen already finished (it ran between two polls): one
+	// poll is counted for it, not zero time (a rate of 0 MiB/s, or none).
+	tr = NewHealTracker(100)
+	for i, o := range []HealObs{
+		{VictimDown: true, Pending: 0, Copied: 100},
+		{VictimDown: true, Pending: 0, Copied: 700},
+		{VictimDown: true, Pending: 0, Copied: 700},
+	} {
+		tr.Observe(time.Duration(i+1)*s, o)
+	}
+	if done, ok := tr.Done(); !ok || tr.CopyStart() != 2*s || done != 3*s {
+		t.Errorf("copy seen finished: copy start %v, done %v %v; want 2s, 3s", tr.CopyStart(), done, ok)
+	}
+
 	// A kill that never leads to copying never finishes.
 	tr = NewHealTracker(0)
 	for i := range 10 {
