@@ -87,8 +87,20 @@ func TestSecureDaemon(t *testing.T) {
 		c.PeerTLS, c.PeerClientTLS, c.HTTPTLS = r.Server(), r.Client, hr.Server()
 	})
 	ctx := context.Background()
-	seg := torus.SegmentID{Volume: 1, Epoch: 1, Seq: 1, Kind: torus.KindData}
-	if err := s.Local().Append(ctx, 1, seg, 0, []byte("data")); err != nil {
+	// The segment is the next one of a volume that exists (the one its
+	// head names as next to open), so that the daemon's own GC, which
+	// may run at any moment after start, keeps it: only the refused
+	// Delete could remove it.
+	v, err := meta.CreateVolume(ctx, torus.VolumeInfo{Name: "v", Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := meta.Head(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seg := torus.SegmentID{Volume: v.ID, Epoch: head.Epoch, Seq: head.NextSeq, Kind: torus.KindData}
+	if err := s.Local().Append(ctx, head.Epoch, seg, 0, []byte("data")); err != nil {
 		t.Fatal(err)
 	}
 	cr, err := tlsconfig.New("client", tlsconfig.ClientFiles(dir, "root"), nil)

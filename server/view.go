@@ -61,11 +61,15 @@ type view struct {
 	onEpochs func(map[uint64]uint64)
 	onRing   func(torus.RingSpec)
 
-	// coalesce is how long peer changes (and the peer states a ring
-	// change moves) wait to be read together: one Peers read stands for
-	// every peer change in the window, so N daemons joining cost each
-	// daemon O(1) reads per window, not O(N) reads of O(N) peers. The
-	// daemon sets it to MaintenanceInterval (at least peerCoalesce).
+	// coalesce is the shortest time between two reads of the peer list
+	// for peer changes (and the peer states a ring change moves): a
+	// change after a quiet window is read at once (a peer's liveness
+	// expiring is planned for, and reported, without delay), and the
+	// changes that follow within the window wait for its end and are
+	// read together: one Peers read stands for every peer change in
+	// the window, so N daemons joining cost each daemon O(1) reads per
+	// window, not O(N) reads of O(N) peers. The daemon sets it to
+	// MaintenanceInterval (at least peerCoalesce).
 	coalesce time.Duration
 
 	mu      sync.Mutex
@@ -73,8 +77,10 @@ type view struct {
 	ready   bool
 	changed chan struct{} // capacity 1: a maintenance-relevant change
 
-	// Owned by the owner goroutine: peer changes not yet read.
+	// Owned by the owner goroutine: peer changes not yet read, and when
+	// the peer list was last read (by a full read or readPeers).
 	peersStale bool
+	peersRead  time.Time
 
 	// builds and peerReads count full reads and Peers reads (tests).
 	builds, peerReads atomic.Int64
@@ -89,8 +95,8 @@ const (
 	perPeerCoalesce = 20 * time.Millisecond
 )
 
-// peerWait is how long peer changes wait to be read: coalesce, or longer
-// for a long peer list.
+// peerWait is the shortest time between two reads of the peer list for
+// peer changes: coalesce, or longer for a long peer list.
 func (v *view) peerWait() time.Duration {
 	v.mu.Lock()
 	n := len(v.st.peers)
@@ -192,7 +198,7 @@ func (v *view) build(ctx context.Context) (int64, error) {
 	v.onEpochs(epochs)
 	v.onRing(ring)
 	v.builds.Add(1)
-	v.peersStale = false
+	v.peersStale, v.peersRead = false, time.Now()
 	v.mu.Lock()
 	v.st = clusterState{rev: rev, gen: v.st.gen + 1, ring: ring, peers: peers, volumes: byName, built: time.Now()}
 	v.ready = true
@@ -239,7 +245,7 @@ func (v *view) follow(ctx context.Context, rev int64) {
 	var peersDue <-chan time.Time // armed while peer changes wait (coalesce)
 	for {
 		if v.peersStale && peersDue == nil {
-			peersDue = time.After(v.peerWait())
+			peersDue = time.After(time.Until(v.peersRead.Add(v.peerWait())))
 		}
 		select {
 		case <-ctx.Done():
@@ -287,7 +293,7 @@ func (v *view) readPeers(ctx context.Context) error {
 		return err
 	}
 	v.peerReads.Add(1)
-	v.peersStale = false
+	v.peersStale, v.peersRead = false, time.Now()
 	v.mu.Lock()
 	v.st.peers = peers
 	v.st.gen++

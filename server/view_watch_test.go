@@ -185,3 +185,46 @@ func TestPlacementBuiltOncePerRing(t *testing.T) {
 		t.Errorf("a new ring spec (version %d) gave the old placement", next.Version)
 	}
 }
+
+// TestViewReadsLonePeerChangeAtOnce: a peer change after a quiet window
+// (a peer joining, or its liveness expiring) is read at once, not a coalescing window
+// later: the CI's TestEvents (tests/life) saw peer-down recorded only at
+// the end of its 3-TTL wait, a whole window after the lease expired. The
+// changes that follow within the window are still read together.
+func TestViewReadsLonePeerChangeAtOnce(t *testing.T) {
+	meta := initMeta(t)
+	ctx := context.Background()
+	if err := meta.PutPeer(ctx, torus.PeerInfo{ID: "p0", Address: "127.0.0.1:1", Capacity: 1 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	v := newView(meta, testutil.Logger(t), time.Hour, func(map[uint64]uint64) {}, func(torus.RingSpec) {})
+	const window = 2 * time.Second
+	v.coalesce = window
+	vctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); v.run(vctx) }()
+	defer func() { cancel(); <-done }()
+	s := &Server{view: v}
+	waitView(t, s, func(st clusterState) bool { return len(st.peers) == 1 })
+	time.Sleep(window + window/4) // quiet: the full read is a window old
+
+	start := time.Now()
+	reads0 := v.peerReads.Load()
+	if err := meta.PutPeer(ctx, torus.PeerInfo{ID: "p1", Address: "127.0.0.1:1", Capacity: 1 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	waitView(t, s, func(st clusterState) bool { return len(st.peers) == 2 })
+	if took := time.Since(start); took > window/2 {
+		t.Errorf("a lone peer change after a quiet window was read after %v, want at once (window %v)", took, window)
+	}
+	// A burst right after: read together, at the end of the window.
+	for i := range 10 {
+		if err := meta.PutPeer(ctx, torus.PeerInfo{ID: fmt.Sprintf("n%d", i), Address: "127.0.0.1:1", Capacity: 1 << 30}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitView(t, s, func(st clusterState) bool { return len(st.peers) == 12 })
+	if r := v.peerReads.Load() - reads0; r > 3 {
+		t.Errorf("a change and a burst of 10 made %d peer reads, want at most 3", r)
+	}
+}
