@@ -345,12 +345,7 @@ func run(n, v, parallel int, settle, maxSettle, sample, window, hbTTL time.Durat
 	// together), each Start returning once it is in the ring.
 	cfgs := make([]server.Config, n)
 	for i := range n {
-		port, err := freePort()
-		if err != nil {
-			return result{}, err
-		}
-		listen := fmt.Sprintf("127.0.0.1:%d", port)
-		p, err := newProxy(listen)
+		p, err := newProxy("") // its target is set just before the daemon starts
 		if err != nil {
 			return result{}, err
 		}
@@ -361,7 +356,7 @@ func run(n, v, parallel int, settle, maxSettle, sample, window, hbTTL time.Durat
 		}
 		metas = append(metas, meta)
 		cfgs[i] = server.Config{DataDir: filepath.Join(dir, fmt.Sprint("d", i)), Capacity: 1 << 30,
-			PeerListen: listen, PeerAdvertise: p.Addr(), AutoJoin: !batchJoin, HeartbeatTTL: hbTTL, ScrubInterval: -1}
+			PeerAdvertise: p.Addr(), AutoJoin: !batchJoin, HeartbeatTTL: hbTTL, ScrubInterval: -1}
 		if memStores {
 			cfgs[i].Store = storage.NewMemory(cfgs[i].Capacity)
 		}
@@ -386,9 +381,21 @@ func run(n, v, parallel int, settle, maxSettle, sample, window, hbTTL time.Durat
 		go func() {
 			defer startG.Done()
 			defer func() { <-slots }()
-			s, err := server.New(cfgs[i], metas[i], log)
-			if err == nil {
-				err = s.Start(ctx)
+			// The port is picked just before the daemon binds it, as
+			// little time as possible for another socket to take it (and
+			// picked again if one did).
+			var s *server.Server
+			var err error
+			for try := 0; try == 0 || errors.Is(err, syscall.EADDRINUSE) && try < 5; try++ {
+				var port int
+				if port, err = freePort(); err != nil {
+					break
+				}
+				cfgs[i].PeerListen = fmt.Sprintf("127.0.0.1:%d", port)
+				proxies[i].setTarget(cfgs[i].PeerListen)
+				if s, err = server.New(cfgs[i], metas[i], log); err == nil {
+					err = s.Start(ctx)
+				}
 			}
 			startMu.Lock()
 			defer startMu.Unlock()
@@ -588,6 +595,12 @@ func newProxy(target string) (*proxy, error) {
 
 func (p *proxy) Addr() string { return p.ln.Addr().String() }
 
+func (p *proxy) setTarget(addr string) {
+	p.mu.Lock()
+	p.target = addr
+	p.mu.Unlock()
+}
+
 func (p *proxy) Close() {
 	p.ln.Close()
 	p.mu.Lock()
@@ -608,7 +621,10 @@ func (p *proxy) serve() {
 }
 
 func (p *proxy) handle(c net.Conn) {
-	d, err := net.Dial("tcp", p.target)
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
+	d, err := net.Dial("tcp", target)
 	if err != nil {
 		c.Close()
 		return
