@@ -6,6 +6,7 @@
 //
 // The figures of docs/design/cluster.md ("Idle cost") come from
 //
+//	go run ./bench/scale -runs 300x10 -settle 45s -max-settle 5m -sample 20s -window 90s
 //	go run ./bench/scale -runs 300x10 -join batch -settle 45s -max-settle 5m -sample 20s -window 90s
 //	go run ./bench/scale -runs 3x10,30x1000 -settle 45s -max-settle 5m -sample 20s -window 90s
 //	go run ./bench/scale -runs 3x10000 -settle 3m -max-settle 6m -sample 20s -window 90s
