@@ -187,3 +187,42 @@ func testAutoJoinBatches(t *testing.T, store torus.Metadata) {
 		t.Errorf("the operator's member became %+v, want %+v", final.Members, op)
 	}
 }
+
+// TestRemovedDaemonDoesNotRejoin: a daemon the operator dropped from the
+// ring starts again with --auto-join and stays out of it (removed).
+func TestRemovedDaemonDoesNotRejoin(t *testing.T) {
+	ctx := context.Background()
+	meta := initMeta(t)
+	dir := t.TempDir()
+	newServer := func() *Server {
+		s, err := New(Config{DataDir: dir, Capacity: 64 << 20, Store: storage.NewMemory(64 << 20), AutoJoin: true,
+			HeartbeatTTL: time.Second, ScrubInterval: -1}, meta, testutil.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a := newServer()
+	r, err := meta.Ring(ctx)
+	if err != nil || len(r.Members) != 1 {
+		t.Fatalf("ring after the first start: %+v, %v", r, err)
+	}
+	r.Version++
+	r.Members = nil
+	if err := meta.SetRing(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b := newServer()
+	if b.inRing.Load() {
+		t.Error("the removed daemon thinks it is in the ring")
+	}
+	r2, err := meta.Ring(ctx)
+	if err != nil || r2.Version != r.Version || len(r2.Members) != 0 {
+		t.Errorf("ring after the removed daemon restarted: %+v, %v; want version %d, no members", r2, err, r.Version)
+	}
+}
