@@ -55,12 +55,7 @@ func initEtcdMeta(t *testing.T) torus.Metadata {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	cfg := torus.ClusterConfig{Replication: 2}
-	cfg.EnsureDefaults()
-	if err := m.InitCluster(context.Background(), cfg); err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return initCluster(t, m)
 }
 
 // TestAutoJoinBatches: daemons starting together with --auto-join share
