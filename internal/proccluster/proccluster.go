@@ -77,15 +77,46 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(strings.TrimSpace(string(out))), nil
 }
 
-// FreePort returns a free TCP port on ip.
+// handedOut is every port FreePort has returned in this test binary: the
+// kernel may pick a port again once its listener is closed, and two
+// addresses of one process (a torusd's peer and HTTP ports) on the same
+// port make it fail to start. It is the harness's only shared state.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// FreePort returns a TCP port on ip that is free now and that it has not
+// returned before in this test binary.
 func FreePort(t testing.TB, ip string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = make(map[int]bool)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	// A port handed out before is kept listening while the next is
+	// asked for, so that the kernel picks another one.
+	var held []net.Listener
+	defer func() {
+		for _, ln := range held {
+			ln.Close()
+		}
+	}()
+	for range 1000 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, ln)
+		port := ln.Addr().(*net.TCPAddr).Port
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
+	}
+	t.Fatalf("no port on %s that was not handed out already", ip)
+	return 0
 }
 
 // Proc is a child process the cluster owns.
