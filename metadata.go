@@ -64,6 +64,13 @@ type Metadata interface {
 	// SetRing stores spec if spec.Version is the stored version + 1;
 	// ErrConflict otherwise.
 	SetRing(ctx context.Context, spec RingSpec) error
+	// JoinRing is SetRing for auto-joins: it stores spec on the same
+	// condition (spec.Version is the stored version + 1, else
+	// ErrConflict) and, in the same atomic step, only if every peer in
+	// joined still has its record (PutPeer; ErrConflict otherwise: an
+	// operator forgot it meanwhile). joined lists the members spec adds:
+	// 1..MaxJoinBatch distinct IDs, each a member of spec (ErrInvalid).
+	JoinRing(ctx context.Context, spec RingSpec, joined []string) error
 
 	// Watch sends a value whenever anything under the cluster's keys
 	// changes (peers, ring, volumes, locks, heads). Coalesced: one signal

@@ -379,6 +379,11 @@ type PeerInfo struct {
 	Pending int64 `json:"pending,omitempty"`
 	// Unrepairable: the daemon's last reported scrub findings (Beat).
 	Unrepairable map[uint64][]uint64 `json:"unrepairable,omitempty"`
+	// AutoJoin: the daemon runs with --auto-join and asks to be added to
+	// the ring; stored in its record. An auto-joining daemon that writes
+	// the ring adds every such peer that is alive and new in the same
+	// version (Metadata.JoinRing; docs/design/cluster.md, "Joining").
+	AutoJoin bool `json:"auto_join,omitempty"`
 }
 
 // Beat is what a daemon reports at every heartbeat.
@@ -408,6 +413,11 @@ type RingMember struct {
 	Host   string `json:"host,omitempty"`
 	Weight int64  `json:"weight"` // usually the peer's capacity in bytes
 }
+
+// MaxJoinBatch bounds the peers one Metadata.JoinRing adds (etcd checks
+// each one's record in the transaction and refuses more than 128
+// comparisons).
+const MaxJoinBatch = 100
 
 // NewRingMember returns the member for peer id at loc with weight.
 func NewRingMember(id string, loc Location, weight int64) RingMember {

@@ -537,11 +537,35 @@ func (m *Memory) SetRing(ctx context.Context, spec torus.RingSpec) error {
 		return err
 	}
 	defer m.mu.Unlock()
+	return m.setRingLocked(spec, nil)
+}
+
+// JoinRing implements torus.Metadata: SetRing, if every joining peer still
+// has its record.
+func (m *Memory) JoinRing(ctx context.Context, spec torus.RingSpec, joined []string) error {
+	if err := rules.JoinRing(spec, joined); err != nil {
+		return err
+	}
+	if err := m.enter(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	return m.setRingLocked(spec, joined)
+}
+
+// setRingLocked stores spec if its version follows the stored one and
+// every peer of need has a record.
+func (m *Memory) setRingLocked(spec torus.RingSpec, need []string) error {
 	if !m.initialized {
 		return fmt.Errorf("metadata: set ring: %w", torus.ErrNotInitialized)
 	}
 	if spec.Version != m.ring.Version+1 {
 		return fmt.Errorf("metadata: set ring version %d: %w: stored version is %d", spec.Version, torus.ErrConflict, m.ring.Version)
+	}
+	for _, id := range need {
+		if _, ok := m.peers[id]; !ok {
+			return fmt.Errorf("metadata: set ring version %d: %w: joining peer %q has no record", spec.Version, torus.ErrConflict, id)
+		}
 	}
 	oldMembers, newMembers := rules.Members(m.ring), rules.Members(spec)
 	ring := cloneRing(spec)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/metadata"
 	"github.com/torus-storage/torus/peer"
 	"github.com/torus-storage/torus/scrub"
 	"github.com/torus-storage/torus/storage"
@@ -62,6 +64,9 @@ type Server struct {
 	closeMu           sync.Mutex
 	closed            bool
 	closeErr          error
+	// beforeJoin, when set (tests), runs after the daemon registered and
+	// sent its first heartbeat, before it joins the ring.
+	beforeJoin func()
 }
 
 // New checks cfg and returns a daemon that Start will bring up.
@@ -161,7 +166,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	info := torus.PeerInfo{
 		ID: s.id, Address: s.advert, HTTP: s.HTTPAddr(),
 		Zone: s.cfg.Location.Zone, Rack: s.cfg.Location.Rack, Host: s.cfg.Location.Host,
-		Capacity: s.cfg.Capacity,
+		Capacity: s.cfg.Capacity, AutoJoin: s.cfg.AutoJoin,
 	}
 	if err := s.meta.PutPeer(ctx, info); err != nil {
 		return fmt.Errorf("server: registering peer: %w", err)
@@ -184,6 +189,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}
 	}
 	if s.cfg.AutoJoin {
+		if s.beforeJoin != nil {
+			s.beforeJoin()
+		}
 		if err := s.join(ctx); err != nil {
 			return err
 		}
@@ -344,53 +352,75 @@ func (s *Server) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// join adds the daemon to the ring if it is not a member (compare-and-swap
-// on the ring version, retried on conflict).
+// joinAttempts bounds join's compare-and-swaps. A conflict means another
+// writer moved the ring, usually adding this daemon with its own batch;
+// one that did not (this daemon registered after that writer read the
+// peers) writes the next version itself.
+const joinAttempts = 64
+
+// join adds the daemon to the ring if it is not a member, together with
+// every other peer waiting to auto-join (metadata.AutoJoin), in one
+// compare-and-swap of the ring (JoinRing). On conflict it reads again: a
+// daemon another joiner added is done. docs/design/cluster.md, "Joining".
 func (s *Server) join(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
-		spec, err := s.meta.Ring(ctx)
-		if err != nil {
-			return fmt.Errorf("server: reading ring: %w", err)
-		}
-		if slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }) {
-			s.inRing.Store(true)
-			return nil
-		}
-		if peers, err := s.meta.Peers(ctx); err == nil {
-			for _, p := range peers {
-				if p.ID == s.id && p.State == torus.PeerRemoved {
-					// An operator removed this daemon: --auto-join must
-					// not undo that. `torusctl peer add` brings it back.
-					s.log.Warn("not rejoining the ring: this peer was removed (torusctl peer add to bring it back)")
-					return nil
-				}
+		err := s.joinOnce(ctx)
+		if err == nil || errors.Is(err, metadata.ErrRemoved) {
+			if err != nil {
+				// An operator removed this daemon: --auto-join must
+				// not undo that. `torusctl peer add` brings it back.
+				s.log.Warn("not rejoining the ring: this peer was removed (torusctl peer add to bring it back)")
 			}
-		}
-		if len(spec.Members) == 0 && spec.Format == 0 {
-			spec.Format = torus.RingFormatCurrent // the first member: a new cluster
-		}
-		spec.Version++
-		spec.Members = append(spec.Members, torus.NewRingMember(s.id, s.cfg.Location, s.cfg.Capacity))
-		err = s.meta.SetRing(ctx, spec)
-		if err == nil {
-			s.inRing.Store(true)
-			s.log.Info("joined the ring", "version", spec.Version, "members", len(spec.Members))
 			return nil
 		}
-		if attempt > 20 || !errors.Is(err, torus.ErrConflict) && !errors.Is(err, torus.ErrUnavailable) {
+		conflict := errors.Is(err, torus.ErrConflict)
+		if attempt+1 >= joinAttempts || !conflict && !errors.Is(err, torus.ErrUnavailable) {
 			return fmt.Errorf("server: joining ring: %w", err)
 		}
-		if errors.Is(err, torus.ErrUnavailable) {
-			// etcd slow or away (a loaded etcd times proposals out): the
-			// ring is read again, so a join that did commit is seen.
+		// On a conflict the ring is read again soon, with a little
+		// jitter so that losers do not meet again at once; etcd slow or
+		// away (a loaded etcd times proposals out): later. The ring is
+		// read again either way, so a join that did commit is seen.
+		wait := time.Duration(attempt+1) * 500 * time.Millisecond
+		if conflict {
+			wait = rand.N(time.Duration(min(attempt+1, 25)) * 20 * time.Millisecond)
+		} else {
 			s.log.Warn("joining the ring: etcd unavailable; retrying", "attempt", attempt, "err", err)
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("server: joining ring: %w", err)
-			case <-time.After(time.Duration(attempt+1) * 500 * time.Millisecond):
-			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("server: joining ring: %w", err)
+		case <-time.After(wait):
 		}
 	}
+}
+
+// joinOnce reads the ring and the peers and, unless the daemon is a
+// member, writes the next ring version with it and the peers waiting to
+// auto-join.
+func (s *Server) joinOnce(ctx context.Context) error {
+	spec, err := s.meta.Ring(ctx)
+	if err != nil {
+		return fmt.Errorf("reading ring: %w", err)
+	}
+	if slices.ContainsFunc(spec.Members, func(m torus.RingMember) bool { return m.ID == s.id }) {
+		s.inRing.Store(true)
+		return nil
+	}
+	peers, err := s.meta.Peers(ctx)
+	if err != nil {
+		return fmt.Errorf("reading peers: %w", err)
+	}
+	next, joined, err := metadata.AutoJoin(spec, peers, s.id)
+	if err != nil || joined == nil {
+		return err
+	}
+	if err := s.meta.JoinRing(ctx, next, joined); err != nil {
+		return err
+	}
+	s.inRing.Store(true)
+	s.log.Info("joined the ring", "version", next.Version, "members", len(next.Members), "joined_together", len(joined))
+	return nil
 }
 
 // checkFullness warns once when the store crosses 80 % and 90 % of its

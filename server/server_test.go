@@ -29,13 +29,18 @@ func startTestServer(t *testing.T, meta torus.Metadata) *Server {
 }
 
 func initMeta(t *testing.T) torus.Metadata {
-	meta := metadata.NewMemory()
+	return initCluster(t, metadata.NewMemory())
+}
+
+// initCluster initialises m as a cluster of replication 2.
+func initCluster(t *testing.T, m torus.Metadata) torus.Metadata {
+	t.Helper()
 	cfg := torus.ClusterConfig{Replication: 2}
 	cfg.EnsureDefaults()
-	if err := meta.InitCluster(context.Background(), cfg); err != nil {
+	if err := m.InitCluster(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	return meta
+	return m
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -8,9 +8,7 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus"
-	"github.com/torus-storage/torus/internal/etcdtest"
 	"github.com/torus-storage/torus/internal/testutil"
-	etcdmeta "github.com/torus-storage/torus/metadata/etcd"
 )
 
 // TestViewTypedChanges: with the in-memory metadata and with etcd, a
@@ -25,19 +23,7 @@ func TestViewTypedChanges(t *testing.T) {
 		meta func(t *testing.T) torus.Metadata
 	}{
 		{"memory", initMeta},
-		{"etcd", func(t *testing.T) torus.Metadata {
-			m, err := etcdmeta.New(context.Background(), etcdmeta.Config{Endpoints: etcdtest.Start(t), Logger: testutil.Logger(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { m.Close() })
-			cfg := torus.ClusterConfig{Replication: 2}
-			cfg.EnsureDefaults()
-			if err := m.InitCluster(context.Background(), cfg); err != nil {
-				t.Fatal(err)
-			}
-			return m
-		}},
+		{"etcd", initEtcdMeta},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testViewTypedChanges(t, tc.meta(t)) })
 	}

@@ -6,12 +6,16 @@
 //
 // The figures of docs/design/cluster.md ("Idle cost") come from
 //
+//	go run ./bench/scale -runs 300x10 -settle 45s -max-settle 5m -sample 20s -window 90s
 //	go run ./bench/scale -runs 300x10 -join batch -settle 45s -max-settle 5m -sample 20s -window 90s
 //	go run ./bench/scale -runs 3x10,30x1000 -settle 45s -max-settle 5m -sample 20s -window 90s
 //	go run ./bench/scale -runs 3x10000 -settle 3m -max-settle 6m -sample 20s -window 90s
 //
-// -join batch adds every daemon to the ring in one SetRing instead of one
-// ring version per daemon (torusd --auto-join, -join auto). The settle
+// -join auto (the default) starts every daemon with --auto-join, -parallel
+// (16) at a time: joiners add every peer waiting to auto-join in the same
+// ring version (docs/design/cluster.md, "Joining"), so the setup writes a
+// few ring versions, not one per daemon; the count is printed. -join batch
+// starts them without it and adds them all in one SetRing. The settle
 // check takes any steady rate for the idle one: a start-up transient that
 // lasts minutes at a steady rate is counted as the steady state.
 //
@@ -86,6 +90,10 @@ type result struct {
 	Settled          time.Duration // how long the cluster took to settle (settleDown)
 	Steady           bool          // the rate settled before -max-settle
 	Setup            time.Duration // creating the volumes and starting the daemons
+	// RingVersions is how many ring versions the setup wrote (each
+	// reaches every daemon's watch); Join the -join mode.
+	RingVersions uint64
+	Join         string
 }
 
 func main() {
@@ -96,6 +104,7 @@ func main() {
 	sample := flag.Duration("sample", 20*time.Second, "settling: the rates of two consecutive samples this long must agree within 10 %")
 	heartbeat := flag.Duration("heartbeat-ttl", 5*time.Second, "daemons' liveness TTL (heartbeat every third of it)")
 	join := flag.String("join", "auto", "how daemons join the ring: auto (each its own ring version, as torusd --auto-join) or batch (one SetRing with every daemon once all started, as an operator adding them at once)")
+	parallel := flag.Int("parallel", 16, "how many daemons start at once (machines booting together; 1: one after another)")
 	store := flag.String("store", "memory", "daemons' segment stores: memory (fake stores, as for 300 daemons in one process) or disk")
 	baseline := flag.String("baseline", "", "also run against this git ref (e.g. main), exported to a temporary directory")
 	baseRuns := flag.String("baseline-runs", "", "runs for the baseline (default: -runs); the old code is slow at scale")
@@ -154,14 +163,14 @@ func main() {
 			fmt.Fprintln(os.Stderr, "scale:", err)
 			os.Exit(2)
 		}
-		r, err := run(n, v, *settle, *maxSettle, *sample, *window, *heartbeat, *store == "memory", *join == "batch", *verbose)
+		r, err := run(n, v, *parallel, *settle, *maxSettle, *sample, *window, *heartbeat, *store == "memory", *join == "batch", *verbose)
 		if err != nil {
 			fail(1, fmt.Sprintf("scale: run %s: %v", spec, err))
 		}
 		after = append(after, r)
 		if !*jsonOut {
-			fmt.Fprintf(os.Stderr, "scale: %dx%d done: %.0f etcd req/daemon/min, %.0f peer RPC/daemon/min, %.3f CPU s/daemon/min (setup %v, settled after %v, steady %v)\n",
-				n, v, r.EtcdPerMin, r.PeerPerMin, r.CPUPerDaemon, r.Setup.Round(time.Second), r.Settled.Round(time.Second), r.Steady)
+			fmt.Fprintf(os.Stderr, "scale: %dx%d done: %.0f etcd req/daemon/min, %.0f peer RPC/daemon/min, %.3f CPU s/daemon/min (join %s, setup %v, %d ring versions, settled after %v, steady %v)\n",
+				n, v, r.EtcdPerMin, r.PeerPerMin, r.CPUPerDaemon, r.Join, r.Setup.Round(time.Second), r.RingVersions, r.Settled.Round(time.Second), r.Steady)
 		}
 	}
 	if *jsonOut {
@@ -240,7 +249,7 @@ func runBaseline(ref, runs string, args []string) ([]result, error) {
 }
 
 // run measures one cluster of n daemons and v volumes.
-func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, memStores, batchJoin, verbose bool) (result, error) {
+func run(n, v, parallel int, settle, maxSettle, sample, window, hbTTL time.Duration, memStores, batchJoin, verbose bool) (result, error) {
 	setupStart := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -332,13 +341,12 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, memSt
 			p.Close()
 		}
 	}()
+	// Each daemon's port, proxy and etcd client, made one after another;
+	// then the daemons start -parallel at a time (machines booting
+	// together), each Start returning once it is in the ring.
+	cfgs := make([]server.Config, n)
 	for i := range n {
-		port, err := freePort()
-		if err != nil {
-			return result{}, err
-		}
-		listen := fmt.Sprintf("127.0.0.1:%d", port)
-		p, err := newProxy(listen)
+		p, err := newProxy("") // its target is set just before the daemon starts
 		if err != nil {
 			return result{}, err
 		}
@@ -348,22 +356,65 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, memSt
 			return result{}, err
 		}
 		metas = append(metas, meta)
-		cfg := server.Config{DataDir: filepath.Join(dir, fmt.Sprint("d", i)), Capacity: 1 << 30,
-			PeerListen: listen, PeerAdvertise: p.Addr(), AutoJoin: !batchJoin, HeartbeatTTL: hbTTL, ScrubInterval: -1}
+		cfgs[i] = server.Config{DataDir: filepath.Join(dir, fmt.Sprint("d", i)), Capacity: 1 << 30,
+			PeerAdvertise: p.Addr(), AutoJoin: !batchJoin, HeartbeatTTL: hbTTL, ScrubInterval: -1}
 		if memStores {
-			cfg.Store = storage.NewMemory(cfg.Capacity)
+			cfgs[i].Store = storage.NewMemory(cfgs[i].Capacity)
 		}
-		s, err := server.New(cfg, meta, log)
-		if err != nil {
-			return result{}, err
+	}
+	var (
+		startMu  sync.Mutex
+		startErr error
+		started  int
+		startG   sync.WaitGroup
+		slots    = make(chan struct{}, max(1, parallel))
+	)
+	for i := range n {
+		slots <- struct{}{}
+		startMu.Lock()
+		failed := startErr != nil
+		startMu.Unlock()
+		if failed {
+			<-slots
+			break
 		}
-		if err := s.Start(ctx); err != nil {
-			return result{}, fmt.Errorf("daemon %d: %w", i, err)
-		}
-		servers = append(servers, s)
-		if (i+1)%50 == 0 && i+1 < n {
-			fmt.Fprintf(os.Stderr, "scale: %dx%d: %d daemons started after %v\n", n, v, i+1, time.Since(setupStart).Round(time.Second))
-		}
+		startG.Add(1)
+		go func() {
+			defer startG.Done()
+			defer func() { <-slots }()
+			// The port is picked just before the daemon binds it, as
+			// little time as possible for another socket to take it (and
+			// picked again if one did).
+			var s *server.Server
+			var err error
+			for try := 0; try == 0 || errors.Is(err, syscall.EADDRINUSE) && try < 5; try++ {
+				var port int
+				if port, err = freePort(); err != nil {
+					break
+				}
+				cfgs[i].PeerListen = fmt.Sprintf("127.0.0.1:%d", port)
+				proxies[i].setTarget(cfgs[i].PeerListen)
+				if s, err = server.New(cfgs[i], metas[i], log); err == nil {
+					err = s.Start(ctx)
+				}
+			}
+			startMu.Lock()
+			defer startMu.Unlock()
+			if err != nil {
+				if startErr == nil {
+					startErr = fmt.Errorf("daemon %d: %w", i, err)
+				}
+				return
+			}
+			servers = append(servers, s)
+			if started++; started%50 == 0 && started < n {
+				fmt.Fprintf(os.Stderr, "scale: %dx%d: %d daemons started after %v\n", n, v, started, time.Since(setupStart).Round(time.Second))
+			}
+		}()
+	}
+	startG.Wait()
+	if startErr != nil {
+		return result{}, startErr
 	}
 	if batchJoin {
 		// Every daemon in one ring version: each builds one new ring,
@@ -384,6 +435,14 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, memSt
 		}
 	}
 	setup := time.Since(setupStart)
+	ring, err := admin.Ring(ctx)
+	if err != nil {
+		return result{}, err
+	}
+	if len(ring.Members) != n {
+		return result{}, fmt.Errorf("the ring has %d members after the setup, want %d", len(ring.Members), n)
+	}
+	fmt.Fprintf(os.Stderr, "scale: %dx%d: %d daemons in the ring after %v, %d ring versions\n", n, v, n, setup.Round(time.Second), ring.Version-1)
 	settled, steady, err := settleDown(settle, maxSettle, sample)
 	if err != nil {
 		return result{}, err
@@ -409,7 +468,8 @@ func run(n, v int, settle, maxSettle, sample, window, hbTTL time.Duration, memSt
 	mins := time.Since(start).Minutes()
 	per := func(d float64) float64 { return d / float64(n) / mins }
 
-	r := result{Daemons: n, Volumes: v, EtcdByMethod: map[string]float64{}, PeerByOp: map[string]float64{}, Window: window, Settled: settled, Steady: steady, Setup: setup}
+	r := result{Daemons: n, Volumes: v, EtcdByMethod: map[string]float64{}, PeerByOp: map[string]float64{}, Window: window, Settled: settled, Steady: steady, Setup: setup,
+		RingVersions: ring.Version - 1, Join: map[bool]string{true: "batch", false: "auto"}[batchJoin]}
 	for k, c := range e1 {
 		if d := c - e0[k]; d > 0 {
 			r.EtcdByMethod[k] = per(d)
@@ -536,6 +596,12 @@ func newProxy(target string) (*proxy, error) {
 
 func (p *proxy) Addr() string { return p.ln.Addr().String() }
 
+func (p *proxy) setTarget(addr string) {
+	p.mu.Lock()
+	p.target = addr
+	p.mu.Unlock()
+}
+
 func (p *proxy) Close() {
 	p.ln.Close()
 	p.mu.Lock()
@@ -556,7 +622,10 @@ func (p *proxy) serve() {
 }
 
 func (p *proxy) handle(c net.Conn) {
-	d, err := net.Dial("tcp", p.target)
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
+	d, err := net.Dial("tcp", target)
 	if err != nil {
 		c.Close()
 		return
@@ -641,7 +710,7 @@ func printTable(w io.Writer, before, after []result, ref string) {
 		if !r.Steady {
 			steady = " (not steady: -max-settle reached)"
 		}
-		fmt.Fprintf(w, "this tree %dx%d: setup %v, settled after %v%s; ", r.Daemons, r.Volumes, r.Setup.Round(time.Second), r.Settled.Round(time.Second), steady)
+		fmt.Fprintf(w, "this tree %dx%d: join %s, setup %v (%d ring versions), settled after %v%s; ", r.Daemons, r.Volumes, r.Join, r.Setup.Round(time.Second), r.RingVersions, r.Settled.Round(time.Second), steady)
 	}
 	fmt.Fprintln(w)
 	for _, set := range []struct {

@@ -35,7 +35,9 @@ var (
 	buildErr  error
 )
 
-// Bin returns the path of a Torus binary (torusd, torusctl, torusblk).
+// Bin returns the path of a Torus binary (torusd, torusctl, torusblk,
+// torus-csi): from TORUS_BIN when it holds it, else built once per test
+// binary.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
 	if dir := os.Getenv("TORUS_BIN"); dir != "" {
@@ -54,7 +56,7 @@ func Bin(t testing.TB, name string) string {
 			buildErr = err
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/torusd", "./cmd/torusctl", "./cmd/torusblk")
+		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/torusd", "./cmd/torusctl", "./cmd/torusblk", "./cmd/torus-csi")
 		cmd.Dir = root
 		out, err := cmd.CombinedOutput()
 		if err != nil {

@@ -601,10 +601,24 @@ func (s *Store) Ring(ctx context.Context) (torus.RingSpec, error) {
 // marks of dropped members, delete the removed marks (read with the ring)
 // of present members.
 func (s *Store) SetRing(ctx context.Context, spec torus.RingSpec) error {
-	const op = "set ring"
 	if err := rules.Ring(spec); err != nil {
 		return err
 	}
+	return s.setRing(ctx, "set ring", spec, nil)
+}
+
+// JoinRing implements torus.Metadata: SetRing's transaction with one more
+// compare per joining peer, exists(peers/id).
+func (s *Store) JoinRing(ctx context.Context, spec torus.RingSpec, joined []string) error {
+	if err := rules.JoinRing(spec, joined); err != nil {
+		return err
+	}
+	return s.setRing(ctx, "join ring", spec, joined)
+}
+
+// setRing stores spec (checked) if the stored ring is its previous
+// version and every peer of need has a record.
+func (s *Store) setRing(ctx context.Context, op string, spec torus.RingSpec, need []string) error {
 	// The ring and the removed marks in one read: only marks that exist
 	// are deleted, so the transaction's size follows the members that
 	// change, not the ring's (etcd refuses more than --max-txn-ops, 128
@@ -638,11 +652,18 @@ func (s *Store) SetRing(ctx context.Context, spec torus.RingSpec) error {
 			ops = append(ops, clientv3.OpDelete(s.k.removed(id)))
 		}
 	}
-	resp, err := s.txn(ctx, op, []clientv3.Cmp{modRev(s.k.ring(), rev)}, ops, nil)
+	cmps := []clientv3.Cmp{modRev(s.k.ring(), rev)}
+	for _, id := range need {
+		cmps = append(cmps, exists(s.k.peer(id)))
+	}
+	resp, err := s.txn(ctx, op, cmps, ops, nil)
 	if err != nil {
 		return err
 	}
 	if !resp.Succeeded {
+		if len(need) > 0 {
+			return fmt.Errorf("metadata/etcd: %s version %d: %w: ring changed concurrently, or a joining peer's record is gone", op, spec.Version, torus.ErrConflict)
+		}
 		return fmt.Errorf("metadata/etcd: set ring version %d: %w: ring changed concurrently", spec.Version, torus.ErrConflict)
 	}
 	return nil

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/torus-storage/torus"
+	"github.com/torus-storage/torus/metadata"
 )
 
 // SessionExpirer is implemented by stores that can end a session as if its
@@ -57,6 +58,8 @@ func Run(t *testing.T, newStore func(t *testing.T) torus.Metadata) {
 	}{
 		{"Cluster", testCluster},
 		{"Ring", testRing},
+		{"JoinRing", testJoinRing},
+		{"JoinRace", testJoinRace},
 		{"Peers", testPeers},
 		{"SessionClose", testSessionClose},
 		{"SessionContext", testSessionContext},
@@ -253,6 +256,151 @@ func testRing(t *testing.T, m torus.Metadata) {
 	wg.Wait()
 	if wins != 1 || conflicts != 7 {
 		t.Fatalf("concurrent SetRing: %d wins, %d conflicts; want 1 and 7", wins, conflicts)
+	}
+}
+
+// testJoinRing: JoinRing stores the next version as SetRing does, only if
+// every joining peer still has its record; its arguments are checked; a
+// peer's AutoJoin flag is kept in its record.
+func testJoinRing(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	for _, id := range []string{"a", "b", "c"} {
+		must(t, m.PutPeer(ctx, torus.PeerInfo{ID: id, Address: "10.0.0.1:4000", Capacity: 1 << 30, AutoJoin: id != "c"}), "PutPeer")
+	}
+	if !peerByID(t, m, "a").AutoJoin || peerByID(t, m, "c").AutoJoin {
+		t.Fatalf("Peers lost or invented the AutoJoin flag: a %+v, c %+v", peerByID(t, m, "a"), peerByID(t, m, "c"))
+	}
+	r, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	next := r
+	next.Version++
+	next.Members = []torus.RingMember{{ID: "a", Weight: 1}, {ID: "b", Weight: 1}}
+
+	wantErr(t, m.JoinRing(ctx, next, nil), torus.ErrInvalid, "JoinRing nobody joining")
+	wantErr(t, m.JoinRing(ctx, next, []string{"a", "c"}), torus.ErrInvalid, "JoinRing of a peer the ring lacks")
+	wantErr(t, m.JoinRing(ctx, next, []string{"a", "a"}), torus.ErrInvalid, "JoinRing of a peer twice")
+	many := next
+	var ids []string
+	for i := range torus.MaxJoinBatch + 1 {
+		ids = append(ids, fmt.Sprintf("m%d", i))
+		many.Members = append(many.Members, torus.RingMember{ID: ids[i], Weight: 1})
+	}
+	wantErr(t, m.JoinRing(ctx, many, ids), torus.ErrInvalid, "JoinRing of more than MaxJoinBatch peers")
+	skip := next
+	skip.Version++
+	wantErr(t, m.JoinRing(ctx, skip, []string{"a", "b"}), torus.ErrConflict, "JoinRing version+2")
+
+	must(t, m.JoinRing(ctx, next, []string{"a", "b"}), "JoinRing")
+	got, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	if !reflect.DeepEqual(got, next) {
+		t.Fatalf("Ring = %+v, want %+v", got, next)
+	}
+	wantErr(t, m.JoinRing(ctx, next, []string{"a", "b"}), torus.ErrConflict, "JoinRing same version again")
+
+	// A peer forgotten (DeletePeer) after it was read is not added.
+	must(t, m.PutPeer(ctx, torus.PeerInfo{ID: "d", Address: "10.0.0.4:4000", Capacity: 1 << 30, AutoJoin: true}), "PutPeer d")
+	must(t, m.DeletePeer(ctx, "d"), "DeletePeer d")
+	withD := got
+	withD.Version++
+	withD.Members = append(slices.Clone(got.Members), torus.RingMember{ID: "c", Weight: 1}, torus.RingMember{ID: "d", Weight: 1})
+	wantErr(t, m.JoinRing(ctx, withD, []string{"c", "d"}), torus.ErrConflict, "JoinRing of a forgotten peer")
+	after, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	if after.Version != got.Version {
+		t.Fatalf("a refused JoinRing changed the ring to version %d", after.Version)
+	}
+	if st := peerByID(t, m, "a").State; st != torus.PeerDown {
+		t.Fatalf("a joined member without liveness is %s, want down", st)
+	}
+}
+
+// testJoinRace: joiners running metadata.AutoJoin's loop together, all
+// registered and alive first, write one ring version between them, each
+// joins once, and a registered peer the operator forgets meanwhile ends
+// either forgotten and out of the ring or a member whose record remains
+// (DeletePeer refused): never a member without a record.
+func testJoinRace(t *testing.T, m torus.Metadata) {
+	ctx := ctxT(t)
+	initCluster(t, m)
+	const n = 8
+	ids := []string{"forget"}
+	for i := range n {
+		ids = append(ids, fmt.Sprintf("j%d", i))
+	}
+	for _, id := range ids {
+		must(t, m.PutPeer(ctx, torus.PeerInfo{ID: id, Address: "10.0.0.1:4000", Capacity: 1 << 30, AutoJoin: true}), "PutPeer")
+		must(t, m.Heartbeat(ctx, newSession(t, m, 10*time.Second), id, torus.Beat{}), "Heartbeat")
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	writes := 0
+	errs := make(chan error, n+1)
+	for _, id := range ids[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 64 {
+				r, err := m.Ring(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				ps, err := m.Peers(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				next, joined, err := metadata.AutoJoin(r, ps, id)
+				if err != nil || joined == nil {
+					errs <- err
+					return
+				}
+				err = m.JoinRing(ctx, next, joined)
+				if err == nil {
+					mu.Lock()
+					writes++
+					mu.Unlock()
+					errs <- nil
+					return
+				}
+				if !errors.Is(err, torus.ErrConflict) {
+					errs <- err
+					return
+				}
+			}
+			errs <- fmt.Errorf("%s: still conflicting after 64 attempts", id)
+		}()
+	}
+	forgetErr := m.DeletePeer(ctx, "forget")
+	wg.Wait()
+	for range n {
+		must(t, <-errs, "joiner")
+	}
+	r, err := m.Ring(ctx)
+	must(t, err, "Ring")
+	members := map[string]int{}
+	for _, mb := range r.Members {
+		members[mb.ID]++
+	}
+	for _, id := range ids[1:] {
+		if members[id] != 1 {
+			t.Errorf("joiner %s is %d times in the ring", id, members[id])
+		}
+	}
+	if writes != 1 {
+		// Every successful write adds every joiner: all registered first.
+		t.Errorf("%d joiners wrote %d ring versions, want 1", n, writes)
+	}
+	ps, err := m.Peers(ctx)
+	must(t, err, "Peers")
+	recorded := slices.ContainsFunc(ps, func(p torus.PeerInfo) bool { return p.ID == "forget" })
+	switch {
+	case members["forget"] == 1 && (!recorded || !errors.Is(forgetErr, torus.ErrInvalid)):
+		t.Errorf("the forgotten peer is a member (record kept: %v), DeletePeer: %v", recorded, forgetErr)
+	case members["forget"] == 0 && (recorded || forgetErr != nil):
+		t.Errorf("the forgotten peer is out of the ring but its record is kept (%v), DeletePeer: %v", recorded, forgetErr)
 	}
 }
 

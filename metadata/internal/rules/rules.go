@@ -220,6 +220,26 @@ func Ring(spec torus.RingSpec) error {
 	return nil
 }
 
+// JoinRing checks a JoinRing request: spec's shape (Ring) and joined, 1
+// to torus.MaxJoinBatch distinct peer IDs, each a member of spec.
+func JoinRing(spec torus.RingSpec, joined []string) error {
+	if err := Ring(spec); err != nil {
+		return err
+	}
+	if len(joined) == 0 || len(joined) > torus.MaxJoinBatch {
+		return fmt.Errorf("metadata: join ring: %w: %d peers joining, want 1..%d", torus.ErrInvalid, len(joined), torus.MaxJoinBatch)
+	}
+	members := Members(spec)
+	seen := make(map[string]bool, len(joined))
+	for _, id := range joined {
+		if !members[id] || seen[id] {
+			return fmt.Errorf("metadata: join ring: %w: joining peer %q is not a member of the new ring, or is listed twice", torus.ErrInvalid, id)
+		}
+		seen[id] = true
+	}
+	return nil
+}
+
 // PeerState derives a peer's state: a ring member is draining when marked
 // so, else up while its liveness key exists, else down; a non-member is
 // removed when a ring change dropped it, else new.
