@@ -681,6 +681,37 @@ type PeerService interface {
 	Usage(ctx context.Context) (Usage, error)
 }
 
+// ReadRange is one range of a vectored read (VectorReader.ReadV): len(P)
+// bytes of Seg at Off. N and Err are its outcome, as ReadAt would return
+// them: N bytes of P were filled; Err is nil when N == len(P), io.EOF
+// (bare) with N < len(P) when the segment is shorter, ErrNotExist when it
+// does not exist, or any other error of the range alone.
+type ReadRange struct {
+	Seg SegmentID
+	Off int64
+	P   []byte
+	N   int
+	Err error
+}
+
+// VectorReader is implemented by a PeerService for which reading several
+// ranges in one call is cheaper than a call per range: peer.Client sends
+// them in one request (one round trip instead of one per range). An
+// in-process service (peer.Local) does not implement it: it has no round
+// trip to save, and callers read its ranges in parallel. Callers that get
+// a PeerService without it read range by range with ReadAt.
+//
+// ReadV reads every range into its P and sets its N and Err; one range
+// failing (missing segment, short, an I/O error) does not fail the others.
+// A non-nil error is the call's as a whole (ctx ended, the peer is
+// unreachable, ErrInvalid for a range the service cannot carry): then no
+// range's N, Err or bytes may be used. The buffers belong to the call until
+// it returns and are not retained. Ranges may share a segment and overlap
+// in the segment, never in memory.
+type VectorReader interface {
+	ReadV(ctx context.Context, ranges []ReadRange) error
+}
+
 // Extent is a range of a device and whether it holds data.
 type Extent struct {
 	Offset int64

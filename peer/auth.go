@@ -22,7 +22,7 @@ const (
 	RoleDaemon Role = "daemon"
 	// RoleClient (a writer or reader: torusblk, torus-csi, torusctl) may
 	// Append and Sync at a real epoch (never torus.RepairEpoch), ReadAt,
-	// Stat, List, Usage, and Fence (the takeover path of a new writer).
+	// ReadV, Stat, List, Usage, and Fence (the takeover path of a new writer).
 	RoleClient Role = "client"
 	// RoleNone is a certificate without exactly one known role: it may
 	// do nothing.
@@ -102,7 +102,7 @@ func Authorize(id Identity, r Request) error {
 					torus.ErrPermission, r.Op, r.Seg, id.Name)
 			}
 			return nil
-		case OpReadAt, OpStat, OpList, OpUsage, OpFence:
+		case OpReadAt, OpReadV, OpStat, OpList, OpUsage, OpFence:
 			return nil
 		}
 		return fmt.Errorf("%w: peer: %s needs a daemon certificate (%q is a client)", torus.ErrPermission, r.Op, id.Name)

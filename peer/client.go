@@ -119,6 +119,12 @@ type Client struct {
 	wg        sync.WaitGroup
 	bufs      bufPool
 	listPage  uint32 // entries asked per List page; 0: the daemon's maximum
+
+	// Whether the daemon speaks ReadV (protocol version 3), asked once
+	// per connection (speaksReadV): vok is the answer for vconn.
+	vmu   sync.Mutex
+	vconn *clientConn
+	vok   bool
 }
 
 var _ torus.PeerService = (*Client)(nil)
@@ -199,20 +205,7 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 		c.mu.Unlock()
 
 		dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-		dial := c.cfg.Dial
-		if dial == nil {
-			var d net.Dialer
-			dial = d.DialContext
-		}
-		nc, err := dial(dctx, "tcp", c.addr)
-		if err == nil {
-			if tc, ok := nc.(*net.TCPConn); ok {
-				tc.SetNoDelay(true)
-			}
-			if c.cfg.TLS != nil {
-				nc, err = c.handshake(dctx, nc)
-			}
-		}
+		nc, err := c.dial(dctx)
 		cancel()
 
 		c.mu.Lock()
@@ -251,6 +244,26 @@ func (c *Client) conn(ctx context.Context) (*clientConn, error) {
 		}()
 		return cc, nil
 	}
+}
+
+// dial opens a connection to the daemon (TCP, then TLS when configured).
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	dial := c.cfg.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	nc, err := dial(ctx, "tcp", c.addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	if c.cfg.TLS != nil {
+		return c.handshake(ctx, nc)
+	}
+	return nc, nil
 }
 
 // handshake runs the client side of TLS on nc. The error wraps
@@ -301,7 +314,7 @@ func (c *Client) call(ctx context.Context, op Op, fixed, data, dst []byte) (Resp
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	defer cancel()
 	start := time.Now()
-	pc, err := c.start(ctx, op, fixed, data, dst)
+	pc, err := c.start(ctx, op, fixed, data, dst, nil)
 	if err != nil {
 		c.observe(op, start, err)
 		return Response{}, err
@@ -330,9 +343,10 @@ type sentCall struct {
 // start sends one request (fixed then data) and returns without waiting
 // for its answer. Requests started one after another by one goroutine
 // reach the server in that order. data is not retained once start returns.
-// dst (ReadAt) is where the connection's reader puts the response's data:
-// it belongs to the call until wait returns.
-func (c *Client) start(ctx context.Context, op Op, fixed, data, dst []byte) (*sentCall, error) {
+// dst (ReadAt) is where the connection's reader puts the response's data,
+// vec (ReadV) where it puts each range's: they belong to the call until
+// wait returns.
+func (c *Client) start(ctx context.Context, op Op, fixed, data, dst []byte, vec [][]byte) (*sentCall, error) {
 	if ctx.Err() != nil {
 		return nil, c.ctxError(ctx, op.String())
 	}
@@ -342,7 +356,7 @@ func (c *Client) start(ctx context.Context, op Op, fixed, data, dst []byte) (*se
 	}
 	id := c.nextID.Add(1)
 	ch := make(chan result, 1)
-	if err := cc.register(id, op, ch, dst); err != nil {
+	if err := cc.register(id, pendingCall{op: op, ch: ch, dst: dst, vec: vec}); err != nil {
 		return nil, err
 	}
 	if err := cc.send(ctx, op, id, fixed, data); err != nil {
@@ -366,7 +380,7 @@ func (c *Client) wait(ctx context.Context, pc *sentCall) (Response, error) {
 	select {
 	case r = <-pc.ch:
 	case <-ctx.Done():
-		if !cc.unregister(pc.id) && op == OpReadAt {
+		if !cc.unregister(pc.id) && (op == OpReadAt || op == OpReadV) {
 			// The reader took the call: it may be filling dst, which
 			// must not be written once we return. Wait for it; a body
 			// that does not arrive soon ends the connection.
@@ -394,11 +408,17 @@ func (c *Client) wait(ctx context.Context, pc *sentCall) (Response, error) {
 	if r.err != nil {
 		return Response{}, r.err
 	}
-	resp, err := DecodeResponse(op, *r.body)
+	var resp Response
+	var err error
+	if r.vresp != nil {
+		resp = *r.vresp // checked by readIntoV
+	} else {
+		resp, err = DecodeResponse(op, *r.body)
+		c.bufs.put(r.body)
+	}
 	if op == OpReadAt {
 		resp.Data = r.data
 	}
-	c.bufs.put(r.body)
 	if err != nil {
 		err = fmt.Errorf("peer %s: connection lost: %w: bad %s response: %v", c.addr, torus.ErrUnavailable, op, err)
 		cc.fail(err)
@@ -447,7 +467,7 @@ func (c *Client) AppendAsync(ctx context.Context, epoch uint64, seg torus.Segmen
 	ctx, cancel := context.WithTimeoutCause(ctx, c.cfg.RequestTimeout, errRequestTimeout)
 	fixed := AppendRequestFixed(make([]byte, 0, 48), Request{Op: OpAppend, Epoch: epoch, Seg: seg, Off: off})
 	start := time.Now()
-	pc, err := c.start(ctx, OpAppend, fixed, p, nil)
+	pc, err := c.start(ctx, OpAppend, fixed, p, nil, nil)
 	if err != nil {
 		cancel()
 		c.observe(OpAppend, start, err)
@@ -544,15 +564,17 @@ func (c *Client) Usage(ctx context.Context) (torus.Usage, error) {
 }
 
 type result struct {
-	body *[]byte // from the client's pool; for ReadAt, status and message only
-	data []byte  // ReadAt: the data, read straight into the call's dst
-	err  error
+	body  *[]byte   // from the client's pool; for ReadAt, status and message only
+	data  []byte    // ReadAt: the data, read straight into the call's dst
+	vresp *Response // ReadV: the decoded response; its data is in the call's vec
+	err   error
 }
 
 type pendingCall struct {
 	op  Op
 	ch  chan result // buffered 1
 	dst []byte      // ReadAt: where the data goes
+	vec [][]byte    // ReadV: where each range's data goes
 }
 
 // claimedGrace is how long a cancelled ReadAt waits for the rest of a
@@ -580,13 +602,13 @@ func (cc *clientConn) alive() bool {
 	return cc.err == nil
 }
 
-func (cc *clientConn) register(id uint64, op Op, ch chan result, dst []byte) error {
+func (cc *clientConn) register(id uint64, p pendingCall) error {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.err != nil {
 		return cc.err
 	}
-	cc.pending[id] = pendingCall{op: op, ch: ch, dst: dst}
+	cc.pending[id] = p
 	return nil
 }
 
@@ -665,9 +687,12 @@ func (cc *clientConn) readLoop() error {
 		}
 		var res result
 		if err == nil {
-			if ok && h.Op == OpReadAt {
+			switch {
+			case ok && h.Op == OpReadAt:
 				res, err = cc.readInto(r, h, p.dst)
-			} else {
+			case ok && h.Op == OpReadV:
+				res, err = cc.readIntoV(r, h, p.vec)
+			default:
 				res.body, err = cc.readBody(r, h)
 			}
 			cc.lastRecv.Store(time.Now().UnixNano())

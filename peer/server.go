@@ -441,11 +441,11 @@ func (sc *serverConn) readLoop() error {
 			}
 			continue
 		}
-		if h.Op == OpReadAt {
+		if h.Op == OpReadAt || h.Op == OpReadV {
 			// Re-take the budget for the body and the answer together,
 			// so that a read larger than the budget can run alone.
 			sc.release(cost)
-			j.cost += int64(req.Length)
+			j.cost += readLength(req)
 			if !sc.acquire(j.cost) {
 				j.cost = 0
 				sc.done(j)
@@ -565,6 +565,9 @@ func (sc *serverConn) serve(j *job) {
 		err = svc.Fence(ctx, r.Volume, r.Epoch)
 	case r.Op == OpUsage:
 		resp.Usage, err = svc.Usage(ctx)
+	case r.Op == OpReadV:
+		rbuf = sc.s.bufs.get(int(readLength(r)))
+		resp.Ranges, resp.Data, err = serveReadV(ctx, svc, r.Ranges, *rbuf)
 	}
 	resp.Status = StatusOf(err)
 	if err != nil {
@@ -576,7 +579,7 @@ func (sc *serverConn) serve(j *job) {
 		}
 	}
 	var body, data []byte
-	if r.Op == OpReadAt {
+	if r.Op == OpReadAt || r.Op == OpReadV {
 		data, resp.Data = resp.Data, nil
 	}
 	body = AppendResponse(nil, r.Op, resp)
@@ -588,6 +591,51 @@ func (sc *serverConn) serve(j *job) {
 		return
 	}
 	sc.send(outFrame{hdr: hdr, body: body, data: data, j: j, rbuf: rbuf})
+}
+
+// readLength is the data a read request asks for: a ReadAt's length, the
+// sum of a ReadV's ranges (at most MaxData: DecodeRequest checked).
+func readLength(r Request) int64 {
+	if r.Op == OpReadAt {
+		return int64(r.Length)
+	}
+	var n int64
+	for _, g := range r.Ranges {
+		n += int64(g.Length)
+	}
+	return n
+}
+
+// serveReadV reads each range into buf, one after another with no gaps
+// (a short range takes only the bytes it read), through ReadRanges. It
+// returns each range's status, the data and the request's own error: ctx's
+// end (the answer would be dropped anyway).
+func serveReadV(ctx context.Context, svc torus.PeerService, ranges []Range, buf []byte) ([]RangeStatus, []byte, error) {
+	rr := make([]torus.ReadRange, len(ranges))
+	pos := 0
+	for i, g := range ranges {
+		rr[i] = torus.ReadRange{Seg: g.Seg, Off: g.Off, P: buf[pos : pos+int(g.Length)]}
+		pos += int(g.Length)
+	}
+	if err := ReadRanges(ctx, svc, rr); err != nil {
+		return nil, nil, err
+	}
+	// Pack the ranges' bytes: a short range leaves a gap to close.
+	out := make([]RangeStatus, len(ranges))
+	pos = 0
+	for i, g := range rr {
+		n := min(max(g.N, 0), len(g.P))
+		st := StatusOf(g.Err)
+		switch {
+		case st == StatusEOF && n == len(g.P):
+			st = StatusOK // io.EOF with every byte: a whole read
+		case st == StatusOK && n < len(g.P):
+			st = StatusEOF
+		}
+		pos += copy(buf[pos:], g.P[:n])
+		out[i] = RangeStatus{Status: st, N: uint32(n)}
+	}
+	return out, buf[:pos], nil
 }
 
 // free releases what a written or dropped response held.
@@ -734,7 +782,7 @@ func frameHeader(op Op, flags uint16, id uint64, parts ...[]byte) ([HeaderSize]b
 	if n > MaxBody {
 		return hdr, fmt.Errorf("%w: peer: frame body of %d bytes exceeds %d", torus.ErrInvalid, n, MaxBody)
 	}
-	PutHeader(hdr[:], Header{Version: Version, Op: op, Flags: flags, ID: id, Length: uint32(n), CRC: crc})
+	PutHeader(hdr[:], Header{Version: op.Version(), Op: op, Flags: flags, ID: id, Length: uint32(n), CRC: crc})
 	return hdr, nil
 }
 

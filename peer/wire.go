@@ -15,9 +15,15 @@ import (
 const (
 	// Magic opens every frame: "TRSP" read as a little-endian u32.
 	Magic uint32 = 0x50535254
-	// Version is the protocol version this package speaks. Version 2:
-	// a Sync response carries the segment's durable length.
-	Version uint8 = 2
+	// Version is the newest protocol version this package speaks.
+	// Version 2: a Sync response carries the segment's durable length.
+	// Version 3: op ReadV (several ranges in one request). A frame
+	// carries the version that introduced its op (Op.Version), so ops 1-8
+	// are still sent as version 2 and a version-2 daemon serves them.
+	Version uint8 = 3
+	// MinVersion is the oldest version accepted: a server answers each
+	// frame with the version of its request.
+	MinVersion uint8 = 2
 	// HeaderSize is the size of a frame header in bytes.
 	HeaderSize = 24
 	// MaxData is the largest Append payload or ReadAt length.
@@ -51,12 +57,27 @@ const (
 	OpDelete Op = 6
 	OpFence  Op = 7
 	OpUsage  Op = 8
+	// OpReadV reads several ranges in one request (version 3).
+	OpReadV Op = 9
 )
 
-var opNames = [...]string{"", "append", "sync", "readat", "stat", "list", "delete", "fence", "usage"}
+var opNames = [...]string{"", "append", "sync", "readat", "stat", "list", "delete", "fence", "usage", "readv"}
 
 // Valid reports whether o is a known op.
-func (o Op) Valid() bool { return o >= OpAppend && o <= OpUsage }
+func (o Op) Valid() bool { return o >= OpAppend && o <= OpReadV }
+
+// Version is the protocol version that introduced o: the version byte of
+// the frames that carry it.
+func (o Op) Version() uint8 {
+	if o == OpReadV {
+		return 3
+	}
+	return 2
+}
+
+// validIn reports whether o is a known op in frames of version v: each op
+// travels in frames of exactly the version that introduced it.
+func (o Op) validIn(v uint8) bool { return o.Valid() && o.Version() == v }
 
 // String names the op.
 func (o Op) String() string {
@@ -133,10 +154,10 @@ func ParseHeader(b []byte, maxBody uint32) (Header, error) {
 		return Header{}, errBadFlags
 	}
 	switch {
-	case h.Version != Version:
-		return h, fmt.Errorf("%w: peer: unsupported protocol version %d (want %d)", torus.ErrInvalid, h.Version, Version)
-	case !h.Op.Valid():
-		return h, fmt.Errorf("%w: peer: unknown op %d", torus.ErrInvalid, uint8(h.Op))
+	case h.Version < MinVersion || h.Version > Version:
+		return h, fmt.Errorf("%w: peer: unsupported protocol version %d (want %d to %d)", torus.ErrInvalid, h.Version, MinVersion, Version)
+	case !h.Op.validIn(h.Version):
+		return h, fmt.Errorf("%w: peer: unknown op %d in a version %d frame", torus.ErrInvalid, uint8(h.Op), h.Version)
 	case h.Length > maxBody:
 		return h, fmt.Errorf("%w: peer: frame body of %d bytes exceeds the limit of %d", torus.ErrInvalid, h.Length, maxBody)
 	}
@@ -199,7 +220,29 @@ type Request struct {
 	// means from the start), at most Limit of them (0: MaxListPage).
 	After torus.SegmentID
 	Limit uint32
+	// ReadV: the ranges, at most MaxReadVRanges of them and at most
+	// MaxData bytes in all.
+	Ranges []Range
 }
+
+// Range is one range of a ReadV request.
+type Range struct {
+	Seg    torus.SegmentID
+	Off    int64
+	Length uint32
+}
+
+// ReadV limits: a request names at most MaxReadVRanges ranges of at most
+// MaxData bytes in all, so that its response fits in MaxBody. Client.ReadV
+// splits longer vectors into several requests.
+const MaxReadVRanges = 256
+
+// rangeSize is a ReadV request's bytes per range; rangeStatusSize a
+// response's.
+const (
+	rangeSize       = segIDSize + 12
+	rangeStatusSize = 5
+)
 
 // MaxListPage is the most entries one List response carries (~2.6 MiB);
 // Client.List fetches pages until the daemon says there are no more.
@@ -261,6 +304,13 @@ func AppendRequestFixed(b []byte, r Request) []byte {
 		b = binary.LittleEndian.AppendUint64(b, r.Volume)
 		b = binary.LittleEndian.AppendUint64(b, r.Epoch)
 	case OpUsage:
+	case OpReadV:
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(r.Ranges)))
+		for _, g := range r.Ranges {
+			b = putSeg(b, g.Seg)
+			b = binary.LittleEndian.AppendUint64(b, uint64(g.Off))
+			b = binary.LittleEndian.AppendUint32(b, g.Length)
+		}
 	}
 	return b
 }
@@ -304,6 +354,15 @@ func DecodeRequest(op Op, body []byte) (Request, error) {
 		want = 16
 	case OpUsage:
 		want = 0
+	case OpReadV:
+		if len(body) < 4 {
+			return Request{}, malformed(op, "%d bytes, want at least 4", len(body))
+		}
+		count := binary.LittleEndian.Uint32(body)
+		if count > MaxReadVRanges {
+			return Request{}, malformed(op, "%d ranges exceed the limit of %d", count, MaxReadVRanges)
+		}
+		want = 4 + int(count)*rangeSize
 	default:
 		return Request{}, fmt.Errorf("%w: peer: unknown op %d", torus.ErrInvalid, uint8(op))
 	}
@@ -338,6 +397,21 @@ func DecodeRequest(op Op, body []byte) (Request, error) {
 	case OpFence:
 		r.Volume = binary.LittleEndian.Uint64(body)
 		r.Epoch = binary.LittleEndian.Uint64(body[8:])
+	case OpReadV:
+		r.Ranges = make([]Range, binary.LittleEndian.Uint32(body))
+		var total uint64
+		for i := range r.Ranges {
+			b := body[4+i*rangeSize:]
+			g := Range{Seg: getSeg(b), Off: int64(binary.LittleEndian.Uint64(b[segIDSize:])),
+				Length: binary.LittleEndian.Uint32(b[segIDSize+8:])}
+			if g.Off < 0 {
+				return Request{}, malformed(op, "range %d: negative offset %d", i, g.Off)
+			}
+			if total += uint64(g.Length); total > MaxData {
+				return Request{}, malformed(op, "ranges of more than %d bytes in all", MaxData)
+			}
+			r.Ranges[i] = g
+		}
 	}
 	if r.Off < 0 {
 		return Request{}, malformed(op, "negative offset %d", r.Off)
@@ -439,6 +513,17 @@ type Response struct {
 	Usage  torus.Usage         // Usage
 	Synced int64               // Sync: the segment's durable length
 	More   bool                // List: entries after the last one remain
+	// ReadV (status OK): one entry per requested range, in order; Data
+	// holds their bytes one after another.
+	Ranges []RangeStatus
+}
+
+// RangeStatus is one range's outcome in a ReadV response: its status (as
+// a ReadAt's: StatusEOF with N below the range's length when the segment
+// is shorter) and the bytes read. StatusOK means N is the whole length.
+type RangeStatus struct {
+	Status Status
+	N      uint32
 }
 
 // AppendResponse appends the body of r, the response to an op, to b.
@@ -455,6 +540,9 @@ func AppendResponse(b []byte, op Op, r Response) []byte {
 	}
 	if r.Status != StatusOK {
 		return b
+	}
+	if op == OpReadV {
+		return append(appendReadVTable(b, r.Ranges), r.Data...)
 	}
 	switch op {
 	case OpStat:
@@ -499,6 +587,17 @@ func DecodeResponse(op Op, body []byte) (Response, error) {
 			return Response{}, malformed(op, "%d data bytes", len(p))
 		}
 		r.Data = p
+		return r, nil
+	}
+	if op == OpReadV && r.Status == StatusOK {
+		ranges, n, total, err := decodeReadVTable(p)
+		if err != nil {
+			return Response{}, err
+		}
+		if uint64(len(p)-n) != total {
+			return Response{}, malformed(op, "%d data bytes for ranges of %d", len(p)-n, total)
+		}
+		r.Ranges, r.Data = ranges, p[n:]
 		return r, nil
 	}
 	want := 0
@@ -553,10 +652,49 @@ func DecodeResponse(op Op, body []byte) (Response, error) {
 	return r, nil
 }
 
+// appendReadVTable appends a ReadV response's range table to b.
+func appendReadVTable(b []byte, ranges []RangeStatus) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(ranges)))
+	for _, g := range ranges {
+		b = append(b, byte(g.Status))
+		b = binary.LittleEndian.AppendUint32(b, g.N)
+	}
+	return b
+}
+
+// decodeReadVTable decodes the range table at the start of a successful
+// ReadV response's payload p: the entries, the table's size in bytes and
+// the data bytes it announces. It checks what it can without the request
+// (at most MaxReadVRanges entries, at most MaxData bytes in all); the
+// client matches the entries with the ranges it asked.
+func decodeReadVTable(p []byte) ([]RangeStatus, int, uint64, error) {
+	if len(p) < 4 {
+		return nil, 0, 0, malformed(OpReadV, "short range table")
+	}
+	count := binary.LittleEndian.Uint32(p)
+	if count > MaxReadVRanges {
+		return nil, 0, 0, malformed(OpReadV, "%d ranges exceed the limit of %d", count, MaxReadVRanges)
+	}
+	n := 4 + int(count)*rangeStatusSize
+	if len(p) < n {
+		return nil, 0, 0, malformed(OpReadV, "table of %d ranges in %d bytes", count, len(p)-4)
+	}
+	out := make([]RangeStatus, count)
+	var total uint64
+	for i := range out {
+		b := p[4+i*rangeStatusSize:]
+		out[i] = RangeStatus{Status: Status(b[0]), N: binary.LittleEndian.Uint32(b[1:])}
+		if total += uint64(out[i].N); total > MaxData {
+			return nil, 0, 0, malformed(OpReadV, "ranges of more than %d bytes in all", MaxData)
+		}
+	}
+	return out, n, total, nil
+}
+
 // frame builds a whole frame (header and body) for a response or request.
 func frame(op Op, flags uint16, id uint64, body []byte) []byte {
 	b := make([]byte, HeaderSize, HeaderSize+len(body))
-	PutHeader(b, Header{Version: Version, Op: op, Flags: flags, ID: id,
+	PutHeader(b, Header{Version: op.Version(), Op: op, Flags: flags, ID: id,
 		Length: uint32(len(body)), CRC: crc32.Checksum(body, castagnoli)})
 	return append(b, body...)
 }

@@ -28,7 +28,12 @@ type wireCluster struct {
 	addrs map[string]string
 }
 
-func newWireCluster(b *testing.B, dir string, memory bool, peers, replication int) *wireCluster {
+func newWireCluster(b testing.TB, dir string, memory bool, peers, replication int) *wireCluster {
+	return newWireClusterConfig(b, dir, memory, peers, replication, peer.ClientConfig{})
+}
+
+// newWireClusterConfig is newWireCluster with the pool's client config.
+func newWireClusterConfig(b testing.TB, dir string, memory bool, peers, replication int, cc peer.ClientConfig) *wireCluster {
 	b.Helper()
 	ctx := context.Background()
 	log := testutil.Logger(b)
@@ -90,7 +95,7 @@ func newWireCluster(b *testing.B, dir string, memory bool, peers, replication in
 			return "", fmt.Errorf("no peer %s", id)
 		}
 		return a, nil
-	}, peer.ClientConfig{}, log)
+	}, cc, log)
 	b.Cleanup(func() { c.pool.Close() })
 	return c
 }

@@ -11,8 +11,12 @@ import (
 )
 
 // ReadAt reads len(p) bytes at off. Each run of blocks stored contiguously
-// in one segment is one ReadAt on the first replica (in ring order) that
-// returns it intact; unmapped blocks are zeros without I/O.
+// in one segment is read from the first replica (in ring order) that
+// returns it intact; unmapped blocks are zeros without I/O. When several
+// runs have the same first replica and it is a torus.VectorReader (a
+// remote peer), they are asked of it in one ReadV: one round trip instead
+// of one per run. A run that ReadV does not return intact is read on its
+// own, from each replica in turn, as any run is.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := v.begin(false); err != nil {
 		return err
@@ -100,45 +104,153 @@ func (v *Volume) readOnce(ctx context.Context, p []byte, off int64) error {
 	}
 	v.mu.Unlock()
 	// Zero the whole request, then fill in the mapped runs, up to
-	// readParallel at a time (runs cover disjoint parts of p).
+	// readParallel reads at a time (runs cover disjoint parts of p).
 	clear(p)
 	one := func(r readRun) error {
-		rs, n := int64(r.block)*bs, int64(len(r.crcs))*bs
-		if rs >= off && rs+n <= end {
-			// Whole blocks inside the request: read in place (on
-			// failure the next candidate overwrites them).
-			return v.fetch(ctx, r, p[rs-off:rs-off+n])
-		}
-		buf := make([]byte, n)
+		buf := r.buf(p, off)
 		if err := v.fetch(ctx, r, buf); err != nil {
 			return err
 		}
-		// Copy the overlap of [r.block*bs, +len(buf)) and [off, end).
-		lo, hi := max(rs, off), min(rs+int64(len(buf)), end)
-		copy(p[lo-off:hi-off], buf[lo-rs:hi-rs])
+		r.place(p, off, buf)
 		return nil
 	}
 	if len(runs) == 1 {
 		return one(runs[0])
 	}
-	work := make(chan readRun)
-	errs := make(chan error, len(runs))
-	workers := min(readParallel, len(runs))
+	work := v.planReads(ctx, runs)
+	jobs := make(chan readJob)
+	errs := make(chan error, len(work))
+	workers := min(readParallel, len(work))
 	for range workers {
 		go func() {
-			for r := range work {
-				errs <- one(r)
+			for j := range jobs {
+				if j.vr == nil {
+					errs <- one(j.runs[0])
+					continue
+				}
+				errs <- v.readVector(ctx, j, p, off, one)
 			}
 		}()
 	}
-	for _, r := range runs {
-		work <- r
+	for _, j := range work {
+		jobs <- j
 	}
-	close(work)
+	close(jobs)
 	var firstErr error
-	for range runs {
+	for range work {
 		if err := <-errs; err != nil && firstErr == nil {
 			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+// buf is where run r is read: in place in p (the request at off) when its
+// blocks lie wholly inside it (on failure the next candidate overwrites
+// them), else a buffer of its own that place copies from.
+func (r readRun) buf(p []byte, off int64) []byte {
+	rs, n := int64(r.block)*torus.BlockSize, int64(len(r.crcs))*torus.BlockSize
+	if rs >= off && rs+n <= off+int64(len(p)) {
+		return p[rs-off : rs-off+n]
+	}
+	return make([]byte, n)
+}
+
+// place copies the part of buf (run r's blocks, read) that overlaps the
+// request at off into p; nothing when buf is already in p.
+func (r readRun) place(p []byte, off int64, buf []byte) {
+	rs := int64(r.block) * torus.BlockSize
+	end := off + int64(len(p))
+	if rs >= off && rs+int64(len(buf)) <= end {
+		return
+	}
+	lo, hi := max(rs, off), min(rs+int64(len(buf)), end)
+	copy(p[lo-off:hi-off], buf[lo-rs:hi-rs])
+}
+
+// readJob is one unit of a read: a single run (vr nil), or several runs
+// whose first candidate is the same vectored peer.
+type readJob struct {
+	peer string
+	vr   torus.VectorReader
+	runs []readRun
+}
+
+// planReads groups runs by their segment's first candidate (fetch's first
+// try): a peer that is first for two runs or more, and reads vectors,
+// gets one job with all of them; every other run is a job of its own.
+func (v *Volume) planReads(ctx context.Context, runs []readRun) []readJob {
+	byPeer := make(map[string][]int) // peer -> indexes of its runs
+	first := make([]string, len(runs))
+	for i, r := range runs {
+		if cands := v.candidates(r.seg); len(cands) > 0 {
+			first[i] = cands[0]
+			byPeer[cands[0]] = append(byPeer[cands[0]], i)
+		}
+	}
+	jobs := make([]readJob, 0, len(runs))
+	vector := make(map[string]int) // peer -> its job's index in jobs
+	for i, r := range runs {
+		id := first[i]
+		if k, ok := vector[id]; ok {
+			jobs[k].runs = append(jobs[k].runs, r)
+			continue
+		}
+		if id != "" && len(byPeer[id]) >= 2 {
+			// fetch meets a Peer error itself, and tries the next.
+			if svc, err := v.peers.Peer(ctx, id); err == nil {
+				if vr, ok := svc.(torus.VectorReader); ok {
+					vector[id] = len(jobs)
+					jobs = append(jobs, readJob{peer: id, vr: vr, runs: []readRun{r}})
+					continue
+				}
+			}
+			delete(byPeer, id) // not vectored: ask once
+		}
+		jobs = append(jobs, readJob{runs: []readRun{r}})
+	}
+	return jobs
+}
+
+// readVector reads job j's runs with one ReadV of its peer, checks each
+// against the index's CRCs as fetchFrom does, and reads every run that
+// did not come back intact with one (fetch: every replica in turn), so
+// that ReadV changes the number of round trips, never the outcome. The
+// ReadV is bounded by readTryTimeout; a peer that does not answer in time
+// is slow (slowPeer), as in fetch.
+func (v *Volume) readVector(ctx context.Context, j readJob, p []byte, off int64, one func(readRun) error) error {
+	ranges := make([]torus.ReadRange, len(j.runs))
+	for i, r := range j.runs {
+		ranges[i] = torus.ReadRange{Seg: r.seg, Off: r.segOff, P: r.buf(p, off)}
+	}
+	tctx, cancel := context.WithTimeout(ctx, readTryTimeout)
+	err := j.vr.ReadV(tctx, ranges)
+	timedOut := err != nil && tctx.Err() != nil && ctx.Err() == nil
+	cancel()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if timedOut {
+		v.slowPeer(j.peer)
+	}
+	if err != nil {
+		v.log.Warn("vectored read failed; reading its runs one by one", "peer", j.peer, "runs", len(j.runs), "err", err)
+	}
+	var firstErr error
+	for i, r := range j.runs {
+		g := ranges[i]
+		if err == nil {
+			rerr := v.checkRun(j.peer, r, g.P, g.N, g.Err)
+			if rerr == nil {
+				r.place(p, off, g.P)
+				continue
+			}
+			if !errors.Is(rerr, torus.ErrNotExist) {
+				v.log.Warn("vectored read of a run failed; reading it on its own", "segment", r.seg, "peer", j.peer, "err", rerr)
+			}
+		}
+		if ferr := one(r); ferr != nil && firstErr == nil {
+			firstErr = ferr
 		}
 	}
 	return firstErr
@@ -196,11 +308,21 @@ func (v *Volume) fetchFrom(ctx context.Context, id string, r readRun, buf []byte
 		return err
 	}
 	n, err := p.ReadAt(ctx, r.seg, buf, r.segOff)
+	return v.checkRun(id, r, buf, n, err)
+}
+
+// checkRun judges what peer id returned for run r (n bytes into buf, and
+// the read's error): nil when every block is there and matches the
+// index's CRC.
+func (v *Volume) checkRun(id string, r readRun, buf []byte, n int, err error) error {
 	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("peer %s: segment %v short (%d of %d bytes): %w", id, r.seg, n, len(buf), torus.ErrNotExist)
 		}
 		return fmt.Errorf("peer %s: %w", id, err)
+	}
+	if n < len(buf) {
+		return fmt.Errorf("peer %s: segment %v short (%d of %d bytes): %w", id, r.seg, n, len(buf), torus.ErrNotExist)
 	}
 	for i, c := range r.crcs {
 		if BlockCRC(buf[i*torus.BlockSize:(i+1)*torus.BlockSize]) != c {
